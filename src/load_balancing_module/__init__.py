@@ -1,0 +1,69 @@
+"""OMNIXAN load balancing module: spread async calls over many backends.
+
+The public surface; everything else is internal and may change.
+"""
+
+from .clock import Clock, FakeClock, SystemClock
+from .config import (
+    BackendConfig,
+    CircuitBreakerConfig,
+    HealthCheckConfig,
+    LoadBalancingAlgorithm,
+    LoadBalancingModuleConfig,
+    RateLimitConfig,
+    Request,
+)
+from .enums import CircuitState, HealthState, LoadBalancingAlgorithmType, WorkloadType
+from .exceptions import (
+    AlgorithmError,
+    BackendNotFoundError,
+    BackendUnavailableError,
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    LoadBalancingError,
+    RateLimitExceededError,
+    RequestTimeoutError,
+    RoutingError,
+)
+from .metrics import LoadBalancerCollector, register_metrics
+from .models import HealthStatus, LoadDistribution, RouteResult
+from .module import BackendID, LoadBalancingModule
+from .state import MemoryStore, StateStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlgorithmError",
+    "BackendConfig",
+    "BackendID",
+    "BackendNotFoundError",
+    "BackendUnavailableError",
+    "CircuitBreakerConfig",
+    "CircuitBreakerOpenError",
+    "CircuitState",
+    "Clock",
+    "ConfigurationError",
+    "FakeClock",
+    "HealthCheckConfig",
+    "HealthState",
+    "HealthStatus",
+    "LoadBalancerCollector",
+    "LoadBalancingAlgorithm",
+    "LoadBalancingAlgorithmType",
+    "LoadBalancingError",
+    "LoadBalancingModule",
+    "LoadBalancingModuleConfig",
+    "LoadDistribution",
+    "MemoryStore",
+    "RateLimitConfig",
+    "RateLimitExceededError",
+    "Request",
+    "RequestTimeoutError",
+    "RouteResult",
+    "RoutingError",
+    "StateStore",
+    "SystemClock",
+    "WorkloadType",
+    "__version__",
+    "register_metrics",
+]

@@ -1,0 +1,88 @@
+"""The interface every algorithm implements.
+
+One instance serves one priority tier. The module calls:
+
+- ``rebuild(members)`` when the tier's membership or a weight changed
+  (never per request);
+- ``update(backend)`` when one member's rank, load or latency changed;
+- ``pick(request, klass)`` to choose a member, only when the tier has a free
+  member (of class ``klass`` when given: 1 quantum-capable, 0 classical).
+
+``pick`` is synchronous and await-free: no locks are needed on the event loop.
+A HEALTHY member (rank 0) is always preferred to a DEGRADED one (rank 1);
+members with rank ``None`` are never returned.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..backend import Backend, Tier
+from ..clock import Clock
+from ..config import Request
+from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import AlgorithmError
+
+
+class Algorithm(ABC):
+    kind: ClassVar[LoadBalancingAlgorithmType]
+    #: True when requests prefer a class of backend (see QUANTUM_AWARE).
+    workload_aware: ClassVar[bool] = False
+    #: Config keys this algorithm accepts, with their defaults.
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        self.settings = settings
+        self.rng = rng
+        self.clock = clock
+        self.tier: Tier | None = None  # set by the tier that owns this instance
+
+    def healthy_free(self, klass: int | None = None) -> int:
+        """How many HEALTHY members of the tier (of ``klass``) have a free slot."""
+        tier = self.tier
+        if tier is None:
+            return 0
+        return tier.healthy_free_total if klass is None else tier.healthy_free[klass]
+
+    @classmethod
+    def parse(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate an algorithm config; raise :class:`AlgorithmError` naming the key."""
+        unknown = sorted(set(config) - set(cls.defaults))
+        if unknown:
+            allowed = ", ".join(sorted(cls.defaults)) or "none"
+            raise AlgorithmError(f"{cls.kind.value}: unknown config key(s) {unknown}; allowed: {allowed}")
+        settings = {**cls.defaults, **config}
+        cls.check(settings)
+        return settings
+
+    @classmethod  # noqa: B027 - optional hook
+    def check(cls, settings: dict[str, Any]) -> None:
+        """Validate values (subclasses); raise :class:`AlgorithmError`."""
+
+    def preferred_class(self, request: Request) -> int | None:
+        """The backend class this request should go to first, if any."""
+        return None
+
+    @abstractmethod
+    def rebuild(self, members: Sequence[Backend]) -> None: ...
+
+    def update(self, backend: Backend) -> None:  # noqa: B027 - optional hook
+        """One member's rank, load or latency changed."""
+
+    @abstractmethod
+    def pick(self, request: Request, klass: int | None) -> Backend | None: ...
+
+
+def number(settings: Mapping[str, Any], key: str, kind: LoadBalancingAlgorithmType, *,
+           minimum: float, allow_none: bool = False, integer: bool = False) -> None:  # fmt: skip
+    """Check that ``settings[key]`` is a number >= ``minimum``."""
+    value = settings[key]
+    if value is None and allow_none:
+        return
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or value < minimum:
+        what = "an integer" if integer else "a number"
+        raise AlgorithmError(f"{kind.value}: config '{key}' must be {what} >= {minimum}, got {value!r}")

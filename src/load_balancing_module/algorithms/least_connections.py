@@ -1,0 +1,77 @@
+"""LEAST_CONNECTIONS: fewest in-flight requests per unit of weight.
+
+``choice_count`` (algorithm config):
+
+- 0 (default): exact minimum over the tier from a heap keyed by
+  ``in_flight / weight``; among equal loads the member whose load changed
+  longest ago wins, so ties rotate. Pick: O(log n).
+- k >= 2: "power of k choices": draw k distinct members at random and take
+  the least loaded of them (Envoy's least-request). Pick: O(k); falls back to
+  the exact minimum when no drawn member is a candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..backend import HEALTHY_RANK, Backend
+from ..config import Request
+from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import AlgorithmError
+from ._heap import LazyHeap
+from .base import Algorithm, number
+
+
+class LeastConnections(Algorithm):
+    kind = LoadBalancingAlgorithmType.LEAST_CONNECTIONS
+    defaults: ClassVar[Mapping[str, Any]] = {"choice_count": 0}
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        number(settings, "choice_count", cls.kind, minimum=0, integer=True)
+        if settings["choice_count"] == 1:
+            raise AlgorithmError("least_connections: config 'choice_count' must be 0 (full scan) or >= 2")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heap = LazyHeap()
+        self._members: list[Backend] = []
+        self._choices: int = self.settings["choice_count"]
+
+    def rebuild(self, members: Sequence[Backend]) -> None:
+        self._members = list(members)
+        self._heap.clear()
+        for b in members:
+            self.update(b)
+
+    def update(self, backend: Backend) -> None:
+        rank = backend.rank
+        self._heap.set(backend, None if rank is None else (rank, backend.in_flight / backend.effective_weight))
+
+    def pick(self, request: Request, klass: int | None) -> Backend | None:
+        if self._choices >= 2 and len(self._members) > self._choices:
+            chosen = self._sample()
+            if chosen is not None:
+                return chosen
+        return self._heap.peek()
+
+    def _sample(self) -> Backend | None:
+        members = self._members
+        n = len(members)
+        want = HEALTHY_RANK if self.healthy_free() else None
+        seen: set[int] = set()
+        best: Backend | None = None
+        best_load = 0.0
+        while len(seen) < self._choices:
+            i = self.rng.randrange(n)
+            if i in seen:
+                continue
+            seen.add(i)
+            b = members[i]
+            if b.rank is None or (want is not None and b.rank != want):
+                continue
+            load = b.in_flight / b.effective_weight
+            if best is None or load < best_load:
+                best, best_load = b, load
+        return best

@@ -1,0 +1,67 @@
+"""QUANTUM_AWARE: workload class first, then a score of weight, load and latency.
+
+A quantum workload (any type but CLASSICAL) goes only to quantum-capable
+members while any is a candidate in any tier; a classical workload uses
+quantum-capable members only when no classical member is a candidate. The
+module walks the tiers once for the preferred class, then for any class.
+
+Within the chosen class the member with the lowest score wins::
+
+    score = (in_flight + 1) / effective_weight * (1 + latency_ms / latency_scale_ms)
+
+where ``latency_ms`` is an EWMA (alpha 0.3) of completed requests and probes
+(0 until there is data, so new members are tried) and ``latency_scale_ms``
+(config, default 100) is the latency that counts as much as one extra request
+in flight. Priority is honoured by the tier walk. Ties rotate. Pick: O(log n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..backend import Backend
+from ..config import Request
+from ..enums import LoadBalancingAlgorithmType
+from ._heap import LazyHeap
+from .base import Algorithm, number
+
+
+class QuantumAware(Algorithm):
+    kind = LoadBalancingAlgorithmType.QUANTUM_AWARE
+    workload_aware = True
+    defaults: ClassVar[Mapping[str, Any]] = {"latency_scale_ms": 100.0}
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> None:
+        number(settings, "latency_scale_ms", cls.kind, minimum=0.001)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heaps = (LazyHeap(), LazyHeap())  # [classical, quantum-capable]
+        self._scale: float = float(self.settings["latency_scale_ms"])
+
+    def preferred_class(self, request: Request) -> int | None:
+        return 1 if request.workload_type.is_quantum else 0
+
+    def rebuild(self, members: Sequence[Backend]) -> None:
+        for heap in self._heaps:
+            heap.clear()
+        for b in members:
+            self.update(b)
+
+    def score(self, backend: Backend) -> float:
+        return (backend.in_flight + 1) / backend.effective_weight * (1.0 + backend.ewma.value / self._scale)
+
+    def update(self, backend: Backend) -> None:
+        rank = backend.rank
+        heap = self._heaps[1 if backend.quantum else 0]
+        heap.set(backend, None if rank is None else (rank, self.score(backend)))
+
+    def pick(self, request: Request, klass: int | None) -> Backend | None:
+        if klass is not None:
+            return self._heaps[klass].peek()
+        classical, quantum = (heap.peek_key() for heap in self._heaps)
+        if quantum is None or (classical is not None and classical <= quantum):
+            return self._heaps[0].peek()
+        return self._heaps[1].peek()

@@ -1,0 +1,46 @@
+"""ROUND_ROBIN: strict circular order over the tier's members.
+
+Each member holds the turn number of its last pick; the member with the
+oldest turn goes next. A member that leaves the rotation (unhealthy, full)
+keeps its turn and comes back at the same place. Pick: O(log n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import count
+
+from ..backend import Backend
+from ..config import Request
+from ..enums import LoadBalancingAlgorithmType
+from ._heap import LazyHeap
+from .base import Algorithm
+
+
+class RoundRobin(Algorithm):
+    kind = LoadBalancingAlgorithmType.ROUND_ROBIN
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._heap = LazyHeap()
+        self._turn: dict[Backend, int] = {}
+        self._turns = count()
+
+    def rebuild(self, members: Sequence[Backend]) -> None:
+        old = self._turn
+        self._turn = {b: old[b] if b in old else next(self._turns) for b in members}
+        self._heap.clear()
+        for b in members:
+            self.update(b)
+
+    def update(self, backend: Backend) -> None:
+        turn = self._turn.get(backend)
+        if turn is not None:
+            self._heap.set(backend, None if backend.rank is None else (backend.rank, turn))
+
+    def pick(self, request: Request, klass: int | None) -> Backend | None:
+        backend = self._heap.peek()
+        if backend is not None:
+            turn = self._turn[backend] = next(self._turns)
+            self._heap.set(backend, (backend.rank, turn))
+        return backend

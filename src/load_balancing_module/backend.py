@@ -1,0 +1,120 @@
+"""Runtime state of one backend, and the priority tier it belongs to.
+
+Everything here is mutated only on the event loop thread by the module; the
+algorithms read it. ``rank`` sums up what a pick needs to know:
+0 = HEALTHY with a free slot, 1 = DEGRADED with a free slot, ``None`` = not a
+candidate now (UNHEALTHY, circuit OPEN, at capacity, or excluded).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .breaker import CircuitBreaker
+from .config import BackendConfig
+from .enums import CircuitState, HealthState
+from .stats import Ewma, LatencyWindow, PeakEwma, RateCounter
+
+if TYPE_CHECKING:
+    from .algorithms.base import Algorithm
+    from .health import HealthTracker
+
+HEALTHY_RANK = 0
+DEGRADED_RANK = 1
+
+
+class Backend:
+    __slots__ = (
+        "id", "config", "host", "port", "priority", "quantum", "key",
+        "effective_weight", "joined_at",
+        "in_flight", "rank", "excluded", "tier", "removed",
+        "health", "breaker",
+        "total", "successful", "failed", "window", "rate", "peak_ewma", "ewma",
+        "__weakref__",
+    )  # fmt: skip
+
+    def __init__(self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker,
+                 *, tau: float, now: float) -> None:  # fmt: skip
+        self.id = backend_id
+        self.config = config
+        self.host = config.host
+        self.port = config.port
+        self.priority = config.priority
+        self.quantum = config.quantum_capable
+        self.key = config.address  # stable across restarts and instances: what hashing uses
+        self.effective_weight = config.weight
+        self.joined_at = now
+        self.in_flight = 0
+        self.rank: int | None = None
+        self.excluded = 0
+        self.tier: Tier | None = None
+        self.removed = False
+        self.health = health
+        self.breaker = breaker
+        self.total = 0
+        self.successful = 0
+        self.failed = 0
+        self.window = LatencyWindow()
+        self.rate = RateCounter()
+        self.peak_ewma = PeakEwma(tau)
+        self.ewma = Ewma()
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight
+
+    @property
+    def capacity(self) -> int:
+        """How many requests may be in flight now (the breaker may lower it)."""
+        return self.breaker.capacity(self.config.max_connections)
+
+    def compute_rank(self) -> int | None:
+        if self.excluded or self.removed:
+            return None
+        state = self.health.state
+        if state is HealthState.UNHEALTHY or self.in_flight >= self.capacity:
+            return None
+        return HEALTHY_RANK if state is HealthState.HEALTHY else DEGRADED_RANK
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        return self.breaker.state
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.id} {self.key} in_flight={self.in_flight} rank={self.rank}>"
+
+
+class Tier:
+    """The backends of one priority, with counts of free members per class.
+
+    ``free[c]`` and ``healthy_free[c]`` count members with a free slot, where
+    ``c`` is 1 for quantum-capable and 0 for classical backends.
+    """
+
+    __slots__ = ("priority", "members", "algorithm", "free", "healthy_free", "in_flight", "dirty")
+
+    def __init__(self, priority: int, algorithm: Algorithm) -> None:
+        self.priority = priority
+        self.members: list[Backend] = []
+        self.algorithm = algorithm
+        algorithm.tier = self
+        self.free = [0, 0]
+        self.healthy_free = [0, 0]
+        self.in_flight = 0
+        self.dirty = True
+
+    @property
+    def free_total(self) -> int:
+        return self.free[0] + self.free[1]
+
+    @property
+    def healthy_free_total(self) -> int:
+        return self.healthy_free[0] + self.healthy_free[1]
+
+    def count(self, backend: Backend, rank: int | None, delta: int) -> None:
+        if rank is None:
+            return
+        c = 1 if backend.quantum else 0
+        self.free[c] += delta
+        if rank == HEALTHY_RANK:
+            self.healthy_free[c] += delta

@@ -1,0 +1,140 @@
+"""Active health checking: real probes and the threshold state machine.
+
+A probe either passes (returning its latency) or raises. The
+:class:`HealthTracker` of each backend turns probe outcomes into a
+:class:`HealthState`:
+
+- a failed probe: ``unhealthy_threshold`` consecutive failures -> UNHEALTHY;
+- a passing probe slower than ``degraded_latency_ms`` -> DEGRADED at once
+  (from HEALTHY), or DEGRADED instead of HEALTHY when leaving UNHEALTHY;
+- UNHEALTHY -> HEALTHY (or DEGRADED) after ``healthy_threshold`` consecutive
+  passing probes; DEGRADED -> HEALTHY after ``healthy_threshold`` consecutive
+  fast passing probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from .clock import Clock
+from .config import BackendConfig, HealthCheckConfig
+from .enums import HealthState
+from .models import HealthStatus
+
+Probe = Callable[[BackendConfig], Awaitable[object]]
+"""A custom probe: awaited with the backend's config; raising or returning
+``False`` is a failure, anything else a pass."""
+
+
+class ProbeFailed(Exception):
+    """A probe's negative answer (refused, timed out, bad status...)."""
+
+
+class HealthTracker:
+    """Consecutive probe outcomes of one backend, and the state they imply."""
+
+    __slots__ = ("backend_id", "config", "state", "failures", "successes", "fast_streak", "last")
+
+    def __init__(self, backend_id: str, config: HealthCheckConfig) -> None:
+        self.backend_id = backend_id
+        self.config = config
+        self.state = HealthState.HEALTHY
+        self.failures = 0
+        self.successes = 0
+        self.fast_streak = 0
+        self.last = HealthStatus(backend_id=backend_id, status=HealthState.HEALTHY)
+
+    def record(self, ok: bool, latency_ms: float | None, checked_at: float, error: str | None) -> HealthState:
+        """Count one probe outcome; return the (possibly new) state."""
+        cfg = self.config
+        if not ok:
+            self.successes = self.fast_streak = 0
+            self.failures += 1
+            if self.failures >= cfg.unhealthy_threshold:
+                self.state = HealthState.UNHEALTHY
+        else:
+            self.failures = 0
+            self.successes += 1
+            slow = cfg.degraded_latency_ms is not None and (latency_ms or 0.0) > cfg.degraded_latency_ms
+            self.fast_streak = 0 if slow else self.fast_streak + 1
+            if self.state is HealthState.UNHEALTHY:
+                if self.successes >= cfg.healthy_threshold:
+                    self.state = HealthState.DEGRADED if slow else HealthState.HEALTHY
+            elif slow:
+                self.state = HealthState.DEGRADED
+            elif self.state is HealthState.DEGRADED and self.fast_streak >= cfg.healthy_threshold:
+                self.state = HealthState.HEALTHY
+        self.last = HealthStatus(
+            backend_id=self.backend_id,
+            status=self.state,
+            consecutive_failures=self.failures,
+            consecutive_successes=self.successes,
+            latency_ms=latency_ms,
+            checked_at=checked_at,
+            error=error,
+        )
+        return self.state
+
+
+class Prober:
+    """Runs one probe of a backend: TCP connect, HTTP GET, or a custom probe."""
+
+    def __init__(self, config: HealthCheckConfig, clock: Clock, custom: Probe | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.custom = custom
+        self._session: aiohttp.ClientSession | None = None
+
+    async def probe(self, backend: BackendConfig) -> float:
+        """Probe once; return the latency in ms or raise :class:`ProbeFailed`."""
+        started = self.clock.monotonic()
+        try:
+            await self.clock.wait_for(self._probe(backend), self.config.timeout)
+        except ProbeFailed:
+            raise
+        except (TimeoutError, asyncio.TimeoutError):
+            raise ProbeFailed(f"no answer within {self.config.timeout:g} s") from None
+        except (OSError, aiohttp.ClientError) as exc:
+            raise ProbeFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        return (self.clock.monotonic() - started) * 1000.0
+
+    async def _probe(self, backend: BackendConfig) -> None:
+        if self.custom is not None:
+            outcome: object = self.custom(backend)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if outcome is False:
+                raise ProbeFailed("custom probe returned False")
+        elif self.config.type == "http":
+            await self._http(backend)
+        else:
+            await self._tcp(backend)
+
+    async def _tcp(self, backend: BackendConfig) -> None:
+        _, writer = await asyncio.open_connection(backend.host, backend.port)
+        writer.close()
+        with contextlib.suppress(OSError):  # the connect succeeded, which is what the probe asks
+            await writer.wait_closed()
+
+    async def _http(self, backend: BackendConfig) -> None:
+        if self._session is None or self._session.closed:
+            # No pooling: each probe opens a fresh connection, as a new client would.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                headers={"User-Agent": "omnixan-lb-health"},
+            )
+        url = f"http://{backend.address}{self.config.path}"
+        async with self._session.get(url, allow_redirects=False) as response:
+            await response.read()
+            if not 200 <= response.status < 400:
+                raise ProbeFailed(f"HTTP {response.status} from GET {self.config.path}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,573 @@
+"""``LoadBalancingModule``: the facade of the seed README.
+
+It wires the policies together: rate limiting and flood blocking, sticky
+sessions, the routing core (:mod:`.router`), circuit breakers, active health
+checks, retries, slow start, metrics and the integration hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._log import log_event
+from .algorithms import AlgorithmFactory
+from .algorithms.least_latency import LeastLatency
+from .backend import Backend
+from .breaker import CircuitBreaker
+from .clock import Clock, SystemClock
+from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
+from .enums import CircuitState, HealthState
+from .exceptions import (
+    BackendNotFoundError,
+    BackendUnavailableError,
+    LoadBalancingError,
+    RateLimitExceededError,
+    RequestTimeoutError,
+    RoutingError,
+)
+from .health import HealthTracker, Probe, ProbeFailed, Prober
+from .models import HealthStatus, LoadDistribution, RouteResult
+from .retry import ExponentialJitterBackoff, RetryBudget
+from .router import Router
+from .state import MemoryStore, StateStore
+from .stats import RateCounter
+
+T = TypeVar("T")
+BackendID = str
+
+SLOW_START_STEPS = 20
+SLOW_START_FLOOR = 0.05  # share of its weight a backend starts slow start with
+
+
+class LoadBalancingModule:
+    """Spreads requests over backends. See the README for the full API."""
+
+    def __init__(
+        self,
+        config: LoadBalancingModuleConfig | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        state_store: StateStore | None = None,
+        probe: Probe | None = None,
+    ) -> None:
+        self.config = config if config is not None else LoadBalancingModuleConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.rng = rng if rng is not None else random.Random()
+        self._owns_store = state_store is None
+        self.store: StateStore = state_store if state_store is not None else MemoryStore(self.clock)
+        factory = AlgorithmFactory(self.config.algorithm, self.rng, self.clock)
+        self.router = Router(factory, self.clock, self.config.max_queue_size)
+        self._tau = self._decay_seconds(factory)
+        self._prober = Prober(self.config.health_check, self.clock, probe)
+        self._backoff = ExponentialJitterBackoff(
+            self.config.retry_backoff_base, self.config.retry_backoff_max, self.rng
+        )
+        self.retry_budget = RetryBudget(self.config.retry_budget_percent, self.config.retry_budget_min_concurrency)
+        self._rid_prefix = f"{self.rng.getrandbits(32):08x}"
+        self._rid_seq = 0
+        self._rate = RateCounter()
+        self.total_requests = 0
+        self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0}
+        self._health_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scalers: list[Any] = []
+        self._deployments: list[Any] = []
+        self._outstanding: dict[str, RouteResult] = {}  # routed through execute(), awaiting completion
+        self._initialized = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Start background work: health checks, session cleanup, load reports."""
+        if self._initialized:
+            return
+        self._initialized = True
+        for backend in self.router.members():
+            self._start_health(backend)
+        self._tasks.append(asyncio.create_task(self._cleanup_loop(), name="omnixan-lb-cleanup"))
+        if self._scalers:
+            self._start_load_reports()
+        log_event("module_initialized", algorithm=self.router.factory.kind.value, backends=len(self.router.backends))
+
+    async def shutdown(self) -> None:
+        """Stop background work and wait for it; waiting requests fail."""
+        if not self._initialized:
+            return
+        self._initialized = False
+        tasks = [*self._tasks, *self._health_tasks.values()]
+        self._tasks.clear()
+        self._health_tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.router.fail_waiters("the load balancer is shutting down")
+        await self._prober.close()
+        if self._owns_store:
+            await self.store.close()
+        log_event("module_shutdown")
+
+    async def __aenter__(self) -> LoadBalancingModule:
+        await self.initialize()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        await self.shutdown()
+
+    # -- backends --------------------------------------------------------------
+
+    async def add_backend(self, backend: BackendConfig | Mapping[str, Any]) -> BackendID:
+        """Add a backend; it starts HEALTHY. Returns its id (``host:port``, made unique)."""
+        config = backend if isinstance(backend, BackendConfig) else BackendConfig.model_validate(backend)
+        backend_id = self._new_id(config)
+        tracker = HealthTracker(backend_id, self.config.health_check)
+        breaker = CircuitBreaker(self.config.circuit_breaker, self.clock)
+        now = self.clock.monotonic()
+        runtime = Backend(backend_id, config, breaker, tracker, tau=self._tau, now=now)
+        breaker.listener = lambda _b, old, new: self._on_circuit_change(runtime, old, new)
+        self._begin_slow_start(runtime, now)
+        self.router.add(runtime)
+        self._start_health(runtime)
+        log_event("backend_added", backend_id=backend_id, address=config.address, weight=config.weight,
+                  priority=config.priority, quantum_capable=config.quantum_capable)  # fmt: skip
+        return backend_id
+
+    async def remove_backend(self, backend_id: BackendID) -> None:
+        """Stop routing to a backend at once; requests already routed may still complete."""
+        backend = self._get(backend_id)
+        self.router.remove(backend)
+        task = self._health_tasks.pop(backend_id, None)
+        if task is not None:
+            task.cancel()
+        log_event("backend_removed", backend_id=backend_id, in_flight=backend.in_flight)
+
+    def _new_id(self, config: BackendConfig) -> str:
+        base = config.address
+        if base not in self.router.backends:
+            return base
+        n = 2
+        while f"{base}~{n}" in self.router.backends:
+            n += 1
+        return f"{base}~{n}"
+
+    def _get(self, backend_id: BackendID) -> Backend:
+        try:
+            return self.router.backends[backend_id]
+        except (KeyError, TypeError):
+            raise BackendNotFoundError(f"no backend with id {backend_id!r}") from None
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        """Runtime state of every backend, by id (read-only use)."""
+        return self.router.backends
+
+    # -- routing -----------------------------------------------------------------
+
+    async def route_request(self, request: Request) -> RouteResult:
+        """Choose a backend and take one of its connection slots."""
+        started = self.clock.monotonic()
+        if started >= self.router.next_timer:
+            self.router.run_timers(started)
+        if self.config.rate_limit.enabled:
+            await self._admit(request)
+        return await self._route(request, started, ())
+
+    async def _route(self, request: Request, started: float, exclude: tuple[Backend, ...],
+                     attempt: int = 1) -> RouteResult:  # fmt: skip
+        router = self.router
+        session_id = request.session_id if self.config.session_affinity else None
+        backend: Backend | None = None
+        bound: str | None = None
+        if session_id:
+            bound = await self.store.get_session(session_id, self.config.session_ttl)
+            sticky = router.backends.get(bound) if bound else None
+            if sticky is not None and sticky.rank is not None and sticky not in exclude:
+                backend = sticky
+                router.take(backend)
+        if backend is None:
+            backend = None if router.queued else router.pick(request, exclude)
+            if backend is not None:
+                router.take(backend)
+            else:
+                backend = await self._wait_for_slot(request, exclude, started)
+        if session_id and bound != backend.id:
+            await self.store.bind_session(session_id, backend.id, self.config.session_ttl)
+        now = self.clock.monotonic()
+        backend.total += 1
+        backend.rate.hit(now)
+        self.total_requests += 1
+        self._rate.hit(now)
+        request_id = request.request_id or self._next_request_id()
+        return RouteResult(backend.id, backend.host, backend.port, self.router.factory.kind, request_id,
+                           (now - started) * 1000.0, attempt, now, False, backend)  # fmt: skip
+
+    async def _wait_for_slot(self, request: Request, exclude: tuple[Backend, ...], started: float) -> Backend:
+        try:
+            self.router.must_wait(exclude)
+            remaining = self.config.request_timeout - (self.clock.monotonic() - started)
+            return await self.router.wait(request, exclude, max(remaining, 0.0))
+        except RequestTimeoutError:
+            self.counters["queue_timeouts"] += 1
+            await self._capacity_exhausted(request)
+            raise
+        except BackendUnavailableError:
+            self.counters["unavailable"] += 1
+            await self._capacity_exhausted(request)
+            raise
+
+    def _next_request_id(self) -> str:
+        self._rid_seq += 1
+        return f"{self._rid_prefix}-{self._rid_seq:x}"
+
+    async def _admit(self, request: Request) -> None:
+        """Flood blocking, then the token bucket, for the request's client IP."""
+        limits = self.config.rate_limit
+        ip = request.client_ip
+        blocked_for, newly = await self.store.record_attempt(ip, limits.ddos_threshold, limits.ddos_block_seconds)
+        if blocked_for > 0:
+            self.counters["ddos_blocked"] += 1
+            if newly:
+                log_event("client_blocked", logging.WARNING, client_ip=ip, seconds=limits.ddos_block_seconds,
+                          threshold=limits.ddos_threshold)  # fmt: skip
+            raise RateLimitExceededError(f"client {ip} is blocked for flooding ({blocked_for:.1f} s left)",
+                                         retry_after=blocked_for, client_ip=ip, blocked=True)  # fmt: skip
+        wait = await self.store.take_token(ip, limits.requests_per_second, limits.burst_size)
+        if wait > 0:
+            self.counters["rate_limited"] += 1
+            raise RateLimitExceededError(f"client {ip} is over {limits.requests_per_second:g} requests/s",
+                                         retry_after=wait, client_ip=ip)  # fmt: skip
+
+    async def complete_request(self, result: RouteResult, *, success: bool, latency_ms: float | None = None) -> None:
+        """Release the slot and record the outcome; a second call does nothing."""
+        self._complete(result, success, latency_ms)
+
+    def _complete(self, result: RouteResult, success: bool, latency_ms: float | None) -> None:
+        backend = result.backend
+        if result.completed or backend is None:
+            return
+        result.completed = True
+        now = self.clock.monotonic()
+        if latency_ms is None:
+            latency_ms = (now - result.started_at) * 1000.0
+        if success:
+            backend.successful += 1
+            backend.breaker.on_success()
+        else:
+            backend.failed += 1
+            backend.breaker.on_failure()
+        backend.window.record(latency_ms, success, now)
+        backend.peak_ewma.observe(latency_ms, now)
+        backend.ewma.observe(latency_ms)
+        self.router.release(backend)
+
+    def _abandon(self, result: RouteResult) -> None:
+        """Release a slot without recording an outcome (the caller gave up)."""
+        if not result.completed and result.backend is not None:
+            result.completed = True
+            self.router.release(result.backend)
+
+    @asynccontextmanager
+    async def acquire(self, request: Request) -> AsyncIterator[RouteResult]:
+        """Route, yield the result, and complete it: a failure if the block raises."""
+        result = await self.route_request(request)
+        try:
+            yield result
+        except asyncio.CancelledError:
+            self._abandon(result)
+            raise
+        except BaseException:
+            self._complete(result, False, None)
+            raise
+        self._complete(result, True, None)
+
+    async def call(self, request: Request, fn: Callable[[RouteResult], Awaitable[T]]) -> T:
+        """Route and await ``fn(result)``, retrying failures on untried backends.
+
+        Each try runs within ``request_timeout``. Between tries it sleeps an
+        exponential backoff with full jitter; retries stop at ``max_retries``,
+        when the retry budget is spent, or when no untried backend is left.
+        All tries failed: :class:`RoutingError` from the last error.
+        """
+        started = self.clock.monotonic()
+        if started >= self.router.next_timer:
+            self.router.run_timers(started)
+        if self.config.rate_limit.enabled:
+            await self._admit(request)
+        tried: list[Backend] = []
+        last_error: BaseException | None = None
+        retry = 0
+        in_budget = False  # this call holds one unit of the retry budget
+        try:
+            while True:
+                try:
+                    result = await self._route(request, self.clock.monotonic(), tuple(tried), attempt=retry + 1)
+                except RoutingError as exc:
+                    if last_error is None:
+                        raise
+                    raise RoutingError(f"{len(tried)} tries failed and no other backend can take the request "
+                                       f"({exc}); last error: {last_error!r}") from last_error  # fmt: skip
+                tried.append(result.backend)  # type: ignore[arg-type]
+                try:
+                    value = await self.clock.wait_for(fn(result), self.config.request_timeout)
+                except asyncio.CancelledError:
+                    self._abandon(result)
+                    raise
+                except Exception as exc:
+                    self._complete(result, False, None)
+                    last_error = self._attempt_error(result, exc)
+                else:
+                    self._complete(result, True, None)
+                    return value
+                if in_budget:
+                    self.retry_budget.active -= 1
+                    in_budget = False
+                if retry >= self.config.max_retries or not self.retry_budget.allows(self.router.in_flight):
+                    break
+                retry += 1
+                self.counters["retries"] += 1
+                self.retry_budget.active += 1
+                in_budget = True
+                log_event("request_retry", logging.DEBUG, request_id=result.request_id, retry=retry,
+                          failed_backend=result.backend_id, error=repr(last_error))  # fmt: skip
+                await self.clock.sleep(self._backoff(retry))
+        finally:
+            if in_budget:
+                self.retry_budget.active -= 1
+        raise RoutingError(
+            f"request {result.request_id} failed after {len(tried)} tries: {last_error!r}"
+        ) from last_error
+
+    def _attempt_error(self, result: RouteResult, exc: Exception) -> Exception:
+        if not isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or isinstance(exc, LoadBalancingError):
+            return exc
+        error = RequestTimeoutError(
+            f"backend {result.backend_id} did not answer within {self.config.request_timeout:g} s"
+        )
+        error.__cause__ = exc
+        return error
+
+    # -- breakers, slow start ------------------------------------------------------
+
+    def _on_circuit_change(self, backend: Backend, old: CircuitState, new: CircuitState) -> None:
+        log_event("circuit_state_changed", logging.WARNING if new is CircuitState.OPEN else logging.INFO,
+                  backend_id=backend.id, old=old.value, new=new.value)  # fmt: skip
+        retry_at = backend.breaker.retry_at
+        if retry_at is not None:
+            self.router.schedule(retry_at, backend.breaker.poll)
+        self.router.refresh(backend)
+        if new is not CircuitState.OPEN:
+            self.router.dispatch()
+
+    def _begin_slow_start(self, backend: Backend, now: float) -> None:
+        duration = backend.config.slow_start_seconds
+        if duration <= 0:
+            return
+        backend.joined_at = now
+        backend.effective_weight = backend.weight * SLOW_START_FLOOR
+        self.router.schedule(now + duration / SLOW_START_STEPS, lambda: self._slow_start_step(backend))
+
+    def _slow_start_step(self, backend: Backend) -> None:
+        if backend.removed:
+            return
+        duration = backend.config.slow_start_seconds
+        now = self.clock.monotonic()
+        share = min(1.0, max(SLOW_START_FLOOR, (now - backend.joined_at) / duration))
+        backend.effective_weight = backend.weight * share
+        self.router.refresh(backend)
+        if share < 1.0:
+            self.router.schedule(now + duration / SLOW_START_STEPS, lambda: self._slow_start_step(backend))
+
+    # -- health ----------------------------------------------------------------------
+
+    async def health_check(self, backend_id: BackendID) -> HealthStatus:
+        """Probe a backend now; the outcome counts toward its thresholds."""
+        backend = self._get(backend_id)
+        await self._check(backend)
+        return backend.health.last
+
+    async def _check(self, backend: Backend) -> None:
+        try:
+            latency: float | None = await self._prober.probe(backend.config)
+            error = None
+        except ProbeFailed as exc:
+            latency, error = None, str(exc)
+        if backend.removed:
+            return
+        now = self.clock.monotonic()
+        old = backend.health.state
+        new = backend.health.record(error is None, latency, self.clock.time(), error)
+        if latency is not None:
+            backend.peak_ewma.observe(latency, now)
+            backend.ewma.observe(latency)
+            self.router.refresh(backend)
+        if new is old:
+            return
+        log_event("health_state_changed", logging.WARNING if new is HealthState.UNHEALTHY else logging.INFO,
+                  backend_id=backend.id, old=old.value, new=new.value, error=error)  # fmt: skip
+        if old is HealthState.UNHEALTHY:
+            self._begin_slow_start(backend, now)
+        self.router.refresh(backend)
+        self.router.dispatch()
+        for deployment in self._deployments:
+            await _maybe_call(deployment, "on_backend_health_change", backend.id, backend.health.last)
+
+    def _start_health(self, backend: Backend) -> None:
+        if self._initialized and self.config.health_check.enabled and backend.id not in self._health_tasks:
+            self._health_tasks[backend.id] = asyncio.create_task(
+                self._health_loop(backend), name=f"omnixan-lb-health-{backend.id}"
+            )
+
+    async def _health_loop(self, backend: Backend) -> None:
+        cfg = self.config.health_check
+        await self.clock.sleep(self.rng.uniform(0.0, cfg.interval))  # spread the fleet's first probes
+        while not backend.removed:
+            try:
+                await self._check(backend)
+            except Exception as exc:  # a bug in a hook must not stop health checking
+                log_event("health_check_error", logging.ERROR, backend_id=backend.id, error=repr(exc))
+            await self.clock.sleep(cfg.interval * (1.0 + self.rng.uniform(-cfg.jitter, cfg.jitter)))
+
+    # -- background -------------------------------------------------------------------
+
+    async def _cleanup_loop(self) -> None:
+        period = min(self.config.session_ttl, 60.0)
+        while True:
+            await self.clock.sleep(period)
+            try:
+                await self.store.purge_expired()
+            except Exception as exc:
+                log_event("state_cleanup_error", logging.ERROR, error=repr(exc))
+
+    def _start_load_reports(self) -> None:
+        if not any(t.get_name() == "omnixan-lb-load-report" for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._load_report_loop(), name="omnixan-lb-load-report"))
+
+    async def _load_report_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.load_report_interval)
+            distribution = await self.get_load_distribution()
+            for scaler in self._scalers:
+                await _maybe_call(scaler, "on_load_report", distribution)
+
+    async def _capacity_exhausted(self, request: Request) -> None:
+        for scaler in self._scalers:
+            await _maybe_call(scaler, "on_capacity_exhausted", request)
+
+    # -- observation and control ------------------------------------------------------
+
+    async def get_load_distribution(self) -> LoadDistribution:
+        """A snapshot of every backend's load, health and latency. No I/O on the memory store."""
+        now = self.clock.monotonic()
+        if now >= self.router.next_timer:
+            self.router.run_timers(now)
+        total = self.total_requests
+        backends = {b.id: self._describe(b, now, total) for b in self.router.members()}
+        return LoadDistribution(
+            total_requests=total,
+            requests_per_second=self._rate.rate(now),
+            algorithm=self.router.factory.kind,
+            timestamp=self.clock.time(),
+            active_sessions=await self.store.session_count(),
+            queued_requests=self.router.queued,
+            backends=backends,
+        )
+
+    @staticmethod
+    def _describe(b: Backend, now: float, total: int) -> dict[str, Any]:
+        window = b.window.summary(now)
+        completed = b.successful + b.failed
+        return {
+            "backend_id": b.id,
+            "host": b.host,
+            "port": b.port,
+            "weight": b.weight,
+            "effective_weight": b.effective_weight,
+            "priority": b.priority,
+            "quantum_capable": b.quantum,
+            "max_connections": b.config.max_connections,
+            "metadata": dict(b.config.metadata),
+            "active_connections": b.in_flight,
+            "total_requests": b.total,
+            "successful_requests": b.successful,
+            "failed_requests": b.failed,
+            "requests_per_second": b.rate.rate(now),
+            "avg_latency_ms": window.avg_ms,
+            "p50_latency_ms": window.p50_ms,
+            "p95_latency_ms": window.p95_ms,
+            "p99_latency_ms": window.p99_ms,
+            "error_rate": window.error_rate if window.samples else (b.failed / completed if completed else 0.0),
+            "health_status": b.health.state.value,
+            "circuit_state": b.breaker.state.value,
+            "load_fraction": b.total / total if total else 0.0,
+        }
+
+    async def configure_algorithm(self, algorithm: LoadBalancingAlgorithm | Mapping[str, Any] | str) -> None:
+        """Switch algorithm at once; :class:`AlgorithmError` if it is unsupported or misconfigured."""
+        factory = AlgorithmFactory(algorithm, self.rng, self.clock)
+        tau = self._decay_seconds(factory)
+        self.router.set_algorithm(factory)
+        if tau != self._tau:
+            self._tau = tau
+            for backend in self.router.members():
+                backend.peak_ewma.tau = tau
+        log_event("algorithm_changed", algorithm=factory.kind.value, config=factory.settings)
+
+    @staticmethod
+    def _decay_seconds(factory: AlgorithmFactory) -> float:
+        return float(factory.settings["decay_seconds"]) if factory.cls is LeastLatency else 10.0
+
+    async def execute(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The dict interface for integration; never raises for bad input."""
+        from .operations import run_operation
+
+        try:
+            result = await run_operation(self, params)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return {"status": "error", "error": str(exc), "error_type": type(exc).__name__}
+        return {"status": "success", "result": result}
+
+    # -- integrations ---------------------------------------------------------------
+
+    async def integrate_auto_scaling(self, scaler: Any) -> None:
+        """Send ``scaler`` load reports and capacity-exhausted events (the hooks it defines)."""
+        self._scalers.append(scaler)
+        if self._initialized:
+            self._start_load_reports()
+        log_event("auto_scaling_integrated", scaler=type(scaler).__name__)
+
+    async def integrate_redundant_deployment(self, deployment: Any) -> list[BackendID]:
+        """Add ``deployment.list_replicas()`` as backends and report health changes to it."""
+        self._deployments.append(deployment)
+        added: list[BackendID] = []
+        replicas = await _maybe_call(deployment, "list_replicas")
+        for replica in replicas or ():
+            added.append(await self.add_backend(replica))
+        log_event("redundant_deployment_integrated", deployment=type(deployment).__name__, replicas=len(added))
+        return added
+
+
+async def _maybe_call(target: Any, name: str, *args: Any) -> Any:
+    """Call ``target.name(*args)`` if defined, awaiting it if it is async; log its errors."""
+    method = getattr(target, name, None)
+    if method is None:
+        return None
+    try:
+        outcome = method(*args)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        return outcome
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log_event("integration_hook_error", logging.ERROR, hook=f"{type(target).__name__}.{name}", error=repr(exc))
+        return None

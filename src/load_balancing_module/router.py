@@ -1,0 +1,242 @@
+"""The routing core: backends in priority tiers, picking, slots and the queue.
+
+Everything here is synchronous except :meth:`Router.wait`. A pick walks the
+tiers from the highest priority down and asks the first tier with a free
+member to pick (the tier's algorithm), so only the highest tier that has a
+candidate is used and lower tiers are the failover set. When every candidate
+is at capacity, requests wait first in first out; a released slot is handed
+straight to the first waiter (as httpcore's connection pool does), so a new
+arrival cannot overtake the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from itertools import count
+
+from ._log import log_event
+from .algorithms import AlgorithmFactory
+from .backend import Backend, Tier
+from .clock import Clock
+from .config import Request
+from .enums import CircuitState, HealthState
+from .exceptions import BackendUnavailableError, CircuitBreakerOpenError, RequestTimeoutError
+
+
+class _Waiter:
+    __slots__ = ("request", "exclude", "future")
+
+    def __init__(self, request: Request, exclude: Sequence[Backend], future: asyncio.Future[Backend]) -> None:
+        self.request = request
+        self.exclude = exclude
+        self.future = future
+
+
+class Router:
+    def __init__(self, factory: AlgorithmFactory, clock: Clock, max_queue_size: int) -> None:
+        self.factory = factory
+        self.clock = clock
+        self.max_queue_size = max_queue_size
+        self.backends: dict[str, Backend] = {}
+        self.tiers: list[Tier] = []
+        self.in_flight = 0
+        self._dirty = False
+        self._waiters: deque[_Waiter] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = count()
+        self.next_timer = float("inf")
+
+    # -- membership ---------------------------------------------------------
+
+    def add(self, backend: Backend) -> None:
+        self.backends[backend.id] = backend
+        tier = next((t for t in self.tiers if t.priority == backend.priority), None)
+        if tier is None:
+            tier = Tier(backend.priority, self.factory.create())
+            self.tiers.append(tier)
+            self.tiers.sort(key=lambda t: -t.priority)
+        tier.members.append(backend)
+        backend.tier = tier
+        self._mark(tier)
+        self.refresh(backend)
+        self.dispatch()
+
+    def remove(self, backend: Backend) -> None:
+        del self.backends[backend.id]
+        backend.removed = True
+        self.refresh(backend)
+        tier = backend.tier
+        if tier is not None:
+            tier.members.remove(backend)
+            tier.in_flight -= backend.in_flight
+            backend.tier = None
+            if tier.members:
+                self._mark(tier)
+            else:
+                self.tiers.remove(tier)
+
+    def set_algorithm(self, factory: AlgorithmFactory) -> None:
+        self.factory = factory
+        for tier in self.tiers:
+            tier.algorithm = factory.create()
+            tier.algorithm.tier = tier
+            self._mark(tier)
+
+    def _mark(self, tier: Tier) -> None:
+        tier.dirty = True
+        self._dirty = True
+
+    def _rebuild(self) -> None:
+        for tier in self.tiers:
+            if tier.dirty:
+                tier.algorithm.rebuild(tier.members)
+                tier.dirty = False
+        self._dirty = False
+
+    # -- state of one backend -----------------------------------------------
+
+    def refresh(self, backend: Backend) -> None:
+        """Recompute a backend's rank after any change, and tell its tier."""
+        rank = backend.compute_rank()
+        tier = backend.tier
+        if rank != backend.rank:
+            if tier is not None:
+                tier.count(backend, backend.rank, -1)
+                tier.count(backend, rank, 1)
+            backend.rank = rank
+        if tier is not None and not tier.dirty:
+            tier.algorithm.update(backend)
+
+    def take(self, backend: Backend) -> None:
+        backend.in_flight += 1
+        self.in_flight += 1
+        if backend.tier is not None:
+            backend.tier.in_flight += 1
+        self.refresh(backend)
+
+    def release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        self.in_flight -= 1
+        if backend.tier is not None:
+            backend.tier.in_flight -= 1
+        self.refresh(backend)
+        if self._waiters:
+            self.dispatch()
+
+    # -- picking --------------------------------------------------------------
+
+    def pick(self, request: Request, exclude: Sequence[Backend] = ()) -> Backend | None:
+        """The backend for ``request`` now, or ``None`` if no tier has a free candidate."""
+        if self._dirty:
+            self._rebuild()
+        if not exclude:
+            return self._select(request)
+        for b in exclude:
+            b.excluded += 1
+            self.refresh(b)
+        try:
+            return self._select(request)
+        finally:
+            for b in exclude:
+                b.excluded -= 1
+                self.refresh(b)
+
+    def _select(self, request: Request) -> Backend | None:
+        if self.factory.cls.workload_aware and self.tiers:
+            klass = self.tiers[0].algorithm.preferred_class(request)
+            if klass is not None:
+                for tier in self.tiers:
+                    if tier.free[klass]:
+                        return tier.algorithm.pick(request, klass)
+        for tier in self.tiers:
+            if tier.free[0] or tier.free[1]:
+                return tier.algorithm.pick(request, None)
+        return None
+
+    def must_wait(self, exclude: Sequence[Backend] = ()) -> bool:
+        """After a failed pick: True if a candidate exists but is at capacity;
+        otherwise raise the error that says why nothing can take the request."""
+        live = [b for b in self.backends.values() if b not in exclude]
+        if not live:
+            what = "untried backend" if exclude else "backend"
+            raise BackendUnavailableError(f"no {what} is configured")
+        if any(b.health.state is not HealthState.UNHEALTHY and b.circuit_state is not CircuitState.OPEN
+               for b in live):  # fmt: skip
+            return True
+        if all(b.circuit_state is CircuitState.OPEN for b in live):
+            raise CircuitBreakerOpenError(f"the circuit of every backend is open ({len(live)} backends)")
+        raise BackendUnavailableError(f"no healthy backend: {len(live)} backends are unhealthy or have open circuits")
+
+    # -- the queue ------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self, request: Request, exclude: Sequence[Backend], timeout: float) -> Backend:
+        """Wait in FIFO order for a slot; the slot is already taken when this returns."""
+        if len(self._waiters) >= self.max_queue_size:
+            raise BackendUnavailableError(f"every backend is at max_connections and the queue is full "
+                                          f"({self.max_queue_size} waiting)")  # fmt: skip
+        future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(request, exclude, future)
+        self._waiters.append(waiter)
+        try:
+            return await self.clock.wait_for(future, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            if future.done() and not future.cancelled():
+                return future.result()  # the slot arrived as the timer fired
+            raise RequestTimeoutError(f"no backend slot became free within {timeout:g} s "
+                                      "(every backend is at max_connections)") from None  # fmt: skip
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())  # handed a slot just as we were cancelled
+            raise
+        finally:
+            if not future.done():
+                future.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def dispatch(self) -> None:
+        """Hand free slots to waiters, first come first served."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.future.done():
+                waiters.popleft()
+                continue
+            backend = self.pick(waiter.request, waiter.exclude)
+            if backend is None:
+                return
+            waiters.popleft()
+            self.take(backend)
+            waiter.future.set_result(backend)
+
+    def fail_waiters(self, reason: str) -> None:
+        while self._waiters:
+            future = self._waiters.popleft().future
+            if not future.done():
+                future.set_exception(BackendUnavailableError(reason))
+
+    # -- timers (checked lazily on each request, so a fake clock drives them) --
+
+    def schedule(self, deadline: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._timer_seq), callback))
+        self.next_timer = self._timers[0][0]
+
+    def run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, callback = heapq.heappop(timers)
+            try:
+                callback()
+            except Exception as exc:  # a timer must never break routing
+                log_event("timer_failed", error=repr(exc))
+        self.next_timer = timers[0][0] if timers else float("inf")
+
+    def members(self) -> Iterable[Backend]:
+        return self.backends.values()

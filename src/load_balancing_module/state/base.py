@@ -1,0 +1,44 @@
+"""The state-store interface: what several balancer instances may share.
+
+Sticky sessions, token buckets and the flood-block list live behind this
+small async interface. :class:`~.memory.MemoryStore` is the default; a shared
+store (Redis) implements the same methods atomically on its side.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class StateStore(ABC):
+    @abstractmethod
+    async def get_session(self, session_id: str, ttl: float) -> str | None:
+        """The backend id bound to a live session, extending its idle expiry to ``ttl``."""
+
+    @abstractmethod
+    async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
+        """Bind (or rebind) a session; it expires after ``ttl`` idle seconds."""
+
+    @abstractmethod
+    async def session_count(self) -> int:
+        """How many sessions are live."""
+
+    @abstractmethod
+    async def take_token(self, key: str, rate: float, burst: int) -> float:
+        """Take one token from ``key``'s bucket: 0.0 if taken, else seconds until one is available."""
+
+    @abstractmethod
+    async def record_attempt(self, key: str, threshold: int, block_seconds: float) -> tuple[float, bool]:
+        """Count one attempt of ``key`` in the current second.
+
+        Returns ``(blocked_for, newly_blocked)``: how many seconds ``key`` stays
+        blocked (0.0 if it is not), and whether this attempt caused the block,
+        which happens when attempts within one second exceed ``threshold``.
+        """
+
+    @abstractmethod
+    async def purge_expired(self) -> int:
+        """Drop expired sessions and idle buckets; return how many entries went."""
+
+    async def close(self) -> None:  # noqa: B027 - optional
+        """Release connections, if any."""
