@@ -6,6 +6,9 @@ from ..clock import Clock
 from .base import StateStore
 
 
+EPSILON = 1e-9  # refills in small steps add up to 0.99999...; that is a whole token
+
+
 def refill(tokens: float, last: float, now: float, rate: float, burst: int) -> float:
     """Tokens in a bucket at ``now`` that held ``tokens`` at ``last``."""
     return min(float(burst), tokens + max(now - last, 0.0) * rate)
@@ -41,8 +44,8 @@ class MemoryStore(StateStore):
         now = self._clock.monotonic()
         entry = self._buckets.get(key)
         tokens = float(burst) if entry is None else refill(entry[0], entry[1], now, rate, burst)
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= 1.0 - EPSILON:
+            tokens = max(tokens - 1.0, 0.0)
             self._buckets[key] = (tokens, now, now + (burst - tokens) / rate)
             return 0.0
         self._buckets[key] = (tokens, now, now + (burst - tokens) / rate)

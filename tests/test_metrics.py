@@ -1,0 +1,87 @@
+"""Prometheus collector (read at scrape time) and structured log events."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from load_balancing_module import (
+    BackendConfig,
+    CircuitBreakerConfig,
+    FakeClock,
+    HealthCheckConfig,
+    HealthState,
+    LoadBalancingModule,
+    LoadBalancingModuleConfig,
+    RateLimitConfig,
+    RateLimitExceededError,
+    Request,
+    register_metrics,
+)
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_values_move_with_traffic() -> None:
+    clock = FakeClock()
+    lb = LoadBalancingModule(
+        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False),
+                                  circuit_breaker=CircuitBreakerConfig(failure_threshold=2),
+                                  rate_limit=RateLimitConfig(enabled=True, requests_per_second=1, burst_size=3)),
+        clock=clock, rng=random.Random(1),
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    register_metrics(lb, registry)
+    a = await lb.add_backend(BackendConfig(host="a.test", port=80))
+    before = samples(registry)
+    assert before[("omnixan_lb_requests_total", (("backend", a), ("outcome", "success")))] == 0
+    assert before[("omnixan_lb_backend_up", (("backend", a),))] == 1
+    held = await lb.route_request(Request(client_ip="10.0.0.1"))
+    assert samples(registry)[("omnixan_lb_active_connections", (("backend", a),))] == 1
+    await lb.complete_request(held, success=True, latency_ms=40)
+    for _ in range(2):
+        await lb.complete_request(await lb.route_request(Request(client_ip="10.0.0.1")), success=False)
+    with pytest.raises(RateLimitExceededError):
+        await lb.route_request(Request(client_ip="10.0.0.1"))
+    after = samples(registry)
+    assert after[("omnixan_lb_requests_total", (("backend", a), ("outcome", "success")))] == 1
+    assert after[("omnixan_lb_requests_total", (("backend", a), ("outcome", "failure")))] == 2
+    assert after[("omnixan_lb_circuit_state", (("backend", a),))] == 2  # open
+    assert after[("omnixan_lb_rate_limited_total", ())] == 1
+    assert after[("omnixan_lb_request_latency_quantile_seconds", (("backend", a), ("quantile", "0.99")))] == 0.04
+    lb.backends[a].health.state = HealthState.UNHEALTHY
+    assert samples(registry)[("omnixan_lb_backend_up", (("backend", a),))] == 0
+    assert samples(registry)[("omnixan_lb_backend_health", (("backend", a), ("state", "unhealthy")))] == 1
+
+
+async def test_state_changes_are_logged_as_structured_events(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="load_balancing_module")
+    lb = LoadBalancingModule(
+        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False),
+                                  circuit_breaker=CircuitBreakerConfig(failure_threshold=1),
+                                  rate_limit=RateLimitConfig(enabled=True, ddos_threshold=1, burst_size=5)),
+        clock=FakeClock(),
+    )  # fmt: skip
+    a = await lb.add_backend(BackendConfig(host="a.test", port=80))
+    await lb.complete_request(await lb.route_request(Request(client_ip="10.0.0.9")), success=False)
+    with pytest.raises(RateLimitExceededError):
+        await lb.route_request(Request(client_ip="10.0.0.9"))
+    await lb.remove_backend(a)
+    events = {r.event: r.fields for r in caplog.records if hasattr(r, "event")}  # type: ignore[attr-defined]
+    assert events["backend_added"]["backend_id"] == a
+    assert events["circuit_state_changed"] == {"backend_id": a, "old": "closed", "new": "open"}
+    assert events["client_blocked"]["client_ip"] == "10.0.0.9"
+    assert events["backend_removed"]["backend_id"] == a
+    assert any("circuit_state_changed backend_id=a.test:80 old=closed new=open" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
