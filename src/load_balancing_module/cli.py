@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnixan-lb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
+    sub.add_parser("demo", help="run the library against three real local HTTP backends")
     return parser
 
 
@@ -23,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"omnixan-lb {__version__}")
         return 0
+    if args.command == "demo":
+        from .demo import main as demo
+
+        return demo()
     parser.print_help()
     return 0
 
