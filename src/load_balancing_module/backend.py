@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .breaker import CircuitBreaker
 from .config import BackendConfig
 from .enums import CircuitState, HealthState
-from .stats import Ewma, LatencyWindow, PeakEwma, RateCounter
+from .stats import Ewma, LatencyWindow, PeakEwma
 
 if TYPE_CHECKING:
     from .algorithms.base import Algorithm
@@ -27,9 +27,9 @@ class Backend:
     __slots__ = (
         "id", "config", "host", "port", "priority", "quantum", "key",
         "effective_weight", "joined_at",
-        "in_flight", "rank", "excluded", "tier", "removed",
+        "in_flight", "limit", "base_rank", "rank", "excluded", "tier", "removed",
         "health", "breaker",
-        "total", "successful", "failed", "window", "rate", "peak_ewma", "ewma",
+        "total", "successful", "failed", "window", "peak_ewma", "ewma",
         "__weakref__",
     )  # fmt: skip
 
@@ -45,6 +45,8 @@ class Backend:
         self.effective_weight = config.weight
         self.joined_at = now
         self.in_flight = 0
+        self.limit = config.max_connections  # slots now: the breaker may lower it
+        self.base_rank: int | None = None  # the rank when a slot is free
         self.rank: int | None = None
         self.excluded = 0
         self.tier: Tier | None = None
@@ -55,7 +57,6 @@ class Backend:
         self.successful = 0
         self.failed = 0
         self.window = LatencyWindow()
-        self.rate = RateCounter()
         self.peak_ewma = PeakEwma(tau)
         self.ewma = Ewma()
 
@@ -63,18 +64,19 @@ class Backend:
     def weight(self) -> float:
         return self.config.weight
 
-    @property
-    def capacity(self) -> int:
-        """How many requests may be in flight now (the breaker may lower it)."""
-        return self.breaker.capacity(self.config.max_connections)
-
     def compute_rank(self) -> int | None:
-        if self.excluded or self.removed:
-            return None
+        """Recompute ``limit`` and ``base_rank`` from health, breaker and exclusion; return the rank.
+
+        Taking and releasing slots only compares ``in_flight`` with ``limit``;
+        this fuller check runs when anything else changed.
+        """
+        self.limit = self.breaker.capacity(self.config.max_connections)
         state = self.health.state
-        if state is HealthState.UNHEALTHY or self.in_flight >= self.capacity:
-            return None
-        return HEALTHY_RANK if state is HealthState.HEALTHY else DEGRADED_RANK
+        if self.excluded or self.removed or state is HealthState.UNHEALTHY or self.limit == 0:
+            self.base_rank = None
+        else:
+            self.base_rank = HEALTHY_RANK if state is HealthState.HEALTHY else DEGRADED_RANK
+        return self.base_rank if self.in_flight < self.limit else None
 
     @property
     def circuit_state(self) -> CircuitState:
@@ -91,16 +93,24 @@ class Tier:
     ``c`` is 1 for quantum-capable and 0 for classical backends.
     """
 
-    __slots__ = ("priority", "members", "algorithm", "free", "healthy_free", "in_flight", "dirty")
+    __slots__ = ("priority", "members", "algorithm", "load_aware", "free", "healthy_free", "in_flight", "dirty")
 
     def __init__(self, priority: int, algorithm: Algorithm) -> None:
         self.priority = priority
         self.members: list[Backend] = []
         self.algorithm = algorithm
-        algorithm.tier = self
+        self.load_aware = True
+        self.use(algorithm)
         self.free = [0, 0]
         self.healthy_free = [0, 0]
         self.in_flight = 0
+        self.dirty = True
+
+    def use(self, algorithm: Algorithm) -> None:
+        self.algorithm = algorithm
+        algorithm.tier = self
+        # Algorithms whose keys ignore load need no update when a slot is taken.
+        self.load_aware = getattr(algorithm, "load_aware", True)
         self.dirty = True
 
     @property

@@ -174,14 +174,24 @@ class LoadBalancingModule:
     async def route_request(self, request: Request) -> RouteResult:
         """Choose a backend and take one of its connection slots."""
         started = self.clock.monotonic()
-        if started >= self.router.next_timer:
-            self.router.run_timers(started)
+        router = self.router
+        if started >= router.next_timer:
+            router.run_timers(started)
         if self.config.rate_limit.enabled:
             await self._admit(request)
-        return await self._route(request, started, ())
+        if self.config.session_affinity and request.session_id:
+            return await self._route(request, started, ())
+        # The common case, without a single await: pick, take, done.
+        backend = None if router.queued else router.pick(request)
+        if backend is None:
+            backend = await self._wait_for_slot(request, (), started)
+        else:
+            router.take(backend)
+        return self._result(request, backend, started, 1)
 
     async def _route(self, request: Request, started: float, exclude: tuple[Backend, ...],
                      attempt: int = 1) -> RouteResult:  # fmt: skip
+        """Route with sticky sessions and retry exclusions (the general path)."""
         router = self.router
         session_id = request.session_id if self.config.session_affinity else None
         backend: Backend | None = None
@@ -200,14 +210,18 @@ class LoadBalancingModule:
                 backend = await self._wait_for_slot(request, exclude, started)
         if session_id and bound != backend.id:
             await self.store.bind_session(session_id, backend.id, self.config.session_ttl)
+        return self._result(request, backend, started, attempt)
+
+    def _result(self, request: Request, backend: Backend, started: float, attempt: int) -> RouteResult:
         now = self.clock.monotonic()
         backend.total += 1
-        backend.rate.hit(now)
         self.total_requests += 1
         self._rate.hit(now)
-        request_id = request.request_id or self._next_request_id()
-        return RouteResult(backend.id, backend.host, backend.port, self.router.factory.kind, request_id,
-                           (now - started) * 1000.0, attempt, now, False, backend)  # fmt: skip
+        self._rid_seq += 1
+        kind = self.router.factory.kind
+        latency_ms = (now - started) * 1000.0
+        return RouteResult(backend.id, backend.host, backend.port, kind, request.request_id, latency_ms,
+                           attempt, now, backend, self._rid_prefix, self._rid_seq)  # fmt: skip
 
     async def _wait_for_slot(self, request: Request, exclude: tuple[Backend, ...], started: float) -> Backend:
         try:
@@ -222,10 +236,6 @@ class LoadBalancingModule:
             self.counters["unavailable"] += 1
             await self._capacity_exhausted(request)
             raise
-
-    def _next_request_id(self) -> str:
-        self._rid_seq += 1
-        return f"{self._rid_prefix}-{self._rid_seq:x}"
 
     async def _admit(self, request: Request) -> None:
         """Flood blocking, then the token bucket, for the request's client IP."""
@@ -498,7 +508,7 @@ class LoadBalancingModule:
             "total_requests": b.total,
             "successful_requests": b.successful,
             "failed_requests": b.failed,
-            "requests_per_second": b.rate.rate(now),
+            "requests_per_second": window.per_second,
             "avg_latency_ms": window.avg_ms,
             "p50_latency_ms": window.p50_ms,
             "p95_latency_ms": window.p95_ms,

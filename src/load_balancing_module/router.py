@@ -81,8 +81,7 @@ class Router:
     def set_algorithm(self, factory: AlgorithmFactory) -> None:
         self.factory = factory
         for tier in self.tiers:
-            tier.algorithm = factory.create()
-            tier.algorithm.tier = tier
+            tier.use(factory.create())
             self._mark(tier)
 
     def _mark(self, tier: Tier) -> None:
@@ -99,30 +98,48 @@ class Router:
     # -- state of one backend -----------------------------------------------
 
     def refresh(self, backend: Backend) -> None:
-        """Recompute a backend's rank after any change, and tell its tier."""
+        """Recompute a backend's rank after any change (health, breaker, weight, latency...)."""
         rank = backend.compute_rank()
         tier = backend.tier
         if rank != backend.rank:
-            if tier is not None:
-                tier.count(backend, backend.rank, -1)
-                tier.count(backend, rank, 1)
-            backend.rank = rank
+            self._set_rank(backend, rank)
+        elif tier is not None and not tier.dirty:
+            tier.algorithm.update(backend)
+
+    def _set_rank(self, backend: Backend, rank: int | None) -> None:
+        tier = backend.tier
+        if tier is not None:
+            tier.count(backend, backend.rank, -1)
+            tier.count(backend, rank, 1)
+        backend.rank = rank
         if tier is not None and not tier.dirty:
             tier.algorithm.update(backend)
+
+    # take/release run twice per request: only in_flight changed, so compare it with the limit.
 
     def take(self, backend: Backend) -> None:
         backend.in_flight += 1
         self.in_flight += 1
-        if backend.tier is not None:
-            backend.tier.in_flight += 1
-        self.refresh(backend)
+        tier = backend.tier
+        if tier is not None:
+            tier.in_flight += 1
+            if backend.in_flight >= backend.limit:
+                if backend.rank is not None:
+                    self._set_rank(backend, None)
+            elif tier.load_aware and not tier.dirty:
+                tier.algorithm.update(backend)
 
     def release(self, backend: Backend) -> None:
         backend.in_flight -= 1
         self.in_flight -= 1
-        if backend.tier is not None:
-            backend.tier.in_flight -= 1
-        self.refresh(backend)
+        tier = backend.tier
+        if tier is not None:
+            tier.in_flight -= 1
+            if backend.rank is None:
+                if backend.base_rank is not None and backend.in_flight < backend.limit:
+                    self._set_rank(backend, backend.base_rank)
+            elif tier.load_aware and not tier.dirty:
+                tier.algorithm.update(backend)
         if self._waiters:
             self.dispatch()
 

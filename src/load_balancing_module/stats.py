@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import math
 
-WINDOW_SAMPLES = 1024  # latency samples kept per backend (a power of two)
+WINDOW_SAMPLES = 1024  # completions kept per backend (a power of two)
 WINDOW_SECONDS = 60.0  # samples older than this are ignored by percentiles
 RATE_SECONDS = 10  # requests_per_second is averaged over this many seconds
 
 
 class RateCounter:
-    """Events per second over the last ``RATE_SECONDS`` whole seconds."""
+    """Events per second over the last ``RATE_SECONDS`` whole seconds.
+
+    For a stream hit many times a second (the module's total); per-backend
+    rates come from the latency window instead, at read time.
+    """
 
     __slots__ = ("_buckets", "_second")
 
@@ -30,9 +34,12 @@ class RateCounter:
 
     def _roll(self, second: int) -> None:
         # Zero the buckets of the seconds skipped since the last hit.
-        gap = min(second - self._second, RATE_SECONDS + 1)
-        for s in range(second - gap + 1, second + 1):
-            self._buckets[s % (RATE_SECONDS + 1)] = 0
+        gap = second - self._second
+        if gap > RATE_SECONDS:
+            self._buckets = [0] * (RATE_SECONDS + 1)
+        else:
+            for s in range(second - gap + 1, second + 1):
+                self._buckets[s % (RATE_SECONDS + 1)] = 0
         self._second = second
 
     def rate(self, now: float) -> float:
@@ -45,34 +52,37 @@ class RateCounter:
 
 
 class LatencyWindow:
-    """The most recent completions (latency, outcome, time) in a ring buffer."""
+    """The most recent completions as ``(time, latency_ms, ok)`` in a ring.
 
-    __slots__ = ("_latency", "_ok", "_at", "_next", "_count")
+    The ring grows to ``WINDOW_SAMPLES`` entries, so an idle backend costs
+    nothing; recording is one tuple and one list store.
+    """
+
+    __slots__ = ("_samples", "_next")
 
     def __init__(self) -> None:
-        self._latency = [0.0] * WINDOW_SAMPLES
-        self._ok = [True] * WINDOW_SAMPLES
-        self._at = [-math.inf] * WINDOW_SAMPLES
+        self._samples: list[tuple[float, float, bool]] = []
         self._next = 0
-        self._count = 0
 
     def record(self, latency_ms: float, ok: bool, now: float) -> None:
-        i = self._next
-        self._latency[i] = latency_ms
-        self._ok[i] = ok
-        self._at[i] = now
-        self._next = (i + 1) & (WINDOW_SAMPLES - 1)
-        self._count += 1
+        samples = self._samples
+        if len(samples) < WINDOW_SAMPLES:
+            samples.append((now, latency_ms, ok))
+        else:
+            i = self._next
+            samples[i] = (now, latency_ms, ok)
+            self._next = (i + 1) & (WINDOW_SAMPLES - 1)
 
     def summary(self, now: float) -> WindowSummary:
-        if not self._count:
+        samples = self._samples
+        if not samples:
             return EMPTY_SUMMARY
         since = now - WINDOW_SECONDS
-        idx = [i for i, at in enumerate(self._at) if at >= since]
-        if not idx:
+        recent = [s for s in samples if s[0] >= since]
+        if not recent:
             return EMPTY_SUMMARY
-        values = sorted(self._latency[i] for i in idx)
-        failures = sum(1 for i in idx if not self._ok[i])
+        values = sorted(s[1] for s in recent)
+        failures = sum(1 for s in recent if not s[2])
         return WindowSummary(
             samples=len(values),
             avg_ms=sum(values) / len(values),
@@ -80,15 +90,30 @@ class LatencyWindow:
             p95_ms=_quantile(values, 0.95),
             p99_ms=_quantile(values, 0.99),
             error_rate=failures / len(values),
+            per_second=self._rate(now),
         )
+
+    def _rate(self, now: float) -> float:
+        """Completions per second over the last ``RATE_SECONDS`` s.
+
+        When the ring holds fewer than that many seconds (a busy backend),
+        the rate is taken over the span the ring does hold.
+        """
+        samples = self._samples
+        since = now - RATE_SECONDS
+        count = sum(1 for s in samples if s[0] >= since)
+        if count == WINDOW_SAMPLES:
+            oldest = samples[self._next][0]
+            return count / max(now - oldest, 1e-9)
+        return count / RATE_SECONDS
 
 
 class WindowSummary:
-    __slots__ = ("samples", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate")
+    __slots__ = ("samples", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "per_second")
 
-    def __init__(
-        self, samples: int, avg_ms: float, p50_ms: float, p95_ms: float, p99_ms: float, error_rate: float
-    ) -> None:
+    def __init__(self, samples: int, avg_ms: float, p50_ms: float, p95_ms: float, p99_ms: float,
+                 error_rate: float, per_second: float) -> None:  # fmt: skip
+        self.per_second = per_second
         self.samples = samples
         self.avg_ms = avg_ms
         self.p50_ms = p50_ms
@@ -97,7 +122,7 @@ class WindowSummary:
         self.error_rate = error_rate
 
 
-EMPTY_SUMMARY = WindowSummary(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+EMPTY_SUMMARY = WindowSummary(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def _quantile(ordered: list[float], q: float) -> float:

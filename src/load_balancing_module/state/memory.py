@@ -5,7 +5,6 @@ from __future__ import annotations
 from ..clock import Clock
 from .base import StateStore
 
-
 EPSILON = 1e-9  # refills in small steps add up to 0.99999...; that is a whole token
 
 
