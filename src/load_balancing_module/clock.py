@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import sys
 import time
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar
@@ -41,6 +42,11 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
     async def wait_for(self, aw: Awaitable[T], timeout: float | None) -> T:
+        if timeout is not None and sys.version_info >= (3, 11):
+            # Not asyncio.wait_for: before 3.12 it can swallow a cancel that arrives as
+            # the awaited call finishes (CPython gh-86296), and a cancelled caller runs on.
+            async with asyncio.timeout(timeout):
+                return await aw
         return await asyncio.wait_for(aw, timeout)
 
 

@@ -88,7 +88,6 @@ class Prober:
         self.config = config
         self.clock = clock
         self.custom = custom
-        self._session: aiohttp.ClientSession | None = None
 
     async def probe(self, backend: BackendConfig) -> float:
         """Probe once; return the latency in ms or raise :class:`ProbeFailed`."""
@@ -98,9 +97,11 @@ class Prober:
         except ProbeFailed:
             raise
         except (TimeoutError, asyncio.TimeoutError):
-            raise ProbeFailed(f"no answer within {self.config.timeout:g} s") from None
-        except (OSError, aiohttp.ClientError) as exc:
-            raise ProbeFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            raise ProbeFailed(f"no answer from {backend.address} within {self.config.timeout:g} s") from None
+        except Exception as exc:  # refused, unresolvable, reset, or a custom probe that raised
+            # aiohttp wraps the OS error of a failed connect; name that cause (e.g. ConnectionRefusedError).
+            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            raise ProbeFailed(f"{type(cause).__name__} ({backend.address}): {exc}".rstrip(": ")) from None
         return (self.clock.monotonic() - started) * 1000.0
 
     async def _probe(self, backend: BackendConfig) -> None:
@@ -122,19 +123,18 @@ class Prober:
             await writer.wait_closed()
 
     async def _http(self, backend: BackendConfig) -> None:
-        if self._session is None or self._session.closed:
-            # No pooling: each probe opens a fresh connection, as a new client would.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=0),
-                headers={"User-Agent": "omnixan-lb-health"},
-            )
+        # A session per probe: a fresh connection, as a new client would open, and nothing left
+        # open between probes (health_check() may run outside initialize()/shutdown()).
+        # The status line is the answer: the body is not awaited (a slow or endless body must not
+        # time out a 200, nor hide a 500), and leaving the block closes the connection.
         url = f"http://{backend.address}{self.config.path}"
-        async with self._session.get(url, allow_redirects=False) as response:
-            await response.read()
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        async with (
+            aiohttp.ClientSession(connector=connector, headers={"User-Agent": "omnixan-lb-health"}) as session,
+            session.get(url, allow_redirects=False) as response,
+        ):
             if not 200 <= response.status < 400:
                 raise ProbeFailed(f"HTTP {response.status} from GET {self.config.path}")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Release resources; probes hold none between calls, so there is nothing to do."""

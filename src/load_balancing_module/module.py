@@ -438,7 +438,8 @@ class LoadBalancingModule:
     async def _health_loop(self, backend: Backend) -> None:
         cfg = self.config.health_check
         await self.clock.sleep(self.rng.uniform(0.0, cfg.interval))  # spread the fleet's first probes
-        while not backend.removed:
+        # Checking _initialized too: on Python 3.10 asyncio.wait_for can lose shutdown()'s cancel.
+        while self._initialized and not backend.removed:
             try:
                 await self._check(backend)
             except Exception as exc:  # a bug in a hook must not stop health checking
