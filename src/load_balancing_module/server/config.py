@@ -1,0 +1,182 @@
+"""The server's config file: YAML (or TOML) into the library's pydantic models.
+
+Top-level keys are the fields of ``LoadBalancingModuleConfig`` plus the
+server's own (``listen``, ``backends``, ``admin``, ``state``,
+``trusted_proxies``, ``limits``, ``drain_timeout``, ``access_log``). Unknown
+keys are errors. ``${NAME}`` in any string is replaced by the environment
+variable ``NAME`` (an unset variable is an error; ``$${`` keeps a literal
+``${``). Every problem is reported with its field path, e.g.
+``backends[2].port: must be <= 65535``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from ..algorithms import ALGORITHMS
+from ..config import BackendConfig, LoadBalancingModuleConfig, _Model
+from ..exceptions import AlgorithmError, ConfigurationError
+
+_ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port with a port in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class Limits(_Model):
+    max_header_bytes: int = Field(default=16384, ge=256)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    header_timeout: float = Field(default=10.0, gt=0)
+    idle_timeout: float = Field(default=60.0, gt=0)
+
+
+class AdminConfig(_Model):
+    listen: str = "127.0.0.1:9090"
+    token_env: str | None = "OMNIXAN_ADMIN_TOKEN"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+
+class ServerConfig(LoadBalancingModuleConfig):
+    listen: str = "127.0.0.1:8080"
+    backends: list[BackendConfig] = Field(default_factory=list)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    state: str = "memory"
+    trusted_proxies: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    drain_timeout: float = Field(default=30.0, ge=0)
+    access_log: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, value: str) -> str:
+        if value != "memory":
+            raise ValueError("only 'memory' is available in this version")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for i, cidr in enumerate(value):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"entry {i} ({cidr!r}) is not an IP network such as 10.0.0.0/8") from None
+        return value
+
+    def module_config(self) -> LoadBalancingModuleConfig:
+        """The library's part of this config."""
+        fields = set(LoadBalancingModuleConfig.model_fields)
+        return LoadBalancingModuleConfig.model_validate({k: v for k, v in self.model_dump().items() if k in fields})
+
+
+def expand_env(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${NAME}`` in every string of a parsed document."""
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigurationError(f"{path or '(top)'}: environment variable {name} is not set")
+            return environ[name]
+
+        return _ENV.sub(substitute, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, environ, _join(path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per problem: ``field.path[2].name: what is wrong``."""
+    lines = []
+    for item in error.errors():
+        path = ""
+        for part in item["loc"]:
+            path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
+        lines.append(f"{path or '(top)'}: {_message(item)}")
+    return lines
+
+
+def _message(item: Mapping[str, Any]) -> str:
+    ctx = item.get("ctx") or {}
+    kind = item["type"]
+    for key, op in (("le", "<="), ("ge", ">="), ("lt", "<"), ("gt", ">")):
+        if key in ctx and kind.endswith(("_equal", "less_than", "greater_than")):
+            bound = ctx[key]
+            return f"must be {op} {bound:g}" if isinstance(bound, (int, float)) else f"must be {op} {bound}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    message = str(item["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def load_document(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        return tomllib.loads(text)
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Read, expand and validate a config file; :class:`ConfigurationError` lists every problem."""
+    path = Path(path)
+    try:
+        document = load_document(path)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigurationError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigurationError(f"{path}: the top level must be a mapping of keys, not {type(document).__name__}")
+    document = expand_env(document, os.environ if environ is None else environ)
+    try:
+        config = ServerConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigurationError("\n".join(describe_errors(exc))) from None
+    try:
+        ALGORITHMS[config.algorithm.algorithm_type].parse(config.algorithm.config)
+    except AlgorithmError as exc:
+        raise ConfigurationError(f"algorithm.config: {exc}") from None
+    return config

@@ -1,0 +1,103 @@
+"""The server's config file and ``omnixan-lb check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from load_balancing_module import ConfigurationError, LoadBalancingAlgorithmType
+from load_balancing_module.cli import main
+from load_balancing_module.server.config import load_config, parse_address
+
+GOOD = """
+listen: "127.0.0.1:8080"
+algorithm: least_connections
+backends:
+  - {host: 127.0.0.1, port: 9001, weight: 2, priority: 10}
+  - {host: 127.0.0.1, port: 9002, quantum_capable: true}
+admin:
+  listen: "127.0.0.1:9090"
+  token_env: OMNIXAN_ADMIN_TOKEN
+state: memory
+trusted_proxies: [10.0.0.0/8]
+limits: {max_header_bytes: 16384, max_body_bytes: 10485760, header_timeout: 10, idle_timeout: 60}
+request_timeout: ${LB_TIMEOUT}
+health_check: {type: http, path: /healthz}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "lb.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_contract_example_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD), {"LB_TIMEOUT": "7.5"})
+    assert config.algorithm.algorithm_type is LoadBalancingAlgorithmType.LEAST_CONNECTIONS
+    assert [(b.port, b.weight, b.priority) for b in config.backends] == [(9001, 2.0, 10), (9002, 1.0, 0)]
+    assert config.request_timeout == 7.5
+    assert config.limits.max_header_bytes == 16384 and config.admin.listen == "127.0.0.1:9090"
+    module_config = config.module_config()
+    assert module_config.health_check.path == "/healthz" and module_config.request_timeout == 7.5
+    assert not hasattr(module_config, "backends")
+
+
+def test_every_problem_is_reported_with_its_field_path(tmp_path: Path) -> None:
+    bad = GOOD.replace("port: 9002", "port: 99999, colour: red").replace("10.0.0.0/8", "nope")
+    bad += "max_retries: -1\nalgorithm_typo: 1\n"
+    with pytest.raises(ConfigurationError) as info:
+        load_config(write(tmp_path, bad), {"LB_TIMEOUT": "1"})
+    lines = str(info.value).splitlines()
+    assert "backends[1].port: must be <= 65535" in lines
+    assert "backends[1].colour: unknown key" in lines
+    assert "max_retries: must be >= 0" in lines
+    assert "algorithm_typo: unknown key" in lines
+    assert any(line.startswith("trusted_proxies: entry 0 ('nope')") for line in lines)
+    assert len(lines) == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: localhost\n", "listen: 'localhost' is not host:port"),
+        ("state: redis://127.0.0.1:6379/0\n", "state: only 'memory'"),
+        ("algorithm: {algorithm_type: ip_hash, config: {balance_factor: 0.5}}\n", "algorithm.config: ip_hash"),
+        ("backends: [{host: a.test}]\n", "backends[0].port: required"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("listen: [unclosed\n", "not valid yaml"),
+        ("request_timeout: ${NOPE}\n", "request_timeout: environment variable NOPE is not set"),
+    ],
+)
+def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(write(tmp_path, text), {})
+
+
+def test_toml_and_env_escape(tmp_path: Path) -> None:
+    path = write(tmp_path, 'listen = "127.0.0.1:${PORT}"\n[admin]\ntoken_env = "$${NOT_EXPANDED}"\n', "lb.toml")
+    config = load_config(path, {"PORT": "8181"})
+    assert config.listen == "127.0.0.1:8181" and config.admin.token_env == "${NOT_EXPANDED}"
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    for bad in ("80", ":80", "host:0", "host:http"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+
+
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LB_TIMEOUT", "3")
+    assert main(["check", "--config", str(write(tmp_path, GOOD))]) == 0
+    assert "ok (2 backends, algorithm least_connections)" in capsys.readouterr().out
+    bad = write(tmp_path, "backends: [{host: a.test, port: 0}, {host: b.test, port: 1, weight: 0}]\n", "bad.yaml")
+    assert main(["check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["backends[0].port: must be >= 1", "backends[1].weight: must be > 0"]
+    monkeypatch.setenv("OMNIXAN_LB_CONFIG", str(bad))
+    assert main(["check"]) == 2
+    assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err
