@@ -151,11 +151,13 @@ class PeakEwma:
         self.samples = 0
 
     def observe(self, latency_ms: float, now: float) -> None:
-        if self.samples == 0 or latency_ms > self.cost:
+        # Compare with the value decayed to now, so a fast answer never raises the cost.
+        w = math.exp(-max(now - self.stamp, 0.0) / self.tau)
+        current = self.cost * w
+        if self.samples == 0 or latency_ms > current:
             self.cost = latency_ms
         else:
-            w = math.exp(-max(now - self.stamp, 0.0) / self.tau)
-            self.cost = self.cost * w + latency_ms * (1.0 - w)
+            self.cost = current * w + latency_ms * (1.0 - w)
         self.stamp = now
         self.samples += 1
 

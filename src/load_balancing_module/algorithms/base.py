@@ -31,6 +31,10 @@ class Algorithm(ABC):
     kind: ClassVar[LoadBalancingAlgorithmType]
     #: True when requests prefer a class of backend (see QUANTUM_AWARE).
     workload_aware: ClassVar[bool] = False
+    #: False when the order of members ignores their in-flight counts: the
+    #: router then skips ``update`` when a slot is taken or released and the
+    #: rank stays the same (see ``Tier.use``).
+    load_aware: ClassVar[bool] = True
     #: Config keys this algorithm accepts, with their defaults.
     defaults: ClassVar[Mapping[str, Any]] = {}
 

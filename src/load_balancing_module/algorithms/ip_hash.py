@@ -9,13 +9,19 @@ unhealthy for a while keeps its points, so its keys come back when it does.
 
 Config:
 
-- ``points``: points per member at weight 1 (default: 160,000 / N, between
-  40 and 1,000, which keeps loads within a few percent for small tiers).
-  Points scale with weight relative to the heaviest member.
+- ``points``: points per member at the reference weight (default: 160,000 / N,
+  between 40 and 1,000, which keeps loads within a few percent for small
+  tiers). A member of weight ``w`` gets ``points x w / ref``, where ``ref`` is
+  the median weight rounded to a power of two, at most ``MAX_WEIGHT_RATIO``
+  times ``points``. Scaling by the *heaviest* weight instead would re-scale
+  every member whenever the heaviest one joins or leaves, moving about half
+  of all keys; the rounded median does not move when one member comes or goes
+  in a tier of like weights.
 - ``balance_factor``: bounded loads (as HAProxy's ``hash-balance-factor``,
   from "Consistent Hashing with Bounded Loads"): a member may take a request
-  only while its in-flight count stays within ``factor x`` the tier's mean;
-  otherwise the walk goes on. ``None`` (default) disables it. Must be > 1.
+  only while its in-flight count stays within ``factor x`` its weighted share
+  of the tier's in-flight requests; otherwise the walk goes on. ``None``
+  (default) disables it. Must be > 1.
 - ``key``: ``"client_ip"`` (default) or ``"session_id"`` (falls back to the
   client IP when a request has none).
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -40,6 +47,7 @@ from .base import Algorithm, number
 MIN_POINTS = 40
 MAX_POINTS = 1000
 POINT_BUDGET = 160_000
+MAX_WEIGHT_RATIO = 16  # a member gets at most this many times the points of the reference weight
 
 
 def hash64(data: str) -> int:
@@ -61,7 +69,8 @@ class HashRing:
     def __init__(self, members: Sequence[Backend], points: int | None) -> None:
         n = len(members)
         base = points or max(MIN_POINTS, min(MAX_POINTS, POINT_BUDGET // max(n, 1)))
-        heaviest = max((b.weight for b in members), default=1.0)
+        # Not the heaviest weight: see the module docstring.
+        ref = 2.0 ** round(math.log2(statistics.median_low(b.weight for b in members))) if members else 1.0
         seen: dict[str, int] = {}
         pairs: list[tuple[int, int]] = []
         for index, b in enumerate(members):
@@ -69,7 +78,7 @@ class HashRing:
             dup = seen.get(b.key, 0)
             seen[b.key] = dup + 1
             name = b.key if dup == 0 else f"{b.key}~{dup}"
-            count = max(1, round(base * b.weight / heaviest))
+            count = max(1, min(round(base * b.weight / ref), base * MAX_WEIGHT_RATIO))
             pairs.extend((hash64(f"{name}#{i}"), index) for i in range(count))
         pairs.sort()
         self.hashes = [h for h, _ in pairs]
@@ -83,6 +92,7 @@ class HashRing:
 
 class ConsistentHash(Algorithm):
     kind = LoadBalancingAlgorithmType.IP_HASH
+    load_aware = False  # the order ignores in_flight (IP_HASH's load cap reads it at pick time)
     defaults: ClassVar[Mapping[str, Any]] = {"points": None, "balance_factor": None, "key": "client_ip"}
 
     @classmethod
@@ -99,9 +109,33 @@ class ConsistentHash(Algorithm):
         self._ring = HashRing((), None)
         self._factor: float | None = self.settings["balance_factor"]
         self._key: str = self.settings["key"]
+        # For the bounded-load cap: the weight of the members with a free slot,
+        # [HEALTHY ones, any], and the (rank, weight) each member is counted with.
+        self._free_weight = [0.0, 0.0]
+        self._counted: dict[Backend, tuple[int | None, float]] = {}
 
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._ring = HashRing(members, self.settings["points"])
+        self._free_weight = [0.0, 0.0]
+        self._counted.clear()
+        for b in members:
+            self.update(b)
+
+    def update(self, backend: Backend) -> None:
+        rank, weight = backend.rank, backend.weight
+        old = self._counted.get(backend)
+        if old == (rank, weight):
+            return
+        if old is not None:
+            self._count(*old, -1)
+        self._count(rank, weight, 1)
+        self._counted[backend] = (rank, weight)
+
+    def _count(self, rank: int | None, weight: float, sign: int) -> None:
+        if rank is not None:
+            self._free_weight[1] += sign * weight
+            if rank == HEALTHY_RANK:
+                self._free_weight[0] += sign * weight
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         ring = self._ring
@@ -109,22 +143,30 @@ class ConsistentHash(Algorithm):
         if not owners:
             return None
         want = HEALTHY_RANK if self.healthy_free() else None
-        cap = self._load_cap()
+        per_weight = self._load_cap(want)
         i = ring.start(hash_key(request, self._key))
         fallback: Backend | None = None
         for _ in range(len(owners)):
             b = owners[i]
             if b.rank is not None and (want is None or b.rank == want):
-                if cap is None or b.in_flight + 1 <= cap:
+                if per_weight is None or b.in_flight + 1 <= math.ceil(per_weight * b.weight):
                     return b
                 if fallback is None:
                     fallback = b
             i = i + 1 if i + 1 < len(owners) else 0
         return fallback
 
-    def _load_cap(self) -> float | None:
+    def _load_cap(self, want: int | None) -> float | None:
+        """In-flight requests allowed per unit of weight, counting the one being placed.
+
+        Weighted, as HAProxy does: a member of weight ``w`` may hold
+        ``ceil(factor x (in_flight + 1) x w / W)``, where ``W`` is the weight of
+        the members that may take this request. (An unweighted cap held a
+        heavy member to the same count as a light one, whatever its weight.)
+        The least loaded such member is always under its cap.
+        """
         tier = self.tier
-        if self._factor is None or tier is None:
+        weight = self._free_weight[0 if want == HEALTHY_RANK else 1]
+        if self._factor is None or tier is None or weight <= 0.0:
             return None
-        candidates = max(tier.free_total, 1)
-        return math.ceil(self._factor * (tier.in_flight + 1) / candidates)
+        return self._factor * (tier.in_flight + 1) / weight

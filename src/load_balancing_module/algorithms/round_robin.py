@@ -19,6 +19,7 @@ from .base import Algorithm
 
 class RoundRobin(Algorithm):
     kind = LoadBalancingAlgorithmType.ROUND_ROBIN
+    load_aware = False  # the order ignores in_flight
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -7,8 +7,15 @@ weights work, and ``effective_weight`` (slow start) is honoured.
   member's ``current`` grows by its weight, the largest wins and gives back
   the total. Pick: O(n), which for a few dozen members is cheaper than a heap.
 - Larger tiers use an earliest-deadline-first schedule (as Envoy does): each
-  member is due every ``1/weight`` units of virtual time, starting half an
-  interval in. Same proportions, near-identical interleaving. Pick: O(log n).
+  member is due every ``1/weight`` units of virtual time, starting a fraction
+  ``phase`` of an interval in. Same proportions, near-identical interleaving.
+  Pick: O(log n).
+
+  Phases are spread over (0, 1] by the golden-ratio sequence, one per member
+  in the order they join. With one shared phase, equal-weight members fall
+  due together: one member of weight 32 among 32 of weight 1 went 16 times
+  in a row, then the others 32 in a row. Spread phases keep every prefix of
+  the schedule within a pick or two of its exact share.
 
 A member that returns after a pause resumes at the current virtual time, so
 it does not get a burst to "catch up".
@@ -25,10 +32,12 @@ from ._heap import LazyHeap
 from .base import Algorithm
 
 SMALL_TIER = 32
+_GOLDEN = 0.6180339887498949  # 1/phi: successive multiples, mod 1, spread evenly over [0, 1)
 
 
 class SmoothWeighted(Algorithm):
     kind = LoadBalancingAlgorithmType.WEIGHTED
+    load_aware = False  # the order ignores in_flight
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -37,6 +46,7 @@ class SmoothWeighted(Algorithm):
         self._heap = LazyHeap()
         self._deadline: dict[Backend, float] = {}
         self._vtime = 0.0
+        self._joined = 0  # members given a phase so far
 
     @property
     def small(self) -> bool:
@@ -59,7 +69,9 @@ class SmoothWeighted(Algorithm):
             return
         deadline = self._deadline.get(backend)
         if deadline is None:
-            deadline = self._vtime + 0.5 / backend.effective_weight
+            self._joined += 1
+            phase = 1.0 - (self._joined * _GOLDEN) % 1.0  # in (0, 1]
+            deadline = self._vtime + phase / backend.effective_weight
         deadline = max(deadline, self._vtime)
         self._deadline[backend] = deadline
         self._heap.set(backend, (backend.rank, deadline))
