@@ -34,7 +34,7 @@ class Backend:
     )  # fmt: skip
 
     def __init__(self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker,
-                 *, tau: float, now: float) -> None:  # fmt: skip
+                 *, now: float, tau: float = 10.0) -> None:  # fmt: skip
         self.id = backend_id
         self.config = config
         self.host = config.host
@@ -93,13 +93,15 @@ class Tier:
     ``c`` is 1 for quantum-capable and 0 for classical backends.
     """
 
-    __slots__ = ("priority", "members", "algorithm", "load_aware", "free", "healthy_free", "in_flight", "dirty")
+    __slots__ = ("priority", "members", "algorithm", "load_aware", "observes_latency", "free", "healthy_free",
+                 "in_flight", "dirty")  # fmt: skip
 
     def __init__(self, priority: int, algorithm: Algorithm) -> None:
         self.priority = priority
         self.members: list[Backend] = []
         self.algorithm = algorithm
         self.load_aware = True
+        self.observes_latency = False
         self.use(algorithm)
         self.free = [0, 0]
         self.healthy_free = [0, 0]
@@ -109,8 +111,10 @@ class Tier:
     def use(self, algorithm: Algorithm) -> None:
         self.algorithm = algorithm
         algorithm.tier = self
-        # Algorithms whose keys ignore load need no update when a slot is taken.
-        self.load_aware = getattr(algorithm, "load_aware", True)
+        # Copied here so the hot path reads one attribute: algorithms whose keys ignore
+        # load need no update when a slot is taken, and only some read latency.
+        self.load_aware = algorithm.load_aware
+        self.observes_latency = algorithm.observes_latency
         self.dirty = True
 
     @property

@@ -87,10 +87,11 @@ class _HalfOpen(_State):
 class CircuitBreaker:
     """The breaker of one backend. ``listener`` hears every transition."""
 
-    __slots__ = ("config", "clock", "listener", "_state")
+    __slots__ = ("config", "enabled", "clock", "listener", "_state")
 
     def __init__(self, config: CircuitBreakerConfig, clock: Clock, listener: Listener | None = None) -> None:
         self.config = config
+        self.enabled = config.enabled
         self.clock = clock
         self.listener = listener
         self._state: _State = _Closed(self)
@@ -105,14 +106,14 @@ class CircuitBreaker:
         return self._state.retry_at if isinstance(self._state, _Open) else None
 
     def capacity(self, max_connections: int) -> int:
-        return self._state.capacity(max_connections) if self.config.enabled else max_connections
+        return self._state.capacity(max_connections) if self.enabled else max_connections
 
     def on_success(self) -> None:
-        if self.config.enabled:
+        if self.enabled:
             self._state.on_success()
 
     def on_failure(self) -> None:
-        if self.config.enabled:
+        if self.enabled:
             self._state.on_failure()
 
     def poll(self) -> None:

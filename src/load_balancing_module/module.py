@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from ._log import log_event
 from .algorithms import AlgorithmFactory
-from .algorithms.least_latency import LeastLatency
 from .backend import Backend
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
@@ -59,13 +58,15 @@ class LoadBalancingModule:
         probe: Probe | None = None,
     ) -> None:
         self.config = config if config is not None else LoadBalancingModuleConfig()
+        # Read on every request: copied out of the (pydantic) config once.
+        self._rate_limited = self.config.rate_limit.enabled
+        self._sticky = self.config.session_affinity
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.rng = rng if rng is not None else random.Random()
         self._owns_store = state_store is None
         self.store: StateStore = state_store if state_store is not None else MemoryStore(self.clock)
         factory = AlgorithmFactory(self.config.algorithm, self.rng, self.clock)
         self.router = Router(factory, self.clock, self.config.max_queue_size)
-        self._tau = self._decay_seconds(factory)
         self._prober = Prober(self.config.health_check, self.clock, probe)
         self._backoff = ExponentialJitterBackoff(
             self.config.retry_backoff_base, self.config.retry_backoff_max, self.rng
@@ -131,7 +132,7 @@ class LoadBalancingModule:
         tracker = HealthTracker(backend_id, self.config.health_check)
         breaker = CircuitBreaker(self.config.circuit_breaker, self.clock)
         now = self.clock.monotonic()
-        runtime = Backend(backend_id, config, breaker, tracker, tau=self._tau, now=now)
+        runtime = Backend(backend_id, config, breaker, tracker, now=now)
         breaker.listener = lambda _b, old, new: self._on_circuit_change(runtime, old, new)
         self._begin_slow_start(runtime, now)
         self.router.add(runtime)
@@ -177,12 +178,12 @@ class LoadBalancingModule:
         router = self.router
         if started >= router.next_timer:
             router.run_timers(started)
-        if self.config.rate_limit.enabled:
+        if self._rate_limited:
             await self._admit(request)
-        if self.config.session_affinity and request.session_id:
+        if self._sticky and request.session_id:
             return await self._route(request, started, ())
         # The common case, without a single await: pick, take, done.
-        backend = None if router.queued else router.pick(request)
+        backend = None if router.waiters else router.pick(request)
         if backend is None:
             backend = await self._wait_for_slot(request, (), started)
         else:
@@ -193,7 +194,7 @@ class LoadBalancingModule:
                      attempt: int = 1) -> RouteResult:  # fmt: skip
         """Route with sticky sessions and retry exclusions (the general path)."""
         router = self.router
-        session_id = request.session_id if self.config.session_affinity else None
+        session_id = request.session_id if self._sticky else None
         backend: Backend | None = None
         bound: str | None = None
         if session_id:
@@ -203,7 +204,7 @@ class LoadBalancingModule:
                 backend = sticky
                 router.take(backend)
         if backend is None:
-            backend = None if router.queued else router.pick(request, exclude)
+            backend = None if router.waiters else router.pick(request, exclude)
             if backend is not None:
                 router.take(backend)
             else:
@@ -218,7 +219,7 @@ class LoadBalancingModule:
         self.total_requests += 1
         self._rate.hit(now)
         self._rid_seq += 1
-        kind = self.router.factory.kind
+        kind = self.router.kind
         latency_ms = (now - started) * 1000.0
         return RouteResult(backend.id, backend.host, backend.port, kind, request.request_id, latency_ms,
                            attempt, now, backend, self._rid_prefix, self._rid_seq)  # fmt: skip
@@ -274,8 +275,9 @@ class LoadBalancingModule:
             backend.failed += 1
             backend.breaker.on_failure()
         backend.window.record(latency_ms, success, now)
-        backend.peak_ewma.observe(latency_ms, now)
-        backend.ewma.observe(latency_ms)
+        tier = backend.tier
+        if tier is not None and tier.observes_latency:
+            tier.algorithm.observe(backend, latency_ms, now)
         self.router.release(backend)
 
     def _abandon(self, result: RouteResult) -> None:
@@ -309,7 +311,7 @@ class LoadBalancingModule:
         started = self.clock.monotonic()
         if started >= self.router.next_timer:
             self.router.run_timers(started)
-        if self.config.rate_limit.enabled:
+        if self._rate_limited:
             await self._admit(request)
         tried: list[Backend] = []
         last_error: BaseException | None = None
@@ -414,9 +416,9 @@ class LoadBalancingModule:
         now = self.clock.monotonic()
         old = backend.health.state
         new = backend.health.record(error is None, latency, self.clock.time(), error)
-        if latency is not None:
-            backend.peak_ewma.observe(latency, now)
-            backend.ewma.observe(latency)
+        tier = backend.tier
+        if latency is not None and tier is not None and tier.observes_latency:
+            tier.algorithm.observe(backend, latency, now)
             self.router.refresh(backend)
         if new is old:
             return
@@ -523,17 +525,8 @@ class LoadBalancingModule:
     async def configure_algorithm(self, algorithm: LoadBalancingAlgorithm | Mapping[str, Any] | str) -> None:
         """Switch algorithm at once; :class:`AlgorithmError` if it is unsupported or misconfigured."""
         factory = AlgorithmFactory(algorithm, self.rng, self.clock)
-        tau = self._decay_seconds(factory)
         self.router.set_algorithm(factory)
-        if tau != self._tau:
-            self._tau = tau
-            for backend in self.router.members():
-                backend.peak_ewma.tau = tau
         log_event("algorithm_changed", algorithm=factory.kind.value, config=factory.settings)
-
-    @staticmethod
-    def _decay_seconds(factory: AlgorithmFactory) -> float:
-        return float(factory.settings["decay_seconds"]) if factory.cls is LeastLatency else 10.0
 
     async def execute(self, params: dict[str, Any]) -> dict[str, Any]:
         """The dict interface for integration; never raises for bad input."""

@@ -38,13 +38,15 @@ class _Waiter:
 class Router:
     def __init__(self, factory: AlgorithmFactory, clock: Clock, max_queue_size: int) -> None:
         self.factory = factory
+        self.kind = factory.kind
+        self.workload_aware = factory.cls.workload_aware
         self.clock = clock
         self.max_queue_size = max_queue_size
         self.backends: dict[str, Backend] = {}
         self.tiers: list[Tier] = []
         self.in_flight = 0
         self._dirty = False
-        self._waiters: deque[_Waiter] = deque()
+        self.waiters: deque[_Waiter] = deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = count()
         self.next_timer = float("inf")
@@ -80,6 +82,8 @@ class Router:
 
     def set_algorithm(self, factory: AlgorithmFactory) -> None:
         self.factory = factory
+        self.kind = factory.kind
+        self.workload_aware = factory.cls.workload_aware
         for tier in self.tiers:
             tier.use(factory.create())
             self._mark(tier)
@@ -140,7 +144,7 @@ class Router:
                     self._set_rank(backend, backend.base_rank)
             elif tier.load_aware and not tier.dirty:
                 tier.algorithm.update(backend)
-        if self._waiters:
+        if self.waiters:
             self.dispatch()
 
     # -- picking --------------------------------------------------------------
@@ -162,7 +166,7 @@ class Router:
                 self.refresh(b)
 
     def _select(self, request: Request) -> Backend | None:
-        if self.factory.cls.workload_aware and self.tiers:
+        if self.workload_aware and self.tiers:
             klass = self.tiers[0].algorithm.preferred_class(request)
             if klass is not None:
                 for tier in self.tiers:
@@ -191,16 +195,16 @@ class Router:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)  # the hot path tests the deque itself
 
     async def wait(self, request: Request, exclude: Sequence[Backend], timeout: float) -> Backend:
         """Wait in FIFO order for a slot; the slot is already taken when this returns."""
-        if len(self._waiters) >= self.max_queue_size:
+        if len(self.waiters) >= self.max_queue_size:
             raise BackendUnavailableError(f"every backend is at max_connections and the queue is full "
                                           f"({self.max_queue_size} waiting)")  # fmt: skip
         future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(request, exclude, future)
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         try:
             return await self.clock.wait_for(future, timeout)
         except (TimeoutError, asyncio.TimeoutError):
@@ -215,12 +219,12 @@ class Router:
         finally:
             if not future.done():
                 future.cancel()
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            if waiter in self.waiters:
+                self.waiters.remove(waiter)
 
     def dispatch(self) -> None:
         """Hand free slots to waiters, first come first served."""
-        waiters = self._waiters
+        waiters = self.waiters
         while waiters:
             waiter = waiters[0]
             if waiter.future.done():
@@ -234,8 +238,8 @@ class Router:
             waiter.future.set_result(backend)
 
     def fail_waiters(self, reason: str) -> None:
-        while self._waiters:
-            future = self._waiters.popleft().future
+        while self.waiters:
+            future = self.waiters.popleft().future
             if not future.done():
                 future.set_exception(BackendUnavailableError(reason))
 

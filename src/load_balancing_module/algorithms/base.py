@@ -35,6 +35,9 @@ class Algorithm(ABC):
     #: router then skips ``update`` when a slot is taken or released and the
     #: rank stays the same (see ``Tier.use``).
     load_aware: ClassVar[bool] = True
+    #: True when the algorithm reads latency: the module then calls
+    #: ``observe`` with every completed request and passing probe.
+    observes_latency: ClassVar[bool] = False
     #: Config keys this algorithm accepts, with their defaults.
     defaults: ClassVar[Mapping[str, Any]] = {}
 
@@ -75,6 +78,9 @@ class Algorithm(ABC):
 
     def update(self, backend: Backend) -> None:  # noqa: B027 - optional hook
         """One member's rank, load or latency changed."""
+
+    def observe(self, backend: Backend, latency_ms: float, now: float) -> None:  # noqa: B027 - optional hook
+        """A latency sample of ``backend`` (only if ``observes_latency``); ``update`` follows."""
 
     @abstractmethod
     def pick(self, request: Request, klass: int | None) -> Backend | None: ...

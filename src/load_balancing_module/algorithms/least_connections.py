@@ -19,7 +19,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
-from ._heap import LazyHeap
+from ._heap import RankedHeap
 from .base import Algorithm, number
 
 
@@ -35,7 +35,7 @@ class LeastConnections(Algorithm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._heap = LazyHeap()
+        self._heap = RankedHeap()
         self._members: list[Backend] = []
         self._choices: int = self.settings["choice_count"]
 
@@ -46,8 +46,7 @@ class LeastConnections(Algorithm):
             self.update(b)
 
     def update(self, backend: Backend) -> None:
-        rank = backend.rank
-        self._heap.set(backend, None if rank is None else (rank, backend.in_flight / backend.effective_weight))
+        self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if self._choices >= 2 and len(self._members) > self._choices:

@@ -25,14 +25,17 @@ from typing import Any, ClassVar
 from ..backend import Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import LazyHeap
+from ._heap import RankedHeap
 from .base import Algorithm, number
 
-_IDLE_NEW, _MEASURED, _BUSY_NEW = 0, 1, 2
+# Keys are plain floats: members with no data and nothing in flight first (-inf),
+# then measured ones by log-cost, then members with no data but requests in flight.
+_UNMEASURED_BUSY = 1e300
 
 
 class LeastLatency(Algorithm):
     kind = LoadBalancingAlgorithmType.LEAST_LATENCY
+    observes_latency = True
     defaults: ClassVar[Mapping[str, Any]] = {"decay_seconds": 10.0}
 
     @classmethod
@@ -41,31 +44,35 @@ class LeastLatency(Algorithm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._heap = LazyHeap()
+        self._heap = RankedHeap()
+        self._tau = float(self.settings["decay_seconds"])
 
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._heap.clear()
         for b in members:
+            b.peak_ewma.tau = self._tau
             self.update(b)
 
     @staticmethod
-    def cost_key(backend: Backend) -> tuple[int, float]:
+    def cost_key(backend: Backend) -> float:
         ewma = backend.peak_ewma
-        if ewma.samples == 0 or ewma.cost <= 0.0:
-            if backend.in_flight == 0:
-                return (_IDLE_NEW, 0.0)
-            if ewma.samples == 0:
-                return (_BUSY_NEW, float(backend.in_flight))
-            # measured at zero latency: order by load alone, ahead of the measured
-            return (_IDLE_NEW, math.log(backend.in_flight + 1))
-        return (
-            _MEASURED,
-            math.log(ewma.cost) + ewma.stamp / ewma.tau + math.log((backend.in_flight + 1) / backend.effective_weight),
-        )
+        if ewma.cost > 0.0:
+            return (
+                math.log(ewma.cost)
+                + ewma.stamp / ewma.tau
+                + math.log((backend.in_flight + 1) / backend.effective_weight)
+            )
+        if backend.in_flight == 0:
+            return -math.inf
+        if ewma.samples:  # measured at zero latency: ahead of the measured, by load
+            return -_UNMEASURED_BUSY / (backend.in_flight + 1)
+        return _UNMEASURED_BUSY * backend.in_flight
 
     def update(self, backend: Backend) -> None:
-        rank = backend.rank
-        self._heap.set(backend, None if rank is None else (rank, *self.cost_key(backend)))
+        self._heap.set(backend, backend.rank, self.cost_key(backend))
+
+    def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
+        backend.peak_ewma.observe(latency_ms, now)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         return self._heap.peek()

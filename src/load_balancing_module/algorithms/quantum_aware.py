@@ -23,13 +23,14 @@ from typing import Any, ClassVar
 from ..backend import Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import LazyHeap
+from ._heap import RankedHeap
 from .base import Algorithm, number
 
 
 class QuantumAware(Algorithm):
     kind = LoadBalancingAlgorithmType.QUANTUM_AWARE
     workload_aware = True
+    observes_latency = True
     defaults: ClassVar[Mapping[str, Any]] = {"latency_scale_ms": 100.0}
 
     @classmethod
@@ -38,7 +39,7 @@ class QuantumAware(Algorithm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._heaps = (LazyHeap(), LazyHeap())  # [classical, quantum-capable]
+        self._heaps = (RankedHeap(), RankedHeap())  # [classical, quantum-capable]
         self._scale: float = float(self.settings["latency_scale_ms"])
 
     def preferred_class(self, request: Request) -> int | None:
@@ -54,14 +55,15 @@ class QuantumAware(Algorithm):
         return (backend.in_flight + 1) / backend.effective_weight * (1.0 + backend.ewma.value / self._scale)
 
     def update(self, backend: Backend) -> None:
-        rank = backend.rank
-        heap = self._heaps[1 if backend.quantum else 0]
-        heap.set(backend, None if rank is None else (rank, self.score(backend)))
+        self._heaps[1 if backend.quantum else 0].set(backend, backend.rank, self.score(backend))
+
+    def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
+        backend.ewma.observe(latency_ms)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if klass is not None:
             return self._heaps[klass].peek()
-        classical, quantum = (heap.peek_key() for heap in self._heaps)
+        classical, quantum = (heap.peek_ranked() for heap in self._heaps)
         if quantum is None or (classical is not None and classical <= quantum):
             return self._heaps[0].peek()
         return self._heaps[1].peek()

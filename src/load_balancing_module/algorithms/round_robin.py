@@ -13,7 +13,7 @@ from itertools import count
 from ..backend import Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import LazyHeap
+from ._heap import RankedHeap
 from .base import Algorithm
 
 
@@ -23,7 +23,7 @@ class RoundRobin(Algorithm):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._heap = LazyHeap()
+        self._heap = RankedHeap()
         self._turn: dict[Backend, int] = {}
         self._turns = count()
 
@@ -37,11 +37,11 @@ class RoundRobin(Algorithm):
     def update(self, backend: Backend) -> None:
         turn = self._turn.get(backend)
         if turn is not None:
-            self._heap.set(backend, None if backend.rank is None else (backend.rank, turn))
+            self._heap.set(backend, backend.rank, turn)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         backend = self._heap.peek()
         if backend is not None:
             turn = self._turn[backend] = next(self._turns)
-            self._heap.set(backend, (backend.rank, turn))
+            self._heap.set(backend, backend.rank, turn)
         return backend

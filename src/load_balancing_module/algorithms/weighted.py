@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import LazyHeap
+from ._heap import RankedHeap
 from .base import Algorithm
 
 SMALL_TIER = 32
@@ -43,7 +43,7 @@ class SmoothWeighted(Algorithm):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._members: list[Backend] = []
         self._current: dict[Backend, float] = {}
-        self._heap = LazyHeap()
+        self._heap = RankedHeap()
         self._deadline: dict[Backend, float] = {}
         self._vtime = 0.0
         self._joined = 0  # members given a phase so far
@@ -65,7 +65,7 @@ class SmoothWeighted(Algorithm):
         if self.small or backend not in self._current:
             return
         if backend.rank is None:
-            self._heap.set(backend, None)
+            self._heap.set(backend, None, None)
             return
         deadline = self._deadline.get(backend)
         if deadline is None:
@@ -74,7 +74,7 @@ class SmoothWeighted(Algorithm):
             deadline = self._vtime + phase / backend.effective_weight
         deadline = max(deadline, self._vtime)
         self._deadline[backend] = deadline
-        self._heap.set(backend, (backend.rank, deadline))
+        self._heap.set(backend, backend.rank, deadline)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         return self._pick_small() if self.small else self._pick_edf()
@@ -102,9 +102,9 @@ class SmoothWeighted(Algorithm):
         backend = self._heap.peek()
         if backend is None:
             return None
-        rank, deadline = self._heap.key(backend)
+        deadline = self._deadline[backend]
         self._vtime = deadline
         deadline += 1.0 / backend.effective_weight
         self._deadline[backend] = deadline
-        self._heap.set(backend, (rank, deadline))
+        self._heap.set(backend, backend.rank, deadline)
         return backend
