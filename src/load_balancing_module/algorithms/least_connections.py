@@ -6,8 +6,9 @@
   ``in_flight / weight``; among equal loads the member whose load changed
   longest ago wins, so ties rotate. Pick: O(log n).
 - k >= 2: "power of k choices": draw k distinct members at random and take
-  the least loaded of them (Envoy's least-request). Pick: O(k); falls back to
-  the exact minimum when no drawn member is a candidate.
+  the least loaded of them (Envoy's least-request). Pick: O(k), and no heap
+  to keep up on every request, which makes it the cheapest choice for large
+  fleets; when no drawn member is a candidate it falls back to a scan, O(n).
 """
 
 from __future__ import annotations
@@ -46,14 +47,23 @@ class LeastConnections(Algorithm):
             self.update(b)
 
     def update(self, backend: Backend) -> None:
-        self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
+        if not self._choices:
+            self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        if self._choices >= 2 and len(self._members) > self._choices:
+        if not self._choices:
+            return self._heap.peek()
+        if len(self._members) > self._choices:
             chosen = self._sample()
             if chosen is not None:
                 return chosen
-        return self._heap.peek()
+        return self._scan()
+
+    def _scan(self) -> Backend | None:
+        """The least loaded candidate of the whole tier, HEALTHY ones first."""
+        want = HEALTHY_RANK if self.healthy_free() else None
+        candidates = [b for b in self._members if b.rank is not None and (want is None or b.rank == want)]
+        return min(candidates, key=lambda b: b.in_flight / b.effective_weight, default=None)
 
     def _sample(self) -> Backend | None:
         members = self._members
