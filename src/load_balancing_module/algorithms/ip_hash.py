@@ -32,8 +32,10 @@ plus a short walk past non-candidates.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
+import random
 import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -47,11 +49,25 @@ from .base import Algorithm, number
 MIN_POINTS = 40
 MAX_POINTS = 1000
 POINT_BUDGET = 160_000
+_INDEX_BITS = 24  # members per tier the packing supports: 16 million
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
 MAX_WEIGHT_RATIO = 16  # a member gets at most this many times the points of the reference weight
 
 
 def hash64(data: str) -> int:
     return int.from_bytes(hashlib.blake2b(data.encode(), digest_size=8).digest(), "big")
+
+
+@functools.lru_cache(maxsize=65536)
+def member_points(name: str, count: int) -> tuple[int, ...]:
+    """A member's ring points: a Mersenne Twister seeded with the hash of its name.
+
+    Deterministic across processes and Python versions (``random.Random`` with
+    an int seed is), and about 20x faster than hashing every point; cached so a
+    rebuild after one member joins or leaves recomputes only that member.
+    """
+    rng = random.Random(hash64(name))
+    return tuple(rng.getrandbits(64) for _ in range(count))
 
 
 def hash_key(request: Request, key: str) -> str:
@@ -72,18 +88,20 @@ class HashRing:
         # Not the heaviest weight: see the module docstring.
         ref = 2.0 ** round(math.log2(statistics.median_low(b.weight for b in members))) if members else 1.0
         seen: dict[str, int] = {}
-        pairs: list[tuple[int, int]] = []
+        # Each point is packed with its owner's index into one int, so the sort
+        # compares plain ints rather than tuples (several times faster).
+        packed: list[int] = []
         for index, b in enumerate(members):
             # Two members at the same address get distinct points.
             dup = seen.get(b.key, 0)
             seen[b.key] = dup + 1
             name = b.key if dup == 0 else f"{b.key}~{dup}"
             count = max(1, min(round(base * b.weight / ref), base * MAX_WEIGHT_RATIO))
-            pairs.extend((hash64(f"{name}#{i}"), index) for i in range(count))
-        pairs.sort()
-        self.hashes = [h for h, _ in pairs]
+            packed.extend([(h << _INDEX_BITS) | index for h in member_points(name, count)])
+        packed.sort()
+        self.hashes = [v >> _INDEX_BITS for v in packed]
         owners = list(members)
-        self.owners = [owners[i] for _, i in pairs]
+        self.owners = [owners[v & _INDEX_MASK] for v in packed]
 
     def start(self, key: str) -> int:
         i = bisect.bisect_left(self.hashes, hash64(key))
