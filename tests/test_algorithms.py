@@ -273,6 +273,8 @@ class TestContract:
         (LC, {"choice_count": True}),
         (LL, {"decay_seconds": 0}),
         (LL, {"decay_seconds": "10"}),
+        (LL, {"choice_count": 1}),
+        (LL, {"choice_count": -2}),
         (QA, {"latency_scale_ms": -1}),
         (IP_HASH, {"balance_factor": 1}),
         (IP_HASH, {"balance_factor": 0.5}),
@@ -589,6 +591,34 @@ async def test_least_latency_tries_backend_without_data_but_does_not_flood_it(ma
     more = await holds(lb, 6)  # its first request is still running: no more until it reports
     assert "new" not in map(name, more)
     await complete_all(lb, [first, *more])
+
+
+@pytest.mark.parametrize(("members", "configured", "choices"), [(64, None, 0), (65, None, 2), (200, 0, 0),
+                                                                  (3, 2, 2), (100, 3, 3)])  # fmt: skip
+async def test_least_latency_samples_two_in_large_tiers(make_lb: MakeLB, members: int, configured: int | None,
+                                                         choices: int) -> None:  # fmt: skip
+    names = [f"m{i}" for i in range(members)]
+    algorithm_config = {} if configured is None else {"choice_count": configured}
+    lb = await make_lb(LL, [backend(n) for n in names], algorithm_config=algorithm_config, seed=3)
+    await visit(lb)  # builds the tier
+    algorithm = lb.router.tiers[0].algorithm
+    assert algorithm._choices == choices  # type: ignore[attr-defined]
+
+
+async def test_least_latency_power_of_two_prefers_fast_members_and_tries_new_ones(make_lb: MakeLB) -> None:
+    names = [f"m{i}" for i in range(100)]
+    lb = await make_lb(LL, [backend(n) for n in names], seed=5)
+    counts: dict[str, int] = {}
+    for _ in range(3000):  # the first ten members answer in 5 ms, the others in 50 ms
+        result = await hold(lb)
+        counts[name(result)] = counts.get(name(result), 0) + 1
+        latency = 5.0 if name(result) in names[:10] else 50.0
+        await lb.complete_request(result, success=True, latency_ms=latency)
+    # A member without data costs nothing, so it wins as soon as it is drawn: all were tried.
+    assert len(counts) == 100
+    # A fast member wins every pair it is drawn into: about 19% of requests, twice its 10%.
+    fast = sum(counts[n] for n in names[:10])
+    assert 0.15 <= fast / 3000 <= 0.25
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
+from ._sampling import best_of, cheapest
 from .base import Algorithm, number
 
 
@@ -48,39 +49,17 @@ class LeastConnections(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
+            self._heap.set(backend, backend.rank, _load(backend))
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if not self._choices:
             return self._heap.peek()
+        want = HEALTHY_RANK if self.healthy_free() else None
+        chosen = None
         if len(self._members) > self._choices:
-            chosen = self._sample()
-            if chosen is not None:
-                return chosen
-        return self._scan()
+            chosen = best_of(self._members, self._choices, self.rng, want, _load)
+        return chosen if chosen is not None else cheapest(self._members, want, _load)
 
-    def _scan(self) -> Backend | None:
-        """The least loaded candidate of the whole tier, HEALTHY ones first."""
-        want = HEALTHY_RANK if self.healthy_free() else None
-        candidates = [b for b in self._members if b.rank is not None and (want is None or b.rank == want)]
-        return min(candidates, key=lambda b: b.in_flight / b.effective_weight, default=None)
 
-    def _sample(self) -> Backend | None:
-        members = self._members
-        n = len(members)
-        want = HEALTHY_RANK if self.healthy_free() else None
-        seen: set[int] = set()
-        best: Backend | None = None
-        best_load = 0.0
-        while len(seen) < self._choices:
-            i = self.rng.randrange(n)
-            if i in seen:
-                continue
-            seen.add(i)
-            b = members[i]
-            if b.rank is None or (want is not None and b.rank != want):
-                continue
-            load = b.in_flight / b.effective_weight
-            if best is None or load < best_load:
-                best, best_load = b, load
-        return best
+def _load(backend: Backend) -> float:
+    return backend.in_flight / backend.effective_weight

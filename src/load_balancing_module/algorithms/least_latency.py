@@ -14,6 +14,11 @@ Between samples every cost decays by the same factor ``exp(-dt/tau)``, which
 keeps the order of members unchanged; the heap therefore stores the
 time-independent ``log(cost) + stamp/tau`` and needs updating only when a
 member's own latency or load changes. Pick: O(log n).
+
+``choice_count``: ``null`` (default) picks the exact minimum in tiers of up to
+64 members and the cheaper of two random members above (power of two
+choices, as Finagle and Linkerd do), which needs no heap upkeep per request:
+O(1). ``0`` forces the exact minimum, ``k >= 2`` the best of ``k``.
 """
 
 from __future__ import annotations
@@ -22,32 +27,43 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..backend import Backend
+from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
+from ._sampling import best_of, cheapest
 from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
 # then measured ones by log-cost, then members with no data but requests in flight.
 _UNMEASURED_BUSY = 1e300
+EXACT_UP_TO = 64  # with choice_count unset: exact minimum up to this many members, best of 2 above
 
 
 class LeastLatency(Algorithm):
     kind = LoadBalancingAlgorithmType.LEAST_LATENCY
     observes_latency = True
-    defaults: ClassVar[Mapping[str, Any]] = {"decay_seconds": 10.0}
+    defaults: ClassVar[Mapping[str, Any]] = {"decay_seconds": 10.0, "choice_count": None}
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "decay_seconds", cls.kind, minimum=0.001)
+        number(settings, "choice_count", cls.kind, minimum=0, allow_none=True, integer=True)
+        if settings["choice_count"] == 1:
+            raise AlgorithmError("least_latency: config 'choice_count' must be 0 (exact), >= 2, or null (auto)")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heap = RankedHeap()
         self._tau = float(self.settings["decay_seconds"])
+        self._members: list[Backend] = []
+        self._choices = 0  # 0: exact heap; k: best of k random members
 
     def rebuild(self, members: Sequence[Backend]) -> None:
+        self._members = list(members)
+        configured = self.settings["choice_count"]
+        self._choices = configured if configured is not None else (2 if len(members) > EXACT_UP_TO else 0)
         self._heap.clear()
         for b in members:
             b.peak_ewma.tau = self._tau
@@ -69,10 +85,17 @@ class LeastLatency(Algorithm):
         return _UNMEASURED_BUSY * backend.in_flight
 
     def update(self, backend: Backend) -> None:
-        self._heap.set(backend, backend.rank, self.cost_key(backend))
+        if not self._choices:
+            self._heap.set(backend, backend.rank, self.cost_key(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
         backend.peak_ewma.observe(latency_ms, now)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        return self._heap.peek()
+        if not self._choices:
+            return self._heap.peek()
+        want = HEALTHY_RANK if self.healthy_free() else None
+        chosen = None
+        if len(self._members) > self._choices:
+            chosen = best_of(self._members, self._choices, self.rng, want, self.cost_key)
+        return chosen if chosen is not None else cheapest(self._members, want, self.cost_key)

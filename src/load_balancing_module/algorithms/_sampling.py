@@ -1,0 +1,40 @@
+"""Power of k choices: the least-cost of k members drawn at random.
+
+Shared by LEAST_CONNECTIONS and LEAST_LATENCY. A draw skips members that are
+not candidates, and DEGRADED ones while a HEALTHY candidate exists (``want``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from ..backend import Backend
+
+Cost = Callable[[Backend], float]
+
+
+def best_of(members: Sequence[Backend], k: int, rng: random.Random, want: int | None, cost: Cost) -> Backend | None:
+    """Draw ``k`` distinct members; the cheapest candidate among them, or ``None``. O(k)."""
+    n = len(members)
+    seen: set[int] = set()
+    best: Backend | None = None
+    best_cost = 0.0
+    while len(seen) < k:
+        i = rng.randrange(n)
+        if i in seen:
+            continue
+        seen.add(i)
+        b = members[i]
+        if b.rank is None or (want is not None and b.rank != want):
+            continue
+        c = cost(b)
+        if best is None or c < best_cost:
+            best, best_cost = b, c
+    return best
+
+
+def cheapest(members: Sequence[Backend], want: int | None, cost: Cost) -> Backend | None:
+    """The cheapest candidate of all members. O(n): a fallback."""
+    candidates = [b for b in members if b.rank is not None and (want is None or b.rank == want)]
+    return min(candidates, key=cost, default=None)
