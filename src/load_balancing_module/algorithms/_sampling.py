@@ -14,6 +14,13 @@ from ..backend import Backend
 Cost = Callable[[Backend], float]
 
 
+def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None,
+              cost: Cost) -> Backend | None:  # fmt: skip
+    """The pick of a sampling algorithm: the best of ``k`` drawn members, else of all."""
+    chosen = best_of(members, k, rng, want, cost) if len(members) > k else None
+    return chosen if chosen is not None else cheapest(members, want, cost)
+
+
 def best_of(members: Sequence[Backend], k: int, rng: random.Random, want: int | None, cost: Cost) -> Backend | None:
     """Draw ``k`` distinct members; the cheapest candidate among them, or ``None``. O(k)."""
     n = len(members)

@@ -21,7 +21,7 @@ from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of, cheapest
+from ._sampling import best_of_k
 from .base import Algorithm, number
 
 
@@ -55,10 +55,7 @@ class LeastConnections(Algorithm):
         if not self._choices:
             return self._heap.peek()
         want = HEALTHY_RANK if self.healthy_free() else None
-        chosen = None
-        if len(self._members) > self._choices:
-            chosen = best_of(self._members, self._choices, self.rng, want, _load)
-        return chosen if chosen is not None else cheapest(self._members, want, _load)
+        return best_of_k(self._members, self._choices, self.rng, want, _load)
 
 
 def _load(backend: Backend) -> float:

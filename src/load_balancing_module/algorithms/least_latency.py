@@ -32,7 +32,7 @@ from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of, cheapest
+from ._sampling import best_of_k
 from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
@@ -95,7 +95,4 @@ class LeastLatency(Algorithm):
         if not self._choices:
             return self._heap.peek()
         want = HEALTHY_RANK if self.healthy_free() else None
-        chosen = None
-        if len(self._members) > self._choices:
-            chosen = best_of(self._members, self._choices, self.rng, want, self.cost_key)
-        return chosen if chosen is not None else cheapest(self._members, want, self.cost_key)
+        return best_of_k(self._members, self._choices, self.rng, want, self.cost_key)
