@@ -84,7 +84,8 @@ def test_toml_and_env_escape(tmp_path: Path) -> None:
 def test_parse_address() -> None:
     assert parse_address("127.0.0.1:80") == ("127.0.0.1", 80)
     assert parse_address("[::1]:8080") == ("::1", 8080)
-    for bad in ("80", ":80", "host:0", "host:http"):
+    assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0)  # any free port
+    for bad in ("80", ":80", "host:65536", "host:http", "host:-1"):
         with pytest.raises(ValueError):
             parse_address(bad)
 

@@ -16,10 +16,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnixan-lb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
-    sub.add_parser("demo", help="run the library against three real local HTTP backends")
+    demo = sub.add_parser("demo", help="run the proxy on real local backends with real traffic")
+    demo.add_argument("--output", default="omnixan-lb-demo.png", help="where to write the chart (PNG)")
+    demo.add_argument("--library", action="store_true", help="show the library alone (LoadBalancingModule.call)")
     check = sub.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
-    check.add_argument("--config", "-c", default=os.environ.get("OMNIXAN_LB_CONFIG"),
-                       help="config file (YAML or TOML); default $OMNIXAN_LB_CONFIG")  # fmt: skip
+    serve = sub.add_parser("serve", help="run the reverse proxy")
+    for command in (check, serve):
+        command.add_argument("--config", "-c", default=os.environ.get("OMNIXAN_LB_CONFIG"),
+                             help="config file (YAML or TOML); default $OMNIXAN_LB_CONFIG")  # fmt: skip
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="log level (logs are JSON lines on stderr)")  # fmt: skip
     return parser
 
 
@@ -47,10 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "check":
         return check(args.config)
-    if args.command == "demo":
-        from .demo import main as demo
+    if args.command == "serve":
+        if not args.config:
+            print("omnixan-lb serve: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
+            return 2
+        from .server.app import run
+        from .server.logs import setup_logging
 
-        return demo()
+        setup_logging(args.log_level)
+        return run(args.config)
+    if args.command == "demo" and args.library:
+        from .demo import main as library_demo
+
+        return library_demo()
+    if args.command == "demo":
+        from .server.demo import main as proxy_demo
+
+        return proxy_demo(args.output)
     parser.print_help()
     return 0
 

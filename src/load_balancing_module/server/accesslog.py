@@ -1,0 +1,67 @@
+"""The proxy's access log: one JSON line per request, through a standard ``logging.Logger``.
+
+Fields: ``time`` (UTC, ISO 8601 with milliseconds), ``request_id``,
+``client_ip``, ``method``, ``path`` (the request target without its query),
+``status``, ``backend_id`` (the last backend tried, or null), ``attempts``,
+``upstream_ms`` (from the first try to the end of the backend's response, or
+null), ``total_ms`` (from the complete request head to the end of the answer).
+The logger's handlers decide where lines go; the record's ``access`` attribute
+carries the same fields as a dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _quote  # the C escaper of json.dumps
+from typing import Any
+
+from ..clock import Clock
+
+
+def _string(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(round(value, 3))
+
+
+class AccessLog:
+    """Formats and emits access log lines; costs nothing when the logger is off for INFO."""
+
+    def __init__(self, logger: logging.Logger, clock: Clock) -> None:
+        self.logger = logger
+        self.clock = clock
+        self._second = -1
+        self._stamp = ""
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def _time(self) -> str:
+        now = self.clock.time()
+        second = int(now)
+        if second != self._second:  # the date and time part changes once a second
+            self._second = second
+            self._stamp = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+
+    def emit(self, *, request_id: str | None, client_ip: str | None, method: str | None, path: str | None,
+             status: int, backend_id: str | None, attempts: int, upstream_ms: float | None,
+             total_ms: float) -> None:  # fmt: skip
+        time = self._time()
+        # Formatted by hand (the same JSON as json.dumps gives, a third of the cost); strings escaped.
+        line = (f'{{"time":"{time}","request_id":{_string(request_id)},"client_ip":{_string(client_ip)},'
+                f'"method":{_string(method)},"path":{_string(path)},"status":{status},'
+                f'"backend_id":{_string(backend_id)},"attempts":{attempts},"upstream_ms":{_number(upstream_ms)},'
+                f'"total_ms":{_number(total_ms)}}}')  # fmt: skip
+        fields: dict[str, Any] = {"time": time, "request_id": request_id, "client_ip": client_ip, "method": method,
+                                  "path": path, "status": status, "backend_id": backend_id, "attempts": attempts,
+                                  "upstream_ms": None if upstream_ms is None else round(upstream_ms, 3),
+                                  "total_ms": round(total_ms, 3)}  # fmt: skip
+        logger = self.logger
+        # makeRecord + handle: what logger.info does, without looking up the caller's frame.
+        record = logger.makeRecord(logger.name, logging.INFO, "(access log)", 0, line, (), None,
+                                   extra={"access": fields})  # fmt: skip
+        logger.handle(record)

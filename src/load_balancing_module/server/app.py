@@ -1,0 +1,131 @@
+"""``omnixan-lb serve``: the proxy, the admin listener and the module, run together.
+
+Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish (up to
+``drain_timeout``) and exit 0; SIGHUP reloads the config file, applying
+backend, algorithm, limit and access-log changes without dropping
+connections. A bad file is refused with a logged error and the old config
+keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .._log import log_event
+from ..config import BackendConfig
+from ..exceptions import ConfigurationError
+from ..metrics import register_metrics
+from ..module import LoadBalancingModule
+from .admin import AdminServer
+from .config import ServerConfig, load_config
+from .logs import ACCESS_LOGGER
+from .proxy import ProxyServer
+
+RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
+
+
+class Server:
+    def __init__(self, path: str | Path, config: ServerConfig) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.lb = LoadBalancingModule(config.module_config())
+        self.registry = CollectorRegistry()
+        register_metrics(self.lb, self.registry)
+        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
+        self.admin = AdminServer(self.lb, self.registry, config.admin)
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.lb.initialize()
+        for backend in self.config.backends:
+            await self.lb.add_backend(backend)
+        await self.proxy.start()
+        await self.admin.start()
+        log_event("server_started", listen=f"{self.config.listen.rpartition(':')[0]}:{self.proxy.port}",
+                  admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
+                  backends=len(self.config.backends), algorithm=self.config.algorithm.algorithm_type.value)  # fmt: skip
+
+    async def reload(self) -> bool:
+        """Re-read the file and apply what can change live; keep the old config if it is bad."""
+        try:
+            new = load_config(self.path)
+        except ConfigurationError as exc:
+            log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
+            return False
+        await self._apply_backends(self.config.backends, new.backends)
+        if new.algorithm != self.config.algorithm:
+            await self.lb.configure_algorithm(new.algorithm)
+        ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
+        if ignored:
+            log_event("reload_needs_restart", logging.WARNING, settings=ignored)
+        self.proxy.config = new  # limits, timeouts, retries, trusted proxies, access log
+        self.config = new
+        log_event("reload_applied", path=str(self.path), backends=len(new.backends))
+        return True
+
+    async def _apply_backends(self, old: list[BackendConfig], new: list[BackendConfig]) -> None:
+        """Remove what went, add what came; a changed backend is replaced (in-flight requests finish)."""
+        old_by_address = {b.address: b for b in old}
+        new_by_address = {b.address: b for b in new}
+        for address, backend in old_by_address.items():
+            if new_by_address.get(address) != backend:
+                with contextlib.suppress(KeyError):
+                    await self.lb.remove_backend(address)
+        for address, backend in new_by_address.items():
+            if old_by_address.get(address) != backend:
+                await self.lb.add_backend(backend)
+
+    async def shutdown(self) -> int:
+        await self.proxy.stop_accepting()
+        left = await self.proxy.drain(self.config.drain_timeout)
+        await self.admin.stop()
+        await self.proxy.close()
+        await self.lb.shutdown()
+        log_event("server_stopped", unfinished_requests=left)
+        return left
+
+
+async def serve(path: str | Path) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code."""
+    try:
+        config = load_config(path)
+        server = Server(path, config)
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            log_event("config_error", logging.ERROR, problem=line)
+        return 2
+    try:
+        await server.start()
+    except OSError as exc:
+        log_event("start_failed", logging.ERROR, error=str(exc))
+        await server.shutdown()
+        return 1
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, server.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await server.stopping.wait()
+    log_event("server_stopping", in_flight=server.proxy.in_flight)
+    await server.shutdown()
+    return 0
+
+
+def run(path: str | Path) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return asyncio.run(serve(path))
+    return uvloop.run(serve(path))

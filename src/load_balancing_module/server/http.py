@@ -1,0 +1,352 @@
+"""HTTP/1.1 rules of the proxy: request checks, header rewriting, the proxy's own answers.
+
+Pure functions over raw ``bytes``, no I/O. The client side (:mod:`.proxy`)
+collects a request head with the llhttp parser and calls
+:func:`inspect_request`, which refuses what llhttp lets through but a proxy
+must not forward:
+
+- any ``Transfer-Encoding`` other than exactly ``chunked`` (``gzip, chunked``,
+  ``identity, chunked``), a second one, one in an HTTP/1.0 request, or one
+  written with unusual whitespace (:func:`check_raw_transfer_encoding`);
+- ``Content-Length`` together with ``Transfer-Encoding``, or two that differ;
+- a missing or repeated ``Host`` in HTTP/1.1, versions other than 1.0 and 1.1;
+- ``CONNECT``, and a WebSocket upgrade that carries a body.
+
+llhttp itself (strict, no lenient flags) refuses obs-fold, bare CR or LF,
+control characters in values, ``Transfer-Encoding : chunked``, signed or
+non-numeric lengths and malformed chunk sizes. The proxy never forwards the
+client's framing: it sends its own ``Content-Length`` or re-encodes chunks, so
+whatever framing a backend would have read differently never reaches it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+
+from ..enums import WorkloadType
+
+Header = tuple[bytes, bytes]
+
+AFFINITY_COOKIE = b"OMNIXAN_AFFINITY"
+MAX_ID_LENGTH = 512  # Request.request_id and Request.session_id allow no more
+
+# Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction;
+# so is every ``Proxy-*`` header and every header that ``Connection`` names.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
+
+# Request headers the proxy reads; all other headers are forwarded untouched.
+_SPECIAL = HOP_BY_HOP | {
+    b"content-length", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-request-id", b"x-session-id", b"x-workload-type", b"cookie",
+}  # fmt: skip
+_FORWARDED_AS_IS = frozenset({b"host", b"x-session-id", b"x-workload-type", b"cookie"})
+_WORKLOADS = {w.value.encode(): w for w in WorkloadType}
+_TOKEN_ID = re.compile(rb"[!-~]{1,%d}" % MAX_ID_LENGTH)  # visible ASCII, no spaces
+_HOST = re.compile(rb"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]*")
+_RAW_TE = re.compile(rb"\ntransfer-encoding:([^\r\n]*)", re.IGNORECASE)
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
+
+
+class HttpError(Exception):
+    """A request the proxy answers itself, with ``status`` and a JSON error body."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class RequestInfo:
+    """What the proxy needs from one request head, read in a single pass."""
+
+    __slots__ = ("method", "target", "http11", "keep_alive", "headers", "content_length", "chunked", "host",
+                 "forwarded_for", "forwarded_proto", "forwarded_host", "request_id", "session_id",
+                 "cookie_session", "workload", "websocket", "expect_continue", "idempotent", "has_body")  # fmt: skip
+
+    def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool) -> None:
+        self.method = method
+        self.target = target
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.headers: list[Header] = []  # end-to-end headers, forwarded as they came
+        self.content_length: int | None = None
+        self.chunked = False
+        self.host: bytes | None = None
+        self.forwarded_for: bytes | None = None
+        self.forwarded_proto: bytes | None = None
+        self.forwarded_host: bytes | None = None
+        self.request_id: str | None = None
+        self.session_id: str | None = None
+        self.cookie_session: str | None = None
+        self.workload = WorkloadType.CLASSICAL
+        self.websocket = False
+        self.expect_continue = False
+        self.idempotent = method in IDEMPOTENT
+        self.has_body = False  # chunked, or a Content-Length above 0
+
+
+def inspect_request(method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool,
+                    upgrade: bool) -> RequestInfo:  # fmt: skip
+    """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused."""
+    if version not in ("1.1", "1.0"):
+        raise HttpError(505, f"HTTP/{version} is not supported")
+    if method == b"CONNECT":
+        raise HttpError(405, "CONNECT is not supported by this proxy")
+    info = RequestInfo(method, target, version == "1.1", keep_alive)
+    kept = info.headers
+    hosts = 0
+    connection: list[bytes] = []
+    upgrade_tokens: list[bytes] = []
+    forwarded_for: list[bytes] = []
+    for name, value in headers:
+        key = name.lower()
+        if key not in _SPECIAL:
+            if key.startswith(b"proxy-"):
+                continue
+            kept.append((name, value))
+            if key == b"expect" and value.lower() == b"100-continue":
+                info.expect_continue = True
+            continue
+        if key in _FORWARDED_AS_IS:
+            kept.append((name, value))
+        if key == b"content-length":
+            if not value.isdigit() or len(value) > 18:
+                raise HttpError(400, "invalid Content-Length")
+            length = int(value)
+            if info.content_length is not None and info.content_length != length:
+                raise HttpError(400, "conflicting Content-Length headers")
+            info.content_length = length
+        elif key == b"transfer-encoding":
+            if info.chunked:
+                raise HttpError(400, "more than one Transfer-Encoding header")
+            if value.lower() != b"chunked":
+                raise HttpError(400, "Transfer-Encoding other than 'chunked' is not accepted")
+            info.chunked = True
+        elif key == b"host":
+            hosts += 1
+            info.host = value
+        elif key == b"connection":
+            connection.extend(_tokens(value))
+        elif key == b"upgrade":
+            upgrade_tokens.extend(_tokens(value))
+        elif key == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif key == b"x-forwarded-proto":
+            info.forwarded_proto = value
+        elif key == b"x-forwarded-host":
+            info.forwarded_host = value
+        elif key == b"x-request-id":
+            if _TOKEN_ID.fullmatch(value):
+                info.request_id = value.decode("ascii")
+        elif key == b"x-session-id":
+            if not _TOKEN_ID.fullmatch(value):
+                raise HttpError(400, f"X-Session-ID must be 1 to {MAX_ID_LENGTH} visible ASCII characters")
+            info.session_id = value.decode("ascii")
+        elif key == b"x-workload-type":
+            workload = _WORKLOADS.get(value.strip().lower())
+            if workload is None:
+                choices = ", ".join(w.value for w in WorkloadType)
+                raise HttpError(400, f"X-Workload-Type must be one of: {choices}")
+            info.workload = workload
+        elif key == b"cookie" and info.cookie_session is None:
+            info.cookie_session = _affinity_cookie(value)
+    info.has_body = info.chunked or bool(info.content_length)
+    if info.chunked:
+        if info.content_length is not None:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if not info.http11:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if info.http11 and hosts != 1:
+        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+    if info.host is not None and not _HOST.fullmatch(info.host):
+        raise HttpError(400, "invalid Host header")
+    if forwarded_for:
+        info.forwarded_for = b", ".join(forwarded_for)
+    if upgrade:
+        # llhttp saw Connection: upgrade and an Upgrade header. Only WebSocket is tunnelled; any other
+        # upgrade (h2c...) is ignored and the request proxied as plain HTTP/1.1.
+        info.websocket = b"websocket" in upgrade_tokens and method == b"GET" and info.http11
+        if info.websocket and info.has_body:
+            raise HttpError(400, "a WebSocket upgrade request cannot have a body")
+    if connection:
+        _drop_named(info, connection)
+    return info
+
+
+def _drop_named(info: RequestInfo | ResponseInfo, connection: list[bytes]) -> None:
+    """Remove the headers that ``Connection`` names (they are hop-by-hop too)."""
+    named = {t for t in connection if t not in (b"close", b"keep-alive", b"upgrade")}
+    if named:
+        info.headers = [(n, v) for n, v in info.headers if n.lower() not in named]
+
+
+def check_raw_transfer_encoding(raw_head: bytes) -> None:
+    """Refuse a ``Transfer-Encoding`` line written other than ``Transfer-Encoding: chunked``.
+
+    llhttp drops the whitespace around a value, so a tab or several spaces
+    before ``chunked`` (which some servers read differently) only shows in the
+    raw bytes. ``raw_head`` holds the bytes the head arrived in (it may also
+    hold a body before or after it: only a request that itself has a
+    Transfer-Encoding header is checked, so at worst such a request is refused).
+    """
+    for match in _RAW_TE.finditer(raw_head):
+        if match.group(1).lower() not in (b" chunked", b"chunked"):
+            raise HttpError(400, "obfuscated Transfer-Encoding header")
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+def _affinity_cookie(value: bytes) -> str | None:
+    for part in value.split(b";"):
+        name, _, cookie = part.strip().partition(b"=")
+        if name == AFFINITY_COOKIE:
+            cookie = cookie.strip(b'"')
+            return cookie.decode("ascii") if _TOKEN_ID.fullmatch(cookie) else None
+    return None
+
+
+def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> bytes:
+    """The request head sent upstream: the request line, end-to-end headers, then ``extra`` lines."""
+    parts = [info.method, b" ", info.target, b" HTTP/1.1\r\n"]
+    for name, value in info.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.extend(extra)
+    if info.websocket:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    parts += (framing, b"\r\n")
+    return b"".join(parts)
+
+
+def request_framing(info: RequestInfo) -> bytes:
+    """The header that frames the body sent upstream (the client's framing is never forwarded)."""
+    if info.chunked:
+        return b"Transfer-Encoding: chunked\r\n"
+    if info.content_length is not None:
+        return b"Content-Length: %d\r\n" % info.content_length
+    return b""
+
+
+class ResponseInfo:
+    """An upstream response head: status, end-to-end headers and how its body is framed."""
+
+    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "upgrade")
+
+    def __init__(self, status: int, reason: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers: list[Header] = []
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+
+
+class UpstreamProtocolError(Exception):
+    """A backend's response the proxy will not forward."""
+
+
+def inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> ResponseInfo:
+    """Filter a backend's response headers; :class:`UpstreamProtocolError` for framing the proxy refuses."""
+    info = ResponseInfo(status, reason)
+    kept = info.headers
+    connection: list[bytes] = []
+    for name, value in headers:
+        key = name.lower()
+        if key in HOP_BY_HOP or key.startswith(b"proxy-") or key == b"x-request-id":
+            if key == b"connection":
+                connection.extend(_tokens(value))
+            elif key == b"transfer-encoding":
+                if value.lower() != b"chunked" or info.chunked:
+                    raise UpstreamProtocolError(f"backend sent Transfer-Encoding {value!r}")
+                info.chunked = True
+            elif key == b"upgrade":
+                info.upgrade = value
+            continue
+        if key == b"content-length":
+            info.content_length = value
+            continue
+        kept.append((name, value))
+    if connection:
+        _drop_named(info, connection)
+    return info
+
+
+def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
+    """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines."""
+    parts = [b"HTTP/1.1 %d " % info.status, info.reason, b"\r\n"]
+    for name, value in info.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.extend(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(status: int, message: str, request_id: str | None, *, close: bool,
+                   retry_after: int | None = None, extra: Iterable[bytes] = ()) -> bytes:  # fmt: skip
+    """A complete response of the proxy itself, with a JSON body ``{"error": ..., "request_id": ...}``."""
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
+    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+             % (status, _REASONS.get(status, b"Error"), len(body))]  # fmt: skip
+    if request_id is not None:
+        parts.append(b"X-Request-ID: %s\r\n" % request_id.encode())
+    if retry_after is not None:
+        parts.append(b"Retry-After: %d\r\n" % retry_after)
+    parts.extend(extra)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+def bodiless(method: bytes, status: int) -> bool:
+    """True if a response to ``method`` with ``status`` has no body whatever its headers say."""
+    return method == b"HEAD" or status < 200 or status in (204, 304)
+
+
+class TrustedProxies:
+    """The ``trusted_proxies`` networks, and the client IP a request came from.
+
+    The client is the TCP peer, or, when the peer is trusted, the right-most
+    ``X-Forwarded-For`` entry that is not trusted. An entry that is not an IP
+    address ends the walk: the last address before it is used.
+    """
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, ip: str) -> bool:
+        known = self._cache.get(ip)
+        if known is None:
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            known = any(address in net for net in self.networks)
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            self._cache[ip] = known
+        return known
+
+    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
+        if not forwarded_for or not self.networks or not self.trusts(peer):
+            return peer
+        client = peer
+        for entry in reversed(forwarded_for.split(b",")):
+            try:
+                client = str(ipaddress.ip_address(entry.strip().decode("ascii")))
+            except (ValueError, UnicodeDecodeError):
+                break
+            if not self.trusts(client):
+                break
+        return client

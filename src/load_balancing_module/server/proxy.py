@@ -1,0 +1,1157 @@
+"""The proxy's data plane: the listener, client connections and the request cycle.
+
+Built like uvicorn's ``httptools_impl``: a :class:`ClientConnection` is an
+``asyncio.Protocol`` whose llhttp parser callbacks collect a request head;
+when the head is complete (and passed :func:`.http.inspect_request`) a
+:class:`RequestCycle` is created and, once every earlier pipelined request on
+the connection has been answered, its task runs::
+
+    route (lb.route_request) -> upstream connection (pool or connect) -> send head + body
+      -> response head: forward it, or retry elsewhere -> stream the body -> lb.complete_request
+
+Bodies are streamed by callbacks, not by the task: a client body piece goes
+straight to the upstream socket, a response piece straight to the client
+socket. Flow control pauses the reading side whenever the writing side's
+buffer is full (``pause_writing``/``resume_writing``), so memory stays
+bounded whatever the sizes. Up to :data:`RETAIN_LIMIT` bytes of a request
+body are kept so that a failed try can be replayed on another backend.
+
+Timeouts (the event loop's clock): ``limits.header_timeout`` for a complete
+head (408), ``limits.idle_timeout`` for an idle keep-alive connection (closed
+silently), for a client that stops sending its body (408) or stops reading its
+response (closed); ``request_timeout`` for the whole routing and retrying up to
+a backend's response head, counted from the end of the request (504), and for
+a backend that stops sending its response or reading the request body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from .._log import log_event
+from ..config import Request
+from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
+from ..models import RouteResult
+from .accesslog import AccessLog
+from .config import ServerConfig, parse_address
+from .http import (
+    AFFINITY_COOKIE,
+    Header,
+    HttpError,
+    RequestInfo,
+    TrustedProxies,
+    UpstreamProtocolError,
+    bodiless,
+    check_raw_transfer_encoding,
+    error_response,
+    inspect_request,
+    inspect_response,
+    request_framing,
+    request_head,
+    response_head,
+)
+from .upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from ..module import LoadBalancingModule
+
+RETAIN_LIMIT = 64 * 1024  # request body bytes kept to allow a retry
+BACKLOG_LIMIT = 64 * 1024  # request body bytes buffered while no upstream connection takes them
+CONNECT_TIMEOUT = 5.0  # at most, per try; never beyond the request's deadline
+LINGER_SECONDS = 1.0  # after an error answer, read and drop what the client still sends, then close
+MAX_PIPELINE = 32  # requests queued on one connection; more are not read
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+# Why reading from a client is paused (bits).
+_BY_UPSTREAM = 1  # the upstream socket's write buffer is full
+_BY_BACKLOG = 2  # body is waiting for an upstream connection
+_BY_PIPELINE = 4  # a complete request waits behind the one being answered
+
+# What a client connection is doing, for its timeouts.
+_IDLE, _HEAD, _BODY, _WAIT = range(4)
+
+access_logger = logging.getLogger("load_balancing_module.access")
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: parse no further, the connection is closing."""
+
+
+class _Failure:
+    """Why one try did not deliver a response; ``retry`` says whether another backend may be tried."""
+
+    __slots__ = ("status", "message", "retry", "never_sent")
+
+    def __init__(self, status: int, message: str, *, retry: bool = False, never_sent: bool = False) -> None:
+        self.status = status
+        self.message = message
+        self.retry = retry
+        self.never_sent = never_sent
+
+
+_CLIENT_GONE = _Failure(499, "the client went away")
+
+
+class ProxyServer:
+    """The HTTP/1.1 reverse proxy on ``config.listen``, routing through ``lb``."""
+
+    def __init__(self, lb: LoadBalancingModule, config: ServerConfig, *,
+                 access_log: logging.Logger | None = None) -> None:  # fmt: skip
+        self.lb = lb
+        self._access_logger = access_log or access_logger
+        self.config = config  # a new config may be assigned at any time (reload): see the setter
+        self.pool = UpstreamPool()
+        self.connections: set[ClientConnection] = set()
+        self.in_flight = 0
+        self.port = 0
+        self.draining = False
+        self._address = parse_address(config.listen)
+        self._server: asyncio.Server | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._rid_prefix = f"{lb.rng.getrandbits(40):010x}"
+        self._rid_seq = 0
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ServerConfig) -> None:
+        """Apply limits, timeouts, retries, trusted proxies, affinity and the access log switch;
+        requests in flight keep the deadlines they started with. ``listen`` needs a restart."""
+        self._config = config
+        limits = config.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes  # 0: no limit (as NGINX's client_max_body_size 0)
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.request_timeout = config.request_timeout
+        self.max_retries = config.max_retries
+        self.sticky = config.session_affinity
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self._address
+        self._server = await loop.create_server(lambda: ClientConnection(self), host, port, backlog=1024)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log_event("proxy_listening", host=host, port=self.port)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout: float) -> int:
+        """Let requests in flight finish (up to ``timeout`` s) and close idle connections.
+
+        Returns how many requests were still running at the timeout (they are cut off)."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        if self.in_flight:
+            self._drained = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+        left = self.in_flight
+        for conn in list(self.connections):
+            conn.abort()
+        log_event("proxy_drained", cut_off=left)
+        return left
+
+    async def close(self) -> None:
+        """Close the listener, every client connection and every upstream connection."""
+        await self.stop_accepting()
+        for conn in list(self.connections):
+            conn.abort()
+        self.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- used by connections and cycles ---------------------------------------------------
+
+    def new_request_id(self) -> str:
+        self._rid_seq += 1
+        return f"{self._rid_prefix}-{self._rid_seq:x}"
+
+    def cycle_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def route_again(self, request: Request, started: float, tried: Sequence[Backend],
+                          attempt: int) -> RouteResult:  # fmt: skip
+        """Route a retry, excluding the backends already tried (the library's general routing path)."""
+        lb = self.lb
+        now = lb.clock.monotonic()
+        if now >= lb.router.next_timer:
+            lb.router.run_timers(now)
+        return await lb._route(request, started, tuple(tried), attempt=attempt)
+
+    def abandon(self, route: RouteResult) -> None:
+        """Release a route's slot without an outcome: the client, not the backend, ended the try."""
+        self.lb._abandon(route)
+
+    def backoff(self, retry: int) -> float:
+        return self.lb._backoff(retry)
+
+    def log(self, *, request_id: str | None, client_ip: str | None, method: bytes | None, target: bytes | None,
+            status: int, backend_id: str | None = None, attempts: int = 0, upstream_ms: float | None = None,
+            total_ms: float = 0.0) -> None:  # fmt: skip
+        access = self.access
+        if access is None or not access.enabled():
+            return
+        path = None if target is None else target.partition(b"?")[0].decode("latin-1")
+        access.emit(request_id=request_id, client_ip=client_ip, method=None if method is None else method.decode(),
+                    path=path, status=status, backend_id=backend_id, attempts=attempts, upstream_ms=upstream_ms,
+                    total_ms=total_ms)  # fmt: skip
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client's TCP connection: parses requests, queues them, writes their answers in order."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self.peer = "127.0.0.1"
+        self.parser = HttpRequestParser(self)
+        self.cycles: deque[RequestCycle] = deque()  # cycles[0] is being answered
+        self.closing = False  # no further request is read on this connection
+        self.lost = False
+        self.write_paused = False
+        self._receiving: RequestCycle | None = None  # whose body the parser is reading
+        self._upgraded: RequestCycle | None = None  # a WebSocket request: its bytes wait for the 101
+        self._tunnel: UpstreamConnection | None = None
+        self._final: bytes | None = None  # an error answer to send once the queued cycles are answered
+        self._out: list[bytes] | None = None  # writes collected while corked
+        self._discard = False  # drop all further input
+        self._synthetic = False  # feeding a made-up head to a fresh parser (see _on_upgrade)
+        self._reframe = False
+        self._paused = 0
+        # the head being parsed
+        self._url = b""
+        self._headers: list[Header] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._chunk = b""
+        self._raw: list[bytes] | None = None
+        self._raw_bytes = 0
+        self._mid_chunk = False  # a message ended earlier in the chunk being parsed
+        # timeouts
+        self._state = _HEAD
+        self._head_deadline = 0.0
+        self._idle_since = 0.0
+        self._body_at = 0.0
+        self._write_paused_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._linger: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0]
+        server = self.server
+        server.connections.add(self)
+        if server.draining:
+            transport.close()
+            return
+        self._head_deadline = self.loop.time() + server.header_timeout
+        self._arm(self._head_deadline)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+        elif self._discard:
+            return
+        elif self._upgraded is not None:
+            self._upgraded.early_data(data)
+        else:
+            self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        # As NGINX does: a client that closes its side has gone; what is in flight is abandoned
+        # (499). What was already written to the socket is still sent before it closes.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.server.connections.discard(self)
+        for handle in (self._timer, self._linger):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._linger = None
+        for cycle in list(self.cycles):
+            cycle.client_lost()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._write_paused_at = self.loop.time()
+        self._arm(self._write_paused_at + self.server.idle_timeout)
+        if self.cycles:
+            up = self.cycles[0].upstream
+            if up is not None:
+                up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.cycles:
+            up = self.cycles[0].upstream
+            if up is not None:
+                up.resume_reading()
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        self._chunk = data
+        self._mid_chunk = False
+        raw = self._raw
+        if raw is not None:
+            raw.append(data)
+            self._raw_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0] :])
+        except HttpParserCallbackError as exc:
+            self._parse_error(exc.__context__ or exc)
+        except HttpParserError as exc:
+            self._parse_error(HttpError(400, f"malformed request: {exc}"))
+        else:
+            if self._raw is not None and self._raw_bytes > self.server.max_header_bytes:
+                self._parse_error(HttpError(431, "request head too large"))
+
+    def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
+        if self.closing:
+            raise _Stop
+        if len(self.cycles) >= MAX_PIPELINE:
+            self.closing = True
+            raise _Stop
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._raw = [self._chunk]
+        # A head that starts a chunk counts all of it; one that starts after an earlier message in the
+        # same chunk counts from the next chunk on (its offset is unknown), so a chunk's worth at most is
+        # not counted. Either way an unfinished head is cut off, at the latest by header_timeout.
+        self._raw_bytes = len(self._chunk) if not self._mid_chunk else 0
+        if self._state != _HEAD:
+            self._state = _HEAD
+            self._head_deadline = self.loop.time() + self.server.header_timeout
+            self._arm(self._head_deadline)
+
+    def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.server.max_header_bytes:
+            raise HttpError(431, "request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._synthetic:
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.server.max_header_bytes:
+            raise HttpError(431, "request head too large" if self._in_head else "request trailers too large")
+        if self._in_head:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._synthetic:
+            return
+        self._in_head = False
+        raw, self._raw = self._raw, None
+        parser = self.parser
+        info = inspect_request(parser.get_method(), self._url, parser.get_http_version(), self._headers,
+                               keep_alive=parser.should_keep_alive(), upgrade=parser.should_upgrade())  # fmt: skip
+        if info.chunked and raw is not None:
+            check_raw_transfer_encoding(raw[0] if len(raw) == 1 else b"".join(raw))
+        server = self.server
+        limit = server.max_body_bytes
+        if limit and info.content_length is not None and info.content_length > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+        cycle = self._new_cycle(info)
+        self._reframe = parser.should_upgrade() and info.has_body  # an ignored upgrade (h2c...) with a body
+        if not info.keep_alive or info.websocket:
+            self.closing = True
+        now = self.loop.time()
+        self._state = _BODY if info.has_body else _WAIT
+        self._body_at = now
+        if info.has_body:
+            self._arm(now + server.idle_timeout)
+        self._receiving = cycle
+        self.cycles.append(cycle)
+        server.in_flight += 1
+        if len(self.cycles) == 1:
+            cycle.start()
+        else:
+            self.pause(_BY_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._receiving
+        if cycle is not None:
+            self._body_at = self.loop.time()
+            cycle.client_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._synthetic:
+            return
+        if self._reframe:
+            self._reframe = False  # llhttp ends an upgrade request at its head; the body follows
+            return
+        self._mid_chunk = True
+        cycle, self._receiving = self._receiving, None
+        if self._state != _HEAD:
+            self._state = _WAIT
+        if cycle is not None:
+            cycle.client_done()
+
+    def _new_cycle(self, info: RequestInfo) -> RequestCycle:
+        server = self.server
+        client_ip = server.trusted.client_ip(self.peer, info.forwarded_for) if server.trusted.networks else self.peer
+        session = info.session_id or info.cookie_session
+        cookie = None
+        if session is None and server.sticky:
+            session = secrets.token_hex(16)  # affinity cookies must not be guessable
+            cookie = b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (AFFINITY_COOKIE, session.encode())
+        request_id = info.request_id or server.new_request_id()
+        # Validated above (the peer's address comes from the socket); metadata is passed because pydantic
+        # inspects a default_factory's signature on every model_construct (3x slower).
+        request = Request.model_construct(client_ip=client_ip, workload_type=info.workload, session_id=session,
+                                          request_id=request_id, metadata={})  # fmt: skip
+        return RequestCycle(self, info, request, request_id, cookie)
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        cycle = self.cycles[-1] if self.cycles else None
+        if cycle is None or cycle.finished:
+            self._discard = True
+            return
+        if cycle.info.websocket:
+            self._upgraded = cycle  # nothing more is HTTP on this connection
+            if rest:
+                cycle.early_data(rest)
+            return
+        if not cycle.body_done:
+            # An upgrade the proxy ignores, with a body: llhttp stopped at the head. Read the body
+            # (and what follows) with a fresh parser primed by a head with the same framing.
+            self.parser = HttpRequestParser(self)
+            self._synthetic = True
+            try:
+                self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n%s\r\n" % request_framing(cycle.info))
+            finally:
+                self._synthetic = False
+        if rest:
+            self._feed(rest)
+
+    def _parse_error(self, exc: BaseException) -> None:
+        if isinstance(exc, _Stop):
+            self._discard = True
+            return
+        if not isinstance(exc, HttpError):
+            log_event("proxy_internal_error", logging.ERROR, stage="parsing", error=repr(exc))
+            exc = HttpError(500, "internal error of the proxy")
+        self._discard = True
+        self.closing = True
+        cycle, self._receiving = self._receiving, None
+        if cycle is not None and cycle.task is not None:
+            cycle.client_failed(exc)
+            return
+        if cycle is not None:  # queued behind another request: it is simply refused
+            cycle.finished = True
+            self.cycles.remove(cycle)
+            self.server.cycle_done()
+        self.refuse(exc)
+
+    def refuse(self, error: HttpError) -> None:
+        """Answer ``error`` after the requests already queued, then close."""
+        self._discard = True
+        self.closing = True
+        request_id = self.server.new_request_id()
+        self.server.log(request_id=request_id, client_ip=self.peer, method=None, target=None, status=error.status)
+        answer = error_response(error.status, error.message, request_id, close=True, retry_after=error.retry_after)
+        if self.cycles:
+            self._final = answer
+        else:
+            self.write(answer)
+            self.linger_close()
+
+    # -- reading, writing, closing ----------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        if not self._paused:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused:
+                self.transport.resume_reading()
+                self._body_at = self.loop.time()  # a pause of ours is not the client's idleness
+
+    def write(self, data: bytes) -> None:
+        if self._out is not None:
+            self._out.append(data)
+        elif not self.transport.is_closing():
+            self.transport.write(data)
+
+    def cork(self) -> None:
+        """Collect writes until :meth:`uncork` (one send for a head and a body that came in one read)."""
+        if self._out is None:
+            self._out = []
+
+    def uncork(self) -> None:
+        out, self._out = self._out, None
+        if out and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
+
+    def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None:
+        self._upgraded = None
+        self._tunnel = upstream
+        self._state = _WAIT
+        if early:
+            upstream.writelines(early)
+
+    def drain(self) -> None:
+        """Serve what is in flight, then close; close now if nothing is."""
+        self.closing = True
+        if not self.cycles:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def linger_close(self) -> None:
+        """Close after an error answer without losing it: send FIN, drop input for a moment, then close."""
+        self._discard = True
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def cycle_finished(self, cycle: RequestCycle) -> None:
+        server = self.server
+        server.cycle_done()
+        if self.cycles and self.cycles[0] is cycle:
+            self.cycles.popleft()
+        elif cycle in self.cycles:
+            self.cycles.remove(cycle)
+        if self.lost:
+            return
+        if cycle.tunnel:
+            self.transport.close()
+            return
+        if not cycle.keep_alive or server.draining:
+            self.closing = True
+            if self.cycles:  # the answer said the connection closes: requests queued behind it are dropped
+                for queued in self.cycles:
+                    queued.finished = True
+                    server.cycle_done()
+                self.cycles.clear()
+                self._receiving = self._upgraded = None
+                self._discard = True
+        if self.cycles:
+            if len(self.cycles) == 1:
+                self.resume(_BY_PIPELINE)
+            self.cycles[0].start()
+        elif self._final is not None:
+            self.write(self._final)
+            self.linger_close()
+        elif self.closing:
+            if self._receiving is not None or self._discard:
+                self.linger_close()
+            else:
+                self.transport.close()
+        elif self._state == _WAIT:
+            self._state = _IDLE
+            self._idle_since = self.loop.time()
+            self._arm(self._idle_since + server.idle_timeout)
+
+    # -- timeouts ------------------------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        if when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        if self.lost or self._discard:
+            return
+        server = self.server
+        now = self.loop.time()
+        state = self._state
+        deadline = math.inf
+        if state == _HEAD:
+            if now >= self._head_deadline:
+                self._parse_error(HttpError(408, f"request head not received within {server.header_timeout:g} s"))
+                return
+            deadline = self._head_deadline
+        elif state == _IDLE and not self.cycles:
+            if now >= self._idle_since + server.idle_timeout:
+                self.transport.close()
+                return
+            deadline = self._idle_since + server.idle_timeout
+        elif state == _BODY and not self._paused:
+            if now >= self._body_at + server.idle_timeout:
+                self._parse_error(HttpError(408, f"request body stalled for {server.idle_timeout:g} s"))
+                return
+            deadline = self._body_at + server.idle_timeout
+        elif state == _BODY:
+            deadline = now + server.idle_timeout  # paused by us: the upstream side watches the backend
+        if self.write_paused:
+            if now >= self._write_paused_at + server.idle_timeout:
+                log_event("client_not_reading", logging.DEBUG, client_ip=self.peer)
+                self.transport.abort()
+                return
+            deadline = min(deadline, self._write_paused_at + server.idle_timeout)
+        if deadline < math.inf:
+            self._arm(deadline)
+
+
+class RequestCycle:
+    """One request: its routing, its tries on backends, and its answer."""
+
+    __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
+                 "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
+                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "timer",
+                 "attempt_at", "first_attempt_at", "upstream_end", "head_ms", "status", "response_started",
+                 "response_done", "out_chunked", "until_close", "tunnel", "blocked_since", "data_at",
+                 "finished", "_head")  # fmt: skip
+
+    def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str,
+                 set_cookie: bytes | None) -> None:  # fmt: skip
+        server = conn.server
+        self.conn = conn
+        self.server = server
+        self.info = info
+        self.request = request
+        self.request_id = request_id
+        self.set_cookie = set_cookie
+        self.started = conn.loop.time()
+        self.deadline = self.started + server.request_timeout
+        self.keep_alive = info.keep_alive
+        self.body_done = not info.has_body
+        self.body_bytes = 0
+        self.retained: list[bytes] | None = []  # the body so far, while it is small enough to replay
+        self.backlog: list[bytes] = []  # body not yet sent on the current try (or WebSocket bytes)
+        self.backlog_bytes = 0
+        self.upstream: UpstreamConnection | None = None
+        self.sending = False  # the head went out on self.upstream: body pieces follow it directly
+        self.route: RouteResult | None = None
+        self.tried: list[Backend] = []
+        self.attempts = 0
+        self.retries = 0
+        self.task: asyncio.Task[None] | None = None
+        self.running = False
+        self.waiter: asyncio.Future[_Failure | None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.attempt_at = 0.0
+        self.first_attempt_at: float | None = None
+        self.upstream_end: float | None = None
+        self.head_ms: float | None = None
+        self.status = 0
+        self.response_started = False
+        self.response_done = False
+        self.out_chunked = False
+        self.until_close = False
+        self.tunnel = False
+        self.blocked_since: float | None = None
+        self.data_at = 0.0
+        self.finished = False
+        self._head: bytes | None = None
+
+    def start(self) -> None:
+        if self.task is None and not self.finished:
+            self.task = self.conn.loop.create_task(self._run())
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self.running = True
+        try:
+            await self._proxy()
+        except asyncio.CancelledError:  # the client went away while routing, connecting or backing off
+            self._abort_attempt()
+            if self.route is not None:
+                self.server.abandon(self.route)
+            raise
+        except Exception as exc:
+            log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
+            self._abort_attempt()
+            if self.route is not None:
+                self.server.abandon(self.route)
+            if not self.response_started:
+                self.keep_alive = False
+                self._answer(HttpError(500, "internal error of the proxy"))
+            else:
+                self.conn.abort()
+        finally:
+            self._finish()
+
+    async def _proxy(self) -> None:
+        server = self.server
+        lb = server.lb
+        budget = lb.retry_budget
+        failure: _Failure | None = None
+        in_budget = False
+        try:
+            while True:
+                try:
+                    if failure is None:
+                        route = await lb.route_request(self.request)
+                    else:
+                        started = lb.clock.monotonic() - (self.conn.loop.time() - self.started)
+                        route = await server.route_again(self.request, started, self.tried, self.attempts + 1)
+                except RateLimitExceededError as exc:
+                    self._answer(HttpError(429, "rate limit exceeded", retry_after=max(1, math.ceil(exc.retry_after))))
+                    return
+                except RequestTimeoutError:
+                    self._answer(HttpError(504, "no backend could take the request in time"))
+                    return
+                except BackendUnavailableError as exc:
+                    if failure is None:
+                        self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
+                    else:
+                        self._answer(HttpError(failure.status, failure.message))
+                    return
+                self.route = route
+                self.attempts += 1
+                if route.backend is not None:
+                    self.tried.append(route.backend)
+                failure = await self._attempt(route)
+                if in_budget:
+                    budget.active -= 1
+                    in_budget = False
+                if failure is None or failure is _CLIENT_GONE or self.response_started:
+                    return
+                if not failure.retry:
+                    self._answer(HttpError(failure.status, failure.message))
+                    return
+                self.retries += 1
+                lb.counters["retries"] += 1
+                if not failure.never_sent:  # a backend may have done work: counted against the budget
+                    budget.active += 1
+                    in_budget = True
+                log_event("proxy_retry", logging.DEBUG, request_id=self.request_id, retry=self.retries,
+                          failed_backend=route.backend_id, error=failure.message)  # fmt: skip
+                delay = min(server.backoff(self.retries), max(0.0, self.deadline - self.conn.loop.time()))
+                await lb.clock.sleep(delay)
+        finally:
+            if in_budget:
+                budget.active -= 1
+
+    async def _attempt(self, route: RouteResult) -> _Failure | None:
+        server = self.server
+        loop = self.conn.loop
+        self.attempt_at = now = loop.time()
+        if self.first_attempt_at is None:
+            self.first_attempt_at = now
+        self.head_ms = None
+        up = server.pool.take(route.backend_id)
+        if up is None:
+            timeout = max(0.0, min(CONNECT_TIMEOUT, self.deadline - now))
+            try:
+                up = await asyncio.wait_for(server.pool.connect(route.backend_id, route.host, route.port), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                await server.lb.complete_request(route, success=False, latency_ms=(loop.time() - now) * 1000.0)
+                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc.strerror or exc})"
+                return _Failure(502, f"connecting to backend {route.backend_id} {what}",
+                                retry=self._may_retry(True), never_sent=True)  # fmt: skip
+        if self.finished or self.conn.lost:
+            server.pool.release(up, reusable=True)
+            server.abandon(route)
+            return _CLIENT_GONE
+        self.upstream = up
+        up.begin(self, head_request=self.info.method == b"HEAD")
+        waiter: asyncio.Future[_Failure | None] = loop.create_future()
+        self.waiter = waiter
+        self._send_request(up, route)
+        if self.conn.write_paused:
+            up.pause_reading()
+        self.timer = loop.call_at(self.deadline if self.body_done else now + server.request_timeout, self._on_timer)
+        try:
+            failure = await waiter
+        finally:
+            self.waiter = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+        if failure is _CLIENT_GONE and not self.tunnel:
+            server.abandon(route)
+            return failure
+        success = failure is None and self.status < 500
+        latency = self.head_ms if self.head_ms is not None else (loop.time() - now) * 1000.0
+        await server.lb.complete_request(route, success=success, latency_ms=latency)
+        return failure
+
+    def _may_retry(self, never_sent: bool) -> bool:
+        server = self.server
+        lb = server.lb
+        if self.response_started or self.retries >= server.max_retries or self.conn.lost or self.finished:
+            return False
+        if len(self.tried) >= len(lb.router.backends):
+            return False  # every backend was tried: the last answer stands
+        if not never_sent:
+            if not self.info.idempotent or self.retained is None:
+                return False
+            if not lb.retry_budget.allows(lb.router.in_flight):
+                return False
+        return self.conn.loop.time() < self.deadline
+
+    def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
+        head = self._head
+        if head is None:
+            head = self._head = self._build_head()
+        info = self.info
+        if info.host is None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one, the backend's own
+            host = f"[{route.host}]" if ":" in route.host else route.host
+            head = head.replace(b"\r\n", b"\r\nHost: %s:%d\r\n" % (host.encode(), route.port), 1)
+        self.sending = True
+        if info.websocket:  # bytes the client sent early wait for the 101
+            up.write(head)
+            return
+        parts = [head]
+        if info.chunked:
+            for piece in self.backlog:
+                parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            if self.body_done:
+                parts.append(b"0\r\n\r\n")
+        else:
+            parts.extend(self.backlog)
+        up.writelines(parts)
+        self.backlog = []
+        self.backlog_bytes = 0
+        self.conn.resume(_BY_BACKLOG)
+
+    def _build_head(self) -> bytes:
+        info = self.info
+        conn = self.conn
+        peer = conn.peer.encode()
+        trusted = bool(conn.server.trusted.networks) and conn.server.trusted.trusts(conn.peer)
+        forwarded_for = peer if info.forwarded_for is None else info.forwarded_for + b", " + peer
+        proto = info.forwarded_proto if trusted and info.forwarded_proto else b"http"
+        host = info.forwarded_host if trusted and info.forwarded_host else info.host
+        extra = [b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (forwarded_for, proto)]
+        if host:
+            extra.append(b"X-Forwarded-Host: %s\r\n" % host)
+        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+        return request_head(info, extra, request_framing(info))
+
+    # -- the client side (parser callbacks of ClientConnection) ---------------------------------
+
+    def client_body(self, data: bytes) -> None:
+        size = len(data)
+        total = self.body_bytes = self.body_bytes + size
+        limit = self.server.max_body_bytes
+        if limit and total > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+        retained = self.retained
+        if retained is not None:
+            if total <= RETAIN_LIMIT:
+                retained.append(data)
+            else:
+                self.retained = None
+        if self.response_done:
+            return  # answered already: the rest of the body is dropped
+        up = self.upstream
+        if self.sending and up is not None:
+            if self.info.chunked:
+                up.writelines([b"%x\r\n" % size, data, b"\r\n"])
+            else:
+                up.write(data)
+        else:
+            self.backlog.append(data)
+            self.backlog_bytes += size
+            if self.backlog_bytes > BACKLOG_LIMIT:
+                self.conn.pause(_BY_BACKLOG)
+
+    def client_done(self) -> None:
+        self.body_done = True
+        if self.info.has_body:
+            self.deadline = max(self.deadline, self.conn.loop.time() + self.server.request_timeout)
+            if self.sending and self.upstream is not None and self.info.chunked:
+                self.upstream.write(b"0\r\n\r\n")
+
+    def early_data(self, data: bytes) -> None:
+        """Bytes after a WebSocket upgrade request, before the backend's 101."""
+        if self.tunnel and self.upstream is not None:
+            self.upstream.write(data)
+            return
+        self.backlog.append(data)
+        self.backlog_bytes += len(data)
+        if self.backlog_bytes > BACKLOG_LIMIT:
+            self.conn.pause(_BY_BACKLOG)
+
+    def client_failed(self, error: HttpError) -> None:
+        """The client's request went wrong after the cycle started (body too large, stalled, malformed)."""
+        self.keep_alive = False
+        if self.finished:
+            return
+        if not self.response_started:
+            self._answer(error)
+        else:
+            self.conn.abort()
+        self._cancel()
+
+    def client_lost(self) -> None:
+        if self.finished:
+            return
+        if not self.response_started:
+            self.status = 499  # as NGINX logs a request whose client went away
+        self.keep_alive = False
+        self._cancel()
+
+    def _cancel(self) -> None:
+        task = self.task
+        waiter = self.waiter
+        if task is None or not self.running:
+            if task is not None:
+                task.cancel()  # never started: its coroutine will not run
+            self._finish()
+        elif waiter is not None:
+            if not waiter.done():
+                if self.tunnel:
+                    self._abort_attempt()
+                    waiter.set_result(None)  # a tunnel ends when either side closes
+                else:
+                    self._abort_attempt()
+                    waiter.set_result(_CLIENT_GONE)
+        elif not task.done():
+            task.cancel()
+
+    # -- the upstream side (UpstreamSink) --------------------------------------------------------
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> None:
+        info = self.info
+        if status < 200 and status != 101:
+            if info.http11 and (status != 100 or info.expect_continue):
+                self.conn.write(response_head(inspect_response(status, reason, headers), ()))
+            return
+        now = self.conn.loop.time()
+        self.head_ms = (now - self.attempt_at) * 1000.0
+        self.data_at = now
+        backend = self.route.backend_id if self.route is not None else "?"
+        if status in _RETRY_STATUSES and self._may_retry(False):
+            self._fail(_Failure(502, f"backend {backend} answered {status}", retry=True))
+            return
+        try:
+            response = inspect_response(status, reason, headers)
+            if status == 101 and (not info.websocket or response.upgrade is None):
+                raise UpstreamProtocolError("the backend switched protocols unasked")
+        except UpstreamProtocolError as exc:
+            self._fail(_Failure(502, f"backend {backend}: {exc}", retry=self._may_retry(False)))
+            return
+        self.status = status
+        self.response_started = True
+        extra: list[bytes] = []
+        if status == 101:
+            extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % response.upgrade)
+        else:
+            no_body = bodiless(info.method, status)
+            if response.content_length is not None and status != 204:
+                extra.append(b"Content-Length: %s\r\n" % response.content_length)
+            elif no_body:
+                pass
+            elif info.http11:
+                self.out_chunked = True
+                extra.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
+            self.until_close = not no_body and response.content_length is None and not response.chunked
+            if not self.body_done or info.websocket or self.conn.closing:
+                self.keep_alive = False
+            if not self.keep_alive:
+                extra.append(b"Connection: close\r\n")
+            elif not info.http11:
+                extra.append(b"Connection: keep-alive\r\n")
+        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+        if self.set_cookie is not None:
+            extra.append(self.set_cookie)
+        self.conn.write(response_head(response, extra))
+        if status == 101 and self.upstream is not None:
+            self.tunnel = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            early, self.backlog = self.backlog, []
+            self.backlog_bytes = 0
+            self.conn.resume(_BY_BACKLOG)
+            self.conn.start_tunnel(self.upstream, early)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.data_at = self.conn.loop.time()
+        conn = self.conn
+        if self.out_chunked:
+            conn.write(b"%x\r\n" % len(data))
+            conn.write(data)
+            conn.write(b"\r\n")
+        else:
+            conn.write(data)
+
+    def upstream_batch(self, begin: bool) -> None:
+        if begin:
+            self.conn.cork()
+        else:
+            self.conn.uncork()
+
+    def upstream_done(self) -> None:
+        up, self.upstream = self.upstream, None
+        self.sending = False
+        self._end_response()
+        if up is not None:
+            self.server.pool.release(up, reusable=self.body_done)
+        self._resolve(None)
+
+    def upstream_lost(self, error: BaseException | None) -> None:
+        self.upstream = None
+        self.sending = False
+        if self.tunnel:
+            self.upstream_end = self.conn.loop.time()
+            self.conn.transport.close()
+            self._resolve(None)
+        elif not self.response_started:
+            backend = self.route.backend_id if self.route is not None else "?"
+            detail = f" ({error})" if error is not None else ""
+            self._fail(_Failure(502, f"backend {backend} closed the connection before answering{detail}",
+                                retry=self._may_retry(False)))  # fmt: skip
+        elif self.until_close and error is None:
+            self._end_response()
+            self._resolve(None)
+        else:
+            self.keep_alive = False
+            self.conn.abort()  # the client must see that the response is cut short
+            self._resolve(_Failure(502, "backend closed the connection in the middle of the response"))
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self.blocked_since = self.conn.loop.time()
+            self.conn.pause(_BY_UPSTREAM)
+        else:
+            self.blocked_since = None
+            self.conn.resume(_BY_UPSTREAM)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _end_response(self) -> None:
+        if self.out_chunked:
+            self.conn.write(b"0\r\n\r\n")
+        self.response_done = True
+        self.upstream_end = self.conn.loop.time()
+
+    def _fail(self, failure: _Failure) -> None:
+        """This try failed before any of its response reached the client."""
+        self._abort_attempt()
+        if failure.retry and self.retained is not None and not self.info.websocket:
+            self.backlog = list(self.retained)  # the next try sends the body again
+            self.backlog_bytes = self.body_bytes
+        self._resolve(failure)
+
+    def _abort_attempt(self) -> None:
+        up, self.upstream = self.upstream, None
+        self.sending = False
+        if up is not None:
+            up.close()
+        if self.blocked_since is not None:
+            self.blocked_since = None
+            self.conn.resume(_BY_UPSTREAM)
+
+    def _resolve(self, outcome: _Failure | None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.tunnel:
+            return
+        loop = self.conn.loop
+        now = loop.time()
+        timeout = self.server.request_timeout
+        backend = self.route.backend_id if self.route is not None else "?"
+        if not self.response_started:
+            blocked = self.blocked_since
+            if self.body_done and now >= self.deadline:
+                self._fail(_Failure(504, f"backend {backend} did not answer within {timeout:g} s"))
+                return
+            if blocked is not None and now >= blocked + timeout:
+                self._fail(_Failure(504, f"backend {backend} stopped reading the request body"))
+                return
+            when = self.deadline if self.body_done else (blocked if blocked is not None else now) + timeout
+        else:
+            up = self.upstream
+            reading = up is not None and not up.read_paused
+            if reading and now >= self.data_at + timeout:
+                self.keep_alive = False
+                self._abort_attempt()
+                self.conn.abort()
+                self._resolve(_Failure(504, f"backend {backend} stalled in the middle of the response"))
+                return
+            when = self.data_at + timeout if reading else now + timeout
+        self.timer = loop.call_at(when, self._on_timer)
+
+    def _answer(self, error: HttpError) -> None:
+        """Answer with the proxy's own JSON error."""
+        self.status = error.status
+        self.response_started = self.response_done = True
+        if not self.body_done or self.conn.closing:
+            self.keep_alive = False
+        self.conn.write(error_response(error.status, error.message, self.request_id, close=not self.keep_alive,
+                                       retry_after=error.retry_after))  # fmt: skip
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        now = conn.loop.time()
+        first = self.first_attempt_at
+        end = self.upstream_end
+        route = self.route
+        self.server.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
+                        target=self.info.target, status=self.status or 499,
+                        backend_id=None if route is None else route.backend_id, attempts=self.attempts,
+                        upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
+                        total_ms=(now - self.started) * 1000.0)  # fmt: skip
+        conn.cycle_finished(self)

@@ -1,0 +1,298 @@
+"""Upstream side of the proxy: keep-alive connections to backends, pooled per backend.
+
+An :class:`UpstreamConnection` is an ``asyncio.Protocol`` with an llhttp
+response parser. While it serves one exchange it reports everything to that
+exchange's :class:`UpstreamSink` (the request cycle of :mod:`.proxy`): the
+response head, body pieces, the end, a lost connection, and write-buffer
+pressure (``pause_writing``/``resume_writing``), so the cycle can pause the
+client that feeds it. After a ``101 Switching Protocols`` the connection is a
+raw tunnel and every byte goes to :meth:`UpstreamSink.upstream_tunnel`.
+
+:class:`UpstreamPool` keeps idle connections per backend id (last in, first
+out, so the surplus ages out), closes them after ``idle_timeout`` or when the
+backend closes them, and never hands out one that has closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, cast
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
+
+from .http import Header, UpstreamProtocolError
+
+IDLE_TIMEOUT = 30.0  # seconds an unused pooled connection is kept
+MAX_IDLE_PER_BACKEND = 128
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+
+class UpstreamSink(Protocol):
+    """What an exchange is told about its upstream connection (all called from protocol callbacks).
+
+    ``upstream_batch(True)`` and ``upstream_batch(False)`` bracket the handling of one read, so
+    that what it produces for the client can go out in one write."""
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_done(self) -> None: ...
+    def upstream_lost(self, error: BaseException | None) -> None: ...
+    def upstream_tunnel(self, data: bytes) -> None: ...
+    def upstream_paused(self, paused: bool) -> None: ...
+    def upstream_batch(self, begin: bool) -> None: ...
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing the rest of the data."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "key", "transport", "parser", "sink", "head_request", "keep_alive", "tunnel",
+                 "closed", "received", "read_paused", "idle_since", "_reason", "_headers", "_head_bytes")  # fmt: skip
+
+    def __init__(self, pool: UpstreamPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.sink: UpstreamSink | None = None
+        self.head_request = False
+        self.keep_alive = True  # of the latest response; a fresh connection is reusable
+        self.tunnel = False
+        self.closed = False
+        self.received = False  # a byte of the current exchange's response arrived
+        self.read_paused = False
+        self.idle_since = 0.0
+        self._reason = b""
+        self._headers: list[Header] = []
+        self._head_bytes = 0
+
+    # -- used by the exchange --------------------------------------------------------
+
+    def begin(self, sink: UpstreamSink, *, head_request: bool) -> None:
+        self.sink = sink
+        self.head_request = head_request
+        self.received = False
+        self.keep_alive = False
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, parts: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(parts)
+
+    def write_eof(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.transport.is_closing():
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.transport.is_closing():
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close without reporting to the sink (the exchange gave the connection up)."""
+        self.sink = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def write_buffer_size(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            self.abort()  # a byte while idle: nothing can be trusted on this connection any more
+            return
+        if self.tunnel:
+            sink.upstream_tunnel(data)
+            return
+        self.received = True
+        sink.upstream_batch(True)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self.tunnel = True
+            rest = data[exc.args[0] :]
+            if rest and self.sink is not None:
+                self.sink.upstream_tunnel(rest)
+        except HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Stop):
+                return
+            self._fail(exc.__context__ or exc)
+        except HttpParserError as exc:
+            self._fail(UpstreamProtocolError(f"invalid response from the backend: {exc}"))
+        finally:
+            sink.upstream_batch(False)
+
+    def eof_received(self) -> bool | None:
+        return False  # close; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        sink = self.sink
+        self.sink = None
+        self.pool.forget(self)
+        if sink is not None:
+            sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_paused(False)
+
+    def _fail(self, error: BaseException) -> None:
+        sink = self.sink
+        self.abort()
+        if sink is not None:
+            sink.upstream_lost(error)
+
+    # -- parser callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.sink is None:  # bytes after the response: the connection cannot be reused
+            self.abort()
+            raise _Stop
+        self._reason = b""
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise UpstreamProtocolError(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        sink = self.sink
+        if sink is None:
+            raise _Stop
+        status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()  # flags are reset once the message ends
+        sink.upstream_head(status, self._reason, self._headers, self.keep_alive)
+        if self.head_request and status >= 200 and self.sink is sink:
+            # llhttp cannot be told that a response to HEAD has no body: end it here.
+            self.parser = HttpResponseParser(self)
+            sink.upstream_done()
+            raise _Stop
+        if self.sink is not sink:
+            raise _Stop  # the exchange gave up on this response
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is None:
+            raise _Stop
+        self.sink.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        sink = self.sink
+        if sink is None:
+            raise _Stop
+        if self.parser.get_status_code() // 100 != 1 or self.tunnel:
+            sink.upstream_done()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per backend id."""
+
+    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE_PER_BACKEND) -> None:
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self._idle: dict[str, list[UpstreamConnection]] = {}
+        self._open: set[UpstreamConnection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self.connects = 0  # connections opened, for tests and stats
+
+    def take(self, key: str) -> UpstreamConnection | None:
+        """An idle connection to backend ``key`` that is still open, or None."""
+        stack = self._idle.get(key)
+        while stack:
+            conn = stack.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
+        self.connects += 1
+        self._open.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        """Give a connection back after an exchange; kept only if ``reusable`` and keep-alive."""
+        conn.sink = None
+        transport = conn.transport
+        if not reusable or not conn.keep_alive or conn.closed or transport is None or transport.is_closing():
+            conn.close()
+            return
+        stack = self._idle.setdefault(conn.key, [])
+        if len(stack) >= self.max_idle:
+            conn.close()
+            return
+        conn.resume_reading()
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        stack.append(conn)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.idle_timeout / 2, self._expire)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._open.discard(conn)  # idle stacks drop closed connections lazily
+
+    def _expire(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.idle_timeout
+        for key, stack in list(self._idle.items()):
+            live = []
+            for conn in stack:
+                if conn.closed:
+                    continue
+                if conn.idle_since <= cutoff:
+                    conn.close()
+                else:
+                    live.append(conn)
+            if live:
+                self._idle[key] = live
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = loop.call_later(self.idle_timeout / 2, self._expire)
+
+    @property
+    def idle(self) -> int:
+        return sum(len(s) for s in self._idle.values())
+
+    def close(self) -> None:
+        """Close every connection, idle or busy."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self._idle.clear()
+        for conn in list(self._open):
+            conn.abort()
+        self._open.clear()
