@@ -142,7 +142,7 @@ def free_port() -> int:
 async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path, backends: list[Backend]) -> None:
     port = free_port()
     for b in backends:
-        b.delay = 0.05
+        b.delay = 0.3  # long enough that every request is still at a backend when SIGTERM lands
     path = write_config(tmp_path / "lb.yaml", backends)
     path.write_text(path.read_text().replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{port}"', 1))
     exe = Path(sys.executable).parent / "omnixan-lb"
@@ -161,7 +161,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path, bac
                     return response.status
 
             load = [asyncio.create_task(one()) for _ in range(30)]
-            await asyncio.sleep(0.02)  # all sent, most still in flight at the backends
+            while sum(b.hits for b in backends) < 30:  # every request has reached a backend
+                assert time.monotonic() < deadline + 10, "requests did not reach the backends"
+                await asyncio.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
             statuses = await asyncio.gather(*load)
         assert statuses == [200] * 30
