@@ -422,6 +422,41 @@ async def test_weighted_large_tier_interleaves(make_lb: MakeLB) -> None:
     assert max_prefix_error(seq, weights) < 2
 
 
+async def test_weighted_large_tier_schedules_weight_classes_or_members(make_lb: MakeLB) -> None:
+    # Few distinct weights: weight classes. More than 16: the per-member EDF schedule.
+    few = {f"m{i}": (5, 1, 1)[i % 3] for i in range(36)}
+    lb = await make_lb(WEIGHTED, [backend(n, weight=w) for n, w in few.items()])
+    await visits(lb, 1)
+    assert lb.router.tiers[0].algorithm._classes is not None  # type: ignore[attr-defined]
+    many = {f"m{i}": float(i + 1) for i in range(40)}
+    lb = await make_lb(WEIGHTED, [backend(n, weight=w) for n, w in many.items()])
+    cycle = int(sum(many.values()))
+    seq = await visits(lb, 2 * cycle)
+    assert lb.router.tiers[0].algorithm._classes is None  # type: ignore[attr-defined]
+    assert Counter(seq[:cycle]) == many and Counter(seq[cycle:]) == many
+    assert max_prefix_error(seq, many) < 2
+
+
+async def test_weighted_switches_to_member_schedule_when_weights_diverge(make_lb: MakeLB) -> None:
+    # Effective weights change at run time (slow start does this): past 16 classes the
+    # algorithm moves to the per-member schedule, with the new proportions.
+    names = [f"m{i}" for i in range(34)]
+    lb = await make_lb(WEIGHTED, [backend(n) for n in names])
+    await visits(lb, 34)
+    algorithm = lb.router.tiers[0].algorithm
+    assert algorithm._classes is not None  # type: ignore[attr-defined]
+    weights = {n: float(i % 17 + 1) for i, n in enumerate(names)}
+    for n, w in weights.items():
+        b = lb.backends[bid(n)]
+        b.effective_weight = w
+        lb.router.refresh(b)
+    assert algorithm._classes is None  # type: ignore[attr-defined]
+    cycle = int(sum(weights.values()))
+    await visits(lb, cycle)  # members whose weight changed after the switch settle in
+    counts = Counter(await visits(lb, 2 * cycle))
+    assert all(abs(counts[n] - 2 * w) <= 1 for n, w in weights.items())
+
+
 async def test_weighted_small_tier_prefix_error_is_below_two(make_lb: MakeLB) -> None:
     weights = {"a": 20.0, "b": 1.0, "c": 1.0, "d": 7.0}
     lb = await make_lb(WEIGHTED, [backend(n, weight=w) for n, w in weights.items()])

@@ -6,7 +6,10 @@ weights work, and ``effective_weight`` (slow start) is honoured.
 - Tiers of up to ``SMALL_TIER`` members use NGINX's algorithm exactly: every
   member's ``current`` grows by its weight, the largest wins and gives back
   the total. Pick: O(n), which for a few dozen members is cheaper than a heap.
-- Larger tiers use an earliest-deadline-first schedule (as Envoy does): each
+- Larger tiers with at most 16 distinct weights (the usual case) use weight
+  classes: strict rotation within a class, classes scheduled by deadline
+  (see ``_weight_classes``). Pick: O(k + log n) with small integer keys.
+- Other large tiers use an earliest-deadline-first schedule (as Envoy does): each
   member is due every ``1/weight`` units of virtual time, starting a fraction
   ``phase`` of an interval in. Same proportions, near-identical interleaving.
   Pick: O(log n).
@@ -29,6 +32,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
+from ._weight_classes import MAX_CLASSES, WeightClasses
 from .base import Algorithm
 
 SMALL_TIER = 32
@@ -47,6 +51,7 @@ class SmoothWeighted(Algorithm):
         self._deadline: dict[Backend, float] = {}
         self._vtime = 0.0
         self._joined = 0  # members given a phase so far
+        self._classes: WeightClasses | None = None  # the weight-class schedule, when in use
 
     @property
     def small(self) -> bool:
@@ -57,12 +62,26 @@ class SmoothWeighted(Algorithm):
         self._current = {b: self._current.get(b, 0.0) for b in members}
         self._deadline = {b: self._deadline[b] for b in members if b in self._deadline}
         self._heap.clear()
-        if not self.small:
-            for b in members:
-                self.update(b)
+        self._classes = None
+        if self.small:
+            return
+        if len({b.effective_weight for b in members}) <= MAX_CLASSES:
+            self._classes = WeightClasses()
+            self._classes.rebuild(members)
+            return
+        for b in members:
+            self.update(b)
 
     def update(self, backend: Backend) -> None:
         if self.small or backend not in self._current:
+            return
+        classes = self._classes
+        if classes is not None:
+            classes.update(backend)
+            if classes.overflowing:  # slow start or new weights: too many classes, schedule members
+                self._classes = None
+                for b in self._members:
+                    self.update(b)
             return
         if backend.rank is None:
             self._heap.set(backend, None, None)
@@ -77,7 +96,11 @@ class SmoothWeighted(Algorithm):
         self._heap.set(backend, backend.rank, deadline)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        return self._pick_small() if self.small else self._pick_edf()
+        if self.small:
+            return self._pick_small()
+        if self._classes is not None:
+            return self._classes.pick(healthy_only=self.healthy_free() > 0)
+        return self._pick_edf()
 
     def _pick_small(self) -> Backend | None:
         rank = HEALTHY_RANK if self.healthy_free() else None
