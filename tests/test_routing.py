@@ -228,3 +228,17 @@ async def test_initialize_and_shutdown_are_idempotent_and_async_with_works() -> 
         await lb.initialize()
         await lb.add_backend(BackendConfig(host="a.test", port=80))
     await lb.shutdown()
+
+
+async def test_route_now_routes_without_waiting_or_says_none() -> None:
+    lb, _ = make_lb()
+    assert lb.route_now(REQ) is None  # no backend: route_request would raise
+    a = await lb.add_backend(BackendConfig(host="a.test", port=80, max_connections=1))
+    result = lb.route_now(REQ)
+    assert result is not None and result.backend_id == a and lb.backends[a].in_flight == 1
+    assert lb.route_now(REQ) is None  # the only slot is taken: this one would have to queue
+    await lb.complete_request(result, success=True)
+    sticky, _ = make_lb(session_affinity=True)
+    await sticky.add_backend(BackendConfig(host="a.test", port=80))
+    assert sticky.route_now(Request(session_id="s1")) is None  # the session store must be asked
+    assert sticky.route_now(Request()) is not None

@@ -172,17 +172,34 @@ class LoadBalancingModule:
 
     # -- routing -----------------------------------------------------------------
 
-    async def route_request(self, request: Request) -> RouteResult:
-        """Choose a backend and take one of its connection slots."""
+    def route_now(self, request: Request) -> RouteResult | None:
+        """Route at once, without awaiting anything; ``None`` when the request needs
+        :meth:`route_request` (a rate limit or sticky session to consult, a queue to
+        join, or no free backend). The common case of every request, and the proxy's
+        way to route without a task."""
         started = self.clock.monotonic()
         router = self.router
         if started >= router.next_timer:
             router.run_timers(started)
+        if self._rate_limited or (self._sticky and request.session_id) or router.waiters:
+            return None
+        backend = router.pick(request)
+        if backend is None:
+            return None
+        router.take(backend)
+        return self._result(request, backend, started, 1)
+
+    async def route_request(self, request: Request) -> RouteResult:
+        """Choose a backend and take one of its connection slots."""
+        result = self.route_now(request)
+        if result is not None:
+            return result
+        started = self.clock.monotonic()
         if self._rate_limited:
             await self._admit(request)
         if self._sticky and request.session_id:
             return await self._route(request, started, ())
-        # The common case, without a single await: pick, take, done.
+        router = self.router
         backend = None if router.waiters else router.pick(request)
         if backend is None:
             backend = await self._wait_for_slot(request, (), started)

@@ -237,7 +237,7 @@ def request_framing(info: RequestInfo) -> bytes:
 class ResponseInfo:
     """An upstream response head: status, end-to-end headers and how its body is framed."""
 
-    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "upgrade")
+    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "upgrade", "_prefix")
 
     def __init__(self, status: int, reason: bytes) -> None:
         self.status = status
@@ -246,14 +246,32 @@ class ResponseInfo:
         self.content_length: bytes | None = None
         self.chunked = False
         self.upgrade: bytes | None = None
+        self._prefix: bytes | None = None  # the status line and headers, as response_head writes them
 
 
 class UpstreamProtocolError(Exception):
     """A backend's response the proxy will not forward."""
 
 
+# A backend sends much the same head again and again: a head seen recently is not filtered again.
+# Read-only use of the result (the proxy never changes a ResponseInfo).
+_RESPONSE_CACHE: dict[tuple[object, ...], ResponseInfo] = {}
+_RESPONSE_CACHE_SIZE = 256
+
+
 def inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> ResponseInfo:
     """Filter a backend's response headers; :class:`UpstreamProtocolError` for framing the proxy refuses."""
+    key = (status, reason, *headers)
+    info = _RESPONSE_CACHE.get(key)
+    if info is None:
+        info = _inspect_response(status, reason, headers)
+        if len(_RESPONSE_CACHE) >= _RESPONSE_CACHE_SIZE:
+            _RESPONSE_CACHE.clear()
+        _RESPONSE_CACHE[key] = info
+    return info
+
+
+def _inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> ResponseInfo:
     info = ResponseInfo(status, reason)
     kept = info.headers
     connection: list[bytes] = []
@@ -280,12 +298,13 @@ def inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> R
 
 def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
     """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines."""
-    parts = [b"HTTP/1.1 %d " % info.status, info.reason, b"\r\n"]
-    for name, value in info.headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.extend(extra)
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    prefix = info._prefix
+    if prefix is None:
+        parts = [b"HTTP/1.1 %d " % info.status, info.reason, b"\r\n"]
+        for name, value in info.headers:
+            parts += (name, b": ", value, b"\r\n")
+        prefix = info._prefix = b"".join(parts)
+    return b"".join((prefix, *extra, b"\r\n"))
 
 
 def error_response(status: int, message: str, request_id: str | None, *, close: bool,

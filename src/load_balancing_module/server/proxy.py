@@ -39,6 +39,7 @@ from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrad
 
 from .._log import log_event
 from ..config import Request
+from ..enums import WorkloadType
 from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
 from ..models import RouteResult
 from .accesslog import AccessLog
@@ -100,6 +101,44 @@ class _Failure:
 
 
 _CLIENT_GONE = _Failure(499, "the client went away")
+
+
+class _Eager:
+    """``RequestCycle.task`` of a cycle that runs without a task (see ``RequestCycle.start``)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+
+_EAGER = _Eager()
+
+
+_REQUEST_FIELDS = ("client_ip", "workload_type", "session_id", "request_id", "metadata")
+# What Request.model_construct does for these five fields, without its general field loop (a fifth of the
+# proxy's own time per request); model_construct itself if the model ever needs more than this.
+_FAST_REQUEST = (tuple(Request.model_fields) == _REQUEST_FIELDS and not Request.__pydantic_post_init__
+                 and not Request.__pydantic_root_model__ and Request.model_config.get("extra") != "allow")  # fmt: skip
+_set = object.__setattr__
+
+
+def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None, request_id: str) -> Request:
+    """``Request.model_construct(...)`` of already validated values (metadata: a new empty dict)."""
+    if not _FAST_REQUEST:
+        # metadata is passed because pydantic inspects a default_factory's signature on every model_construct
+        return Request.model_construct(client_ip=client_ip, workload_type=workload, session_id=session_id,
+                                       request_id=request_id, metadata={})  # fmt: skip
+    request = object.__new__(Request)
+    _set(request, "__dict__", {"client_ip": client_ip, "workload_type": workload, "session_id": session_id,
+                               "request_id": request_id, "metadata": {}})  # fmt: skip
+    _set(request, "__pydantic_fields_set__", set(_REQUEST_FIELDS))
+    _set(request, "__pydantic_extra__", None)
+    _set(request, "__pydantic_private__", None)
+    return request
 
 
 class ProxyServer:
@@ -259,6 +298,10 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        # One timer for the request timeouts of the cycles (RequestCycle.timer_at): it is moved only
+        # when a cycle needs it earlier, so a keep-alive connection does not create a timer per request.
+        self._cycle_timer: asyncio.TimerHandle | None = None
+        self._cycle_timer_at = math.inf
         self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -436,10 +479,8 @@ class ClientConnection(asyncio.Protocol):
             session = secrets.token_hex(16)  # affinity cookies must not be guessable
             cookie = b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (AFFINITY_COOKIE, session.encode())
         request_id = info.request_id or server.new_request_id()
-        # Validated above (the peer's address comes from the socket); metadata is passed because pydantic
-        # inspects a default_factory's signature on every model_construct (3x slower).
-        request = Request.model_construct(client_ip=client_ip, workload_type=info.workload, session_id=session,
-                                          request_id=request_id, metadata={})  # fmt: skip
+        # Validated above (the peer's address comes from the socket).
+        request = _new_request(client_ip, info.workload, session, request_id)
         return RequestCycle(self, info, request, request_id, cookie)
 
     def _on_upgrade(self, rest: bytes) -> None:
@@ -600,6 +641,30 @@ class ClientConnection(asyncio.Protocol):
 
     # -- timeouts ------------------------------------------------------------------------------
 
+    def watch(self, when: float) -> None:
+        """Have the cycle timer fire at ``when`` at the latest (a cycle's ``timer_at``)."""
+        if when < self._cycle_timer_at:
+            if self._cycle_timer is not None:
+                self._cycle_timer.cancel()
+            self._cycle_timer = self.loop.call_at(when, self._on_cycle_timer)
+            self._cycle_timer_at = when
+
+    def _on_cycle_timer(self) -> None:
+        self._cycle_timer = None
+        self._cycle_timer_at = math.inf
+        now = self.loop.time()
+        later = math.inf
+        for cycle in list(self.cycles):
+            when = cycle.timer_at
+            if when is None:
+                continue
+            if now >= when:
+                cycle._on_timer()
+            elif when < later:
+                later = when
+        if later < math.inf:
+            self.watch(later)
+
     def _arm(self, when: float) -> None:
         if when < self._timer_at:
             if self._timer is not None:
@@ -648,7 +713,7 @@ class RequestCycle:
 
     __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
                  "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
-                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "timer",
+                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "timer_at",
                  "attempt_at", "first_attempt_at", "upstream_end", "head_ms", "status", "response_started",
                  "response_done", "out_chunked", "until_close", "tunnel", "blocked_since", "data_at",
                  "finished", "_head")  # fmt: skip
@@ -676,10 +741,10 @@ class RequestCycle:
         self.tried: list[Backend] = []
         self.attempts = 0
         self.retries = 0
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | _Eager | None = None
         self.running = False
         self.waiter: asyncio.Future[_Failure | None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None  # when _on_timer is due (the connection's timer calls it)
         self.attempt_at = 0.0
         self.first_attempt_at: float | None = None
         self.upstream_end: float | None = None
@@ -696,64 +761,116 @@ class RequestCycle:
         self._head: bytes | None = None
 
     def start(self) -> None:
-        if self.task is None and not self.finished:
+        if self.task is not None or self.finished:
+            return
+        info = self.info
+        if info.has_body or info.websocket:  # the body is read first, as the task would see it
             self.task = self.conn.loop.create_task(self._run())
+            return
+        # The common case runs without a task: route, take a pooled connection and send, all now; the
+        # answer's callbacks end it (_attempt_done). Anything that must wait goes on in a task.
+        try:
+            route = self.server.lb.route_now(self.request)
+            if route is None:
+                self.task = self.conn.loop.create_task(self._run())
+                return
+            backend = route.backend
+            assert backend is not None
+            self.route = route
+            self.attempts += 1
+            self.tried.append(backend)
+            up = self.server.pool.take(route.backend_id)
+            if up is None:
+                self.task = self.conn.loop.create_task(self._run(route=route))
+                return
+            self.task = _EAGER
+            self.running = True
+            self._begin_attempt(route, up).add_done_callback(self._attempt_done)
+        except Exception as exc:
+            self.task = _EAGER
+            self.running = True
+            self._internal_error(exc)
+            self._finish()
+
+    def _attempt_done(self, waiter: asyncio.Future[_Failure | None]) -> None:
+        """The eager path's answer is in (or it failed): what the task does after ``await waiter``."""
+        try:
+            failure = self._end_attempt(waiter.result())
+            if failure is None or failure is _CLIENT_GONE or self.response_started:
+                self._finish()
+            elif not failure.retry:
+                self._answer(HttpError(failure.status, failure.message))
+                self._finish()
+            else:  # a retry waits (backoff) and routes again: in a task
+                route = self.route
+                self.running = False  # _cancel: a task that has not started yet is only cancelled
+                self.task = self.conn.loop.create_task(self._run(route=route, failure=failure))
+        except Exception as exc:
+            self._internal_error(exc)
+            self._finish()
 
     # -- the task ---------------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, *, route: RouteResult | None = None, failure: _Failure | None = None) -> None:
+        """The request's task; ``start`` may have routed it (``route``) or tried it once (``failure``)."""
         self.running = True
         try:
-            await self._proxy()
+            await self._proxy(route, failure)
         except asyncio.CancelledError:  # the client went away while routing, connecting or backing off
             self._abort_attempt()
             if self.route is not None:
                 self.server.abandon(self.route)
             raise
         except Exception as exc:
-            log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
-            self._abort_attempt()
-            if self.route is not None:
-                self.server.abandon(self.route)
-            if not self.response_started:
-                self.keep_alive = False
-                self._answer(HttpError(500, "internal error of the proxy"))
-            else:
-                self.conn.abort()
+            self._internal_error(exc)
         finally:
             self._finish()
 
-    async def _proxy(self) -> None:
+    def _internal_error(self, exc: Exception) -> None:
+        log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
+        self._abort_attempt()
+        if self.route is not None:
+            self.server.abandon(self.route)
+        if not self.response_started:
+            self.keep_alive = False
+            self._answer(HttpError(500, "internal error of the proxy"))
+        else:
+            self.conn.abort()
+
+    async def _proxy(self, route: RouteResult | None, failure: _Failure | None) -> None:
         server = self.server
         lb = server.lb
         budget = lb.retry_budget
-        failure: _Failure | None = None
         in_budget = False
         try:
             while True:
-                try:
-                    if failure is None:
-                        route = await lb.route_request(self.request)
-                    else:
-                        started = lb.clock.monotonic() - (self.conn.loop.time() - self.started)
-                        route = await server.route_again(self.request, started, self.tried, self.attempts + 1)
-                except RateLimitExceededError as exc:
-                    self._answer(HttpError(429, "rate limit exceeded", retry_after=max(1, math.ceil(exc.retry_after))))
-                    return
-                except RequestTimeoutError:
-                    self._answer(HttpError(504, "no backend could take the request in time"))
-                    return
-                except BackendUnavailableError as exc:
-                    if failure is None:
-                        self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
-                    else:
-                        self._answer(HttpError(failure.status, failure.message))
-                    return
-                self.route = route
-                self.attempts += 1
-                if route.backend is not None:
-                    self.tried.append(route.backend)
-                failure = await self._attempt(route)
+                if route is None:
+                    try:
+                        if failure is None:
+                            route = await lb.route_request(self.request)
+                        else:
+                            started = lb.clock.monotonic() - (self.conn.loop.time() - self.started)
+                            route = await server.route_again(self.request, started, self.tried, self.attempts + 1)
+                    except RateLimitExceededError as exc:
+                        self._answer(HttpError(429, "rate limit exceeded",
+                                               retry_after=max(1, math.ceil(exc.retry_after))))  # fmt: skip
+                        return
+                    except RequestTimeoutError:
+                        self._answer(HttpError(504, "no backend could take the request in time"))
+                        return
+                    except BackendUnavailableError as exc:
+                        if failure is None:
+                            self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
+                        else:
+                            self._answer(HttpError(failure.status, failure.message))
+                        return
+                    self.route = route
+                    self.attempts += 1
+                    if route.backend is not None:
+                        self.tried.append(route.backend)
+                    failure = await self._attempt(route)
+                elif failure is None:  # routed by start(): a connection must be opened
+                    failure = await self._attempt(route)
                 if in_budget:
                     budget.active -= 1
                     in_budget = False
@@ -771,6 +888,7 @@ class RequestCycle:
                           failed_backend=route.backend_id, error=failure.message)  # fmt: skip
                 delay = min(server.backoff(self.retries), max(0.0, self.deadline - self.conn.loop.time()))
                 await lb.clock.sleep(delay)
+                route = None
         finally:
             if in_budget:
                 budget.active -= 1
@@ -796,6 +914,20 @@ class RequestCycle:
             server.pool.release(up, reusable=True)
             server.abandon(route)
             return _CLIENT_GONE
+        waiter = self._begin_attempt(route, up)
+        try:
+            failure = await waiter
+        finally:
+            self.waiter = None
+            self.timer_at = None
+        return self._end_attempt(failure)
+
+    def _begin_attempt(self, route: RouteResult, up: UpstreamConnection) -> asyncio.Future[_Failure | None]:
+        """Send the request on ``up``; the returned future gets the try's outcome."""
+        loop = self.conn.loop
+        if self.first_attempt_at is None:  # the eager path does not pass through _attempt
+            self.attempt_at = self.first_attempt_at = loop.time()
+            self.head_ms = None
         self.upstream = up
         up.begin(self, head_request=self.info.method == b"HEAD")
         waiter: asyncio.Future[_Failure | None] = loop.create_future()
@@ -803,20 +935,23 @@ class RequestCycle:
         self._send_request(up, route)
         if self.conn.write_paused:
             up.pause_reading()
-        self.timer = loop.call_at(self.deadline if self.body_done else now + server.request_timeout, self._on_timer)
-        try:
-            failure = await waiter
-        finally:
-            self.waiter = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+        when = self.deadline if self.body_done else self.attempt_at + self.server.request_timeout
+        self.timer_at = when
+        self.conn.watch(when)
+        return waiter
+
+    def _end_attempt(self, failure: _Failure | None) -> _Failure | None:
+        """After a try's outcome: release the backend's slot with the try's result."""
+        self.waiter = None
+        self.timer_at = None
+        route = self.route
+        assert route is not None
         if failure is _CLIENT_GONE and not self.tunnel:
-            server.abandon(route)
+            self.server.abandon(route)
             return failure
         success = failure is None and self.status < 500
-        latency = self.head_ms if self.head_ms is not None else (loop.time() - now) * 1000.0
-        await server.lb.complete_request(route, success=success, latency_ms=latency)
+        latency = self.head_ms if self.head_ms is not None else (self.conn.loop.time() - self.attempt_at) * 1000.0
+        self.server.lb._complete(route, success, latency)
         return failure
 
     def _may_retry(self, never_sent: bool) -> bool:
@@ -1005,9 +1140,7 @@ class RequestCycle:
         self.conn.write(response_head(response, extra))
         if status == 101 and self.upstream is not None:
             self.tunnel = True
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self.timer_at = None
             early, self.backlog = self.backlog, []
             self.backlog_bytes = 0
             self.conn.resume(_BY_BACKLOG)
@@ -1099,7 +1232,7 @@ class RequestCycle:
             waiter.set_result(outcome)
 
     def _on_timer(self) -> None:
-        self.timer = None
+        self.timer_at = None
         waiter = self.waiter
         if waiter is None or waiter.done() or self.tunnel:
             return
@@ -1126,7 +1259,8 @@ class RequestCycle:
                 self._resolve(_Failure(504, f"backend {backend} stalled in the middle of the response"))
                 return
             when = self.data_at + timeout if reading else now + timeout
-        self.timer = loop.call_at(when, self._on_timer)
+        self.timer_at = when
+        self.conn.watch(when)
 
     def _answer(self, error: HttpError) -> None:
         """Answer with the proxy's own JSON error."""
@@ -1141,9 +1275,7 @@ class RequestCycle:
         if self.finished:
             return
         self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.timer_at = None
         conn = self.conn
         now = conn.loop.time()
         first = self.first_attempt_at
