@@ -12,7 +12,7 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -32,10 +32,14 @@ from .module import LoadBalancingModule
 
 @dataclass
 class DemoBackend:
+    """A real HTTP backend on 127.0.0.1 that answers every path after ``delay`` seconds,
+    except ``/health``, which answers at once."""
+
     name: str
     delay: float
-    runner: web.AppRunner | None = None
+    quantum: bool = False
     port: int = 0
+    runner: web.AppRunner | None = field(default=None, repr=False)
 
     async def start(self) -> None:
         async def handle(request: web.Request) -> web.Response:
@@ -43,8 +47,8 @@ class DemoBackend:
             return web.Response(text=f"hello from {self.name}\n")
 
         app = web.Application()
-        app.router.add_get("/", handle)
-        app.router.add_get("/health", lambda _r: _ok())
+        app.router.add_get("/health", _ok)
+        app.router.add_route("*", "/{tail:.*}", handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port)
@@ -57,7 +61,7 @@ class DemoBackend:
             self.runner = None
 
 
-async def _ok() -> web.Response:
+async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 

@@ -14,43 +14,16 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 from ..chart import bar_chart
+from ..demo import DemoBackend
 from ..enums import LoadBalancingAlgorithmType
 from .app import Server
 from .config import load_config
-
-
-@dataclass
-class DemoBackend:
-    name: str
-    delay: float
-    quantum: bool = False
-    port: int = 0
-    runner: web.AppRunner | None = field(default=None, repr=False)
-
-    async def start(self) -> None:
-        async def handle(request: web.Request) -> web.Response:
-            await asyncio.sleep(self.delay)
-            return web.Response(text=f"{self.name}\n")
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handle)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
 
 @dataclass
