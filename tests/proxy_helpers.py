@@ -30,6 +30,7 @@ from aiohttp import web
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule
 from load_balancing_module.server.config import ServerConfig
 from load_balancing_module.server.proxy import ProxyServer
+from servers import AioServer
 
 HOST = "127.0.0.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -104,17 +105,18 @@ async def start_proxy(backends: Sequence[int | BackendConfig | dict[str, Any]], 
         logger.removeHandler(records)
 
 
-class AioBackend:
+class AioBackend(AioServer):
     """An aiohttp backend on 127.0.0.1. Counts requests and the TCP connections they came on."""
 
+    client_max_size = 1024**3
+    shutdown_timeout = 0.05
+
     def __init__(self, name: str = "backend", handler: Handler | None = None) -> None:
+        super().__init__()
         self.name = name
         self.handler = handler or self.echo
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.peers: set[tuple[str, int]] = set()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self.release = asyncio.Event()  # handlers that stall wait on it; stop() sets it
 
     async def echo(self, request: web.Request) -> web.StreamResponse:
         size = 0
@@ -130,30 +132,6 @@ class AioBackend:
         if peer:
             self.peers.add(peer[:2])
         return await self.handler(request)
-
-    async def start(self, port: int = 0) -> AioBackend:
-        app = web.Application(client_max_size=1024**3)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.release = asyncio.Event()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.05, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, port or self.port, reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        self.release.set()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> AioBackend:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 class RawBackend:

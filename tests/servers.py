@@ -19,6 +19,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -99,18 +100,68 @@ class Answer:
     body: bytes = b"ok"
 
 
-class HttpServer:
+S = TypeVar("S", bound="AioServer")
+
+
+class AioServer:
+    """A real aiohttp server on 127.0.0.1 that sends every path to ``_handle``.
+
+    It can be stopped and started again on the same port. Handlers that stall
+    wait on ``release``, which ``stop()`` sets.
+    """
+
+    client_max_size = 1024**2
+    shutdown_timeout = 0.1
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self.release = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def start(self: S, port: int = 0) -> S:
+        """Start listening; on ``port``, else on the port of the last run, else on a free one."""
+        app = web.Application(client_max_size=self.client_max_size)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.release = asyncio.Event()
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, HOST, port or self.port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and close connections; stalled handlers are released."""
+        self.release.set()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def __aenter__(self: S) -> S:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class HttpServer(AioServer):
     """An aiohttp server on 127.0.0.1 with a configurable answer per path.
 
     Unknown paths get 404. ``requests`` lists every path requested, in order.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.answers: dict[str, Answer] = {}
         self.requests: list[str] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._release = asyncio.Event()
 
     def answer(self, path: str, status: int = 200, *, delay: float = 0.0, body_delay: float = 0.0,
                headers: dict[str, str] | None = None, body: bytes = b"ok") -> None:  # fmt: skip
@@ -122,7 +173,7 @@ class HttpServer:
     async def _stall(self, seconds: float) -> None:
         if seconds > 0:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._release.wait(), seconds)
+                await asyncio.wait_for(self.release.wait(), seconds)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.path)
@@ -139,34 +190,3 @@ class HttpServer:
         with contextlib.suppress(ConnectionResetError):  # the client may have hung up meanwhile
             await response.write_eof()
         return response
-
-    async def start(self, port: int = 0) -> HttpServer:
-        """Start listening; on ``port``, else on the port of the last run, else on a free one."""
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._release = asyncio.Event()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, port or self.port, reuse_address=True)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        """Stop listening and close connections; stalled handlers are released."""
-        self._release.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
-
-    async def __aenter__(self) -> HttpServer:
-        return await self.start()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:  # fmt: skip
-        await self.stop()
