@@ -242,3 +242,25 @@ async def test_route_now_routes_without_waiting_or_says_none() -> None:
     await sticky.add_backend(BackendConfig(host="a.test", port=80))
     assert sticky.route_now(Request(session_id="s1")) is None  # the session store must be asked
     assert sticky.route_now(Request()) is not None
+
+
+async def test_retry_routing_completion_and_abandon_for_callers_that_drive_their_own_tries() -> None:
+    lb, _ = make_lb()
+    ids = [await lb.add_backend(BackendConfig(host=f"{n}.test", port=80)) for n in "abc"]
+    first = await lb.route_request(REQ)
+    lb.complete_now(first, success=False, latency_ms=3.0)
+    assert first.backend is not None
+    second = await lb.route_retry(REQ, [first.backend], attempt=2)
+    assert second.backend_id != first.backend_id and second.attempt == 2
+    assert second.backend is not None
+    third = await lb.route_retry(REQ, [first.backend, second.backend], attempt=3)
+    assert {first.backend_id, second.backend_id, third.backend_id} == set(ids)
+    with pytest.raises(BackendUnavailableError):
+        await lb.route_retry(REQ, [lb.backends[i] for i in ids], attempt=4)
+    lb.abandon_request(second)  # released, no outcome recorded
+    lb.abandon_request(second)
+    info = (await lb.get_load_distribution()).backends
+    assert info[second.backend_id]["active_connections"] == 0
+    assert info[second.backend_id]["failed_requests"] == info[second.backend_id]["successful_requests"] == 0
+    assert info[first.backend_id]["failed_requests"] == 1
+    assert 0.0 <= lb.backoff(3) <= 0.2

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -68,9 +68,7 @@ class LoadBalancingModule:
         factory = AlgorithmFactory(self.config.algorithm, self.rng, self.clock)
         self.router = Router(factory, self.clock, self.config.max_queue_size)
         self._prober = Prober(self.config.health_check, self.clock, probe)
-        self._backoff = ExponentialJitterBackoff(
-            self.config.retry_backoff_base, self.config.retry_backoff_max, self.rng
-        )
+        self.backoff = ExponentialJitterBackoff(self.config.retry_backoff_base, self.config.retry_backoff_max, self.rng)
         self.retry_budget = RetryBudget(self.config.retry_budget_percent, self.config.retry_budget_min_concurrency)
         self._rid_prefix = f"{self.rng.getrandbits(32):08x}"
         self._rid_seq = 0
@@ -207,6 +205,16 @@ class LoadBalancingModule:
             router.take(backend)
         return self._result(request, backend, started, 1)
 
+    async def route_retry(self, request: Request, tried: Sequence[Backend], *, attempt: int,
+                          started: float | None = None) -> RouteResult:  # fmt: skip
+        """Route a retry of ``request`` to a backend not in ``tried`` (the ``backend`` of
+        earlier results). No rate limit: the client made one request. ``started`` is when
+        the whole request began, for the queue's timeout."""
+        now = self.clock.monotonic()
+        if now >= self.router.next_timer:
+            self.router.run_timers(now)
+        return await self._route(request, now if started is None else started, tuple(tried), attempt)
+
     async def _route(self, request: Request, started: float, exclude: tuple[Backend, ...],
                      attempt: int = 1) -> RouteResult:  # fmt: skip
         """Route with sticky sessions and retry exclusions (the general path)."""
@@ -275,9 +283,10 @@ class LoadBalancingModule:
 
     async def complete_request(self, result: RouteResult, *, success: bool, latency_ms: float | None = None) -> None:
         """Release the slot and record the outcome; a second call does nothing."""
-        self._complete(result, success, latency_ms)
+        self.complete_now(result, success=success, latency_ms=latency_ms)
 
-    def _complete(self, result: RouteResult, success: bool, latency_ms: float | None) -> None:
+    def complete_now(self, result: RouteResult, *, success: bool, latency_ms: float | None = None) -> None:
+        """:meth:`complete_request` without the coroutine, for callers on the event loop's hot path."""
         backend = result.backend
         if result.completed or backend is None:
             return
@@ -297,8 +306,9 @@ class LoadBalancingModule:
             tier.algorithm.observe(backend, latency_ms, now)
         self.router.release(backend)
 
-    def _abandon(self, result: RouteResult) -> None:
-        """Release a slot without recording an outcome (the caller gave up)."""
+    def abandon_request(self, result: RouteResult) -> None:
+        """Release a slot without recording an outcome: the caller, not the backend, ended
+        the try (a cancelled call, a client that hung up). Once only, like completion."""
         if not result.completed and result.backend is not None:
             result.completed = True
             self.router.release(result.backend)
@@ -310,12 +320,12 @@ class LoadBalancingModule:
         try:
             yield result
         except asyncio.CancelledError:
-            self._abandon(result)
+            self.abandon_request(result)
             raise
         except BaseException:
-            self._complete(result, False, None)
+            self.complete_now(result, success=False)
             raise
-        self._complete(result, True, None)
+        self.complete_now(result, success=True)
 
     async def call(self, request: Request, fn: Callable[[RouteResult], Awaitable[T]]) -> T:
         """Route and await ``fn(result)``, retrying failures on untried backends.
@@ -347,13 +357,13 @@ class LoadBalancingModule:
                 try:
                     value = await self.clock.wait_for(fn(result), self.config.request_timeout)
                 except asyncio.CancelledError:
-                    self._abandon(result)
+                    self.abandon_request(result)
                     raise
                 except Exception as exc:
-                    self._complete(result, False, None)
+                    self.complete_now(result, success=False)
                     last_error = self._attempt_error(result, exc)
                 else:
-                    self._complete(result, True, None)
+                    self.complete_now(result, success=True)
                     return value
                 if in_budget:
                     self.retry_budget.active -= 1
@@ -366,7 +376,7 @@ class LoadBalancingModule:
                 in_budget = True
                 log_event("request_retry", logging.DEBUG, request_id=result.request_id, retry=retry,
                           failed_backend=result.backend_id, error=repr(last_error))  # fmt: skip
-                await self.clock.sleep(self._backoff(retry))
+                await self.clock.sleep(self.backoff(retry))
         finally:
             if in_budget:
                 self.retry_budget.active -= 1

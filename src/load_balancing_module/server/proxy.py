@@ -234,18 +234,14 @@ class ProxyServer:
     async def route_again(self, request: Request, started: float, tried: Sequence[Backend],
                           attempt: int) -> RouteResult:  # fmt: skip
         """Route a retry, excluding the backends already tried (the library's general routing path)."""
-        lb = self.lb
-        now = lb.clock.monotonic()
-        if now >= lb.router.next_timer:
-            lb.router.run_timers(now)
-        return await lb._route(request, started, tuple(tried), attempt=attempt)
+        return await self.lb.route_retry(request, tried, attempt=attempt, started=started)
 
     def abandon(self, route: RouteResult) -> None:
         """Release a route's slot without an outcome: the client, not the backend, ended the try."""
-        self.lb._abandon(route)
+        self.lb.abandon_request(route)
 
     def backoff(self, retry: int) -> float:
-        return self.lb._backoff(retry)
+        return self.lb.backoff(retry)
 
     def log(self, *, request_id: str | None, client_ip: str | None, method: bytes | None, target: bytes | None,
             status: int, backend_id: str | None = None, attempts: int = 0, upstream_ms: float | None = None,
@@ -951,7 +947,7 @@ class RequestCycle:
             return failure
         success = failure is None and self.status < 500
         latency = self.head_ms if self.head_ms is not None else (self.conn.loop.time() - self.attempt_at) * 1000.0
-        self.server.lb._complete(route, success, latency)
+        self.server.lb.complete_now(route, success=success, latency_ms=latency)
         return failure
 
     def _may_retry(self, never_sent: bool) -> bool:
