@@ -51,7 +51,6 @@ from .http import (
     RequestInfo,
     TrustedProxies,
     UpstreamProtocolError,
-    bodiless,
     check_raw_transfer_encoding,
     error_response,
     inspect_request,
@@ -228,6 +227,10 @@ class ProxyServer:
 
     def cycle_done(self) -> None:
         self.in_flight -= 1
+        self.cycle_done_drained()
+
+    def cycle_done_drained(self) -> None:
+        """After ``in_flight`` went down: wake ``drain`` once nothing is left."""
         if self.in_flight == 0 and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -431,7 +434,7 @@ class ClientConnection(asyncio.Protocol):
         if limit and info.content_length is not None and info.content_length > limit:
             raise HttpError(413, f"request body larger than {limit} bytes")
         cycle = self._new_cycle(info)
-        self._reframe = parser.should_upgrade() and info.has_body  # an ignored upgrade (h2c...) with a body
+        self._reframe = info.has_body and parser.should_upgrade()  # an ignored upgrade (h2c...) with a body
         if not info.keep_alive or info.websocket:
             self.closing = True
         now = self.loop.time()
@@ -599,11 +602,14 @@ class ClientConnection(asyncio.Protocol):
 
     def cycle_finished(self, cycle: RequestCycle) -> None:
         server = self.server
-        server.cycle_done()
-        if self.cycles and self.cycles[0] is cycle:
-            self.cycles.popleft()
-        elif cycle in self.cycles:
-            self.cycles.remove(cycle)
+        server.in_flight -= 1
+        if server._drained is not None:
+            server.cycle_done_drained()
+        cycles = self.cycles
+        if cycles and cycles[0] is cycle:
+            cycles.popleft()
+        elif cycle in cycles:
+            cycles.remove(cycle)
         if self.lost:
             return
         if cycle.tunnel:
@@ -976,6 +982,12 @@ class RequestCycle:
         if info.websocket:  # bytes the client sent early wait for the 101
             up.write(head)
             return
+        conn = self.conn
+        if not self.backlog and not info.chunked:
+            up.write(head)
+            if conn._paused & _BY_BACKLOG:
+                conn.resume(_BY_BACKLOG)
+            return
         parts = [head]
         if info.chunked:
             for piece in self.backlog:
@@ -1096,8 +1108,8 @@ class RequestCycle:
         now = self.conn.loop.time()
         self.head_ms = (now - self.attempt_at) * 1000.0
         self.data_at = now
-        backend = self.route.backend_id if self.route is not None else "?"
         if status in _RETRY_STATUSES and self._may_retry(False):
+            backend = self.route.backend_id if self.route is not None else "?"
             self._fail(_Failure(502, f"backend {backend} answered {status}", retry=True))
             return
         try:
@@ -1105,6 +1117,7 @@ class RequestCycle:
             if status == 101 and (not info.websocket or response.upgrade is None):
                 raise UpstreamProtocolError("the backend switched protocols unasked")
         except UpstreamProtocolError as exc:
+            backend = self.route.backend_id if self.route is not None else "?"
             self._fail(_Failure(502, f"backend {backend}: {exc}", retry=self._may_retry(False)))
             return
         self.status = status
@@ -1113,7 +1126,7 @@ class RequestCycle:
         if status == 101:
             extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % response.upgrade)
         else:
-            no_body = bodiless(info.method, status)
+            no_body = status < 200 or status in (204, 304) or info.method == b"HEAD"  # http.bodiless, inlined
             if response.content_length is not None and status != 204:
                 extra.append(b"Content-Length: %s\r\n" % response.content_length)
             elif no_body:
@@ -1153,10 +1166,12 @@ class RequestCycle:
             conn.write(data)
 
     def upstream_batch(self, begin: bool) -> None:
+        conn = self.conn
         if begin:
-            self.conn.cork()
+            if conn._out is None:
+                conn._out = []
         else:
-            self.conn.uncork()
+            conn.uncork()
 
     def upstream_done(self) -> None:
         up, self.upstream = self.upstream, None
@@ -1273,13 +1288,15 @@ class RequestCycle:
         self.finished = True
         self.timer_at = None
         conn = self.conn
-        now = conn.loop.time()
-        first = self.first_attempt_at
-        end = self.upstream_end
-        route = self.route
-        self.server.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
-                        target=self.info.target, status=self.status or 499,
-                        backend_id=None if route is None else route.backend_id, attempts=self.attempts,
-                        upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
-                        total_ms=(now - self.started) * 1000.0)  # fmt: skip
+        server = self.server
+        if server.access is not None:  # building the log call's arguments costs: only when logging
+            now = conn.loop.time()
+            first = self.first_attempt_at
+            end = self.upstream_end
+            route = self.route
+            server.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
+                       target=self.info.target, status=self.status or 499,
+                       backend_id=None if route is None else route.backend_id, attempts=self.attempts,
+                       upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
+                       total_ms=(now - self.started) * 1000.0)  # fmt: skip
         conn.cycle_finished(self)
