@@ -36,7 +36,6 @@ from .models import HealthStatus, LoadDistribution, RouteResult
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
 from .state import MemoryStore, StateStore
-from .stats import RateCounter
 
 T = TypeVar("T")
 BackendID = str
@@ -72,7 +71,6 @@ class LoadBalancingModule:
         self.retry_budget = RetryBudget(self.config.retry_budget_percent, self.config.retry_budget_min_concurrency)
         self._rid_prefix = f"{self.rng.getrandbits(32):08x}"
         self._rid_seq = 0
-        self._rate = RateCounter()
         self.total_requests = 0
         self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0}
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
@@ -242,7 +240,6 @@ class LoadBalancingModule:
         now = self.clock.monotonic()
         backend.total += 1
         self.total_requests += 1
-        self._rate.hit(now)
         self._rid_seq += 1
         kind = self.router.kind
         latency_ms = (now - started) * 1000.0
@@ -512,7 +509,8 @@ class LoadBalancingModule:
         backends = {b.id: self._describe(b, now, total) for b in self.router.members()}
         return LoadDistribution(
             total_requests=total,
-            requests_per_second=self._rate.rate(now),
+            # Completions per second over the last 10 s, summed from the backends' windows.
+            requests_per_second=sum(b["requests_per_second"] for b in backends.values()),
             algorithm=self.router.factory.kind,
             timestamp=self.clock.time(),
             active_sessions=await self.store.session_count(),

@@ -13,44 +13,6 @@ WINDOW_SECONDS = 60.0  # samples older than this are ignored by percentiles
 RATE_SECONDS = 10  # requests_per_second is averaged over this many seconds
 
 
-class RateCounter:
-    """Events per second over the last ``RATE_SECONDS`` whole seconds.
-
-    For a stream hit many times a second (the module's total); per-backend
-    rates come from the latency window instead, at read time.
-    """
-
-    __slots__ = ("_buckets", "_second")
-
-    def __init__(self) -> None:
-        self._buckets = [0] * (RATE_SECONDS + 1)
-        self._second = 0
-
-    def hit(self, now: float) -> None:
-        second = int(now)
-        if second != self._second:
-            self._roll(second)
-        self._buckets[second % (RATE_SECONDS + 1)] += 1
-
-    def _roll(self, second: int) -> None:
-        # Zero the buckets of the seconds skipped since the last hit.
-        gap = second - self._second
-        if gap > RATE_SECONDS:
-            self._buckets = [0] * (RATE_SECONDS + 1)
-        else:
-            for s in range(second - gap + 1, second + 1):
-                self._buckets[s % (RATE_SECONDS + 1)] = 0
-        self._second = second
-
-    def rate(self, now: float) -> float:
-        """Average over the ``RATE_SECONDS`` seconds before the current one."""
-        second = int(now)
-        if second != self._second:
-            self._roll(second)
-        current = self._buckets[second % (RATE_SECONDS + 1)]
-        return (sum(self._buckets) - current) / RATE_SECONDS
-
-
 class LatencyWindow:
     """The most recent completions as ``(time, latency_ms, ok)`` in a ring.
 

@@ -97,11 +97,19 @@ class RankedHeap:
         self._heaps = (LazyHeap(), LazyHeap())
 
     def set(self, backend: Backend, rank: int | None, key: Any) -> None:
-        for r, heap in enumerate(self._heaps):
-            if r != rank and backend in heap:
-                heap.set(backend, None)
-        if rank is not None:
-            self._heaps[rank].set(backend, key)
+        # Runs on every take and release: written out for two ranks, no loop.
+        healthy, degraded = self._heaps
+        if rank == HEALTHY_RANK:
+            if backend in degraded._live:
+                degraded.set(backend, None)
+            healthy.set(backend, key)
+        elif rank == DEGRADED_RANK:
+            if backend in healthy._live:
+                healthy.set(backend, None)
+            degraded.set(backend, key)
+        else:
+            healthy.set(backend, None)
+            degraded.set(backend, None)
 
     def key(self, backend: Backend) -> Any:
         for heap in self._heaps:

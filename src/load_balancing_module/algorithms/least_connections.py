@@ -49,7 +49,7 @@ class LeastConnections(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(backend, backend.rank, _load(backend))
+            self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if not self._choices:
