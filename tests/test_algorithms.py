@@ -276,6 +276,7 @@ class TestContract:
         (LL, {"choice_count": 1}),
         (LL, {"choice_count": -2}),
         (QA, {"latency_scale_ms": -1}),
+        (QA, {"choice_count": 1}),
         (IP_HASH, {"balance_factor": 1}),
         (IP_HASH, {"balance_factor": 0.5}),
         (IP_HASH, {"balance_factor": "x"}),
@@ -661,6 +662,20 @@ async def test_least_latency_power_of_two_prefers_fast_members_and_tries_new_one
 # --------------------------------------------------------------------------------------------------
 
 QUANTUM_TYPES = [t for t in WorkloadType if t is not WorkloadType.CLASSICAL]
+
+
+async def test_quantum_aware_samples_in_large_tiers_and_keeps_the_class_rules(make_lb: MakeLB) -> None:
+    # 100 members, 20 quantum-capable: past 64, so two random members of the class are compared.
+    names = [f"m{i}" for i in range(100)]
+    lb = await make_lb(QA, [backend(n, quantum_capable=i % 5 == 0) for i, n in enumerate(names)], seed=4)
+    quantum = {n for i, n in enumerate(names) if i % 5 == 0}
+    held = [await hold(lb, workload_type=WorkloadType.QUANTUM_ML) for _ in range(40)]
+    assert lb.router.tiers[0].algorithm._choices == 2  # type: ignore[attr-defined]
+    assert {name(r) for r in held} <= quantum
+    assert max(in_flight(lb).values()) <= 4  # two choices spread the load
+    classical = [await hold(lb) for _ in range(40)]
+    assert not {name(r) for r in classical} & quantum
+    await complete_all(lb, held + classical)
 
 
 @pytest.mark.parametrize("workload", QUANTUM_TYPES, ids=str)

@@ -13,6 +13,15 @@ from ..backend import Backend
 
 Cost = Callable[[Backend], float]
 
+EXACT_UP_TO = 64  # with choice_count unset: an exact minimum up to this many members, best of 2 above
+
+
+def choices_for(configured: int | None, members: int) -> int:
+    """0 for an exact minimum, else how many members to draw."""
+    if configured is not None:
+        return configured
+    return 2 if members > EXACT_UP_TO else 0
+
 
 def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None,
               cost: Cost) -> Backend | None:  # fmt: skip

@@ -32,13 +32,12 @@ from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of_k
+from ._sampling import best_of_k, choices_for
 from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
 # then measured ones by log-cost, then members with no data but requests in flight.
 _UNMEASURED_BUSY = 1e300
-EXACT_UP_TO = 64  # with choice_count unset: exact minimum up to this many members, best of 2 above
 
 
 class LeastLatency(Algorithm):
@@ -62,8 +61,7 @@ class LeastLatency(Algorithm):
 
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._members = list(members)
-        configured = self.settings["choice_count"]
-        self._choices = configured if configured is not None else (2 if len(members) > EXACT_UP_TO else 0)
+        self._choices = choices_for(self.settings["choice_count"], len(members))
         self._heap.clear()
         for b in members:
             b.peak_ewma.tau = self._tau

@@ -13,6 +13,11 @@ where ``latency_ms`` is an EWMA (alpha 0.3) of completed requests and probes
 (0 until there is data, so new members are tried) and ``latency_scale_ms``
 (config, default 100) is the latency that counts as much as one extra request
 in flight. Priority is honoured by the tier walk. Ties rotate. Pick: O(log n).
+
+``choice_count``: ``null`` (default) takes the exact minimum in tiers of up to
+64 members and the better of two random members of the class above (power
+of two choices), which needs no heap upkeep per request; ``0`` forces the
+exact minimum, ``k >= 2`` the best of ``k``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..backend import Backend
+from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
+from ._sampling import best_of_k, choices_for
 from .base import Algorithm, number
 
 
@@ -31,21 +38,30 @@ class QuantumAware(Algorithm):
     kind = LoadBalancingAlgorithmType.QUANTUM_AWARE
     workload_aware = True
     observes_latency = True
-    defaults: ClassVar[Mapping[str, Any]] = {"latency_scale_ms": 100.0}
+    defaults: ClassVar[Mapping[str, Any]] = {"latency_scale_ms": 100.0, "choice_count": None}
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "latency_scale_ms", cls.kind, minimum=0.001)
+        number(settings, "choice_count", cls.kind, minimum=0, allow_none=True, integer=True)
+        if settings["choice_count"] == 1:
+            raise AlgorithmError("quantum_aware: config 'choice_count' must be 0 (exact), >= 2, or null (auto)")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heaps = (RankedHeap(), RankedHeap())  # [classical, quantum-capable]
         self._scale: float = float(self.settings["latency_scale_ms"])
+        self._members: tuple[list[Backend], list[Backend]] = ([], [])
+        self._all: list[Backend] = []
+        self._choices = 0  # 0: exact heaps; k: best of k random members
 
     def preferred_class(self, request: Request) -> int | None:
         return 1 if request.workload_type.is_quantum else 0
 
     def rebuild(self, members: Sequence[Backend]) -> None:
+        self._all = list(members)
+        self._members = ([b for b in members if not b.quantum], [b for b in members if b.quantum])
+        self._choices = choices_for(self.settings["choice_count"], len(members))
         for heap in self._heaps:
             heap.clear()
         for b in members:
@@ -55,12 +71,17 @@ class QuantumAware(Algorithm):
         return (backend.in_flight + 1) / backend.effective_weight * (1.0 + backend.ewma.value / self._scale)
 
     def update(self, backend: Backend) -> None:
-        self._heaps[1 if backend.quantum else 0].set(backend, backend.rank, self.score(backend))
+        if not self._choices:
+            self._heaps[1 if backend.quantum else 0].set(backend, backend.rank, self.score(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
         backend.ewma.observe(latency_ms)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
+        if self._choices:
+            want = HEALTHY_RANK if self.healthy_free(klass) else None
+            pool = self._all if klass is None else self._members[klass]
+            return best_of_k(pool, self._choices, self.rng, want, self.score)
         if klass is not None:
             return self._heaps[klass].peek()
         classical, quantum = (heap.peek_ranked() for heap in self._heaps)
