@@ -7,13 +7,25 @@ not candidates, and DEGRADED ones while a HEALTHY candidate exists (``want``).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..backend import Backend
+from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import AlgorithmError
+from .base import number
 
 Cost = Callable[[Backend], float]
 
 EXACT_UP_TO = 64  # with choice_count unset: an exact minimum up to this many members, best of 2 above
+
+
+def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithmType, *, auto: bool) -> None:
+    """``choice_count`` is 0 (exact) or >= 2 (best of k), or ``None`` (auto) where allowed."""
+    number(settings, "choice_count", kind, minimum=0, allow_none=auto, integer=True)
+    if settings["choice_count"] == 1:
+        allowed = "0 (exact), >= 2, or null (auto)" if auto else "0 (exact) or >= 2"
+        raise AlgorithmError(f"{kind.value}: config 'choice_count' must be {allowed}")
 
 
 def choices_for(configured: int | None, members: int) -> int:

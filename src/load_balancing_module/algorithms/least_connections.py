@@ -19,10 +19,9 @@ from typing import Any, ClassVar
 from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of_k
-from .base import Algorithm, number
+from ._sampling import best_of_k, check_choice_count
+from .base import Algorithm
 
 
 class LeastConnections(Algorithm):
@@ -31,9 +30,7 @@ class LeastConnections(Algorithm):
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
-        number(settings, "choice_count", cls.kind, minimum=0, integer=True)
-        if settings["choice_count"] == 1:
-            raise AlgorithmError("least_connections: config 'choice_count' must be 0 (full scan) or >= 2")
+        check_choice_count(settings, cls.kind, auto=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

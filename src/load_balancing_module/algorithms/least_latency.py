@@ -30,9 +30,8 @@ from typing import Any, ClassVar
 from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of_k, choices_for
+from ._sampling import best_of_k, check_choice_count, choices_for
 from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
@@ -48,9 +47,7 @@ class LeastLatency(Algorithm):
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "decay_seconds", cls.kind, minimum=0.001)
-        number(settings, "choice_count", cls.kind, minimum=0, allow_none=True, integer=True)
-        if settings["choice_count"] == 1:
-            raise AlgorithmError("least_latency: config 'choice_count' must be 0 (exact), >= 2, or null (auto)")
+        check_choice_count(settings, cls.kind, auto=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

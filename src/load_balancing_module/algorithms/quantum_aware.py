@@ -28,9 +28,8 @@ from typing import Any, ClassVar
 from ..backend import HEALTHY_RANK, Backend
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ..exceptions import AlgorithmError
 from ._heap import RankedHeap
-from ._sampling import best_of_k, choices_for
+from ._sampling import best_of_k, check_choice_count, choices_for
 from .base import Algorithm, number
 
 
@@ -43,9 +42,7 @@ class QuantumAware(Algorithm):
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "latency_scale_ms", cls.kind, minimum=0.001)
-        number(settings, "choice_count", cls.kind, minimum=0, allow_none=True, integer=True)
-        if settings["choice_count"] == 1:
-            raise AlgorithmError("quantum_aware: config 'choice_count' must be 0 (exact), >= 2, or null (auto)")
+        check_choice_count(settings, cls.kind, auto=True)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
