@@ -1,0 +1,666 @@
+"""One request on a client connection: route, forward, stream back, retry.
+
+Split from ``proxy.py``: the client protocol there parses requests and hands
+each to a :class:`RequestCycle`, which drives the attempts against backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from .._log import log_event
+from ..config import Request
+from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
+from ..models import RouteResult
+from .http import (
+    Header,
+    HttpError,
+    RequestInfo,
+    UpstreamProtocolError,
+    error_response,
+    inspect_response,
+    request_framing,
+    request_head,
+    response_head,
+)
+from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from .proxy import ClientConnection
+
+
+RETAIN_LIMIT = 64 * 1024  # request body bytes kept to allow a retry
+BACKLOG_LIMIT = 64 * 1024  # request body bytes buffered while no upstream connection takes them
+CONNECT_TIMEOUT = 5.0  # at most, per try; never beyond the request's deadline
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+# Why reading from a client is paused (bits).
+_BY_UPSTREAM = 1  # the upstream socket's write buffer is full
+_BY_BACKLOG = 2  # body is waiting for an upstream connection
+_BY_PIPELINE = 4  # a complete request waits behind the one being answered
+
+
+class _Failure:
+    """Why one try did not deliver a response; ``retry`` says whether another backend may be tried."""
+
+    __slots__ = ("status", "message", "retry", "never_sent")
+
+    def __init__(self, status: int, message: str, *, retry: bool = False, never_sent: bool = False) -> None:
+        self.status = status
+        self.message = message
+        self.retry = retry
+        self.never_sent = never_sent
+
+
+_CLIENT_GONE = _Failure(499, "the client went away")
+
+
+class _Eager:
+    """``RequestCycle.task`` of a cycle that runs without a task (see ``RequestCycle.start``)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+
+_EAGER = _Eager()
+
+
+class RequestCycle:
+    """One request: its routing, its tries on backends, and its answer."""
+
+    __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
+                 "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
+                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "timer_at",
+                 "attempt_at", "first_attempt_at", "upstream_end", "head_ms", "status", "response_started",
+                 "response_done", "out_chunked", "until_close", "tunnel", "blocked_since", "data_at",
+                 "finished", "_head")  # fmt: skip
+
+    def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str,
+                 set_cookie: bytes | None) -> None:  # fmt: skip
+        server = conn.server
+        self.conn = conn
+        self.server = server
+        self.info = info
+        self.request = request
+        self.request_id = request_id
+        self.set_cookie = set_cookie
+        self.started = conn.loop.time()
+        self.deadline = self.started + server.request_timeout
+        self.keep_alive = info.keep_alive
+        self.body_done = not info.has_body
+        self.body_bytes = 0
+        self.retained: list[bytes] | None = []  # the body so far, while it is small enough to replay
+        self.backlog: list[bytes] = []  # body not yet sent on the current try (or WebSocket bytes)
+        self.backlog_bytes = 0
+        self.upstream: UpstreamConnection | None = None
+        self.sending = False  # the head went out on self.upstream: body pieces follow it directly
+        self.route: RouteResult | None = None
+        self.tried: list[Backend] = []
+        self.attempts = 0
+        self.retries = 0
+        self.task: asyncio.Task[None] | _Eager | None = None
+        self.running = False
+        self.waiter: asyncio.Future[_Failure | None] | None = None
+        self.timer_at: float | None = None  # when _on_timer is due (the connection's timer calls it)
+        self.attempt_at = 0.0
+        self.first_attempt_at: float | None = None
+        self.upstream_end: float | None = None
+        self.head_ms: float | None = None
+        self.status = 0
+        self.response_started = False
+        self.response_done = False
+        self.out_chunked = False
+        self.until_close = False
+        self.tunnel = False
+        self.blocked_since: float | None = None
+        self.data_at = 0.0
+        self.finished = False
+        self._head: bytes | None = None
+
+    def start(self) -> None:
+        if self.task is not None or self.finished:
+            return
+        info = self.info
+        if info.has_body or info.websocket:  # the body is read first, as the task would see it
+            self.task = self.conn.loop.create_task(self._run())
+            return
+        # The common case runs without a task: route, take a pooled connection and send, all now; the
+        # answer's callbacks end it (_attempt_done). Anything that must wait goes on in a task.
+        try:
+            route = self.server.lb.route_now(self.request)
+            if route is None:
+                self.task = self.conn.loop.create_task(self._run())
+                return
+            backend = route.backend
+            assert backend is not None
+            self.route = route
+            self.attempts += 1
+            self.tried.append(backend)
+            up = self.server.pool.take(route.backend_id)
+            if up is None:
+                self.task = self.conn.loop.create_task(self._run(route=route))
+                return
+            self.task = _EAGER
+            self.running = True
+            self._begin_attempt(route, up).add_done_callback(self._attempt_done)
+        except Exception as exc:
+            self.task = _EAGER
+            self.running = True
+            self._internal_error(exc)
+            self._finish()
+
+    def _attempt_done(self, waiter: asyncio.Future[_Failure | None]) -> None:
+        """The eager path's answer is in (or it failed): what the task does after ``await waiter``."""
+        try:
+            failure = self._end_attempt(waiter.result())
+            if failure is None or failure is _CLIENT_GONE or self.response_started:
+                self._finish()
+            elif not failure.retry:
+                self._answer(HttpError(failure.status, failure.message))
+                self._finish()
+            else:  # a retry waits (backoff) and routes again: in a task
+                route = self.route
+                self.running = False  # _cancel: a task that has not started yet is only cancelled
+                self.task = self.conn.loop.create_task(self._run(route=route, failure=failure))
+        except Exception as exc:
+            self._internal_error(exc)
+            self._finish()
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def _run(self, *, route: RouteResult | None = None, failure: _Failure | None = None) -> None:
+        """The request's task; ``start`` may have routed it (``route``) or tried it once (``failure``)."""
+        self.running = True
+        try:
+            await self._proxy(route, failure)
+        except asyncio.CancelledError:  # the client went away while routing, connecting or backing off
+            self._abort_attempt()
+            if self.route is not None:
+                self.server.abandon(self.route)
+            raise
+        except Exception as exc:
+            self._internal_error(exc)
+        finally:
+            self._finish()
+
+    def _internal_error(self, exc: Exception) -> None:
+        log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
+        self._abort_attempt()
+        if self.route is not None:
+            self.server.abandon(self.route)
+        if not self.response_started:
+            self.keep_alive = False
+            self._answer(HttpError(500, "internal error of the proxy"))
+        else:
+            self.conn.abort()
+
+    async def _proxy(self, route: RouteResult | None, failure: _Failure | None) -> None:
+        server = self.server
+        lb = server.lb
+        budget = lb.retry_budget
+        in_budget = False
+        try:
+            while True:
+                if route is None:
+                    try:
+                        if failure is None:
+                            route = await lb.route_request(self.request)
+                        else:
+                            started = lb.clock.monotonic() - (self.conn.loop.time() - self.started)
+                            route = await server.route_again(self.request, started, self.tried, self.attempts + 1)
+                    except RateLimitExceededError as exc:
+                        self._answer(HttpError(429, "rate limit exceeded",
+                                               retry_after=max(1, math.ceil(exc.retry_after))))  # fmt: skip
+                        return
+                    except RequestTimeoutError:
+                        self._answer(HttpError(504, "no backend could take the request in time"))
+                        return
+                    except BackendUnavailableError as exc:
+                        if failure is None:
+                            self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
+                        else:
+                            self._answer(HttpError(failure.status, failure.message))
+                        return
+                    self.route = route
+                    self.attempts += 1
+                    if route.backend is not None:
+                        self.tried.append(route.backend)
+                    failure = await self._attempt(route)
+                elif failure is None:  # routed by start(): a connection must be opened
+                    failure = await self._attempt(route)
+                if in_budget:
+                    budget.active -= 1
+                    in_budget = False
+                if failure is None or failure is _CLIENT_GONE or self.response_started:
+                    return
+                if not failure.retry:
+                    self._answer(HttpError(failure.status, failure.message))
+                    return
+                self.retries += 1
+                lb.counters["retries"] += 1
+                if not failure.never_sent:  # a backend may have done work: counted against the budget
+                    budget.active += 1
+                    in_budget = True
+                log_event("proxy_retry", logging.DEBUG, request_id=self.request_id, retry=self.retries,
+                          failed_backend=route.backend_id, error=failure.message)  # fmt: skip
+                delay = min(server.backoff(self.retries), max(0.0, self.deadline - self.conn.loop.time()))
+                await lb.clock.sleep(delay)
+                route = None
+        finally:
+            if in_budget:
+                budget.active -= 1
+
+    async def _attempt(self, route: RouteResult) -> _Failure | None:
+        server = self.server
+        loop = self.conn.loop
+        self.attempt_at = now = loop.time()
+        if self.first_attempt_at is None:
+            self.first_attempt_at = now
+        self.head_ms = None
+        up = server.pool.take(route.backend_id)
+        if up is None:
+            timeout = max(0.0, min(CONNECT_TIMEOUT, self.deadline - now))
+            try:
+                up = await asyncio.wait_for(server.pool.connect(route.backend_id, route.host, route.port), timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                await server.lb.complete_request(route, success=False, latency_ms=(loop.time() - now) * 1000.0)
+                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc.strerror or exc})"
+                return _Failure(502, f"connecting to backend {route.backend_id} {what}",
+                                retry=self._may_retry(True), never_sent=True)  # fmt: skip
+        if self.finished or self.conn.lost:
+            server.pool.release(up, reusable=True)
+            server.abandon(route)
+            return _CLIENT_GONE
+        waiter = self._begin_attempt(route, up)
+        try:
+            failure = await waiter
+        finally:
+            self.waiter = None
+            self.timer_at = None
+        return self._end_attempt(failure)
+
+    def _begin_attempt(self, route: RouteResult, up: UpstreamConnection) -> asyncio.Future[_Failure | None]:
+        """Send the request on ``up``; the returned future gets the try's outcome."""
+        loop = self.conn.loop
+        if self.first_attempt_at is None:  # the eager path does not pass through _attempt
+            self.attempt_at = self.first_attempt_at = loop.time()
+            self.head_ms = None
+        self.upstream = up
+        up.begin(self, head_request=self.info.method == b"HEAD")
+        waiter: asyncio.Future[_Failure | None] = loop.create_future()
+        self.waiter = waiter
+        self._send_request(up, route)
+        if self.conn.write_paused:
+            up.pause_reading()
+        when = self.deadline if self.body_done else self.attempt_at + self.server.request_timeout
+        self.timer_at = when
+        self.conn.watch(when)
+        return waiter
+
+    def _end_attempt(self, failure: _Failure | None) -> _Failure | None:
+        """After a try's outcome: release the backend's slot with the try's result."""
+        self.waiter = None
+        self.timer_at = None
+        route = self.route
+        assert route is not None
+        if failure is _CLIENT_GONE and not self.tunnel:
+            self.server.abandon(route)
+            return failure
+        success = failure is None and self.status < 500
+        latency = self.head_ms if self.head_ms is not None else (self.conn.loop.time() - self.attempt_at) * 1000.0
+        self.server.lb.complete_now(route, success=success, latency_ms=latency)
+        return failure
+
+    def _may_retry(self, never_sent: bool) -> bool:
+        server = self.server
+        lb = server.lb
+        if self.response_started or self.retries >= server.max_retries or self.conn.lost or self.finished:
+            return False
+        if len(self.tried) >= len(lb.router.backends):
+            return False  # every backend was tried: the last answer stands
+        if not never_sent:
+            if not self.info.idempotent or self.retained is None:
+                return False
+            if not lb.retry_budget.allows(lb.router.in_flight):
+                return False
+        return self.conn.loop.time() < self.deadline
+
+    def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
+        head = self._head
+        if head is None:
+            head = self._head = self._build_head()
+        info = self.info
+        if info.host is None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one, the backend's own
+            host = f"[{route.host}]" if ":" in route.host else route.host
+            head = head.replace(b"\r\n", b"\r\nHost: %s:%d\r\n" % (host.encode(), route.port), 1)
+        self.sending = True
+        if info.websocket:  # bytes the client sent early wait for the 101
+            up.write(head)
+            return
+        conn = self.conn
+        if not self.backlog and not info.chunked:
+            up.write(head)
+            if conn._paused & _BY_BACKLOG:
+                conn.resume(_BY_BACKLOG)
+            return
+        parts = [head]
+        if info.chunked:
+            for piece in self.backlog:
+                parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            if self.body_done:
+                parts.append(b"0\r\n\r\n")
+        else:
+            parts.extend(self.backlog)
+        up.writelines(parts)
+        self.backlog = []
+        self.backlog_bytes = 0
+        self.conn.resume(_BY_BACKLOG)
+
+    def _build_head(self) -> bytes:
+        info = self.info
+        conn = self.conn
+        peer = conn.peer.encode()
+        trusted = bool(conn.server.trusted.networks) and conn.server.trusted.trusts(conn.peer)
+        forwarded_for = peer if info.forwarded_for is None else info.forwarded_for + b", " + peer
+        proto = info.forwarded_proto if trusted and info.forwarded_proto else b"http"
+        host = info.forwarded_host if trusted and info.forwarded_host else info.host
+        extra = [b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (forwarded_for, proto)]
+        if host:
+            extra.append(b"X-Forwarded-Host: %s\r\n" % host)
+        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+        return request_head(info, extra, request_framing(info))
+
+    # -- the client side (parser callbacks of ClientConnection) ---------------------------------
+
+    def client_body(self, data: bytes) -> None:
+        size = len(data)
+        total = self.body_bytes = self.body_bytes + size
+        limit = self.server.max_body_bytes
+        if limit and total > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+        retained = self.retained
+        if retained is not None:
+            if total <= RETAIN_LIMIT:
+                retained.append(data)
+            else:
+                self.retained = None
+        if self.response_done:
+            return  # answered already: the rest of the body is dropped
+        up = self.upstream
+        if self.sending and up is not None:
+            if self.info.chunked:
+                up.writelines([b"%x\r\n" % size, data, b"\r\n"])
+            else:
+                up.write(data)
+        else:
+            self.backlog.append(data)
+            self.backlog_bytes += size
+            if self.backlog_bytes > BACKLOG_LIMIT:
+                self.conn.pause(_BY_BACKLOG)
+
+    def client_done(self) -> None:
+        self.body_done = True
+        if self.info.has_body:
+            self.deadline = max(self.deadline, self.conn.loop.time() + self.server.request_timeout)
+            if self.sending and self.upstream is not None and self.info.chunked:
+                self.upstream.write(b"0\r\n\r\n")
+
+    def early_data(self, data: bytes) -> None:
+        """Bytes after a WebSocket upgrade request, before the backend's 101."""
+        if self.tunnel and self.upstream is not None:
+            self.upstream.write(data)
+            return
+        self.backlog.append(data)
+        self.backlog_bytes += len(data)
+        if self.backlog_bytes > BACKLOG_LIMIT:
+            self.conn.pause(_BY_BACKLOG)
+
+    def client_failed(self, error: HttpError) -> None:
+        """The client's request went wrong after the cycle started (body too large, stalled, malformed)."""
+        self.keep_alive = False
+        if self.finished:
+            return
+        if not self.response_started:
+            self._answer(error)
+        else:
+            self.conn.abort()
+        self._cancel()
+
+    def client_lost(self) -> None:
+        if self.finished:
+            return
+        if not self.response_started:
+            self.status = 499  # as NGINX logs a request whose client went away
+        self.keep_alive = False
+        self._cancel()
+
+    def _cancel(self) -> None:
+        task = self.task
+        waiter = self.waiter
+        if task is None or not self.running:
+            if task is not None:
+                task.cancel()  # never started: its coroutine will not run
+            self._finish()
+        elif waiter is not None:
+            if not waiter.done():
+                if self.tunnel:
+                    self._abort_attempt()
+                    waiter.set_result(None)  # a tunnel ends when either side closes
+                else:
+                    self._abort_attempt()
+                    waiter.set_result(_CLIENT_GONE)
+        elif not task.done():
+            task.cancel()
+
+    # -- the upstream side (UpstreamSink) --------------------------------------------------------
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> None:
+        info = self.info
+        if status < 200 and status != 101:
+            if info.http11 and (status != 100 or info.expect_continue):
+                self.conn.write(response_head(inspect_response(status, reason, headers), ()))
+            return
+        now = self.conn.loop.time()
+        self.head_ms = (now - self.attempt_at) * 1000.0
+        self.data_at = now
+        if status in _RETRY_STATUSES and self._may_retry(False):
+            backend = self.route.backend_id if self.route is not None else "?"
+            self._fail(_Failure(502, f"backend {backend} answered {status}", retry=True))
+            return
+        try:
+            response = inspect_response(status, reason, headers)
+            if status == 101 and (not info.websocket or response.upgrade is None):
+                raise UpstreamProtocolError("the backend switched protocols unasked")
+        except UpstreamProtocolError as exc:
+            backend = self.route.backend_id if self.route is not None else "?"
+            self._fail(_Failure(502, f"backend {backend}: {exc}", retry=self._may_retry(False)))
+            return
+        self.status = status
+        self.response_started = True
+        extra: list[bytes] = []
+        if status == 101:
+            extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % response.upgrade)
+        else:
+            no_body = status < 200 or status in (204, 304) or info.method == b"HEAD"  # http.bodiless, inlined
+            if response.content_length is not None and status != 204:
+                extra.append(b"Content-Length: %s\r\n" % response.content_length)
+            elif no_body:
+                pass
+            elif info.http11:
+                self.out_chunked = True
+                extra.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
+            self.until_close = not no_body and response.content_length is None and not response.chunked
+            if not self.body_done or info.websocket or self.conn.closing:
+                self.keep_alive = False
+            if not self.keep_alive:
+                extra.append(b"Connection: close\r\n")
+            elif not info.http11:
+                extra.append(b"Connection: keep-alive\r\n")
+        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+        if self.set_cookie is not None:
+            extra.append(self.set_cookie)
+        self.conn.write(response_head(response, extra))
+        if status == 101 and self.upstream is not None:
+            self.tunnel = True
+            self.timer_at = None
+            early, self.backlog = self.backlog, []
+            self.backlog_bytes = 0
+            self.conn.resume(_BY_BACKLOG)
+            self.conn.start_tunnel(self.upstream, early)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.data_at = self.conn.loop.time()
+        conn = self.conn
+        if self.out_chunked:
+            conn.write(b"%x\r\n" % len(data))
+            conn.write(data)
+            conn.write(b"\r\n")
+        else:
+            conn.write(data)
+
+    def upstream_batch(self, begin: bool) -> None:
+        conn = self.conn
+        if begin:
+            if conn._out is None:
+                conn._out = []
+        else:
+            conn.uncork()
+
+    def upstream_done(self) -> None:
+        up, self.upstream = self.upstream, None
+        self.sending = False
+        self._end_response()
+        if up is not None:
+            self.server.pool.release(up, reusable=self.body_done)
+        self._resolve(None)
+
+    def upstream_lost(self, error: BaseException | None) -> None:
+        self.upstream = None
+        self.sending = False
+        if self.tunnel:
+            self.upstream_end = self.conn.loop.time()
+            self.conn.transport.close()
+            self._resolve(None)
+        elif not self.response_started:
+            backend = self.route.backend_id if self.route is not None else "?"
+            detail = f" ({error})" if error is not None else ""
+            self._fail(_Failure(502, f"backend {backend} closed the connection before answering{detail}",
+                                retry=self._may_retry(False)))  # fmt: skip
+        elif self.until_close and error is None:
+            self._end_response()
+            self._resolve(None)
+        else:
+            self.keep_alive = False
+            self.conn.abort()  # the client must see that the response is cut short
+            self._resolve(_Failure(502, "backend closed the connection in the middle of the response"))
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self.blocked_since = self.conn.loop.time()
+            self.conn.pause(_BY_UPSTREAM)
+        else:
+            self.blocked_since = None
+            self.conn.resume(_BY_UPSTREAM)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _end_response(self) -> None:
+        if self.out_chunked:
+            self.conn.write(b"0\r\n\r\n")
+        self.response_done = True
+        self.upstream_end = self.conn.loop.time()
+
+    def _fail(self, failure: _Failure) -> None:
+        """This try failed before any of its response reached the client."""
+        self._abort_attempt()
+        if failure.retry and self.retained is not None and not self.info.websocket:
+            self.backlog = list(self.retained)  # the next try sends the body again
+            self.backlog_bytes = self.body_bytes
+        self._resolve(failure)
+
+    def _abort_attempt(self) -> None:
+        up, self.upstream = self.upstream, None
+        self.sending = False
+        if up is not None:
+            up.close()
+        if self.blocked_since is not None:
+            self.blocked_since = None
+            self.conn.resume(_BY_UPSTREAM)
+
+    def _resolve(self, outcome: _Failure | None) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    def _on_timer(self) -> None:
+        self.timer_at = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.tunnel:
+            return
+        loop = self.conn.loop
+        now = loop.time()
+        timeout = self.server.request_timeout
+        backend = self.route.backend_id if self.route is not None else "?"
+        if not self.response_started:
+            blocked = self.blocked_since
+            if self.body_done and now >= self.deadline:
+                self._fail(_Failure(504, f"backend {backend} did not answer within {timeout:g} s"))
+                return
+            if blocked is not None and now >= blocked + timeout:
+                self._fail(_Failure(504, f"backend {backend} stopped reading the request body"))
+                return
+            when = self.deadline if self.body_done else (blocked if blocked is not None else now) + timeout
+        else:
+            up = self.upstream
+            reading = up is not None and not up.read_paused
+            if reading and now >= self.data_at + timeout:
+                self.keep_alive = False
+                self._abort_attempt()
+                self.conn.abort()
+                self._resolve(_Failure(504, f"backend {backend} stalled in the middle of the response"))
+                return
+            when = self.data_at + timeout if reading else now + timeout
+        self.timer_at = when
+        self.conn.watch(when)
+
+    def _answer(self, error: HttpError) -> None:
+        """Answer with the proxy's own JSON error."""
+        self.status = error.status
+        self.response_started = self.response_done = True
+        if not self.body_done or self.conn.closing:
+            self.keep_alive = False
+        self.conn.write(error_response(error.status, error.message, self.request_id, close=not self.keep_alive,
+                                       retry_after=error.retry_after))  # fmt: skip
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.timer_at = None
+        conn = self.conn
+        server = self.server
+        if server.access is not None:  # building the log call's arguments costs: only when logging
+            now = conn.loop.time()
+            first = self.first_attempt_at
+            end = self.upstream_end
+            route = self.route
+            server.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
+                       target=self.info.target, status=self.status or 499,
+                       backend_id=None if route is None else route.backend_id, attempts=self.attempts,
+                       upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
+                       total_ms=(now - self.started) * 1000.0)  # fmt: skip
+        conn.cycle_finished(self)
