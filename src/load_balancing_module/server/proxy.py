@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
@@ -93,6 +93,36 @@ def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None,
     _set(request, "__pydantic_extra__", None)
     _set(request, "__pydantic_private__", None)
     return request
+
+
+class _Alarm:
+    """A one-shot event-loop timer that is only ever moved earlier until it fires."""
+
+    __slots__ = ("_loop", "_callback", "_handle", "_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def arm(self, when: float) -> None:
+        if when < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(when, self._fire)
+            self._at = when
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._at = math.inf
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        self._callback()
 
 
 class ProxyServer:
@@ -250,12 +280,10 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = 0.0
         self._body_at = 0.0
         self._write_paused_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._timer = _Alarm(self.loop, self._on_timer)  # the connection's own timeouts
         # One timer for the request timeouts of the cycles (RequestCycle.timer_at): it is moved only
         # when a cycle needs it earlier, so a keep-alive connection does not create a timer per request.
-        self._cycle_timer: asyncio.TimerHandle | None = None
-        self._cycle_timer_at = math.inf
+        self._cycle_timer = _Alarm(self.loop, self._on_cycle_timer)
         self._linger: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -291,10 +319,11 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
-        for handle in (self._timer, self._linger):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._linger = None
+        self._timer.cancel()
+        self._cycle_timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         for cycle in list(self.cycles):
             cycle.client_lost()
 
@@ -600,15 +629,9 @@ class ClientConnection(asyncio.Protocol):
 
     def watch(self, when: float) -> None:
         """Have the cycle timer fire at ``when`` at the latest (a cycle's ``timer_at``)."""
-        if when < self._cycle_timer_at:
-            if self._cycle_timer is not None:
-                self._cycle_timer.cancel()
-            self._cycle_timer = self.loop.call_at(when, self._on_cycle_timer)
-            self._cycle_timer_at = when
+        self._cycle_timer.arm(when)
 
     def _on_cycle_timer(self) -> None:
-        self._cycle_timer = None
-        self._cycle_timer_at = math.inf
         now = self.loop.time()
         later = math.inf
         for cycle in list(self.cycles):
@@ -623,15 +646,9 @@ class ClientConnection(asyncio.Protocol):
             self.watch(later)
 
     def _arm(self, when: float) -> None:
-        if when < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(when, self._on_timer)
-            self._timer_at = when
+        self._timer.arm(when)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
         if self.lost or self._discard:
             return
         server = self.server
