@@ -55,7 +55,7 @@ def assign(ring_members: list[Member]) -> list[Member]:
 
     Same lookup as ``HashRing.start`` (checked on a sample), with the client
     hashes computed once for the whole file."""
-    ring = HashRing(ring_members, None)  # type: ignore[arg-type]
+    ring = HashRing(ring_members, None)
     hashes, owners, n = ring.hashes, ring.owners, len(ring.hashes)
     found = [owners[i if i < n else 0] for i in map(partial(bisect.bisect_left, hashes), client_hashes())]
     assert all(found[i] is owners[ring.start(k)] for i, k in enumerate(client_ips()[:500]))

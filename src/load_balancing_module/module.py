@@ -11,8 +11,7 @@ import asyncio
 import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -310,19 +309,10 @@ class LoadBalancingModule:
             result.completed = True
             self.router.release(result.backend)
 
-    @asynccontextmanager
-    async def acquire(self, request: Request) -> AsyncIterator[RouteResult]:
-        """Route, yield the result, and complete it: a failure if the block raises."""
-        result = await self.route_request(request)
-        try:
-            yield result
-        except asyncio.CancelledError:
-            self.abandon_request(result)
-            raise
-        except BaseException:
-            self.complete_now(result, success=False)
-            raise
-        self.complete_now(result, success=True)
+    def acquire(self, request: Request) -> Acquired:
+        """``async with lb.acquire(request) as result``: route, then complete the result when
+        the block ends, as a failure if it raised (abandoned if it was cancelled)."""
+        return Acquired(self, request)
 
     async def call(self, request: Request, fn: Callable[[RouteResult], Awaitable[T]]) -> T:
         """Route and await ``fn(result)``, retrying failures on untried backends.
@@ -348,8 +338,10 @@ class LoadBalancingModule:
                 except RoutingError as exc:
                     if last_error is None:
                         raise
-                    raise RoutingError(f"{len(tried)} tries failed and no other backend can take the request "
-                                       f"({exc}); last error: {last_error!r}") from last_error  # fmt: skip
+                    error = RoutingError(f"{len(tried)} tries failed and no other backend can take the request "
+                                         f"({exc}); last error: {last_error!r}")  # fmt: skip
+                    error.__cause__ = last_error  # see the end of this method
+                    raise error  # noqa: B904 - its cause is set just above
                 tried.append(result.backend)  # type: ignore[arg-type]
                 try:
                     value = await self.clock.wait_for(fn(result), self.config.request_timeout)
@@ -377,9 +369,10 @@ class LoadBalancingModule:
         finally:
             if in_budget:
                 self.retry_budget.active -= 1
-        raise RoutingError(
-            f"request {result.request_id} failed after {len(tried)} tries: {last_error!r}"
-        ) from last_error
+        error = RoutingError(f"request {result.request_id} failed after {len(tried)} tries: {last_error!r}")
+        # Not ``raise ... from last_error``: compiled by mypyc, a coroutine loses the cause that way.
+        error.__cause__ = last_error
+        raise error
 
     def _attempt_error(self, result: RouteResult, exc: Exception) -> Exception:
         if not isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or isinstance(exc, LoadBalancingError):
@@ -553,8 +546,9 @@ class LoadBalancingModule:
         self.router.set_algorithm(factory)
         log_event("algorithm_changed", algorithm=factory.kind.value, config=factory.settings)
 
-    async def execute(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The dict interface for integration; never raises for bad input."""
+    async def execute(self, params: Any) -> dict[str, Any]:
+        """The dict interface for integration; never raises for bad input (a non-dict included,
+        hence ``Any``: compiled code would otherwise reject it before the check)."""
         from .operations import run_operation
 
         try:
@@ -600,3 +594,31 @@ async def _maybe_call(target: Any, name: str, *args: Any) -> Any:
     except Exception as exc:
         log_event("integration_hook_error", logging.ERROR, hook=f"{type(target).__name__}.{name}", error=repr(exc))
         return None
+
+
+class Acquired:
+    """The async context manager of :meth:`LoadBalancingModule.acquire` (a class, not a generator,
+    so that the module compiles with mypyc)."""
+
+    __slots__ = ("_lb", "_request", "_result")
+
+    def __init__(self, lb: LoadBalancingModule, request: Request) -> None:
+        self._lb = lb
+        self._request = request
+        self._result: RouteResult | None = None
+
+    async def __aenter__(self) -> RouteResult:
+        self._result = await self._lb.route_request(self._request)
+        return self._result
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        result = self._result
+        if result is None:
+            return
+        if exc_type is None:
+            self._lb.complete_now(result, success=True)
+        elif issubclass(exc_type, asyncio.CancelledError):
+            self._lb.abandon_request(result)
+        else:
+            self._lb.complete_now(result, success=False)

@@ -86,13 +86,14 @@ class Algorithm(ABC):
     def pick(self, request: Request, klass: int | None) -> Backend | None: ...
 
 
-def number(settings: Mapping[str, Any], key: str, kind: LoadBalancingAlgorithmType, *,
-           minimum: float, allow_none: bool = False, integer: bool = False) -> None:  # fmt: skip
-    """Check that ``settings[key]`` is a number >= ``minimum``."""
+def number(settings: Mapping[str, Any], key: str, kind: LoadBalancingAlgorithmType, *, minimum: float,
+           maximum: float | None = None, allow_none: bool = False, integer: bool = False) -> None:  # fmt: skip
+    """Check that ``settings[key]`` is a number >= ``minimum`` (and <= ``maximum``)."""
     value = settings[key]
     if value is None and allow_none:
         return
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or value < minimum:
+    if isinstance(value, bool) or not ok_type or value < minimum or (maximum is not None and value > maximum):
         what = "an integer" if integer else "a number"
-        raise AlgorithmError(f"{kind.value}: config '{key}' must be {what} >= {minimum}, got {value!r}")
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise AlgorithmError(f"{kind.value}: config '{key}' must be {what} {bound}, got {value!r}")

@@ -38,9 +38,10 @@ import math
 import random
 import statistics
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..backend import HEALTHY_RANK, Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
@@ -49,6 +50,7 @@ from .base import Algorithm, number
 MIN_POINTS = 40
 MAX_POINTS = 1000
 POINT_BUDGET = 160_000
+MAX_CONFIG_POINTS = 10_000  # per backend: an explicit ``points`` above this would only cost memory and build time
 _INDEX_BITS = 24  # members per tier the packing supports: 16 million
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
 MAX_WEIGHT_RATIO = 16  # a member gets at most this many times the points of the reference weight
@@ -77,12 +79,24 @@ def hash_key(request: Request, key: str) -> str:
     return request.client_ip
 
 
-class HashRing:
+class RingMember(Protocol):
+    """What the ring needs of a member: a stable address and a weight."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def weight(self) -> float: ...
+
+
+M = TypeVar("M", bound=RingMember)
+
+
+class HashRing(Generic[M]):
     """Sorted points and their owners; immutable once built."""
 
     __slots__ = ("hashes", "owners")
 
-    def __init__(self, members: Sequence[Backend], points: int | None) -> None:
+    def __init__(self, members: Sequence[M], points: int | None) -> None:
         n = len(members)
         base = points or max(MIN_POINTS, min(MAX_POINTS, POINT_BUDGET // max(n, 1)))
         # Not the heaviest weight: see the module docstring.
@@ -115,16 +129,16 @@ class ConsistentHash(Algorithm):
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
-        number(settings, "points", cls.kind, minimum=1, allow_none=True, integer=True)
+        number(settings, "points", cls.kind, minimum=1, maximum=MAX_CONFIG_POINTS, allow_none=True, integer=True)
         number(settings, "balance_factor", cls.kind, minimum=1, allow_none=True)
         if settings["balance_factor"] is not None and settings["balance_factor"] <= 1:
             raise AlgorithmError("ip_hash: config 'balance_factor' must be > 1 (or null to disable)")
         if settings["key"] not in ("client_ip", "session_id"):
             raise AlgorithmError(f"ip_hash: config 'key' must be 'client_ip' or 'session_id', got {settings['key']!r}")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ring = HashRing((), None)
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
+        self._ring: HashRing[Backend] = HashRing((), None)
         self._factor: float | None = self.settings["balance_factor"]
         self._key: str = self.settings["key"]
         # For the bounded-load cap: the weight of the members with a free slot,

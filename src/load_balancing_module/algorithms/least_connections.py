@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..backend import HEALTHY_RANK, Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
@@ -32,8 +34,8 @@ class LeastConnections(Algorithm):
     def check(cls, settings: dict[str, Any]) -> None:
         check_choice_count(settings, cls.kind, auto=False)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
         self._heap = RankedHeap()
         self._members: list[Backend] = []
         self._choices: int = self.settings["choice_count"]

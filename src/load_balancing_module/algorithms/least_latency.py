@@ -24,10 +24,12 @@ O(1). ``0`` forces the exact minimum, ``k >= 2`` the best of ``k``.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..backend import HEALTHY_RANK, Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
@@ -49,8 +51,8 @@ class LeastLatency(Algorithm):
         number(settings, "decay_seconds", cls.kind, minimum=0.001)
         check_choice_count(settings, cls.kind, auto=True)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
         self._heap = RankedHeap()
         self._tau = float(self.settings["decay_seconds"])
         self._members: list[Backend] = []

@@ -22,10 +22,12 @@ exact minimum, ``k >= 2`` the best of ``k``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..backend import HEALTHY_RANK, Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
@@ -44,8 +46,8 @@ class QuantumAware(Algorithm):
         number(settings, "latency_scale_ms", cls.kind, minimum=0.001)
         check_choice_count(settings, cls.kind, auto=True)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
         self._heaps = (RankedHeap(), RankedHeap())  # [classical, quantum-capable]
         self._scale: float = float(self.settings["latency_scale_ms"])
         self._members: tuple[list[Backend], list[Backend]] = ([], [])

@@ -7,10 +7,13 @@ keeps its turn and comes back at the same place. Pick: O(log n).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from itertools import count
+from typing import Any
 
 from ..backend import Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
@@ -21,8 +24,8 @@ class RoundRobin(Algorithm):
     kind = LoadBalancingAlgorithmType.ROUND_ROBIN
     load_aware = False  # the order ignores in_flight
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
         self._heap = RankedHeap()
         self._turn: dict[Backend, int] = {}
         self._turns = count()

@@ -26,9 +26,12 @@ it does not get a burst to "catch up".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..backend import HEALTHY_RANK, Backend
+from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ._heap import RankedHeap
@@ -43,8 +46,8 @@ class SmoothWeighted(Algorithm):
     kind = LoadBalancingAlgorithmType.WEIGHTED
     load_aware = False  # the order ignores in_flight
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
+        super().__init__(settings, rng, clock)
         self._members: list[Backend] = []
         self._current: dict[Backend, float] = {}
         self._heap = RankedHeap()
