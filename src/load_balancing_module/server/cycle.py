@@ -79,10 +79,10 @@ class RequestCycle:
 
     __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
                  "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
-                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "timer_at",
-                 "attempt_at", "first_attempt_at", "upstream_end", "head_ms", "status", "response_started",
-                 "response_done", "out_chunked", "until_close", "tunnel", "blocked_since", "data_at",
-                 "finished", "_head")  # fmt: skip
+                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "awaiting",
+                 "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
+                 "upstream_end", "head_ms", "status", "response_started", "response_done", "out_chunked",
+                 "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head")  # fmt: skip
 
     def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str,
                  set_cookie: bytes | None) -> None:  # fmt: skip
@@ -109,7 +109,11 @@ class RequestCycle:
         self.retries = 0
         self.task: asyncio.Task[None] | _Eager | None = None
         self.running = False
-        self.waiter: asyncio.Future[_Failure | None] | None = None
+        self.waiter: asyncio.Future[_Failure | None] | None = None  # the task's try, while it awaits
+        self.awaiting = False  # a try is out, its outcome not yet known
+        self.batching = False  # inside the upstream's data_received (see upstream_batch)
+        self.deferred = False  # an eager try's outcome waits for the end of the batch
+        self.outcome: _Failure | None = None
         self.timer_at: float | None = None  # when _on_timer is due (the connection's timer calls it)
         self.attempt_at = 0.0
         self.first_attempt_at: float | None = None
@@ -151,17 +155,17 @@ class RequestCycle:
                 return
             self.task = _EAGER
             self.running = True
-            self._begin_attempt(route, up).add_done_callback(self._attempt_done)
+            self._begin_attempt(route, up, eager=True)
         except Exception as exc:
             self.task = _EAGER
             self.running = True
             self._internal_error(exc)
             self._finish()
 
-    def _attempt_done(self, waiter: asyncio.Future[_Failure | None]) -> None:
+    def _attempt_done(self, outcome: _Failure | None) -> None:
         """The eager path's answer is in (or it failed): what the task does after ``await waiter``."""
         try:
-            failure = self._end_attempt(waiter.result())
+            failure = self._end_attempt(outcome)
             if failure is None or failure is _CLIENT_GONE or self.response_started:
                 self._finish()
             elif not failure.retry:
@@ -280,24 +284,29 @@ class RequestCycle:
             server.pool.release(up, reusable=True)
             server.abandon(route)
             return _CLIENT_GONE
-        waiter = self._begin_attempt(route, up)
+        waiter = self._begin_attempt(route, up, eager=False)
+        assert waiter is not None
         try:
             failure = await waiter
         finally:
             self.waiter = None
+            self.awaiting = False
             self.timer_at = None
         return self._end_attempt(failure)
 
-    def _begin_attempt(self, route: RouteResult, up: UpstreamConnection) -> asyncio.Future[_Failure | None]:
-        """Send the request on ``up``; the returned future gets the try's outcome."""
+    def _begin_attempt(self, route: RouteResult, up: UpstreamConnection, *,
+                       eager: bool) -> asyncio.Future[_Failure | None] | None:  # fmt: skip
+        """Send the request on ``up``. The task awaits the returned future for the try's outcome;
+        the eager path has none: :meth:`_resolve` hands the outcome to :meth:`_attempt_done`."""
         loop = self.conn.loop
         if self.first_attempt_at is None:  # the eager path does not pass through _attempt
             self.attempt_at = self.first_attempt_at = loop.time()
             self.head_ms = None
         self.upstream = up
         up.begin(self, head_request=self.info.method == b"HEAD")
-        waiter: asyncio.Future[_Failure | None] = loop.create_future()
+        waiter: asyncio.Future[_Failure | None] | None = None if eager else loop.create_future()
         self.waiter = waiter
+        self.awaiting = True
         self._send_request(up, route)
         if self.conn.write_paused:
             up.pause_reading()
@@ -445,19 +454,15 @@ class RequestCycle:
 
     def _cancel(self) -> None:
         task = self.task
-        waiter = self.waiter
         if task is None or not self.running:
             if task is not None:
                 task.cancel()  # never started: its coroutine will not run
             self._finish()
-        elif waiter is not None:
-            if not waiter.done():
-                if self.tunnel:
-                    self._abort_attempt()
-                    waiter.set_result(None)  # a tunnel ends when either side closes
-                else:
-                    self._abort_attempt()
-                    waiter.set_result(_CLIENT_GONE)
+        elif self.awaiting:
+            self._abort_attempt()
+            self._resolve(None if self.tunnel else _CLIENT_GONE)  # a tunnel ends when either side closes
+        elif self.waiter is not None:
+            pass  # the try's outcome is in: the task resumes with it and ends the request
         elif not task.done():
             task.cancel()
 
@@ -532,10 +537,16 @@ class RequestCycle:
     def upstream_batch(self, begin: bool) -> None:
         conn = self.conn
         if begin:
+            self.batching = True
             if conn._out is None:
                 conn._out = []
-        else:
-            conn.uncork()
+            return
+        self.batching = False
+        conn.uncork()
+        if self.deferred:  # the response ended in this read: end the try now, with no loop round trip
+            self.deferred = False
+            outcome, self.outcome = self.outcome, None
+            self._attempt_done(outcome)
 
     def upstream_done(self) -> None:
         up, self.upstream = self.upstream, None
@@ -602,14 +613,25 @@ class RequestCycle:
             self.conn.resume(_BY_UPSTREAM)
 
     def _resolve(self, outcome: _Failure | None) -> None:
+        """The try's outcome is known: wake the task, or end the eager path's try. Within a batch
+        that waits for the batch's end (its output is flushed first); otherwise it runs as the
+        task would, from the event loop, never inside the caller."""
+        if not self.awaiting:
+            return
+        self.awaiting = False
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(outcome)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(outcome)
+        elif self.batching:
+            self.deferred = True
+            self.outcome = outcome
+        else:
+            self.conn.loop.call_soon(self._attempt_done, outcome)
 
     def _on_timer(self) -> None:
         self.timer_at = None
-        waiter = self.waiter
-        if waiter is None or waiter.done() or self.tunnel:
+        if not self.awaiting or self.tunnel:
             return
         loop = self.conn.loop
         now = loop.time()

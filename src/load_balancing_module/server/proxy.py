@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import secrets
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
@@ -80,7 +81,7 @@ _FAST_REQUEST = (tuple(Request.model_fields) == _REQUEST_FIELDS and not Request.
 _set = object.__setattr__
 
 
-def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None, request_id: str) -> Request:
+def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None, request_id: str | None) -> Request:
     """``Request.model_construct(...)`` of already validated values (metadata: a new empty dict)."""
     if not _FAST_REQUEST:
         # metadata is passed because pydantic inspects a default_factory's signature on every model_construct
@@ -170,7 +171,9 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         host, port = self._address
         self._server = await loop.create_server(lambda: ClientConnection(self), host, port, backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # uvloop's Server.sockets is a list where typeshed says tuple: read it untyped (mypyc checks)
+        sockets: Sequence[socket.socket] = getattr(self._server, "sockets")  # noqa: B009
+        self.port = sockets[0].getsockname()[1]
         log_event("proxy_listening", host=host, port=self.port)
 
     async def stop_accepting(self) -> None:
@@ -285,6 +288,7 @@ class ClientConnection(asyncio.Protocol):
         # when a cycle needs it earlier, so a keep-alive connection does not create a timer per request.
         self._cycle_timer = _Alarm(self.loop, self._on_cycle_timer)
         self._linger: asyncio.TimerHandle | None = None
+        self._request: Request | None = None  # the latest routing request (see _new_cycle)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -462,8 +466,12 @@ class ClientConnection(asyncio.Protocol):
             session = secrets.token_hex(16)  # affinity cookies must not be guessable
             cookie = b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (AFFINITY_COOKIE, session.encode())
         request_id = info.request_id or server.new_request_id()
-        # Validated above (the peer's address comes from the socket).
-        request = _new_request(client_ip, info.workload, session, request_id)
+        # What routing reads of a request; the same for most requests on a connection, so it is kept
+        # (routing never changes it). Its request_id is left out: the cycle carries the request's.
+        request = self._request
+        if (request is None or request.client_ip != client_ip or request.workload_type is not info.workload
+                or request.session_id != session):  # fmt: skip
+            request = self._request = _new_request(client_ip, info.workload, session, None)  # validated above
         return RequestCycle(self, info, request, request_id, cookie)
 
     def _on_upgrade(self, rest: bytes) -> None:
