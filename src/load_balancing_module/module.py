@@ -36,6 +36,7 @@ from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
 from .state import MemoryStore, StateStore
+from .stats import RequestStats
 
 T = TypeVar("T")
 BackendID = str
@@ -74,6 +75,7 @@ class LoadBalancingModule:
         self._rid_seq = 0
         self.total_requests = 0
         self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0}
+        self.request_stats = RequestStats()  # answered requests by status class: filled by the proxy
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._scalers: list[Any] = []
