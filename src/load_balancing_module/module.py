@@ -552,6 +552,10 @@ class LoadBalancingModule:
             "draining": b.excluded > 0,  # only a drain leaves a backend excluded between picks
         }
 
+    def describe_backend(self, backend_id: BackendID) -> dict[str, Any]:
+        """One backend as :meth:`get_load_distribution` describes it; :class:`BackendNotFoundError` if unknown."""
+        return self._describe(self._get(backend_id), self.clock.monotonic(), self.total_requests)
+
     async def configure_algorithm(self, algorithm: LoadBalancingAlgorithm | Mapping[str, Any] | str) -> None:
         """Switch algorithm at once; :class:`AlgorithmError` if it is unsupported or misconfigured."""
         factory = AlgorithmFactory(algorithm, self.rng, self.clock)
