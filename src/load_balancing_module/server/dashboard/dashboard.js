@@ -84,9 +84,8 @@
 
   function renderSparkline() {
     const max = Math.max(1, ...rates);
-    const step = 240 / (HISTORY - 1);
-    const offset = HISTORY - rates.length;
-    const points = rates.map((r, i) => `${((offset + i) * step).toFixed(1)},${(46 - (r / max) * 44).toFixed(1)}`);
+    const step = 240 / Math.max(rates.length - 1, 1); // the line spans the card from the first sample on
+    const points = rates.map((r, i) => `${(i * step).toFixed(1)},${(46 - (r / max) * 44).toFixed(1)}`);
     $("sparkline-line").setAttribute("points", points.join(" "));
   }
 
