@@ -45,7 +45,7 @@ async def test_values_move_with_traffic() -> None:
     register_metrics(lb, registry)
     a = await lb.add_backend(BackendConfig(host="a.test", port=80))
     before = samples(registry)
-    assert before[("omnixan_lb_requests_total", (("backend", a), ("outcome", "success")))] == 0
+    assert before[("omnixan_lb_completed_requests_total", (("backend", a), ("outcome", "success")))] == 0
     assert before[("omnixan_lb_backend_up", (("backend", a),))] == 1
     held = await lb.route_request(Request(client_ip="10.0.0.1"))
     assert samples(registry)[("omnixan_lb_active_connections", (("backend", a),))] == 1
@@ -55,14 +55,45 @@ async def test_values_move_with_traffic() -> None:
     with pytest.raises(RateLimitExceededError):
         await lb.route_request(Request(client_ip="10.0.0.1"))
     after = samples(registry)
-    assert after[("omnixan_lb_requests_total", (("backend", a), ("outcome", "success")))] == 1
-    assert after[("omnixan_lb_requests_total", (("backend", a), ("outcome", "failure")))] == 2
+    assert after[("omnixan_lb_completed_requests_total", (("backend", a), ("outcome", "success")))] == 1
+    assert after[("omnixan_lb_completed_requests_total", (("backend", a), ("outcome", "failure")))] == 2
     assert after[("omnixan_lb_circuit_state", (("backend", a),))] == 2  # open
     assert after[("omnixan_lb_rate_limited_total", ())] == 1
-    assert after[("omnixan_lb_request_latency_quantile_seconds", (("backend", a), ("quantile", "0.99")))] == 0.04
+    assert after[("omnixan_lb_backend_recent_latency_seconds", (("backend", a), ("quantile", "0.99")))] == 0.04
+    assert after[("omnixan_lb_routed_requests_total", (("backend", a),))] == 3
     lb.backends[a].health.state = HealthState.UNHEALTHY
     assert samples(registry)[("omnixan_lb_backend_up", (("backend", a),))] == 0
     assert samples(registry)[("omnixan_lb_backend_health", (("backend", a), ("state", "unhealthy")))] == 1
+
+
+def test_request_stats_histogram_follows_prometheus_conventions() -> None:
+    config = LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False))
+    lb = LoadBalancingModule(config, clock=FakeClock())
+    registry = CollectorRegistry()
+    register_metrics(lb, registry)
+    stats = lb.request_stats
+    stats.record("a:1", 200, 0.0004)  # below the first bound
+    stats.record("a:1", 204, 0.001)  # exactly on a bound: counted in it (le)
+    stats.record("a:1", 503, 0.02)
+    stats.record("none", 429, 0.0001)
+    stats.record("a:1", 200, 99.0)  # above every bound: +Inf only
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert families["omnixan_lb_requests"].type == "counter"
+    assert families["omnixan_lb_request_duration_seconds"].type == "histogram"
+    got = samples(registry)
+    ok = (("backend", "a:1"), ("code_class", "2xx"))
+    assert got[("omnixan_lb_requests_total", ok)] == 3
+    assert got[("omnixan_lb_requests_total", (("backend", "a:1"), ("code_class", "5xx")))] == 1
+    assert got[("omnixan_lb_requests_total", (("backend", "none"), ("code_class", "4xx")))] == 1
+    assert ("omnixan_lb_requests_total", (("backend", "a:1"), ("code_class", "3xx"))) not in got
+    bucket = "omnixan_lb_request_duration_seconds_bucket"
+    assert got[(bucket, (*ok, ("le", "0.0005")))] == 1
+    assert got[(bucket, (*ok, ("le", "0.001")))] == 2
+    assert got[(bucket, (*ok, ("le", "30.0")))] == 2
+    assert got[(bucket, (*ok, ("le", "+Inf")))] == 3
+    assert got[("omnixan_lb_request_duration_seconds_count", ok)] == 3
+    assert got[("omnixan_lb_request_duration_seconds_sum", ok)] == pytest.approx(99.0014)
+    assert stats.total() == 5 and stats.total("a:1") == 4 and stats.total("b:2") == 0
 
 
 async def test_state_changes_are_logged_as_structured_events(caplog: pytest.LogCaptureFixture) -> None:

@@ -26,7 +26,7 @@ from .exceptions import (
     RoutingError,
 )
 from .metrics import LoadBalancerCollector, register_metrics
-from .models import HealthStatus, LoadDistribution, RouteResult
+from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .module import BackendID, LoadBalancingModule
 from .state import MemoryStore, StateStore
 
@@ -43,6 +43,7 @@ __all__ = [
     "CircuitState",
     "Clock",
     "ConfigurationError",
+    "DrainResult",
     "FakeClock",
     "HealthCheckConfig",
     "HealthState",

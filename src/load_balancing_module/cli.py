@@ -24,6 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (check, serve):
         command.add_argument("--config", "-c", default=os.environ.get("OMNIXAN_LB_CONFIG"),
                              help="config file (YAML or TOML); default $OMNIXAN_LB_CONFIG")  # fmt: skip
+    status = sub.add_parser("status", help="show the live backend table of a running server's admin API")
+    status.add_argument("--admin", default=os.environ.get("OMNIXAN_LB_ADMIN", "http://127.0.0.1:9090"),
+                        help="admin listener URL; default $OMNIXAN_LB_ADMIN or http://127.0.0.1:9090")  # fmt: skip
+    status.add_argument("--token", default=os.environ.get("OMNIXAN_ADMIN_TOKEN"),
+                        help="admin bearer token; default $OMNIXAN_ADMIN_TOKEN")  # fmt: skip
+    mode = status.add_mutually_exclusive_group()
+    mode.add_argument("--watch", "-w", action="store_true", help="redraw until Ctrl-C")
+    mode.add_argument("--json", action="store_true", help="print the load distribution as JSON")
+    status.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="log level (logs are JSON lines on stderr)")  # fmt: skip
     return parser
@@ -62,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(args.log_level)
         return run(args.config)
+    if args.command == "status":
+        from .status import run as status
+
+        if not args.interval > 0:
+            parser.error("--interval must be > 0")
+        return status(args.admin, args.token, watch=args.watch, as_json=args.json, interval=args.interval)
     if args.command == "demo" and args.library:
         from .demo import main as library_demo
 

@@ -1,8 +1,26 @@
 """Prometheus exposition of the module's state, read at scrape time.
 
-The hot path only bumps plain Python counters; this collector turns them
-into metric families when Prometheus scrapes. Every name starts with
-``omnixan_lb_``.
+The hot path only bumps plain Python counters (the backends' counts,
+``module.counters``, ``module.request_stats``); this collector turns them
+into metric families when Prometheus scrapes, so a request never touches a
+``prometheus_client`` object. Every name starts with ``omnixan_lb_``, counters
+end in ``_total``, durations are in seconds (the Prometheus conventions).
+
+Families (labels in braces):
+
+- ``requests_total{backend,code_class}`` and the histogram
+  ``request_duration_seconds{backend,code_class}``: client requests answered,
+  by the backend that answered last (``none`` when the proxy answered without
+  one: rate limited, no backend) and status class (``2xx``...). Recorded by the
+  proxy; a library user may record into ``module.request_stats`` too.
+- ``completed_requests_total{backend,outcome}`` (``success``/``failure``, as told
+  to ``complete_request``), ``routed_requests_total{backend}``.
+- ``active_connections{backend}``, ``backend_up{backend}``,
+  ``backend_health{backend,state}``, ``circuit_state{backend}`` (0 closed,
+  1 half-open, 2 open), ``backend_draining{backend}``,
+  ``backend_recent_latency_seconds{backend,quantile}`` (recent window).
+- ``rate_limited_total``, ``ddos_blocked_total``, ``retries_total``,
+  ``queue_timeouts_total``, ``unavailable_total``, ``queued_requests``, ``backends``.
 """
 
 from __future__ import annotations
@@ -10,15 +28,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from .enums import CircuitState, HealthState
+from .stats import DURATION_BUCKETS
 
 if TYPE_CHECKING:
     from .module import LoadBalancingModule
 
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+_BOUNDS = [repr(float(b)) for b in DURATION_BUCKETS] + ["+Inf"]  # "le" label values
 
 
 class LoadBalancerCollector(Collector):
@@ -26,48 +46,75 @@ class LoadBalancerCollector(Collector):
         self.module = module
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._requests()
+        yield from self._backends()
+        yield from self._totals()
+
+    def _requests(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("omnixan_lb_requests", "Client requests answered, by backend and status class.",
+                                       labels=["backend", "code_class"])  # fmt: skip
+        duration = HistogramMetricFamily("omnixan_lb_request_duration_seconds",
+                                         "Time from a client request to the end of its answer.",
+                                         labels=["backend", "code_class"])  # fmt: skip
+        for backend_id, code_class, counts, total_seconds in self.module.request_stats.series():
+            labels = [backend_id, code_class]
+            cumulative = 0
+            buckets = []
+            for bound, count in zip(_BOUNDS, counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            requests.add_metric(labels, cumulative)
+            duration.add_metric(labels, buckets, total_seconds)
+        yield requests
+        yield duration
+
+    def _backends(self) -> Iterator[Metric]:
         lb = self.module
         now = lb.clock.monotonic()
-        backends = list(lb.backends.values())
-        requests = CounterMetricFamily("omnixan_lb_requests", "Requests completed, by backend and outcome.",
-                                       labels=["backend", "outcome"])  # fmt: skip
-        routed = CounterMetricFamily("omnixan_lb_routed_requests", "Requests routed, by backend.", labels=["backend"])
+        draining = lb.draining
+        completed = CounterMetricFamily("omnixan_lb_completed_requests",
+                                        "Tries completed on a backend, by outcome (what the breaker counts).",
+                                        labels=["backend", "outcome"])  # fmt: skip
+        routed = CounterMetricFamily("omnixan_lb_routed_requests", "Tries routed, by backend.", labels=["backend"])
         active = GaugeMetricFamily("omnixan_lb_active_connections", "Requests in flight.", labels=["backend"])
         up = GaugeMetricFamily("omnixan_lb_backend_up", "1 unless the backend is UNHEALTHY.", labels=["backend"])
         health = GaugeMetricFamily("omnixan_lb_backend_health", "1 for the backend's health state.",
                                    labels=["backend", "state"])  # fmt: skip
         circuit = GaugeMetricFamily("omnixan_lb_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open.",
                                     labels=["backend"])  # fmt: skip
-        latency = SummaryMetricFamily("omnixan_lb_request_latency_seconds",
-                                      "Latency of recently completed requests.", labels=["backend"])  # fmt: skip
-        quantiles = GaugeMetricFamily("omnixan_lb_request_latency_quantile_seconds",
-                                      "Latency percentiles over the recent window.",
+        drain = GaugeMetricFamily("omnixan_lb_backend_draining", "1 while the backend is being drained.",
+                                  labels=["backend"])  # fmt: skip
+        quantiles = GaugeMetricFamily("omnixan_lb_backend_recent_latency_seconds",
+                                      "Latency percentiles of the backend's recent completions (last 60 s).",
                                       labels=["backend", "quantile"])  # fmt: skip
-        for b in backends:
+        for b in list(lb.backends.values()):
             labels = [b.id]
-            requests.add_metric([b.id, "success"], b.successful)
-            requests.add_metric([b.id, "failure"], b.failed)
+            completed.add_metric([b.id, "success"], b.successful)
+            completed.add_metric([b.id, "failure"], b.failed)
             routed.add_metric(labels, b.total)
             active.add_metric(labels, b.in_flight)
             up.add_metric(labels, 0 if b.health.state is HealthState.UNHEALTHY else 1)
             for state in HealthState:
                 health.add_metric([b.id, state.value], 1 if b.health.state is state else 0)
             circuit.add_metric(labels, CIRCUIT_VALUE[b.breaker.state])
+            drain.add_metric(labels, 1 if b.id in draining else 0)
             window = b.window.summary(now)
-            latency.add_metric(labels, window.samples, window.avg_ms * window.samples / 1000.0)
             for q, value in (("0.5", window.p50_ms), ("0.95", window.p95_ms), ("0.99", window.p99_ms)):
                 quantiles.add_metric([b.id, q], value / 1000.0)
-        yield from (requests, routed, active, up, health, circuit, latency, quantiles)
+        yield from (completed, routed, active, up, health, circuit, drain, quantiles)
+
+    def _totals(self) -> Iterator[Metric]:
+        lb = self.module
         for name, key, text in (
             ("omnixan_lb_rate_limited", "rate_limited", "Requests refused by the per-client rate limit."),
             ("omnixan_lb_ddos_blocked", "ddos_blocked", "Requests refused from clients blocked for flooding."),
-            ("omnixan_lb_retries", "retries", "Retries made by call()."),
+            ("omnixan_lb_retries", "retries", "Retries on another backend (call() and the proxy)."),
             ("omnixan_lb_queue_timeouts", "queue_timeouts", "Requests that timed out waiting for a slot."),
             ("omnixan_lb_unavailable", "unavailable", "Requests refused because no backend could take them."),
         ):
             yield CounterMetricFamily(name, text, value=lb.counters[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
-        yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(backends))
+        yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
 
 
 def register_metrics(module: LoadBalancingModule, registry: CollectorRegistry | None = None) -> LoadBalancerCollector:

@@ -86,3 +86,23 @@ class LoadDistribution(BaseModel):
     active_sessions: int
     queued_requests: int = 0
     backends: dict[str, dict[str, Any]]
+
+
+class DrainResult(BaseModel):
+    """How a drain went (:meth:`LoadBalancingModule.drain_backend`).
+
+    ``in_flight`` requests were running on the backend when the drain began;
+    ``completed`` is true when all of them finished before ``timeout``, else
+    ``in_flight_left`` were still running when the backend was removed (they
+    may still complete without error). Times are wall-clock seconds.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    backend_id: str
+    in_flight: int
+    completed: bool
+    in_flight_left: int
+    started_at: float
+    finished_at: float
+    waited_seconds: float

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,16 +31,18 @@ from .exceptions import (
     RoutingError,
 )
 from .health import HealthTracker, Probe, ProbeFailed, Prober
-from .models import HealthStatus, LoadDistribution, RouteResult
+from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
 from .state import MemoryStore, StateStore
+from .stats import RequestStats
 
 T = TypeVar("T")
 BackendID = str
 
 SLOW_START_STEPS = 20
 SLOW_START_FLOOR = 0.05  # share of its weight a backend starts slow start with
+DRAIN_POLL = 0.01  # seconds between looks at a draining backend's requests in flight
 
 
 class LoadBalancingModule:
@@ -72,11 +74,13 @@ class LoadBalancingModule:
         self._rid_seq = 0
         self.total_requests = 0
         self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0}
+        self.request_stats = RequestStats()  # answered requests by status class: filled by the proxy
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._scalers: list[Any] = []
         self._deployments: list[Any] = []
         self._outstanding: dict[str, RouteResult] = {}  # routed through execute(), awaiting completion
+        self._drains: dict[str, asyncio.Task[DrainResult]] = {}  # by backend id
         self._initialized = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -98,7 +102,7 @@ class LoadBalancingModule:
         if not self._initialized:
             return
         self._initialized = False
-        tasks = [*self._tasks, *self._health_tasks.values()]
+        tasks = [*self._tasks, *self._health_tasks.values(), *self._drains.values()]
         self._tasks.clear()
         self._health_tasks.clear()
         for task in tasks:
@@ -538,7 +542,12 @@ class LoadBalancingModule:
             "health_status": b.health.state.value,
             "circuit_state": b.breaker.state.value,
             "load_fraction": b.total / total if total else 0.0,
+            "draining": b.excluded > 0,  # only a drain leaves a backend excluded between picks
         }
+
+    def describe_backend(self, backend_id: BackendID) -> dict[str, Any]:
+        """One backend as :meth:`get_load_distribution` describes it; :class:`BackendNotFoundError` if unknown."""
+        return self._describe(self._get(backend_id), self.clock.monotonic(), self.total_requests)
 
     async def configure_algorithm(self, algorithm: LoadBalancingAlgorithm | Mapping[str, Any] | str) -> None:
         """Switch algorithm at once; :class:`AlgorithmError` if it is unsupported or misconfigured."""
@@ -577,6 +586,64 @@ class LoadBalancingModule:
             added.append(await self.add_backend(replica))
         log_event("redundant_deployment_integrated", deployment=type(deployment).__name__, replicas=len(added))
         return added
+
+    # -- draining ---------------------------------------------------------------------
+
+    @property
+    def draining(self) -> Set[str]:
+        """Ids of the backends being drained now."""
+        return self._drains.keys()
+
+    async def drain_backend(self, backend_id: BackendID, timeout: float | None = None) -> DrainResult:
+        """Stop new requests to a backend, wait for its requests in flight, then remove it.
+
+        From the call on the backend is no candidate for any pick (sticky
+        sessions bound to it move elsewhere); it stays listed, marked
+        ``draining``, until its last request in flight completes or ``timeout``
+        seconds pass (default ``request_timeout``), and is then removed; requests
+        still running then may complete without error. A second call for the
+        same backend waits for the same drain. Cancelling the caller does not
+        stop the drain. Unknown id: :class:`BackendNotFoundError`.
+        """
+        task = self._drains.get(backend_id)
+        if task is None:
+            backend = self._get(backend_id)
+            wait = self.config.request_timeout if timeout is None else timeout
+            if wait < 0:
+                raise ValueError(f"timeout: must be >= 0, got {wait}")
+            backend.excluded += 1
+            self.router.refresh(backend)
+            log_event("backend_draining", backend_id=backend_id, in_flight=backend.in_flight, timeout=wait)
+            task = asyncio.create_task(self._drain(backend, wait), name=f"omnixan-lb-drain-{backend_id}")
+            self._drains[backend_id] = task
+        return await asyncio.shield(task)
+
+    async def _drain(self, backend: Backend, timeout: float) -> DrainResult:
+        clock = self.clock
+        started, started_wall = clock.monotonic(), clock.time()
+        in_flight = backend.in_flight
+        deadline = started + timeout
+        try:
+            while backend.in_flight and not backend.removed and clock.monotonic() < deadline:
+                await clock.sleep(min(DRAIN_POLL, max(deadline - clock.monotonic(), 0.0)))
+        except asyncio.CancelledError:  # shutdown: leave the backend as it was
+            if not backend.removed:
+                backend.excluded -= 1
+                self.router.refresh(backend)
+            raise
+        finally:
+            self._drains.pop(backend.id, None)
+        left = backend.in_flight
+        if not backend.removed:
+            await self.remove_backend(backend.id)
+        if not self.router.backends and self.router.waiters:
+            self.router.fail_waiters("no backend is configured (the last one was drained)")
+        result = DrainResult(backend_id=backend.id, in_flight=in_flight, completed=left == 0, in_flight_left=left,
+                             started_at=started_wall, finished_at=clock.time(),
+                             waited_seconds=clock.monotonic() - started)  # fmt: skip
+        log_event("backend_drained", backend_id=backend.id, in_flight=in_flight, in_flight_left=left,
+                  waited_seconds=round(result.waited_seconds, 3))  # fmt: skip
+        return result
 
 
 async def _maybe_call(target: Any, name: str, *args: Any) -> Any:

@@ -7,6 +7,8 @@ asks (``get_load_distribution``, a Prometheus scrape), not per request.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Iterator
 
 WINDOW_SAMPLES = 1024  # completions kept per backend (a power of two)
 WINDOW_SECONDS = 60.0  # samples older than this are ignored by percentiles
@@ -140,3 +142,58 @@ class Ewma:
     def observe(self, sample: float) -> None:
         self.value = sample if self.samples == 0 else self.value + self.alpha * (sample - self.value)
         self.samples += 1
+
+
+# Upper bounds (seconds) of the request duration histogram's buckets, Prometheus' defaults
+# widened at both ends: a proxy answers in well under a millisecond when a backend is local.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_STRIDE = len(DURATION_BUCKETS) + 1  # the last slot of each class counts durations above every bound
+
+
+class RequestStats:
+    """Answered requests by backend and status class: counts and a duration histogram.
+
+    The proxy calls :meth:`record` once per client request, after its answer.
+    The cost is one dict lookup, one bisect and two list stores; nothing is
+    cumulative until a scrape asks (:meth:`series`). Status classes 0..9
+    (``status // 100``) each own a run of bucket counts in one flat list.
+    """
+
+    __slots__ = ("_by_backend",)
+
+    def __init__(self) -> None:
+        self._by_backend: dict[str, _BackendRequests] = {}
+
+    def record(self, backend_id: str, status: int, seconds: float) -> None:
+        series = self._by_backend.get(backend_id)
+        if series is None:
+            series = self._by_backend[backend_id] = _BackendRequests()
+        klass = status // 100 if 0 <= status < 1000 else 0
+        series.counts[klass * _STRIDE + bisect_left(DURATION_BUCKETS, seconds)] += 1
+        series.sums[klass] += seconds
+
+    def series(self) -> Iterator[tuple[str, str, list[int], float]]:
+        """``(backend_id, code_class, per-bucket counts, sum of seconds)`` for every class seen.
+
+        Counts are per bucket (not cumulative); the last one is above every bound."""
+        for backend_id, series in list(self._by_backend.items()):
+            counts = series.counts
+            for klass in range(10):
+                run = counts[klass * _STRIDE : (klass + 1) * _STRIDE]
+                if any(run):
+                    yield backend_id, f"{klass}xx", run, series.sums[klass]
+
+    def total(self, backend_id: str | None = None) -> int:
+        """Requests recorded (for one backend, or in all)."""
+        if backend_id is not None:
+            series = self._by_backend.get(backend_id)
+            return sum(series.counts) if series is not None else 0
+        return sum(sum(s.counts) for s in self._by_backend.values())
+
+
+class _BackendRequests:
+    __slots__ = ("counts", "sums")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (10 * _STRIDE)
+        self.sums = [0.0] * 10

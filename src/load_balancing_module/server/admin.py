@@ -1,13 +1,28 @@
-"""The admin listener (aiohttp): health and metrics now; the full API later.
+"""The admin listener (aiohttp): the runtime API, the dashboard, health and metrics.
 
-``GET /healthz``: 200 when at least one backend is HEALTHY, else 503.
-``GET /metrics``: Prometheus text format from the module's collector.
+Routes (the JSON API's handlers are in :mod:`.admin_api`):
+
+- ``GET /healthz``: 200 when at least one backend is HEALTHY, else 503.
+- ``GET /metrics``: Prometheus text format from the module's collector.
+- ``GET /openapi.json``: the OpenAPI 3 document of every route (:mod:`.openapi`).
+- ``GET /`` and ``GET /dashboard/{file}``: the live dashboard, static files
+  shipped in the package (``server/dashboard/``).
+- ``/backends``, ``/backends/{backend_id}``, ``/backends/{backend_id}/drain``,
+  ``/distribution``, ``/algorithm``, ``/execute``: the runtime API.
+
+Everything but health, metrics, the OpenAPI document and the dashboard's
+files needs ``Authorization: Bearer <token>`` when a token is configured
+(compared in constant time); without a token the listener must be on a
+loopback address (:func:`admin_token`).
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
+from collections.abc import Awaitable, Callable
+from importlib import resources
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -15,7 +30,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ..enums import HealthState
 from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
+from .admin_api import AdminApi, error_response
 from .config import AdminConfig, parse_address
+from .openapi import openapi_document
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/"})
+DASHBOARD_FILES = {
+    "index.html": "text/html",
+    "dashboard.css": "text/css",
+    "dashboard.js": "text/javascript",
+}
 
 
 def admin_token(config: AdminConfig) -> str | None:
@@ -39,19 +65,32 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def dashboard_file(name: str) -> bytes:
+    """A file of the dashboard, read from the package."""
+    return resources.files("load_balancing_module").joinpath("server").joinpath("dashboard").joinpath(name).read_bytes()
+
+
 class AdminServer:
-    def __init__(self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig) -> None:
+    def __init__(self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *,
+                 drain_timeout: float = 30.0) -> None:  # fmt: skip
         self.lb = lb
         self.registry = registry
         self.config = config
         self.token = admin_token(config)
+        self.api = AdminApi(lb, drain_timeout=drain_timeout)
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._files = {name: dashboard_file(name) for name in DASHBOARD_FILES}
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/metrics", self.metrics)
+        app = web.Application(middlewares=[self._errors_as_json, self._authenticate], client_max_size=1024**2)
+        router = app.router
+        router.add_get("/healthz", self.healthz)
+        router.add_get("/metrics", self.metrics)
+        router.add_get("/openapi.json", self.openapi)
+        router.add_get("/", self.dashboard)
+        router.add_get("/dashboard/{name}", self.dashboard_asset)
+        self.api.add_routes(router)
         return app
 
     async def start(self) -> None:
@@ -68,6 +107,43 @@ class AdminServer:
             await self._runner.cleanup()
             self._runner = None
 
+    # -- middlewares -----------------------------------------------------------------
+
+    def _public(self, request: web.Request) -> bool:
+        if request.method not in ("GET", "HEAD"):
+            return False
+        return request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/")
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = self.token
+        if token is None or self._public(request):
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            what = "missing" if not given else "wrong"
+            response = error_response(401, f"Authorization: a bearer token is required ({what} token)",
+                                      "Authorization")  # fmt: skip
+            response.headers["WWW-Authenticate"] = 'Bearer realm="omnixan-lb admin"'
+            return response
+        return await handler(request)
+
+    @web.middleware
+    async def _errors_as_json(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own errors (unknown path, wrong method, body too large) as JSON, like the API's."""
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = error_response(exc.status, exc.reason, None)
+            for name in ("Allow",):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
+            return response
+
+    # -- public routes ---------------------------------------------------------------
+
     async def healthz(self, request: web.Request) -> web.Response:
         healthy = sum(1 for b in self.lb.backends.values() if b.health.state is HealthState.HEALTHY)
         status = 200 if healthy else 503
@@ -77,3 +153,19 @@ class AdminServer:
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return self._file("index.html")
+
+    async def dashboard_asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in DASHBOARD_FILES or name == "index.html":
+            return error_response(404, f"no dashboard file {name!r}", None)
+        return self._file(name)
+
+    def _file(self, name: str) -> web.Response:
+        return web.Response(body=self._files[name], content_type=DASHBOARD_FILES[name], charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})  # fmt: skip

@@ -39,7 +39,7 @@ class Server:
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
-        self.admin = AdminServer(self.lb, self.registry, config.admin)
+        self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:

@@ -685,4 +685,6 @@ class RequestCycle:
                        backend_id=None if route is None else route.backend_id, attempts=self.attempts,
                        upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
                        total_ms=(now - self.started) * 1000.0)  # fmt: skip
+        server.lb.request_stats.record("none" if self.route is None else self.route.backend_id, self.status or 499,
+                                       conn.loop.time() - self.started)  # fmt: skip
         conn.cycle_finished(self)

@@ -1,0 +1,297 @@
+// OMNIXAN LB dashboard: polls GET /distribution every second and renders it.
+// No framework, no build step. Every value from the server is put in the page
+// with textContent, never as HTML.
+"use strict";
+(() => {
+  const TOKEN_KEY = "omnixan-lb-token";
+  const REMOVED_KEY = "omnixan-lb-removed";
+  const REFRESH_MS = 1000;
+  const HISTORY = 120; // sparkline points (seconds)
+  const CONFIG_FIELDS = ["host", "port", "weight", "priority", "quantum_capable", "max_connections", "metadata"];
+
+  const $ = (id) => document.getElementById(id);
+  const rates = [];
+  const lastConfig = new Map(); // backend id -> the fields needed to add it again
+  let tokenWait = null;
+
+  // -- the API, with the bearer token asked once and kept in session storage ------------
+
+  function askToken() {
+    if (tokenWait) return tokenWait;
+    tokenWait = new Promise((resolve) => {
+      const dialog = $("token-dialog");
+      const form = $("token-form");
+      const input = $("token");
+      input.value = "";
+      form.addEventListener("submit", function onSubmit(event) {
+        event.preventDefault();
+        const value = input.value.trim();
+        if (!value) return;
+        sessionStorage.setItem(TOKEN_KEY, value);
+        form.removeEventListener("submit", onSubmit);
+        dialog.close();
+        $("forget-token").hidden = false;
+        tokenWait = null;
+        resolve();
+      });
+      dialog.showModal();
+      input.focus();
+    });
+    return tokenWait;
+  }
+
+  async function api(method, path, body) {
+    for (;;) {
+      const headers = {};
+      const token = sessionStorage.getItem(TOKEN_KEY);
+      if (token) headers.Authorization = "Bearer " + token;
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      const response = await fetch(path, {
+        method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
+      });
+      if (response.status === 401) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        await askToken();
+        continue;
+      }
+      const data = await response.json().catch(() => null);
+      if (!response.ok) {
+        throw new Error((data && data.error) || `${response.status} ${response.statusText}`);
+      }
+      return data;
+    }
+  }
+
+  function say(text, isError = true) {
+    const message = $("message");
+    message.textContent = text;
+    message.style.color = isError ? "" : "var(--ok)";
+  }
+
+  // -- formatting ---------------------------------------------------------------------------
+
+  const fixed = (value, digits) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+  const percent = (value) => (value === null || value === undefined ? "–" : (100 * value).toFixed(1) + " %");
+  const ms = (value) => (value === null || value === undefined ? "–" : Number(value).toFixed(1) + " ms");
+  const badge = (text, cls) => {
+    const span = document.createElement("span");
+    span.className = "badge " + cls;
+    span.textContent = text.replace("_", "-");
+    return span;
+  };
+
+  // -- rendering ----------------------------------------------------------------------------
+
+  function renderSparkline() {
+    const max = Math.max(1, ...rates);
+    const step = 240 / Math.max(rates.length - 1, 1); // the line spans the card from the first sample on
+    const points = rates.map((r, i) => `${(i * step).toFixed(1)},${(46 - (r / max) * 44).toFixed(1)}`);
+    $("sparkline-line").setAttribute("points", points.join(" "));
+  }
+
+  function renderChart(backends, totalRps) {
+    const chart = $("distribution-chart");
+    chart.replaceChildren();
+    const totalRouted = backends.reduce((sum, b) => sum + b.total_requests, 0);
+    for (const b of backends) {
+      const share = totalRps > 0 ? b.requests_per_second / totalRps : totalRouted > 0 ? b.total_requests / totalRouted : 0;
+      const row = document.createElement("div");
+      row.className = "bar-row";
+      row.dataset.backendId = b.backend_id;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = b.backend_id;
+      const track = document.createElement("div");
+      track.className = "bar-track";
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.style.width = (100 * share).toFixed(1) + "%";
+      track.append(bar);
+      const label = document.createElement("span");
+      label.className = "share";
+      label.textContent = (100 * share).toFixed(1) + " %";
+      row.append(name, track, label);
+      chart.append(row);
+    }
+    if (!backends.length) chart.textContent = "no backends";
+  }
+
+  function backendRow(id) {
+    const row = document.createElement("tr");
+    row.dataset.backendId = id;
+    for (const key of ["id", "weight", "priority", "health", "circuit", "active", "rps", "errors", "p99"]) {
+      const cell = document.createElement("td");
+      cell.dataset.field = key;
+      if (["active", "rps", "errors", "p99"].includes(key)) cell.className = "num";
+      row.append(cell);
+    }
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    const drain = document.createElement("button");
+    drain.type = "button";
+    drain.className = "drain danger";
+    drain.textContent = "Drain";
+    drain.addEventListener("click", () => drainBackend(id, drain));
+    actions.append(drain);
+    row.append(actions);
+    return row;
+  }
+
+  function renderTable(backends) {
+    const tbody = $("backends").tBodies[0];
+    const rows = new Map([...tbody.rows].map((row) => [row.dataset.backendId, row]));
+    backends.forEach((b, index) => {
+      let row = rows.get(b.backend_id);
+      if (!row) row = backendRow(b.backend_id);
+      rows.delete(b.backend_id);
+      if (tbody.rows[index] !== row) tbody.insertBefore(row, tbody.rows[index] || null);
+      const cell = (field) => row.querySelector(`td[data-field="${field}"]`);
+      cell("id").textContent = b.backend_id + (b.quantum_capable ? " ⚛" : "");
+      cell("weight").textContent = fixed(b.weight, b.weight % 1 ? 2 : 0);
+      cell("priority").textContent = String(b.priority);
+      cell("health").replaceChildren(b.draining ? badge("draining", "draining") : badge(b.health_status, b.health_status));
+      cell("circuit").replaceChildren(badge(b.circuit_state, b.circuit_state));
+      cell("active").textContent = String(b.active_connections);
+      cell("rps").textContent = fixed(b.requests_per_second, 1);
+      cell("errors").textContent = percent(b.error_rate);
+      cell("p99").textContent = ms(b.p99_latency_ms);
+      lastConfig.set(b.backend_id, Object.fromEntries(CONFIG_FIELDS.map((f) => [f, b[f]])));
+    });
+    for (const row of rows.values()) row.remove();
+  }
+
+  function removedList() {
+    try {
+      return JSON.parse(sessionStorage.getItem(REMOVED_KEY) || "[]");
+    } catch {
+      return [];
+    }
+  }
+
+  function renderRemoved() {
+    const list = removedList();
+    $("removed-section").hidden = list.length === 0;
+    const tbody = $("removed").tBodies[0];
+    tbody.replaceChildren();
+    for (const item of list) {
+      const row = document.createElement("tr");
+      row.dataset.backendId = item.backend_id;
+      const name = document.createElement("td");
+      name.textContent = item.backend_id;
+      const how = document.createElement("td");
+      how.textContent = item.note;
+      const actions = document.createElement("td");
+      actions.className = "actions";
+      const readd = document.createElement("button");
+      readd.type = "button";
+      readd.className = "readd";
+      readd.textContent = "Re-add";
+      readd.addEventListener("click", () => readdBackend(item, readd));
+      actions.append(readd);
+      row.append(name, how, actions);
+      tbody.append(row);
+    }
+  }
+
+  function render(distribution) {
+    const backends = Object.values(distribution.backends).sort((a, b) => a.backend_id.localeCompare(b.backend_id));
+    rates.push(distribution.requests_per_second || 0);
+    if (rates.length > HISTORY) rates.shift();
+    $("total-rps").textContent = fixed(distribution.requests_per_second, 1);
+    $("total-requests").textContent = String(distribution.total_requests);
+    $("backend-count").textContent = String(backends.length);
+    $("queued").textContent = String(distribution.queued_requests);
+    const select = $("algorithm");
+    if (document.activeElement !== select && select.dataset.current !== distribution.algorithm) {
+      select.value = distribution.algorithm;
+      select.dataset.current = distribution.algorithm;
+    }
+    renderSparkline();
+    renderChart(backends, distribution.requests_per_second);
+    renderTable(backends);
+    const status = $("status");
+    status.className = "status live";
+    status.textContent = "live · " + new Date(distribution.timestamp * 1000).toLocaleTimeString();
+  }
+
+  // -- actions --------------------------------------------------------------------------------
+
+  async function drainBackend(id, button) {
+    button.disabled = true;
+    button.textContent = "Draining…";
+    const config = lastConfig.get(id);
+    try {
+      const result = await api("POST", `/backends/${encodeURIComponent(id)}/drain`, {});
+      const finished = new Date(result.finished_at * 1000).toLocaleTimeString();
+      const note = `${result.in_flight} in flight, ` +
+        (result.completed ? "all finished" : `${result.in_flight_left} left at the timeout`) + `, removed ${finished}`;
+      sessionStorage.setItem(REMOVED_KEY, JSON.stringify([...removedList().filter((r) => r.backend_id !== id),
+        { backend_id: id, config, note }]));
+      renderRemoved();
+      say(`Drained ${id}: ${note}.`, false);
+    } catch (error) {
+      say(`Drain of ${id} failed: ${error.message}`);
+      button.disabled = false;
+      button.textContent = "Drain";
+    }
+  }
+
+  async function readdBackend(item, button) {
+    button.disabled = true;
+    try {
+      const added = await api("POST", "/backends", item.config);
+      sessionStorage.setItem(REMOVED_KEY, JSON.stringify(removedList().filter((r) => r.backend_id !== item.backend_id)));
+      renderRemoved();
+      say(`Added ${added.backend_id} again.`, false);
+    } catch (error) {
+      say(`Adding ${item.backend_id} failed: ${error.message}`);
+      button.disabled = false;
+    }
+  }
+
+  async function switchAlgorithm(event) {
+    event.preventDefault();
+    const select = $("algorithm");
+    try {
+      const result = await api("PUT", "/algorithm", { algorithm_type: select.value });
+      select.dataset.current = result.algorithm;
+      say(`Algorithm switched to ${result.algorithm}.`, false);
+    } catch (error) {
+      say(`Switching algorithm failed: ${error.message}`);
+    }
+  }
+
+  // -- start ------------------------------------------------------------------------------------
+
+  async function refresh() {
+    try {
+      render(await api("GET", "/distribution"));
+    } catch (error) {
+      const status = $("status");
+      status.className = "status down";
+      status.textContent = "unreachable: " + error.message;
+    }
+    setTimeout(refresh, REFRESH_MS);
+  }
+
+  async function start() {
+    $("algorithm-form").addEventListener("submit", switchAlgorithm);
+    $("forget-token").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      $("forget-token").hidden = true;
+    });
+    $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
+    renderRemoved();
+    try {
+      const algorithm = await api("GET", "/algorithm");
+      const select = $("algorithm");
+      for (const name of algorithm.available) select.add(new Option(name.replace("_", " "), name));
+      select.value = algorithm.algorithm;
+    } catch (error) {
+      say("Could not read the algorithms: " + error.message);
+    }
+    refresh();
+  }
+
+  start();
+})();
