@@ -48,16 +48,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from load_balancing_module.algorithms.ip_hash import HashRing, hash64, member_points
+from load_balancing_module.backend import Backend
 
 try:
     from bench.common import command_line, machine_info
 except ModuleNotFoundError:  # run as a script: python bench/hashing.py
-    from common import command_line, machine_info  # type: ignore[no-redef]
+    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
 
 SIZES = (10, 100, 1_000)
 KEYS = 1_000_000
@@ -73,6 +74,11 @@ class Member:
     def __init__(self, port: int, weight: float = 1.0) -> None:
         self.key = f"127.0.0.1:{port}"
         self.weight = weight
+
+
+def build_ring(members: Sequence[Member], points: int | None) -> HashRing:
+    """HashRing reads only ``key`` and ``weight`` of its members: a Member stands in for a Backend."""
+    return HashRing(cast("Sequence[Backend]", members), points)
 
 
 def make_keys(count: int) -> list[str]:
@@ -106,7 +112,7 @@ def time_build(members: Sequence[Member], cold: bool) -> float:
         if cold:
             member_points.cache_clear()
         t0 = time.perf_counter()
-        HashRing(members, None)
+        build_ring(members, None)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -118,11 +124,11 @@ def measure(n: int, keys: Sequence[str], key_hashes: np.ndarray[Any, np.dtype[np
     added = [*base, Member(10_000 + n)]
     cold_s = time_build(base, cold=True)
     rebuild_s = time_build(removed, cold=False)
-    rings = {"base": HashRing(base, None), "removed": HashRing(removed, None), "added": HashRing(added, None)}
+    rings = {"base": build_ring(base, None), "removed": build_ring(removed, None), "added": build_ring(added, None)}
     # The same addition with the points per member pinned to the base ring's: shows what the
     # default (160,000 / N, so it changes with N) costs when N crosses a step.
     per_member = len(rings["base"].hashes) // n
-    rings["added_pinned"] = HashRing(added, per_member)
+    rings["added_pinned"] = build_ring(added, per_member)
     owners = {state: owners_of(ring, key_hashes) for state, ring in rings.items()}
     total = len(key_hashes)
     moved_removed = owners["base"] != owners["removed"]
@@ -190,6 +196,7 @@ def run(sizes: Sequence[int] = SIZES, keys_count: int = KEYS, progress: bool = T
         "machine": machine_info(),
         "command": command_line(),
         "keys": keys_count,
+        "lookups": min(LOOKUPS, keys_count),
         "key_hashing_s": hashing_s,
         "results": results,
         "wall_s": time.perf_counter() - started,

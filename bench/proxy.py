@@ -52,7 +52,7 @@ from typing import Any
 try:
     from bench.common import command_line, machine_info
 except ModuleNotFoundError:  # run as a script: python bench/proxy.py
-    from common import command_line, machine_info  # type: ignore[no-redef]
+    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_PORTS = (19101, 19102)
@@ -73,6 +73,16 @@ def ensure_tools() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", *(packages[m] for m in missing)], check=True, env=env)
+
+
+def tool_versions() -> dict[str, str]:
+    """The first line each tool prints about its version (nginx writes it to stderr)."""
+    versions = {}
+    for tool in ("nginx", "haproxy", "wrk"):
+        done = subprocess.run([tool, "-v"], capture_output=True, text=True, check=False)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        versions[tool] = lines[0].strip() if lines else "unknown"
+    return versions
 
 
 def check_free(ports: Sequence[int]) -> None:
@@ -315,6 +325,7 @@ def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200)
         "machine": info,
         "command": command_line(),
         "settings": {"reps": reps, "duration_s": duration, "connections": list(connections), "wrk_threads": 1},
+        "versions": tool_versions(),
         "pinning": "proxy under test on CPU 0; wrk and the two nginx backends on CPU 1",
         "rows": rows,
         "samples": {name: {str(c): [asdict(x) for x in xs] for c, xs in by.items()} for name, by in samples.items()},

@@ -82,7 +82,7 @@ from load_balancing_module import (
 try:
     from bench.common import command_line
 except ModuleNotFoundError:  # run as a script: python bench/routing.py
-    from common import command_line  # type: ignore[no-redef]
+    from common import command_line  # type: ignore[no-redef,import-not-found]
 
 Step = tuple[Request, bool, float]  # a request to route; success and latency_ms for the one completed
 
@@ -378,7 +378,7 @@ async def collect(settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType
     plan = build_plan(rng, build_requests(rng))
     overhead = await harness_overhead(plan, settings)
     print(f"harness overhead (same loop, two no-op coroutines): {overhead:.2f} us per pair, included below\n")
-    configs = {n: backend_configs(n) for n in sizes or SIZES}
+    configs: dict[int, Sequence[BackendConfig]] = {n: backend_configs(n) for n in sizes or SIZES}
     results: dict[str, dict[int, Case]] = {}
     started = time.perf_counter()
     for kind in kinds or list(LoadBalancingAlgorithmType):

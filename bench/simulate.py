@@ -72,7 +72,7 @@ from load_balancing_module import (
 try:
     from bench.common import command_line, machine_info
 except ModuleNotFoundError:  # run as a script: python bench/simulate.py
-    from common import command_line, machine_info  # type: ignore[no-redef]
+    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
 
 CLASSICAL_MS = 50.0  # mean service time of a classical request on a normal backend
 QUANTUM_MS = 150.0  # mean service time of a quantum request on a quantum-capable backend
