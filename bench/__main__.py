@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["wall_s"] = timings[part]
         results["finished_at"] = now_utc()
         results["quick"] = bool(args.quick)
-        (args.img / f"{part}.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+        (args.img / f"{part}.json").write_text(json.dumps(results, separators=(",", ":")), encoding="utf-8")
         print(f"== {part}: {timings[part]:.0f} s ==\n", flush=True)
     total = time.perf_counter() - started
     parts: dict[str, dict[str, Any]] = {}
@@ -114,15 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if path.exists():
             parts[part] = json.loads(path.read_text(encoding="utf-8"))
     each = ", ".join(f"{p} {s:.0f} s" for p, s in timings.items())
-    summary = (f"Last run: `{suite_command}` on {describe_machine(info)}, {now_utc()}: "
-               f"{total / 60:.1f} minutes ({each}).")  # fmt: skip
-    if args.render_only:
-        previous = [f"{p} {r.get('finished_at', '?')} ({r.get('wall_s', 0):.0f} s)" for p, r in parts.items()]
-        summary = f"Rendered from saved results: {', '.join(previous)}."
+    suite_file = args.img / "suite.json"
+    if set(chosen) == set(PARTS):  # a full run: what the header states until the next one
+        full = {"command": suite_command, "machine": describe_machine(info), "finished_at": now_utc(),
+                "minutes": total / 60, "parts": each}  # fmt: skip
+        suite_file.write_text(json.dumps(full, indent=1), encoding="utf-8")
+    summary = ""
+    if suite_file.exists():
+        full = json.loads(suite_file.read_text(encoding="utf-8"))
+        summary = (f"Last full run: `{full['command']}` on {full['machine']}, {full['finished_at']}: "
+                   f"{full['minutes']:.1f} minutes ({full['parts']}).")  # fmt: skip
+    if chosen and set(chosen) != set(PARTS):
+        summary += f" Then `{suite_command}` re-ran {', '.join(chosen)} ({now_utc()})."
     quick = [p for p, r in parts.items() if r.get("quick")]
     if quick:
         summary += f"\n\n**Quick run (`--quick`) figures in: {', '.join(quick)}.** Not for comparison."
-    args.doc.write_text(report.render(parts, summary), encoding="utf-8")
+    args.doc.write_text(report.render(parts, summary.strip()), encoding="utf-8")
     print(f"suite: {total:.0f} s ({each}); wrote {args.doc} and plots in {args.img}")
     return 0
 

@@ -35,6 +35,9 @@ def provenance(results: dict[str, Any], when: str | None = None) -> str:
     ]
     if when or results.get("finished_at"):
         parts.append(f"Run: {when or results['finished_at']}, {results.get('wall_s', 0):.0f} s")
+    load = info.get("load_average")
+    if load:
+        parts.append(f"Load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in load)}")
     return "  \n".join(parts)
 
 
@@ -109,6 +112,15 @@ What causes the shortfalls (my reading of the tables below, not a proof):
   early that happens relative to the run length; their p99.9 sits at the
   timeout. In the 90 % cases IP_HASH is also hurt by its uneven spread
   (clients, not requests, are balanced).
+- **Weights 1..8**: ROUND_ROBIN ignores weights, so the small backends get an
+  eighth of the traffic each, far beyond their capacity; their requests time
+  out, their circuits open, the rest of the fleet takes their share and
+  overflows in turn, and at times every circuit is open (the *failed*
+  column). WEIGHTED holds the proportions but not the queues, so it trails the
+  load-aware algorithms at 90 %.
+- **IP_HASH** everywhere: it spreads clients, not requests, and ignores load,
+  so even with 8 equal backends its p99 at 90 % is well above the others'
+  (bounded loads, `balance_factor`, are off by default and here).
 - **quantum_mix**: every algorithm but QUANTUM_AWARE sends quantum requests
   to classical backends, where (by this scenario's assumption) they are
   emulated {emulation:g}x slower. That multiplies the work of the fleet well
@@ -337,6 +349,15 @@ budget, and a machine shared with other measurements): run `bench/proxy.py
 children, from `/proc/<pid>/stat` before and after each run) per 10,000
 requests: the cost of a request independent of how busy the machine was.
 Ratios are against nginx at the same number of connections. Versions: {versions}.
+
+The machine is a shared 2-core VM and other measurements may run on it at the
+same time (see the load average below): compare the ratios within one run,
+and the CPU per request, rather than the absolute requests/s across runs.
+nginx's upstream pool keeps 64 idle connections (`keepalive 64`, as issue 3
+set it up), fewer than the 200 client connections, so at 200 connections
+nginx probably opens and closes upstream connections where HAProxy
+(`http-reuse always`) shares them; that is my guess at why nginx falls
+behind HAProxy there, not something this run measures.
 """
 
 

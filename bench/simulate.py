@@ -248,7 +248,7 @@ def cdf_points(ordered: Sequence[float], points: int = 160) -> list[tuple[float,
     for i in range(points):
         tail = 10 ** (-4.0 * i / (points - 1))  # 1 .. 1e-4
         rank = min(n, max(1, math.ceil((1.0 - tail) * n)))
-        out.append((ordered[rank - 1], tail))
+        out.append((round(ordered[rank - 1], 2), float(f"{tail:.4g}")))
     return out
 
 
