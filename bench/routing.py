@@ -4,7 +4,7 @@ A benchmark, not a test: it prints figures and asserts nothing about time.
 
 Method
 ------
-For each algorithm and each tier size (10, 1,000, 10,000 backends) a fresh
+For each algorithm and each tier size (10, 100, 1,000, 10,000 backends) a fresh
 ``LoadBalancingModule`` is built with health checks off (``initialize`` is
 never called, so nothing runs in the background and nothing is contacted)
 and the backends ``127.0.0.1:10000+i``. A quarter of them are quantum-capable
@@ -39,6 +39,7 @@ Usage::
     .venv/bin/python bench/routing.py                 # full table (under a minute)
     .venv/bin/python bench/routing.py --quick         # fewer, smaller batches
     .venv/bin/python bench/routing.py --json out.json # also write raw results
+    .venv/bin/python bench/routing.py --plot docs/img/bench   # also routing-cost.png (matplotlib)
     .venv/bin/python bench/routing.py --profile ip_hash 10000
 """
 
@@ -55,14 +56,13 @@ import os
 import platform
 import pstats
 import random
-import shlex
 import statistics
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import cycle, islice
+from pathlib import Path
 from typing import Any
 
 from load_balancing_module import (
@@ -79,9 +79,14 @@ from load_balancing_module import (
     WorkloadType,
 )
 
+try:
+    from bench.common import command_line
+except ModuleNotFoundError:  # run as a script: python bench/routing.py
+    from common import command_line  # type: ignore[no-redef,import-not-found]
+
 Step = tuple[Request, bool, float]  # a request to route; success and latency_ms for the one completed
 
-SIZES = (10, 1_000, 10_000)
+SIZES = (10, 100, 1_000, 10_000)  # the bar reads 10, 1,000 and 10,000; 100 fills in the plot
 IN_FLIGHT = 16  # requests kept in flight during the steady state
 POOL = 1_000  # distinct pre-built requests (distinct client IPs)
 PLAN = 8_191  # length of the pre-drawn (request, outcome, latency) plan; prime, so it drifts against POOL
@@ -284,6 +289,7 @@ def machine() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
+        "kernel": f"{platform.system()} {platform.release()}",
         "event_loop": loop_name,
         "uvloop": "uvloop" in loop_name,
         "gc": gc.isenabled(),
@@ -292,7 +298,7 @@ def machine() -> dict[str, Any]:
 
 
 def command() -> str:
-    return f"cd {shlex.quote(os.getcwd())} && {shlex.join([sys.executable, *sys.argv])}"
+    return command_line()
 
 
 def print_header(info: dict[str, Any], timing: str) -> None:
@@ -309,7 +315,7 @@ def print_header(info: dict[str, Any], timing: str) -> None:
 
 
 def verdict(cases: dict[int, Case]) -> tuple[float | None, str]:
-    lo, mid, hi = (cases.get(n) for n in SIZES)
+    lo, mid, hi = (cases.get(n) for n in (10, 1_000, 10_000))
     ratio = hi.median_us / lo.median_us if lo and hi else None
     if mid is None or ratio is None:
         return ratio, "n/a"
@@ -361,7 +367,9 @@ def parse_algorithm(name: str) -> LoadBalancingAlgorithmType:
     raise argparse.ArgumentTypeError(f"unknown algorithm {name!r}; choose from {choices}")
 
 
-async def run_table(args: argparse.Namespace, settings: Settings) -> None:
+async def collect(settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType] | None = None,
+                  sizes: Sequence[int] | None = None) -> tuple[dict[str, Any], dict[str, dict[int, Case]]]:  # fmt: skip
+    """Measure every algorithm at every size; the raw results (JSON-serialisable) and the cases."""
     info = machine()
     print_header(info, f"{settings.warmup} warm-up pairs, then {settings.batches} rounds of one "
                        f"{settings.batch}-pair batch per size (interleaved);\n"
@@ -370,45 +378,90 @@ async def run_table(args: argparse.Namespace, settings: Settings) -> None:
     plan = build_plan(rng, build_requests(rng))
     overhead = await harness_overhead(plan, settings)
     print(f"harness overhead (same loop, two no-op coroutines): {overhead:.2f} us per pair, included below\n")
-    kinds = args.algorithms or list(LoadBalancingAlgorithmType)
-    sizes = args.sizes or list(SIZES)
-    configs = {n: backend_configs(n) for n in sizes}
+    configs: dict[int, Sequence[BackendConfig]] = {n: backend_configs(n) for n in sizes or SIZES}
     results: dict[str, dict[int, Case]] = {}
     started = time.perf_counter()
-    for kind in kinds:
+    for kind in kinds or list(LoadBalancingAlgorithmType):
         cases = results[kind.value] = await measure(kind, configs, plan, settings)
         figures = ", ".join(f"{n:,}: {c.median_us:.2f} us" for n, c in cases.items())
         print(f"  measured {kind.value:<18} {figures}", flush=True)
         gc.collect()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\n(all cases in {time.perf_counter() - started:.0f} s; load average now {load})\n")
-    print_table(results, sizes)
+    info["load_average_end"] = os.getloadavg()
+    print(f"\n(all cases in {time.perf_counter() - started:.0f} s; load average now "
+          f"{' '.join(f'{x:.2f}' for x in info['load_average_end'])})\n")  # fmt: skip
+    raw = {
+        "machine": info,
+        "command": command(),
+        "settings": asdict(settings),
+        "workload": {
+            "in_flight": IN_FLIGHT,
+            "pool": POOL,
+            "quantum_share": QUANTUM_SHARE,
+            "quantum_every": QUANTUM_EVERY,
+            "failure_rate": FAILURE_RATE,
+            "latency_median_ms": LATENCY_MEDIAN_MS,
+            "latency_sigma": LATENCY_SIGMA,
+        },
+        "bar": {"us_at_1000": BAR_US_AT_1000, "ratio": BAR_RATIO},
+        "harness_overhead_us": overhead,
+        "sizes": list(configs),
+        "wall_s": time.perf_counter() - started,
+        "results": [
+            {**asdict(c), "ratio_10k_10": verdict(cases)[0], "verdict": verdict(cases)[1]}
+            for cases in results.values()
+            for c in cases.values()
+        ],
+    }
+    return raw, results
+
+
+async def run_table(args: argparse.Namespace, settings: Settings) -> None:
+    raw, results = await collect(settings, args.algorithms, args.sizes)
+    print_table(results, raw["sizes"])
     print_details(results)
     if args.json:
-        raw = {
-            "machine": info,
-            "command": command(),
-            "settings": asdict(settings),
-            "workload": {
-                "in_flight": IN_FLIGHT,
-                "pool": POOL,
-                "quantum_share": QUANTUM_SHARE,
-                "quantum_every": QUANTUM_EVERY,
-                "failure_rate": FAILURE_RATE,
-                "latency_median_ms": LATENCY_MEDIAN_MS,
-                "latency_sigma": LATENCY_SIGMA,
-            },
-            "bar": {"us_at_1000": BAR_US_AT_1000, "ratio": BAR_RATIO},
-            "harness_overhead_us": overhead,
-            "results": [
-                {**asdict(c), "ratio_10k_10": verdict(cases)[0], "verdict": verdict(cases)[1]}
-                for cases in results.values()
-                for c in cases.values()
-            ],
-        }
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(raw, fh, indent=2)
         print(f"\nraw results written to {args.json}")
+    if args.plot:
+        print(f"plot written: {plot(raw, args.plot)}")
+
+
+def plot(raw: dict[str, Any], outdir: str) -> str:
+    """Cost per pair against the number of backends, per algorithm (log x axis); returns the file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    by_algorithm: dict[str, list[dict[str, Any]]] = {}
+    for case in raw["results"]:
+        by_algorithm.setdefault(case["algorithm"], []).append(case)
+    for algorithm, cases in by_algorithm.items():
+        cases.sort(key=lambda c: c["backends"])
+        xs = [c["backends"] for c in cases]
+        line = ax.plot(xs, [c["median_us"] for c in cases], marker="o", label=algorithm)[0]
+        ax.plot(xs, [c["min_us"] for c in cases], linestyle=":", color=line.get_color(), linewidth=1)
+    ax.axhline(raw["harness_overhead_us"], color="grey", linewidth=0.8, linestyle="--",
+               label="harness overhead (no-op route/complete)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("backends in the tier (log)")
+    ax.set_ylabel("microseconds per route + complete pair")
+    ax.set_title("Routing cost: median batch (solid), fastest batch (dotted)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(True, linewidth=0.3)
+    info = raw["machine"]
+    caption = (f"{raw['command']}\n{info['cpu']}, {info['cores']} cores, {info['python']}, "
+               f"{info['platform']}, {info['event_loop']}")  # fmt: skip
+    fig.text(0.01, 0.005, caption, fontsize=6.5, family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out / "routing-cost.png", dpi=110)
+    plt.close(fig)
+    return "routing-cost.png"
 
 
 async def run_profile(kind: LoadBalancingAlgorithmType, n: int, settings: Settings, top: int) -> None:
@@ -442,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="fewer, smaller batches (a smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
+    parser.add_argument("--plot", metavar="DIR", help="also write routing-cost.png to DIR (needs matplotlib)")
     parser.add_argument("--profile", nargs=2, metavar=("ALGO", "N"),
                         help="cProfile the timed loop of ALGO at N backends; print the top functions")  # fmt: skip
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile (default 25)")

@@ -1,0 +1,426 @@
+"""docs/benchmarks.md from the suite's results: the hand-written text is the template here.
+
+Edit the text in this module, not the generated file: ``python -m bench``
+rewrites docs/benchmarks.md on every run. Every figure in it comes from the
+results passed in, and every section names the command and machine that
+produced its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from bench import simulate
+
+IMG = "img/bench"  # figures, relative to docs/
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    marks = [":---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def provenance(results: dict[str, Any], when: str | None = None) -> str:
+    info = results["machine"]
+    kernel = info.get("kernel") or info.get("platform", "")
+    parts = [
+        f"Command: `{results['command']}`",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['python']}, {kernel}",
+    ]
+    if when or results.get("finished_at"):
+        parts.append(f"Run: {when or results['finished_at']}, {results.get('wall_s', 0):.0f} s")
+    load = info.get("load_average")
+    if load:
+        parts.append(f"Load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in load)}")
+    return "  \n".join(parts)
+
+
+def _ms(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+# -- 1. simulation ------------------------------------------------------------------------
+
+SIM_INTRO = """\
+## 1. Algorithm quality under uneven backends: `bench/simulate.py`
+
+A discrete-event simulation drives the real `LoadBalancingModule` (the real
+algorithms, circuit breakers and health state) through `route_now` and
+`complete_now`, with a `FakeClock` set to the simulated time before every
+call, so EWMA decay and breaker timeouts run on simulated time. Each completion
+reports the request's response time (queueing + service), as the proxy does,
+so LEAST_LATENCY and QUANTUM_AWARE learn from it. Health checks are off
+(nothing to probe), so the circuit breakers (defaults: 5 consecutive failures
+open a circuit for 60 s) are the only failure detection.
+
+Each backend is a first-come-first-served queue with 4 servers (scenario 4:
+as many servers as its weight). Service times are exponential, 50 ms on
+average for a classical request. Arrivals are Poisson at 70 % or 90 % of the
+fleet's capacity *in its slowest phase* (so in "slows halfway" the load before
+the slowdown is lower: 80 % of the healthy capacity at "90 %"). A client gives
+up after {timeout_s:g} s: the request is then reported to the balancer as a
+failure and counted as *timed out* (the backend still does the work; nobody
+tells it). *Failed* counts requests the balancer could not place at all (every
+circuit open). Latency percentiles are over all placed requests, timed-out ones
+counted at {timeout_s:g} s. *Opened* counts circuits that opened during the run.
+*Share* is the share of requests each backend received (backend 0 first: the
+slow one in scenarios 2 and 3, the weight-1 one in scenario 4, the two
+quantum-capable ones are 0 and 1 in scenario 5).
+
+All policies see exactly the same requests: arrival times, clients, workload
+types and service-time draws come from one seeded stream ({duration_s:g}
+simulated seconds per case, seed {seed}). The reference, **oracle**, is not an
+algorithm of the module: it joins the queue with the shortest *expected* delay
+with perfect knowledge of every backend's backlog (when each of its servers
+frees up) and of each backend's current speed, but not of the request's own
+size. It needs no breakers and never times out a request here.
+"""
+
+SIM_CAUSES = """\
+What causes the shortfalls (my reading of the tables below, not a proof):
+
+- **LEAST_CONNECTIONS** balances requests *in flight*, not time. A backend 10x
+  slower holds as many requests in flight as a fast one, so it keeps receiving
+  a share proportional to its throughput ({lc_share} of all requests in "one
+  slow" at 90 %; the oracle sends it {oracle_share}), and each of those waits
+  behind 10x slower services. That share is above 1 %, so the p99 lands inside
+  the slow backend's latencies. Slow but never failing is its worst case: the
+  requests finish within the client timeout, so no circuit opens. This is the
+  algorithm doing what it says, not a bug; the cure is to weigh latency
+  (LEAST_LATENCY, QUANTUM_AWARE's score).
+- **LEAST_LATENCY** still sends the slow backend {ll_share} of the requests in
+  "one slow" at 90 %. I believe two things cause it: the cost it compares is
+  peak-EWMA *response time* (which already includes queueing) times
+  (in flight + 1), so in a burst the fast backends' costs climb toward the
+  slow backend's; and every cost decays toward zero between samples (time
+  constant `decay_seconds`, 10 s), so an idle slow backend looks cheap again
+  after a while and is retried. That costs the p99.9 more than the p99.
+- **ROUND_ROBIN, WEIGHTED and IP_HASH** ignore speed: the slow backend gets its
+  full share, overflows, its requests time out, and only the circuit breaker
+  takes it out (after 5 consecutive timeouts, for 60 s, so here for the rest
+  of the run). How close their p99 then gets to the oracle's depends on how
+  early that happens relative to the run length; their p99.9 sits at the
+  timeout. In the 90 % cases IP_HASH is also hurt by its uneven spread
+  (clients, not requests, are balanced).
+- **Weights 1..8**: ROUND_ROBIN ignores weights, so the small backends get an
+  eighth of the traffic each, far beyond their capacity; their requests time
+  out, their circuits open, the rest of the fleet takes their share and
+  overflows in turn, and at times every circuit is open (the *failed*
+  column). WEIGHTED holds the proportions but not the queues, so it trails the
+  load-aware algorithms at 90 %.
+- **IP_HASH** everywhere: it spreads clients, not requests, and ignores load,
+  so even with 8 equal backends its p99 at 90 % is well above the others'
+  (bounded loads, `balance_factor`, are off by default and here).
+- **quantum_mix**: every algorithm but QUANTUM_AWARE sends quantum requests
+  to classical backends, where (by this scenario's assumption) they are
+  emulated {emulation:g}x slower. That multiplies the work of the fleet well
+  beyond its capacity at both loads, queues overflow, timeouts open circuits on
+  every backend, and most requests fail. It shows why the workload class must
+  steer placement, not a defect of the other algorithms.
+"""
+
+
+def render_simulation(res: dict[str, Any]) -> str:
+    settings = res["settings"]
+    out = [SIM_INTRO.format(**settings), provenance(res), ""]
+    rows = simulate.ratio_rows(res)
+    out.append("### The key figure: p99 against the oracle in the slow-backend scenarios\n")
+    out.append(f"Aim: LEAST_LATENCY and LEAST_CONNECTIONS within {simulate.AIM:g}x the oracle's p99; "
+               "ROUND_ROBIN for contrast. The table has every algorithm, and the p99.9 ratio too.\n")  # fmt: skip
+    out.append(f"![p99 relative to the oracle]({IMG}/sim-p99-ratio.png)\n")
+    cases = sorted({(r["scenario"], r["load"]) for r in rows},
+                   key=lambda c: (simulate.SLOW_SCENARIOS.index(c[0]), c[1]))  # fmt: skip
+    policies = [p for p in simulate.POLICIES if p != simulate.ORACLE]
+    table_rows = []
+    for policy in policies:
+        cells = [f"`{policy}`"]
+        for scenario, load in cases:
+            match = [r for r in rows if (r["scenario"], r["load"], r["policy"]) == (scenario, load, policy)]
+            cells.append(f"{match[0]['p99_ratio']:.2f} ({match[0]['p999_ratio']:.2f})" if match else "-")
+        table_rows.append(cells)
+    headers = ["p99 / oracle p99 (p99.9 / oracle p99.9)", *(f"{s} {load:.0%}" for s, load in cases)]
+    out.append(md_table(headers, table_rows))
+    out.append("")
+    misses = [
+        r for r in rows if r["policy"] in ("least_latency", "least_connections") and r["p99_ratio"] > simulate.AIM
+    ]
+    if misses:
+        listed = ", ".join(f"`{r['policy']}` in {r['scenario']} at {r['load']:.0%} ({r['p99_ratio']:.2f}x)"
+                           for r in misses)  # fmt: skip
+        out.append(f"**Aim missed:** {listed}.\n")
+    else:
+        out.append("**Aim met:** LEAST_LATENCY and LEAST_CONNECTIONS are within "
+                   f"{simulate.AIM:g}x the oracle's p99 in every slow-backend case.\n")  # fmt: skip
+    out.append(SIM_CAUSES.format(lc_share=_slow_share(res, "least_connections"),
+                                 oracle_share=_slow_share(res, simulate.ORACLE),
+                                 ll_share=_slow_share(res, "least_latency"),
+                                 emulation=settings["emulation_factor"]))  # fmt: skip
+    for scenario in res["scenarios"]:
+        out.append(f"### {scenario['title']}\n")
+        out.append(f"Capacity {scenario['capacity_rps']:.0f} requests/s (slowest phase).\n")
+        out.append(f"![latency distribution, {scenario['name']}]({IMG}/sim-cdf-{scenario['name']}.png)\n")
+        body = []
+        for r in res["results"]:
+            if r["scenario"] != scenario["name"]:
+                continue
+            share = " ".join(f"{s * 100:.1f}" for s in r["share"])
+            body.append([f"{r['load']:.0%}", f"`{r['policy']}`", _ms(r["p50_ms"]), _ms(r["p99_ms"]), _ms(r["p999_ms"]),
+                         f"{r['timed_out']:,}", f"{r['failed']:,}", str(r["circuits_opened"]), share])  # fmt: skip
+        out.append(md_table(["load", "policy", "p50 ms", "p99 ms", "p99.9 ms", "timed out", "failed", "opened",
+                             "share per backend, %"], body, "llrrrrrrl"))  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
+def _slow_share(res: dict[str, Any], policy: str) -> str:
+    r = simulate.find(res, "one_slow", 0.9, policy)
+    return "n/a" if r is None else f"{r['share'][0] * 100:.1f} %"
+
+
+# -- 2. hashing ----------------------------------------------------------------------------
+
+HASH_INTRO = """\
+## 2. Consistent hashing: `bench/hashing.py`
+
+The real IP_HASH structure (`HashRing` in
+`src/load_balancing_module/algorithms/ip_hash.py`) with its default points
+per member (160,000 / N, clamped to 40..1,000), for N members of weight 1;
+then the same members minus one (*moved -1*) and plus one (*moved +1*).
+{keys:,} keys (client IPv4 addresses) are hashed once with the module's
+`hash64` and placed with numpy's `searchsorted` over the ring's sorted points,
+which is `HashRing.start`'s rule, vectorised.
+
+- *moved -1 / moved +1*: share of keys whose backend changed; the minimum is
+  1/N (1/(N+1) for an addition), the keys of the member that left or joined.
+- *extra*: keys that moved between two members that both stayed. Consistent
+  hashing should move none.
+- *keys max/mean*: the busiest member's keys over the mean. *space max/mean,
+  min/mean*: the largest and smallest member's share of the hash space over
+  1/N, from the exact arc lengths (free of the sampling noise of a finite key
+  set; the keys column includes that noise, about ±{noise:.0f} % at N = {n_max:,}).
+- *build*: time to build the ring, cold (point cache cleared) and again after
+  one member left (warm cache, as in a running balancer), median of 3.
+- *lookup*: `HashRing.start` per key (hash + binary search), one key at a time
+  in Python, over {lookups:,} keys; *hash*: `hash64` alone.
+"""
+
+HASH_MAGLEV = """\
+**Against Maglev.** The Maglev paper (Eisenbud et al., NSDI 2016) sizes its
+lookup table at M > 100 N entries to keep every backend's share of the hash
+space within about 1 % of 1/N, and accepts that a change of membership moves
+slightly more than the minimum. This ring makes the opposite trade: removals
+and additions move (close to) only the keys of the member concerned, but the
+spread of shares is much wider than 1 %: with P points per member the shares
+vary by about 1/sqrt(P) (measured standard deviation {std}), so the busiest
+member has {worst} of the fair hash space at N = {worst_n:,}. Reaching
+Maglev's 1 % with a ring would need on the order of 10,000 points per member,
+which the default point budget does not allow. A Maglev table or bounded
+loads (`balance_factor`, which this benchmark does not use) would narrow the
+spread.
+"""
+
+
+def render_hashing(res: dict[str, Any]) -> str:
+    n_max = max(r["backends"] for r in res["results"])
+    out = [HASH_INTRO.format(keys=res["keys"], n_max=n_max, noise=100 / math.sqrt(res["keys"] / n_max),
+                             lookups=res.get("lookups", min(res["keys"], 200_000))), provenance(res), ""]  # fmt: skip
+    out.append(f"![keys moved and load spread]({IMG}/hashing.png)\n")
+    body = []
+    for r in res["results"]:
+        body.append([f"{r['backends']:,}", str(r["points_per_backend"]), f"{r['moved_on_remove'] * 100:.3f} %",
+                     f"{r['moved_on_add'] * 100:.3f} %", f"{100 / r['backends']:.3f} %",
+                     f"{r['extra_moved_remove'] + r['extra_moved_add']:,}", f"{r['keys_max_over_mean']:.3f}",
+                     f"{r['space_max_over_mean']:.3f} / {r['space_min_over_mean']:.3f}",
+                     f"{r['build_cold_ms']:.0f} / {r['rebuild_after_removal_ms']:.0f}",
+                     f"{r['lookup_us']:.2f} / {r['hash_us']:.2f}"])  # fmt: skip
+    headers = ["N", "points each", "moved -1", "moved +1", "1/N", "extra", "keys max/mean",
+               "space max / min over mean", "build ms cold / rebuild", "lookup / hash, us"]  # fmt: skip
+    out.append(md_table(headers, body))
+    out.append("")
+    for r in res["results"]:
+        if r["extra_moved_add"] or r["extra_moved_remove"]:
+            out.append(f"**More keys move than needed at N = {r['backends']:,}.** Adding one member moved "
+                       f"{r['moved_on_add'] * 100:.2f} % of the keys, {r['moved_on_add'] * (r['backends'] + 1):.1f}x "
+                       f"the minimum, {r['extra_moved_add']:,} of them between members that both stayed. "
+                       f"The default points per member is 160,000 / N: {r['points_per_backend']} at N = "
+                       f"{r['backends']:,} but {r['added_points_per_backend']} at N + 1, so every member "
+                       "loses a point and its arc goes to a neighbour. With the points pinned "
+                       f"(`points: {r['points_per_backend']}` in the algorithm config) the same addition "
+                       f"moves {r['moved_on_add_pinned_points'] * 100:.2f} %. This happens whenever "
+                       "160,000 / N rounds to a different count for the old and the new N: at every "
+                       "change of size between about 160 and 400 members, and at a falling share of them "
+                       "up to 4,000 (about one in six near 1,000). The API contract says a change moves "
+                       "\"no more than needed\". The fix belongs in `ip_hash.py` (a point count that "
+                       "does not follow N by the unit, e.g. a power of two), not in this benchmark.\n")  # fmt: skip
+    rows = res["results"]
+    worst = max(rows, key=lambda r: r["space_max_over_mean"])
+    std = ", ".join(f"{r['space_stdev_over_mean'] * 100:.1f} % at N = {r['backends']:,} ({r['points_per_backend']} "
+                    "points)" for r in rows)  # fmt: skip
+    out.append(HASH_MAGLEV.format(std=std, worst=f"{worst['space_max_over_mean']:.2f}x", worst_n=worst["backends"]))
+    return "\n".join(out)
+
+
+# -- 3. routing ----------------------------------------------------------------------------
+
+ROUTING_INTRO = """\
+## 3. Routing cost: `bench/routing.py`
+
+Median cost of one `route_request` + `complete_request` pair, per algorithm,
+at 10, 100, 1,000 and 10,000 backends (one priority tier). Steady state: 16
+requests in flight (route a new one, complete the oldest), 1,000 client IPs,
+30 % quantum workloads, a quarter of the backends quantum-capable, weights
+1-3, 1 % failures, log-normal latencies (median 20 ms), health checks off,
+plain asyncio on the real clock. The sizes of an algorithm are timed in
+alternating batches ({batches} rounds x {batch:,} pairs) so that a burst of load
+from elsewhere hits all sizes alike. Cells are *median batch (fastest batch)*
+in µs per pair, harness overhead ({overhead:.2f} µs in this run) included.
+
+The bar from issue 2: a median of at most 10 µs per pair at 1,000 backends,
+and at 10,000 backends at most 1.5x the 10-backend cost.
+
+**This machine is noisy.** It is a shared VM: the same code measured minutes
+apart gives medians up to ~2x apart, and within a run the median batch can be
+well above the fastest. The fastest-batch column is the steadier figure, and
+instruction counts (`bench/route_pairs.py` under callgrind, see its
+docstring) are steadier still. The load average is printed with the run.
+"""
+
+
+def render_routing(res: dict[str, Any]) -> str:
+    settings = res["settings"]
+    out = [ROUTING_INTRO.format(batches=settings["batches"], batch=settings["batch"],
+                                overhead=res["harness_overhead_us"]), provenance(res)]  # fmt: skip
+    load = res["machine"].get("load_average")
+    load_end = res["machine"].get("load_average_end")
+    if load and load_end:
+        out.append(f"Load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in load)} at start, "
+                   f"{' '.join(f'{x:.2f}' for x in load_end)} at end.")  # fmt: skip
+    out.append("")
+    out.append(f"![routing cost against backends]({IMG}/routing-cost.png)\n")
+    sizes = res["sizes"]
+    by_algorithm: dict[str, dict[int, dict[str, Any]]] = {}
+    for case in res["results"]:
+        by_algorithm.setdefault(case["algorithm"], {})[case["backends"]] = case
+    body = []
+    for algorithm, cases in by_algorithm.items():
+        cells = [f"`{algorithm}`"]
+        for n in sizes:
+            c = cases.get(n)
+            cells.append(f"{c['median_us']:.2f} ({c['min_us']:.2f})" if c else "-")
+        any_case = next(iter(cases.values()))
+        cells += [_ratio(any_case["ratio_10k_10"]), any_case["verdict"]]
+        body.append(cells)
+    out.append(md_table(["algorithm", *(f"{n:,} backends" for n in sizes), "10k/10", "bar"], body))
+    out.append("")
+    out.append("Build cost (first pick after adding the backends, which builds the structures), ms: "
+               + "; ".join(f"`{a}` " + ", ".join(f"{n:,}: {c['first_pick_ms']:.1f}" for n, c in cases.items())
+                           for a, cases in by_algorithm.items()) + ".\n")  # fmt: skip
+    return "\n".join(out)
+
+
+# -- 4. proxy ------------------------------------------------------------------------------
+
+PROXY_INTRO = """\
+## 4. Proxy against nginx and HAProxy: `bench/proxy.py`
+
+Two nginx backends answer a small body; wrk (1 thread) runs against, in
+turn: a backend directly (*direct*, the ceiling), nginx as reverse proxy (1
+worker, upstream keepalive, least_conn, access log off), HAProxy
+(`nbthread 1`, `balance leastconn`, `http-reuse always`, no log),
+`omnixan-lb serve` (1 process, uvloop, least_connections, TCP health checks,
+metrics on, access log off) and the same with the JSON access log on. The
+proxy under test runs on CPU 0; wrk and the backends on CPU 1. Targets
+alternate; {duration} s per run, runs per cell: {reps} (median shown). The suite uses
+fewer and shorter runs than a careful comparison would (the issue's 15-minute
+budget, and a machine shared with other measurements): run `bench/proxy.py
+--reps 5 --duration 15` for steadier figures.
+
+*CPU s/10k* is the proxy's CPU time (utime + stime of the process and its
+children, from `/proc/<pid>/stat` before and after each run) per 10,000
+requests: the cost of a request independent of how busy the machine was.
+Ratios are against nginx at the same number of connections. Versions: {versions}.
+
+The machine is a shared 2-core VM and other measurements may run on it at the
+same time (see the load average below): compare the ratios within one run,
+and the CPU per request, rather than the absolute requests/s across runs.
+nginx's upstream pool keeps 64 idle connections (`keepalive 64`, as issue 3
+set it up), fewer than the 200 client connections, so at 200 connections
+nginx probably opens and closes upstream connections where HAProxy
+(`http-reuse always`) shares them; that is my guess at why nginx falls
+behind HAProxy there, not something this run measures.
+"""
+
+
+def render_proxy(res: dict[str, Any]) -> str:
+    settings = res["settings"]
+    versions = "; ".join(res.get("versions", {}).values()) or "not recorded"
+    out = [PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
+           provenance(res), ""]  # fmt: skip
+    body = []
+    for r in res["rows"]:
+        cpu = "-" if r["cpu_s_per_10k"] is None else f"{r['cpu_s_per_10k']:.3f}"
+        body.append([r["target"], str(r["connections"]), f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}",
+                     f"{r['p99_ms']:.2f}", cpu, _ratio(r.get("rps_ratio")), _ratio(r.get("p99_ratio")),
+                     _ratio(r.get("cpu_ratio"))])  # fmt: skip
+    out.append(md_table(["target", "conns", "req/s", "p50 ms", "p99 ms", "CPU s/10k", "req/s / nginx",
+                         "p99 / nginx", "CPU / nginx"], body))  # fmt: skip
+    out.append("")
+    at50 = {r["target"]: r for r in res["rows"] if r["connections"] == min(settings["connections"])}
+    if "omnixan" in at50 and "haproxy" in at50 and at50["omnixan"].get("cpu_ratio"):
+        o, h = at50["omnixan"], at50["haproxy"]
+        met = o["rps_ratio"] >= 0.5 and o["p99_ratio"] <= 2.5
+        out.append(f"At {o['connections']} connections omnixan-lb serves {o['rps_ratio']:.2f}x nginx's requests/s "
+                   f"(HAProxy {h['rps_ratio']:.2f}x) and spends {o['cpu_ratio']:.1f}x nginx's CPU per request "
+                   f"(HAProxy {_ratio(h.get('cpu_ratio'))}x). Issue 3's bar (0.5x throughput, p99 at most 2.5x "
+                   f"nginx's at 50 connections) is {'met' if met else 'not met'}. A profile under load "
+                   "(earlier runs, see the git history of this file) put about half of the proxy's CPU in the "
+                   "Python interpreter over ~170 Python-level calls per request and a third in the kernel; "
+                   "fewer callbacks per request on the common path is the next step.\n")  # fmt: skip
+    return "\n".join(out)
+
+
+# -- the whole file ------------------------------------------------------------------------
+
+HEADER = """\
+# Benchmarks
+
+Generated by `make bench` (`.venv/bin/python -m bench`): do not edit this
+file by hand; the text is a template in `bench/report.py`. Benchmarks print
+figures; they are not tests and assert nothing. Each section names the command
+and the machine that produced its figures, and each plot carries both.
+
+{summary}
+
+| part | what it measures | script in `bench/` |
+| :--- | :--- | :--- |
+| 1 | tail latency of every algorithm against a perfect-knowledge oracle, simulated uneven backends | `simulate.py` |
+| 2 | keys moved, load spread, build and lookup cost of IP_HASH's consistent-hash ring | `hashing.py` |
+| 3 | cost of one route + complete pair against the number of backends | `routing.py` |
+| 4 | requests/s, latency and CPU per request of the proxy against nginx and HAProxy | `proxy.py` |
+
+Quick runs: `.venv/bin/python -m bench --quick` (about a minute, figures
+not for publication); one part: `--only simulate` (the other sections are
+then rendered from their last saved results, `docs/img/bench/*.json`).
+"""
+
+
+def render(parts: dict[str, dict[str, Any]], summary: str) -> str:
+    sections = [HEADER.format(summary=summary)]
+    renderers = {"simulate": render_simulation, "hashing": render_hashing, "routing": render_routing,
+                 "proxy": render_proxy}  # fmt: skip
+    for name, renderer in renderers.items():
+        if name in parts:
+            sections.append(renderer(parts[name]))
+        else:
+            sections.append(f"## {name}\n\nNot run yet: `.venv/bin/python -m bench --only {name}`.\n")
+    return "\n".join(sections).rstrip() + "\n"
