@@ -115,7 +115,7 @@ def run(admin: str, token: str | None, *, watch: bool = False, as_json: bool = F
     try:
         console = _console()
     except ImportError:
-        print("omnixan-lb status: the table needs rich: pip install 'omnixan-lb[status]' (or use --json)",
+        print("omnixan-lb status: the table needs rich: pip install rich (or use --json)",
               file=sys.stderr)  # fmt: skip
         return 2
     try:
