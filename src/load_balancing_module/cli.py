@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_kind() -> str:
+    """Which build is installed: the request path compiled by mypyc (setup.py) or pure Python."""
+    from .server import proxy
+
+    return "compiled with mypyc" if not proxy.__file__.endswith(".py") else "pure Python"
+
+
 def check(path: str | None) -> int:
     from .server.config import load_config
 
@@ -58,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "version":
-        print(f"omnixan-lb {__version__}")
+        print(f"omnixan-lb {__version__} ({build_kind()})")
         return 0
     if args.command == "check":
         return check(args.config)
