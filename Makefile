@@ -48,7 +48,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) compiled
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -48,12 +48,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from load_balancing_module.algorithms.ip_hash import HashRing, hash64, member_points
-from load_balancing_module.backend import Backend
 
 try:
     from bench.common import command_line, machine_info
@@ -76,16 +75,16 @@ class Member:
         self.weight = weight
 
 
-def build_ring(members: Sequence[Member], points: int | None) -> HashRing:
+def build_ring(members: Sequence[Member], points: int | None) -> HashRing[Member]:
     """HashRing reads only ``key`` and ``weight`` of its members: a Member stands in for a Backend."""
-    return HashRing(cast("Sequence[Backend]", members), points)
+    return HashRing(members, points)
 
 
 def make_keys(count: int) -> list[str]:
     return [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(count)]
 
 
-def owners_of(ring: HashRing, key_hashes: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+def owners_of(ring: HashRing[Member], key_hashes: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
     """The owner (by name) of every key: HashRing.start, vectorised."""
     hashes = np.array(ring.hashes, dtype=np.uint64)
     i = np.searchsorted(hashes, key_hashes, side="left")
@@ -94,7 +93,7 @@ def owners_of(ring: HashRing, key_hashes: np.ndarray[Any, np.dtype[np.uint64]]) 
     return names[i]
 
 
-def arc_shares(ring: HashRing) -> dict[str, float]:
+def arc_shares(ring: HashRing[Member]) -> dict[str, float]:
     """Each member's share of the 64-bit hash space (a point owns the arc ending at it)."""
     hashes = np.array(ring.hashes, dtype=np.uint64)
     arcs = hashes - np.roll(hashes, 1)  # uint64 arithmetic wraps: the first arc is the wrap-around one

@@ -9,9 +9,11 @@ small body, then measures in one run, alternating, ``--reps`` times each:
   access log off);
 - ``haproxy``: HAProxy as reverse proxy (``nbthread 1``, ``balance leastconn``,
   server-side keep-alive with ``http-reuse always``, no log);
-- ``omnixan``: ``omnixan-lb serve`` (1 process, uvloop if installed,
-  least_connections, TCP health checks every 5 s, metrics on, access log off);
-- ``omnixan+log``: the same with the JSON access log on (to a file).
+- ``omnixan``: ``omnixan-lb serve``, the compiled build (``make compiled``:
+  the request path compiled by mypyc, see ``setup.py``), 1 process, uvloop,
+  least_connections, TCP health checks every 5 s, metrics on, access log off;
+- ``omnixan+log``: the same with the JSON access log on (to a file);
+- ``omnixan-py``: the same as ``omnixan`` on the pure-Python build.
 
 Same wrk settings for all (1 thread, 50 and 200 connections, ``--duration``
 seconds). CPU pinning: the proxy under test on CPU 0; wrk and the backends on
@@ -62,6 +64,9 @@ OMNIXAN_PORT = 19190
 OMNIXAN_ADMIN = 19191
 OMNIXAN_LOG_PORT = 19192
 OMNIXAN_LOG_ADMIN = 19193
+OMNIXAN_PY_PORT = 19194
+OMNIXAN_PY_ADMIN = 19195
+COMPILED_SRC = ROOT / "build" / "compiled" / "src"  # what `make compiled` builds
 
 
 def ensure_tools() -> None:
@@ -229,14 +234,27 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def start_omnixan(procs: Processes, workdir: Path, port: int, admin: int, access_log: bool) -> subprocess.Popen[bytes]:
+def compiled_env() -> dict[str, str]:
+    """The environment that runs the compiled build; refuses if it is missing or stale."""
+    env = {**os.environ, "PYTHONPATH": str(COMPILED_SRC)}
+    exe = str(Path(sys.executable).parent / "omnixan-lb")
+    done = subprocess.run([exe, "version"], env=env, capture_output=True, text=True, check=False)
+    if "compiled with mypyc" not in done.stdout:
+        raise SystemExit(f"no compiled build in {COMPILED_SRC} ({done.stdout.strip() or done.stderr.strip()}): "
+                         "run `make compiled` first")  # fmt: skip
+    return env
+
+
+def start_omnixan(procs: Processes, workdir: Path, port: int, admin: int, access_log: bool,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
     backends = "\n".join(f"  - {{host: 127.0.0.1, port: {p}}}" for p in BACKEND_PORTS)
     path = workdir / f"omnixan-{port}.yaml"
     path.write_text(OMNIXAN_CONFIG.format(port=port, admin=admin, backends=backends,
                                           access_log=str(access_log).lower()))  # fmt: skip
     log = open(workdir / f"omnixan-{port}.log", "wb")  # noqa: SIM115 - kept open for the process's life
     exe = str(Path(sys.executable).parent / "omnixan-lb")
-    return procs.start([exe, "serve", "--config", str(path), "--log-level", "warning"], 0, stdout=log, stderr=log)
+    return procs.start([exe, "serve", "--config", str(path), "--log-level", "warning"], 0, stdout=log, stderr=log,
+                       env=env)  # fmt: skip
 
 
 @dataclass
@@ -271,7 +289,7 @@ def _latency(out: str, pct: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-TARGETS = ("direct", "nginx", "haproxy", "omnixan", "omnixan+log")
+TARGETS = ("direct", "nginx", "haproxy", "omnixan", "omnixan+log", "omnixan-py")
 BASELINE = "nginx"
 
 
@@ -279,10 +297,11 @@ def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200)
         progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Start everything, measure every target alternating, stop what was started; JSON-serialisable."""
     ensure_tools()
+    env = compiled_env()
     ports = {"direct": BACKEND_PORTS[0], "nginx": NGINX_PORT, "haproxy": HAPROXY_PORT, "omnixan": OMNIXAN_PORT,
-             "omnixan+log": OMNIXAN_LOG_PORT}  # fmt: skip
+             "omnixan+log": OMNIXAN_LOG_PORT, "omnixan-py": OMNIXAN_PY_PORT}  # fmt: skip
     check_free([*BACKEND_PORTS, NGINX_PORT, HAPROXY_PORT, OMNIXAN_PORT, OMNIXAN_ADMIN, OMNIXAN_LOG_PORT,
-                OMNIXAN_LOG_ADMIN])  # fmt: skip
+                OMNIXAN_LOG_ADMIN, OMNIXAN_PY_PORT, OMNIXAN_PY_ADMIN])  # fmt: skip
     procs = Processes()
     pids: dict[str, int | None] = {"direct": None}
     samples: dict[str, dict[int, list[Sample]]] = {name: {} for name in TARGETS}
@@ -297,9 +316,9 @@ def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200)
             pids["nginx"] = start_nginx(procs, workdir, "proxy", PROXY_BODY.format(servers=servers, port=NGINX_PORT),
                                         cpu=0).pid  # fmt: skip
             pids["haproxy"] = start_haproxy(procs, workdir, cpu=0).pid
-            pids["omnixan"] = start_omnixan(procs, workdir, OMNIXAN_PORT, OMNIXAN_ADMIN, access_log=False).pid
-            pids["omnixan+log"] = start_omnixan(procs, workdir, OMNIXAN_LOG_PORT, OMNIXAN_LOG_ADMIN,
-                                                access_log=True).pid  # fmt: skip
+            pids["omnixan"] = start_omnixan(procs, workdir, OMNIXAN_PORT, OMNIXAN_ADMIN, False, env).pid
+            pids["omnixan+log"] = start_omnixan(procs, workdir, OMNIXAN_LOG_PORT, OMNIXAN_LOG_ADMIN, True, env).pid
+            pids["omnixan-py"] = start_omnixan(procs, workdir, OMNIXAN_PY_PORT, OMNIXAN_PY_ADMIN, False).pid
             for port in ports.values():
                 wait_port(port)
             for port in ports.values():  # warm up every path once

@@ -338,8 +338,10 @@ turn: a backend directly (*direct*, the ceiling), nginx as reverse proxy (1
 worker, upstream keepalive, least_conn, access log off), HAProxy
 (`nbthread 1`, `balance leastconn`, `http-reuse always`, no log),
 `omnixan-lb serve` (1 process, uvloop, least_connections, TCP health checks,
-metrics on, access log off) and the same with the JSON access log on. The
-proxy under test runs on CPU 0; wrk and the backends on CPU 1. Targets
+metrics on, access log off) in its compiled build (*omnixan*: `make
+compiled`, the request path compiled by mypyc, see docs/performance.md), the
+same with the JSON access log on (*omnixan+log*), and the pure-Python build
+(*omnixan-py*). The proxy under test runs on CPU 0; wrk and the backends on CPU 1. Targets
 alternate; {duration} s per run, runs per cell: {reps} (median shown). The suite uses
 fewer and shorter runs than a careful comparison would (the issue's 15-minute
 budget, and a machine shared with other measurements): run `bench/proxy.py
@@ -382,10 +384,12 @@ def render_proxy(res: dict[str, Any]) -> str:
         out.append(f"At {o['connections']} connections omnixan-lb serves {o['rps_ratio']:.2f}x nginx's requests/s "
                    f"(HAProxy {h['rps_ratio']:.2f}x) and spends {o['cpu_ratio']:.1f}x nginx's CPU per request "
                    f"(HAProxy {_ratio(h.get('cpu_ratio'))}x). Issue 3's bar (0.5x throughput, p99 at most 2.5x "
-                   f"nginx's at 50 connections) is {'met' if met else 'not met'}. A profile under load "
-                   "(earlier runs, see the git history of this file) put about half of the proxy's CPU in the "
-                   "Python interpreter over ~170 Python-level calls per request and a third in the kernel; "
-                   "fewer callbacks per request on the common path is the next step.\n")  # fmt: skip
+                   f"nginx's at 50 connections) is {'met' if met else 'not met'} by the compiled build.")  # fmt: skip
+        py = at50.get("omnixan-py")
+        if py is not None:
+            out.append(f"The pure-Python build serves {py['rps_ratio']:.2f}x nginx's requests/s with "
+                       f"{_ratio(py.get('cpu_ratio'))}x its CPU per request. Where the rest of the time goes "
+                       "is in docs/performance.md.\n")  # fmt: skip
     return "\n".join(out)
 
 

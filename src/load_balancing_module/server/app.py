@@ -25,7 +25,7 @@ from ..metrics import register_metrics
 from ..module import LoadBalancingModule
 from .admin import AdminServer
 from .config import ServerConfig, load_config
-from .logs import ACCESS_LOGGER
+from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
 from .proxy import ProxyServer
 
 RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
@@ -118,6 +118,7 @@ async def serve(path: str | Path) -> int:
     loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
     loop.add_signal_handler(signal.SIGINT, server.stopping.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    flusher = loop.create_task(_flush_access_log_every(ACCESS_FLUSH_SECONDS))
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector's passes, which would otherwise walk it again and again under load.
     gc.collect()
@@ -125,7 +126,16 @@ async def serve(path: str | Path) -> int:
     await server.stopping.wait()
     log_event("server_stopping", in_flight=server.proxy.in_flight)
     await server.shutdown()
+    flusher.cancel()
+    flush_access_log()
     return 0
+
+
+async def _flush_access_log_every(seconds: float) -> None:
+    """Access log lines wait in a buffer at most this long, even when traffic stops."""
+    while True:
+        await asyncio.sleep(seconds)
+        flush_access_log()
 
 
 def run(path: str | Path) -> int:
