@@ -54,3 +54,27 @@ def test_flush_and_close_write_what_is_held() -> None:
     emit(handler, "b")
     handler.close()
     assert stream.getvalue() == "a\nb\n" and stream.writes == 2
+
+
+def test_the_access_log_writes_the_same_line_directly_or_through_a_record() -> None:
+    from load_balancing_module.clock import FakeClock
+    from load_balancing_module.server.accesslog import AccessLog
+
+    fields = {"request_id": "r-1", "client_ip": "10.0.0.1", "method": "GET", "path": '/a"b', "status": 200,
+              "backend_id": "127.0.0.1:1", "attempts": 1, "upstream_ms": 1.25, "total_ms": 2.5}  # fmt: skip
+    lines = []
+    for direct in (True, False):
+        logger = logging.getLogger(f"test.access.{direct}")
+        logger.propagate = False
+        stream = Stream()
+        handler = BufferedLineHandler(stream, flush_seconds=60.0, clock=lambda: 0.0)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.handlers = [handler]
+        if not direct:
+            logger.addFilter(lambda record: True)  # a filter: records are needed
+        access = AccessLog(logger, FakeClock())
+        assert (access._sink is handler) == direct
+        access.emit(**fields)  # type: ignore[arg-type]
+        handler.flush()
+        lines.append(stream.getvalue())
+    assert lines[0] == lines[1] and '"path":"/a\\"b"' in lines[0] and lines[0].endswith("}\n")

@@ -61,6 +61,10 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.add(line)
+
+    def add(self, line: str) -> None:
+        """Take a formatted line (the access log's shortcut past the LogRecord, see AccessLog)."""
         self._lines.append(line)
         self._size += len(line) + 1
         if self._size >= self.buffer_bytes or self._clock() - self._written >= self.flush_seconds:
