@@ -12,7 +12,6 @@ plain numbers, which ``heapq`` compares much faster than tuples.
 from __future__ import annotations
 
 import heapq
-from itertools import count
 from typing import Any
 
 from ..backend import DEGRADED_RANK, HEALTHY_RANK, Backend
@@ -26,7 +25,7 @@ class LazyHeap:
     def __init__(self) -> None:
         self._heap: list[Entry] = []
         self._live: dict[Backend, Entry] = {}
-        self._seq = count()
+        self._seq = 0  # a plain int: cheaper than itertools.count, compiled or not
         self._dead = 0
 
     def __len__(self) -> int:
@@ -48,7 +47,8 @@ class LazyHeap:
                 return
             if key is not None and heap[0] is old:
                 # The usual case: the member just picked from the top. One sift, no dead entry.
-                entry = [key, next(self._seq), backend]
+                seq = self._seq = self._seq + 1
+                entry = [key, seq, backend]
                 self._live[backend] = entry
                 heapq.heapreplace(heap, entry)
                 return
@@ -58,7 +58,8 @@ class LazyHeap:
             if old is not None:
                 del self._live[backend]
             return
-        entry = [key, next(self._seq), backend]
+        seq = self._seq = self._seq + 1
+        entry = [key, seq, backend]
         self._live[backend] = entry
         heapq.heappush(heap, entry)
         if self._dead > len(self._live) + 64:

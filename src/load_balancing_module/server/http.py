@@ -101,9 +101,10 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     info = RequestInfo(method, target, version == "1.1", keep_alive)
     kept = info.headers
     hosts = 0
-    connection: list[bytes] = []
-    upgrade_tokens: list[bytes] = []
-    forwarded_for: list[bytes] = []
+    # Most requests have none of these three: the lists are made when one shows up.
+    connection: list[bytes] | None = None
+    upgrade_tokens: list[bytes] | None = None
+    forwarded_for: list[bytes] | None = None
     for name, value in headers:
         key = name.lower()
         if key not in _SPECIAL:
@@ -132,11 +133,11 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
             hosts += 1
             info.host = value
         elif key == b"connection":
-            connection.extend(_tokens(value))
+            connection = _tokens(value) if connection is None else connection + _tokens(value)
         elif key == b"upgrade":
-            upgrade_tokens.extend(_tokens(value))
+            upgrade_tokens = _tokens(value) if upgrade_tokens is None else upgrade_tokens + _tokens(value)
         elif key == b"x-forwarded-for":
-            forwarded_for.append(value)
+            forwarded_for = [value] if forwarded_for is None else [*forwarded_for, value]
         elif key == b"x-forwarded-proto":
             info.forwarded_proto = value
         elif key == b"x-forwarded-host":
@@ -166,12 +167,13 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
         raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
     if info.host is not None and not _HOST.fullmatch(info.host):
         raise HttpError(400, "invalid Host header")
-    if forwarded_for:
-        info.forwarded_for = b", ".join(forwarded_for)
+    if forwarded_for is not None:
+        info.forwarded_for = forwarded_for[0] if len(forwarded_for) == 1 else b", ".join(forwarded_for)
     if upgrade:
         # llhttp saw Connection: upgrade and an Upgrade header. Only WebSocket is tunnelled; any other
         # upgrade (h2c...) is ignored and the request proxied as plain HTTP/1.1.
-        info.websocket = b"websocket" in upgrade_tokens and method == b"GET" and info.http11
+        websocket = upgrade_tokens is not None and b"websocket" in upgrade_tokens
+        info.websocket = websocket and method == b"GET" and info.http11
         if info.websocket and info.has_body:
             raise HttpError(400, "a WebSocket upgrade request cannot have a body")
     if connection:

@@ -142,7 +142,7 @@ class ProxyServer:
         self._address = parse_address(config.listen)
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Future[None] | None = None
-        self._rid_prefix = f"{lb.rng.getrandbits(40):010x}"
+        self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
         self._rid_seq = 0
 
     @property
@@ -211,7 +211,7 @@ class ProxyServer:
 
     def new_request_id(self) -> str:
         self._rid_seq += 1
-        return f"{self._rid_prefix}-{self._rid_seq:x}"
+        return self._rid_prefix + str(self._rid_seq)  # "<10 hex digits>-<decimal sequence>"
 
     def cycle_done(self) -> None:
         self.in_flight -= 1

@@ -1,0 +1,140 @@
+"""User-space instructions per proxied request, counted by valgrind's callgrind.
+
+Requests per second on a shared VM move by tens of percent from one minute to
+the next; instruction counts do not (the same binary, inputs and environment
+give the same count whatever else the machine does). So this script measures
+the proxy's own cost per request as instructions, for:
+
+- ``reference``: ``bench/reference_proxy.py``, the least a Python reverse
+  proxy on uvloop + httptools does (the floor; not a usable proxy);
+- ``omnixan-py``: ``omnixan-lb serve``, pure Python;
+- ``omnixan``: the compiled build (``make compiled``; mypyc).
+
+Each runs under callgrind behind two nginx backends (bench/proxy.py's), gets
+200 warm-up requests and then N requests on 10 keep-alive connections, and is
+stopped; a second run without the N requests gives the fixed cost (start-up,
+warm-up, shutdown), and the difference divided by N is the figure. Kernel
+time (the system calls) is not counted: it is the same for all three, about a
+third of a request's CPU time on this machine (bench/proxy.py's CPU figures).
+
+    .venv/bin/python bench/proxy_instructions.py             # N = 2,000: about 5 minutes
+    .venv/bin/python bench/proxy_instructions.py --requests 500 --only omnixan
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy as P  # the nginx backends and process handling of bench/proxy.py
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 19290  # its own ports, beside bench/proxy.py's
+ADMIN = 19291
+BACKENDS = (19201, 19202)
+CONFIG = """
+listen: "127.0.0.1:{port}"
+algorithm: least_connections
+backends:
+{backends}
+admin: {{listen: "127.0.0.1:{admin}", token_env: null}}
+health_check: {{type: tcp, interval: 5, timeout: 1}}
+metrics_enabled: true
+access_log: false
+"""
+
+
+async def _client(n: int, connections: int = 10) -> None:
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def one(count: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+        for _ in range(count):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"content-length: *(\d+)", head, re.I)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+        writer.close()
+
+    await asyncio.gather(*(one(n // connections) for _ in range(connections)))
+
+
+def _command(build: str, config: Path) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    exe = Path(sys.executable)
+    if build == "reference":
+        return [str(exe), str(ROOT / "bench" / "reference_proxy.py"), str(PORT), *map(str, BACKENDS)], env
+    if build == "omnixan":
+        env = P.compiled_env()
+    return [str(exe.parent / "omnixan-lb"), "serve", "--config", str(config), "--log-level", "warning"], env
+
+
+def instructions(build: str, workdir: Path, requests: int) -> int:
+    """Total instructions of one run of ``build`` that proxies 200 + ``requests`` requests."""
+    config = workdir / "omnixan.yaml"
+    backends = "\n".join(f"  - {{host: 127.0.0.1, port: {p}}}" for p in BACKENDS)
+    config.write_text(CONFIG.format(port=PORT, admin=ADMIN, backends=backends))
+    out = workdir / f"callgrind.{build}.{requests}"
+    args, env = _command(build, config)
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        P.wait_port(PORT, timeout=180)
+        asyncio.run(_client(200))
+        if requests:
+            asyncio.run(_client(requests))
+    finally:
+        proc.send_signal(signal.SIGTERM if build != "reference" else signal.SIGINT)
+        proc.wait(timeout=180)
+    match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.M)
+    if match is None:
+        raise RuntimeError(f"no totals in {out}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--only", choices=("reference", "omnixan-py", "omnixan"), nargs="+",
+                        default=["reference", "omnixan-py", "omnixan"])  # fmt: skip
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is missing: apt-get install -y valgrind")
+    P.ensure_tools()
+    P.check_free([PORT, ADMIN, *BACKENDS])
+    procs = P.Processes()
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="omnixan-instr-") as tmp:
+        workdir = Path(tmp)
+        try:
+            for port in BACKENDS:
+                P.start_nginx(procs, workdir, f"backend-{port}", P.BACKEND_BODY.format(port=port), cpu=1)
+            for port in BACKENDS:
+                P.wait_port(port)
+            for build in args.only:
+                base = instructions(build, workdir, 0)
+                total = instructions(build, workdir, args.requests)
+                results[build] = (total - base) / args.requests
+                print(f"  {build:<11} {results[build]:>10,.0f} instructions per request", flush=True)
+        finally:
+            procs.stop_all()
+    print()
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"{'build':<12} {'instr/request':>14} {'x reference':>12}")
+    for build, value in results.items():
+        ratio = value / results["reference"] if "reference" in results else float("nan")
+        print(f"{build:<12} {value:>14,.0f} {ratio:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
