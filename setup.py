@@ -21,6 +21,7 @@ COMPILED = [
     "src/load_balancing_module/server/http.py",
     "src/load_balancing_module/server/accesslog.py",
     "src/load_balancing_module/module.py",
+    "src/load_balancing_module/route.py",
     "src/load_balancing_module/router.py",
     "src/load_balancing_module/backend.py",
     "src/load_balancing_module/stats.py",
