@@ -10,9 +10,13 @@ of points per member (160,000 / N, between 40 and 1,000) for N = 10, 100 and
 1,000 members of weight 1 named ``127.0.0.1:10000+i``, then:
 
 - ``removed``: the same members but one (the middle one);
-- ``added``: the same members plus one (``127.0.0.1:10000+N``), with the
-  default points for N + 1 members, and once more with the points per
-  member pinned to the base ring's (``points`` in the algorithm config).
+- ``added``: the same members plus one (``127.0.0.1:10000+N``);
+
+each with the points per member the algorithm would use: its default for N
+members, then ``default_points(N ± 1, current=...)``, which keeps the count
+while the tier has not doubled or halved (as ``ConsistentHash.rebuild``
+does). ``added_unsticky`` is the addition with the plain default for N + 1
+(160,000 / (N + 1)), to show what the sticky count saves.
 
 1,000,000 keys (client IPv4 addresses ``10.x.y.z``) are hashed once with the
 module's ``hash64`` and looked up in all three rings at once with numpy's
@@ -52,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from load_balancing_module.algorithms.ip_hash import HashRing, hash64, member_points
+from load_balancing_module.algorithms.ip_hash import HashRing, default_points, hash64, member_points
 
 try:
     from bench.common import command_line, machine_info
@@ -123,11 +127,12 @@ def measure(n: int, keys: Sequence[str], key_hashes: np.ndarray[Any, np.dtype[np
     added = [*base, Member(10_000 + n)]
     cold_s = time_build(base, cold=True)
     rebuild_s = time_build(removed, cold=False)
-    rings = {"base": build_ring(base, None), "removed": build_ring(removed, None), "added": build_ring(added, None)}
-    # The same addition with the points per member pinned to the base ring's: shows what the
-    # default (160,000 / N, so it changes with N) costs when N crosses a step.
-    per_member = len(rings["base"].hashes) // n
-    rings["added_pinned"] = build_ring(added, per_member)
+    points = default_points(n)
+    rings = {"base": build_ring(base, points),
+             "removed": build_ring(removed, default_points(n - 1, current=points)),
+             "added": build_ring(added, default_points(n + 1, current=points)),
+             # what a count that follows N by the unit would do (the code before the sticky default)
+             "added_unsticky": build_ring(added, default_points(n + 1))}  # fmt: skip
     owners = {state: owners_of(ring, key_hashes) for state, ring in rings.items()}
     total = len(key_hashes)
     moved_removed = owners["base"] != owners["removed"]
@@ -157,7 +162,7 @@ def measure(n: int, keys: Sequence[str], key_hashes: np.ndarray[Any, np.dtype[np
         "keys": total,
         "moved_on_remove": float(np.count_nonzero(moved_removed)) / total,
         "moved_on_add": float(np.count_nonzero(moved_added)) / total,
-        "moved_on_add_pinned_points": float(np.count_nonzero(owners["base"] != owners["added_pinned"])) / total,
+        "moved_on_add_unsticky": float(np.count_nonzero(owners["base"] != owners["added_unsticky"])) / total,
         "added_points_per_backend": len(rings["added"].hashes) // (n + 1),
         "minimum_remove": 1.0 / n,
         "minimum_add": 1.0 / (n + 1),

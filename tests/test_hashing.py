@@ -18,7 +18,7 @@ import pytest
 
 from conftest import MakeLB, Probes
 from load_balancing_module import BackendConfig, HealthState, LoadBalancingAlgorithmType, LoadBalancingModule, Request
-from load_balancing_module.algorithms.ip_hash import HashRing, hash64
+from load_balancing_module.algorithms.ip_hash import MAX_POINTS, POINT_BUDGET, HashRing, default_points, hash64
 
 IP_HASH = LoadBalancingAlgorithmType.IP_HASH
 
@@ -50,12 +50,12 @@ def client_hashes() -> tuple[int, ...]:
     return tuple(hash64(k) for k in client_ips())
 
 
-def assign(ring_members: list[Member]) -> list[Member]:
+def assign(ring_members: list[Member], points: int | None = None) -> list[Member]:
     """The owner of every client IP on a ring of ``ring_members``.
 
     Same lookup as ``HashRing.start`` (checked on a sample), with the client
     hashes computed once for the whole file."""
-    ring = HashRing(ring_members, None)
+    ring = HashRing(ring_members, points)
     hashes, owners, n = ring.hashes, ring.owners, len(ring.hashes)
     found = [owners[i if i < n else 0] for i in map(partial(bisect.bisect_left, hashes), client_hashes())]
     assert all(found[i] is owners[ring.start(k)] for i, k in enumerate(client_ips()[:500]))
@@ -103,6 +103,26 @@ def test_adding_one_moves_about_one_in_n_plus_one(n: int) -> None:
     share = len(changes) / len(before)
     assert 0.85 / (n + 1) <= share <= 1.15 / (n + 1)
     assert all(new is newcomer for _, new in changes)  # keys move only to the newcomer
+
+
+def test_the_default_point_count_is_sticky_until_the_tier_doubles_or_halves() -> None:
+    assert default_points(10) == MAX_POINTS and default_points(1000) == POINT_BUDGET // 1000
+    assert default_points(1001, current=default_points(1000)) == default_points(1000)  # no re-pointing
+    assert default_points(2001, current=160) == POINT_BUDGET // 2001  # the tier doubled: the share again
+    assert default_points(498, current=160) == POINT_BUDGET // 498  # ...or halved
+
+
+def test_adding_one_to_a_thousand_moves_only_the_newcomers_share() -> None:
+    # 160,000 // 1,000 = 160 but 160,000 // 1,001 = 159: without the sticky count every member would
+    # lose a point and about 1/160 of all keys would move besides the newcomer's 1/1,001.
+    ring_members = members(1000)
+    points = default_points(1000)
+    before = assign(ring_members, points)
+    newcomer = Member("10.9.9.9:8080")
+    after = assign([*ring_members, newcomer], default_points(1001, current=points))
+    changes = moved(before, after)
+    assert len(changes) / len(before) <= 1.1 * 1.15 / 1001 + 0.0005  # sampling noise on 100k keys
+    assert all(new is newcomer for _, new in changes)
 
 
 def test_order_of_members_does_not_matter() -> None:

@@ -11,7 +11,11 @@ Config:
 
 - ``points``: points per member at the reference weight (default: 160,000 / N,
   between 40 and 1,000, which keeps loads within a few percent for small
-  tiers). A member of weight ``w`` gets ``points x w / ref``, where ``ref`` is
+  tiers). The default is sticky: a ring keeps its per-member count while
+  160,000 / N stays within half to twice it, so one member joining or
+  leaving does not re-point every member (which would move about 1/count of
+  all keys on top of the member's own); it changes when the tier has grown or
+  shrunk about twofold. A member of weight ``w`` gets ``points x w / ref``, where ``ref`` is
   the median weight rounded to a power of two, at most ``MAX_WEIGHT_RATIO``
   times ``points``. Scaling by the *heaviest* weight instead would re-scale
   every member whenever the heaviest one joins or leaves, moving about half
@@ -91,6 +95,15 @@ class RingMember(Protocol):
 M = TypeVar("M", bound=RingMember)
 
 
+def default_points(n: int, current: int = 0) -> int:
+    """Points per member for a tier of ``n``: ``current`` while it is within half to twice the
+    budget's share, else the share (between MIN_POINTS and MAX_POINTS)."""
+    share = max(MIN_POINTS, min(MAX_POINTS, POINT_BUDGET // max(n, 1)))
+    if current and share <= current * 2 and current <= share * 2:
+        return current
+    return share
+
+
 class HashRing(Generic[M]):
     """Sorted points and their owners; immutable once built."""
 
@@ -98,7 +111,7 @@ class HashRing(Generic[M]):
 
     def __init__(self, members: Sequence[M], points: int | None) -> None:
         n = len(members)
-        base = points or max(MIN_POINTS, min(MAX_POINTS, POINT_BUDGET // max(n, 1)))
+        base = points or default_points(n)
         # Not the heaviest weight: see the module docstring.
         ref = 2.0 ** round(math.log2(statistics.median_low(b.weight for b in members))) if members else 1.0
         seen: dict[str, int] = {}
@@ -139,6 +152,7 @@ class ConsistentHash(Algorithm):
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
         self._ring: HashRing[Backend] = HashRing((), None)
+        self._points_each = 0  # the default per-member count in use (see default_points)
         self._factor: float | None = self.settings["balance_factor"]
         self._key: str = self.settings["key"]
         # For the bounded-load cap: the weight of the members with a free slot,
@@ -147,7 +161,10 @@ class ConsistentHash(Algorithm):
         self._counted: dict[Backend, tuple[int | None, float]] = {}
 
     def rebuild(self, members: Sequence[Backend]) -> None:
-        self._ring = HashRing(members, self.settings["points"])
+        points: int | None = self.settings["points"]
+        if points is None:
+            points = self._points_each = default_points(len(members), self._points_each)
+        self._ring = HashRing(members, points)
         self._free_weight = [0.0, 0.0]
         self._counted.clear()
         for b in members:
