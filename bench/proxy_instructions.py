@@ -93,8 +93,13 @@ def instructions(build: str, workdir: Path, requests: int) -> int:
         if requests:
             asyncio.run(_client(requests))
     finally:
-        proc.send_signal(signal.SIGTERM if build != "reference" else signal.SIGINT)
-        proc.wait(timeout=180)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
     match = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.M)
     if match is None:
         raise RuntimeError(f"no totals in {out}")
