@@ -82,8 +82,9 @@ async def run_demo(output: Path) -> int:
         server = Server(path, load_config(path))
         await server.start()
         try:
-            print(f"Proxy on http://127.0.0.1:{server.proxy.port}/, admin on http://127.0.0.1:{server.admin.port}/"
-                  "metrics and /healthz")  # fmt: skip
+            admin = f"http://127.0.0.1:{server.admin.port}"
+            print(f"Proxy on http://127.0.0.1:{server.proxy.port}/; while it runs, the dashboard is on {admin}/ "
+                  f"and the metrics on {admin}/metrics")  # fmt: skip
             print("Backends: " + ", ".join(f"{b.name} :{b.port} ({b.delay * 1000:g} ms"
                                             f"{', quantum' if b.quantum else ''})" for b in backends))  # fmt: skip
             tally = Tally()
