@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -56,3 +57,10 @@ def command_line() -> str:
         with contextlib.suppress(ValueError):
             argv[0] = str(path.relative_to(ROOT))
     return shlex.join([shown, *argv])
+
+
+def write_json(results: dict[str, Any], path: str | None) -> None:
+    """``--json PATH`` of every benchmark script: the results as JSON (nothing without a path)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)

@@ -46,7 +46,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -59,9 +58,9 @@ import numpy as np
 from load_balancing_module.algorithms.ip_hash import HashRing, default_points, hash64, member_points
 
 try:
-    from bench.common import command_line, machine_info
+    from bench.common import command_line, machine_info, write_json
 except ModuleNotFoundError:  # run as a script: python bench/hashing.py
-    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
+    from common import command_line, machine_info, write_json  # type: ignore[no-redef,import-not-found]
 
 SIZES = (10, 100, 1_000)
 KEYS = 1_000_000
@@ -283,9 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.sizes or SIZES, args.keys)
     print_report(results)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(results, args.json)
     if args.plot:
         print("plots:", ", ".join(plot(results, args.plot)))
     return 0

@@ -34,7 +34,6 @@ one of its ports is already taken (another run of it, say).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import re
@@ -52,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from bench.common import command_line, machine_info
+    from bench.common import command_line, machine_info, write_json
 except ModuleNotFoundError:  # run as a script: python bench/proxy.py
-    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
+    from common import command_line, machine_info, write_json  # type: ignore[no-redef,import-not-found]
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND_PORTS = (19101, 19102)
@@ -234,6 +233,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def omnixan_config(port: int, admin: int, backend_ports: Sequence[int], access_log: bool) -> str:
+    """The serve config the benchmarks run: least_connections, TCP health checks, metrics on."""
+    backends = "\n".join(f"  - {{host: 127.0.0.1, port: {p}}}" for p in backend_ports)
+    return OMNIXAN_CONFIG.format(port=port, admin=admin, backends=backends, access_log=str(access_log).lower())
+
+
 def compiled_env() -> dict[str, str]:
     """The environment that runs the compiled build; refuses if it is missing or stale."""
     env = {**os.environ, "PYTHONPATH": str(COMPILED_SRC)}
@@ -247,10 +252,8 @@ def compiled_env() -> dict[str, str]:
 
 def start_omnixan(procs: Processes, workdir: Path, port: int, admin: int, access_log: bool,
                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
-    backends = "\n".join(f"  - {{host: 127.0.0.1, port: {p}}}" for p in BACKEND_PORTS)
     path = workdir / f"omnixan-{port}.yaml"
-    path.write_text(OMNIXAN_CONFIG.format(port=port, admin=admin, backends=backends,
-                                          access_log=str(access_log).lower()))  # fmt: skip
+    path.write_text(omnixan_config(port, admin, BACKEND_PORTS, access_log))
     log = open(workdir / f"omnixan-{port}.log", "wb")  # noqa: SIM115 - kept open for the process's life
     exe = str(Path(sys.executable).parent / "omnixan-lb")
     return procs.start([exe, "serve", "--config", str(path), "--log-level", "warning"], 0, stdout=log, stderr=log,
@@ -415,9 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run(args.reps, args.duration, args.connections)
     print_report(results)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(results, args.json)
     return 0
 
 

@@ -41,16 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT = 19290  # its own ports, beside bench/proxy.py's
 ADMIN = 19291
 BACKENDS = (19201, 19202)
-CONFIG = """
-listen: "127.0.0.1:{port}"
-algorithm: least_connections
-backends:
-{backends}
-admin: {{listen: "127.0.0.1:{admin}", token_env: null}}
-health_check: {{type: tcp, interval: 5, timeout: 1}}
-metrics_enabled: true
-access_log: false
-"""
 
 
 async def _client(n: int, connections: int = 10) -> None:
@@ -81,8 +71,7 @@ def _command(build: str, config: Path) -> tuple[list[str], dict[str, str]]:
 def instructions(build: str, workdir: Path, requests: int) -> int:
     """Total instructions of one run of ``build`` that proxies 200 + ``requests`` requests."""
     config = workdir / "omnixan.yaml"
-    backends = "\n".join(f"  - {{host: 127.0.0.1, port: {p}}}" for p in BACKENDS)
-    config.write_text(CONFIG.format(port=PORT, admin=ADMIN, backends=backends))
+    config.write_text(P.omnixan_config(PORT, ADMIN, BACKENDS, access_log=False))
     out = workdir / f"callgrind.{build}.{requests}"
     args, env = _command(build, config)
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args], env=env,

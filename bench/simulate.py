@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import json
 import logging
 import math
 import random
@@ -70,9 +69,9 @@ from load_balancing_module import (
 )
 
 try:
-    from bench.common import command_line, machine_info
+    from bench.common import command_line, machine_info, write_json
 except ModuleNotFoundError:  # run as a script: python bench/simulate.py
-    from common import command_line, machine_info  # type: ignore[no-redef,import-not-found]
+    from common import command_line, machine_info, write_json  # type: ignore[no-redef,import-not-found]
 
 CLASSICAL_MS = 50.0  # mean service time of a classical request on a normal backend
 QUANTUM_MS = 150.0  # mean service time of a quantum request on a quantum-capable backend
@@ -587,9 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.duration_s = args.duration
     results = run(settings, args.scenario, args.policy)
     print_report(results)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=1)
+    write_json(results, args.json)
     if args.plot:
         print("plots:", ", ".join(plot(results, args.plot)))
     return 0
