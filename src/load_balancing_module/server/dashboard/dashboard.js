@@ -125,16 +125,21 @@
       if (["active", "rps", "errors", "p99"].includes(key)) cell.className = "num";
       row.append(cell);
     }
-    const actions = document.createElement("td");
-    actions.className = "actions";
-    const drain = document.createElement("button");
-    drain.type = "button";
-    drain.className = "drain danger";
-    drain.textContent = "Drain";
-    drain.addEventListener("click", () => drainBackend(id, drain));
-    actions.append(drain);
-    row.append(actions);
+    row.append(actionCell("Drain", "drain danger", (button) => drainBackend(id, button)));
     return row;
+  }
+
+  // A table cell holding one button; onClick gets the button (to disable it while busy).
+  function actionCell(label, className, onClick) {
+    const cell = document.createElement("td");
+    cell.className = "actions";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = className;
+    button.textContent = label;
+    button.addEventListener("click", () => onClick(button));
+    cell.append(button);
+    return cell;
   }
 
   function renderTable(backends) {
@@ -180,15 +185,7 @@
       name.textContent = item.backend_id;
       const how = document.createElement("td");
       how.textContent = item.note;
-      const actions = document.createElement("td");
-      actions.className = "actions";
-      const readd = document.createElement("button");
-      readd.type = "button";
-      readd.className = "readd";
-      readd.textContent = "Re-add";
-      readd.addEventListener("click", () => readdBackend(item, readd));
-      actions.append(readd);
-      row.append(name, how, actions);
+      row.append(name, how, actionCell("Re-add", "readd", (button) => readdBackend(item, button)));
       tbody.append(row);
     }
   }
