@@ -1,7 +1,8 @@
 """Per-backend circuit breaker (the passive health check).
 
-One small class per state, as pybreaker does, with timestamps from the
-injected clock. No lock and no wrapping of the call: the module reports each
+One small class per state, as pybreaker does (one shared instance each; the
+counters live in the breaker, as pybreaker keeps them in its storage), with
+timestamps from the injected clock. No lock and no wrapping of the call: the module reports each
 outcome with :meth:`CircuitBreaker.on_success` / :meth:`on_failure`, and asks
 :meth:`capacity` how many requests the backend may have in flight.
 
@@ -23,78 +24,82 @@ Listener = Callable[["CircuitBreaker", CircuitState, CircuitState], None]
 
 
 class _State:
+    """What a state does with an outcome. One shared instance per state, holding no data: the
+    counters live in the breaker, so an outcome touches one object (many backends, few cache lines)."""
+
     kind: CircuitState
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
+    def enter(self, breaker: CircuitBreaker) -> None:
+        breaker.failures = 0
+        breaker.successes = 0
 
-    def capacity(self, max_connections: int) -> int:
+    def capacity(self, breaker: CircuitBreaker, max_connections: int) -> int:
         return max_connections
 
-    def on_success(self) -> None:
+    def on_success(self, breaker: CircuitBreaker) -> None:
         pass
 
-    def on_failure(self) -> None:
+    def on_failure(self, breaker: CircuitBreaker) -> None:
         pass
 
 
 class _Closed(_State):
     kind = CircuitState.CLOSED
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        super().__init__(breaker)
-        self.failures = 0
+    def on_success(self, breaker: CircuitBreaker) -> None:
+        breaker.failures = 0
 
-    def on_success(self) -> None:
-        self.failures = 0
-
-    def on_failure(self) -> None:
-        self.failures += 1
-        if self.failures >= self.breaker.config.failure_threshold:
-            self.breaker.transition(_Open)
+    def on_failure(self, breaker: CircuitBreaker) -> None:
+        breaker.failures += 1
+        if breaker.failures >= breaker.config.failure_threshold:
+            breaker.transition(_OPEN)
 
 
 class _Open(_State):
     kind = CircuitState.OPEN
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        super().__init__(breaker)
-        self.retry_at = breaker.clock.monotonic() + breaker.config.timeout
+    def enter(self, breaker: CircuitBreaker) -> None:
+        super().enter(breaker)
+        breaker.opened_until = breaker.clock.monotonic() + breaker.config.timeout
 
-    def capacity(self, max_connections: int) -> int:
+    def capacity(self, breaker: CircuitBreaker, max_connections: int) -> int:
         return 0
 
 
 class _HalfOpen(_State):
     kind = CircuitState.HALF_OPEN
 
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        super().__init__(breaker)
-        self.successes = 0
+    def capacity(self, breaker: CircuitBreaker, max_connections: int) -> int:
+        return min(max_connections, breaker.config.half_open_max_calls)
 
-    def capacity(self, max_connections: int) -> int:
-        return min(max_connections, self.breaker.config.half_open_max_calls)
+    def on_success(self, breaker: CircuitBreaker) -> None:
+        breaker.successes += 1
+        if breaker.successes >= breaker.config.success_threshold:
+            breaker.transition(_CLOSED)
 
-    def on_success(self) -> None:
-        self.successes += 1
-        if self.successes >= self.breaker.config.success_threshold:
-            self.breaker.transition(_Closed)
+    def on_failure(self, breaker: CircuitBreaker) -> None:
+        breaker.transition(_OPEN)
 
-    def on_failure(self) -> None:
-        self.breaker.transition(_Open)
+
+_CLOSED = _Closed()
+_OPEN = _Open()
+_HALF_OPEN = _HalfOpen()
 
 
 class CircuitBreaker:
     """The breaker of one backend. ``listener`` hears every transition."""
 
-    __slots__ = ("config", "enabled", "clock", "listener", "_state")
+    __slots__ = ("enabled", "_state", "failures", "successes", "opened_until", "config", "clock", "listener")
 
     def __init__(self, config: CircuitBreakerConfig, clock: Clock, listener: Listener | None = None) -> None:
-        self.config = config
         self.enabled = config.enabled
+        self._state: _State = _CLOSED
+        self.failures = 0  # consecutive failures while CLOSED
+        self.successes = 0  # successes while HALF_OPEN
+        self.opened_until = 0.0  # while OPEN: when it turns HALF_OPEN
+        self.config = config
         self.clock = clock
         self.listener = listener
-        self._state: _State = _Closed(self)
 
     @property
     def state(self) -> CircuitState:
@@ -103,27 +108,28 @@ class CircuitBreaker:
     @property
     def retry_at(self) -> float | None:
         """When an OPEN breaker becomes HALF_OPEN; ``None`` in other states."""
-        return self._state.retry_at if isinstance(self._state, _Open) else None
+        return self.opened_until if self._state is _OPEN else None
 
     def capacity(self, max_connections: int) -> int:
-        return self._state.capacity(max_connections) if self.enabled else max_connections
+        return self._state.capacity(self, max_connections) if self.enabled else max_connections
 
     def on_success(self) -> None:
         if self.enabled:
-            self._state.on_success()
+            self._state.on_success(self)
 
     def on_failure(self) -> None:
         if self.enabled:
-            self._state.on_failure()
+            self._state.on_failure(self)
 
     def poll(self) -> None:
         """Move OPEN to HALF_OPEN once its timeout has passed."""
         retry_at = self.retry_at
         if retry_at is not None and self.clock.monotonic() >= retry_at:
-            self.transition(_HalfOpen)
+            self.transition(_HALF_OPEN)
 
-    def transition(self, state_cls: type[_State]) -> None:
-        old = self._state.kind
-        self._state = state_cls(self)
-        if self.listener is not None and old is not self._state.kind:
-            self.listener(self, old, self._state.kind)
+    def transition(self, state: _State) -> None:
+        old = self._state
+        self._state = state
+        state.enter(self)
+        if self.listener is not None and old is not state:
+            self.listener(self, old.kind, state.kind)
