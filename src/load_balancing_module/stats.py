@@ -7,46 +7,60 @@ asks (``get_load_distribution``, a Prometheus scrape), not per request.
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 
 WINDOW_SAMPLES = 1024  # completions kept per backend (a power of two)
 WINDOW_SECONDS = 60.0  # samples older than this are ignored by percentiles
 RATE_SECONDS = 10  # requests_per_second is averaged over this many seconds
+_WINDOW_DOUBLES = 3 * WINDOW_SAMPLES
 
 
 class LatencyWindow:
-    """The most recent completions as ``(time, latency_ms, ok)`` in a ring.
+    """The most recent completions in a ring: ``time, latency_ms, ok`` as three doubles each.
 
     The ring grows to ``WINDOW_SAMPLES`` entries, so an idle backend costs
-    nothing; recording is one tuple and one list store.
+    nothing. The samples sit in one flat ``array('d')``: recording stores
+    three numbers and allocates nothing, and a backend's recent samples share
+    a few cache lines instead of being a tuple and two floats each.
     """
 
     __slots__ = ("_samples", "_next")
 
     def __init__(self) -> None:
-        self._samples: list[tuple[float, float, bool]] = []
-        self._next = 0
+        self._samples = array("d")
+        self._next = 0  # the index of the oldest sample once the ring is full
 
     def record(self, latency_ms: float, ok: bool, now: float) -> None:
         samples = self._samples
-        if len(samples) < WINDOW_SAMPLES:
-            samples.append((now, latency_ms, ok))
+        if len(samples) < _WINDOW_DOUBLES:
+            samples.append(now)
+            samples.append(latency_ms)
+            samples.append(1.0 if ok else 0.0)
         else:
             i = self._next
-            samples[i] = (now, latency_ms, ok)
-            self._next = (i + 1) & (WINDOW_SAMPLES - 1)
+            samples[i] = now
+            samples[i + 1] = latency_ms
+            samples[i + 2] = 1.0 if ok else 0.0
+            i += 3
+            self._next = 0 if i >= _WINDOW_DOUBLES else i
+
+    def _recent(self, since: float) -> tuple[list[float], int]:
+        """Latencies of the samples at or after ``since``, and how many of them failed."""
+        samples = self._samples
+        times, latencies, oks = samples[0::3], samples[1::3], samples[2::3]
+        values = [latencies[i] for i, t in enumerate(times) if t >= since]
+        failures = sum(1 for i, t in enumerate(times) if t >= since and oks[i] == 0.0)
+        return values, failures
 
     def summary(self, now: float) -> WindowSummary:
-        samples = self._samples
-        if not samples:
+        if not self._samples:
             return EMPTY_SUMMARY
-        since = now - WINDOW_SECONDS
-        recent = [s for s in samples if s[0] >= since]
-        if not recent:
+        values, failures = self._recent(now - WINDOW_SECONDS)
+        if not values:
             return EMPTY_SUMMARY
-        values = sorted(s[1] for s in recent)
-        failures = sum(1 for s in recent if not s[2])
+        values.sort()
         return WindowSummary(
             samples=len(values),
             avg_ms=sum(values) / len(values),
@@ -65,9 +79,9 @@ class LatencyWindow:
         """
         samples = self._samples
         since = now - RATE_SECONDS
-        count = sum(1 for s in samples if s[0] >= since)
+        count = sum(1 for t in samples[0::3] if t >= since)
         if count == WINDOW_SAMPLES:
-            oldest = samples[self._next][0]
+            oldest = samples[self._next]
             return count / max(now - oldest, 1e-9)
         return count / RATE_SECONDS
 
