@@ -41,6 +41,7 @@ import hashlib
 import math
 import random
 import statistics
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -105,9 +106,16 @@ def default_points(n: int, current: int = 0) -> int:
 
 
 class HashRing(Generic[M]):
-    """Sorted points and their owners; immutable once built."""
+    """Sorted points and their owners; immutable once built.
 
-    __slots__ = ("hashes", "owners")
+    ``hashes`` is a flat ``array('Q')``; a lookup first reads ``_index``, the
+    position of the first point of each bucket of the ring (by the hash's top
+    bits, about four points per bucket), and bisects that bucket only: a few
+    neighbouring reads, where a bisection of the whole ring reads about 20
+    places spread over megabytes when a tier has 10,000 members.
+    """
+
+    __slots__ = ("hashes", "owners", "_index", "_shift")
 
     def __init__(self, members: Sequence[M], points: int | None) -> None:
         n = len(members)
@@ -126,13 +134,30 @@ class HashRing(Generic[M]):
             count = max(1, min(round(base * b.weight / ref), base * MAX_WEIGHT_RATIO))
             packed.extend([(h << _INDEX_BITS) | index for h in member_points(name, count)])
         packed.sort()
-        self.hashes = [v >> _INDEX_BITS for v in packed]
+        self.hashes = array("Q", [v >> _INDEX_BITS for v in packed])
         owners = list(members)
         self.owners = [owners[v & _INDEX_MASK] for v in packed]
+        bits = max(1, (len(packed) // 4).bit_length())
+        self._shift = 64 - bits
+        self._index = _bucket_starts(self.hashes, bits)
 
     def start(self, key: str) -> int:
-        i = bisect.bisect_left(self.hashes, hash64(key))
+        h = hash64(key)
+        bucket = h >> self._shift
+        i = bisect.bisect_left(self.hashes, h, self._index[bucket], self._index[bucket + 1])
         return 0 if i == len(self.hashes) else i
+
+
+def _bucket_starts(hashes: array[int], bits: int) -> array[int]:
+    """For each of the ``2**bits`` buckets (and one past the last), the index of its first point."""
+    shift = 64 - bits
+    starts = array("Q", bytes(8 * ((1 << bits) + 1)))
+    i, n = 0, len(hashes)
+    for bucket in range(1, (1 << bits) + 1):
+        while i < n and hashes[i] >> shift < bucket:
+            i += 1
+        starts[bucket] = i
+    return starts
 
 
 class ConsistentHash(Algorithm):
