@@ -630,10 +630,11 @@ async def test_least_latency_tries_backend_without_data_but_does_not_flood_it(ma
     await complete_all(lb, [first, *more])
 
 
-@pytest.mark.parametrize(("members", "configured", "choices"), [(64, None, 0), (65, None, 2), (200, 0, 0),
+@pytest.mark.parametrize(("members", "configured", "choices"), [(64, None, 0), (1000, None, 0), (200, 0, 0),
                                                                   (3, 2, 2), (100, 3, 3)])  # fmt: skip
-async def test_least_latency_samples_two_in_large_tiers(make_lb: MakeLB, members: int, configured: int | None,
-                                                         choices: int) -> None:  # fmt: skip
+async def test_least_latency_is_exact_unless_choice_count_asks_to_sample(make_lb: MakeLB, members: int,
+                                                                          configured: int | None,
+                                                                          choices: int) -> None:  # fmt: skip
     names = [f"m{i}" for i in range(members)]
     algorithm_config = {} if configured is None else {"choice_count": configured}
     lb = await make_lb(LL, [backend(n) for n in names], algorithm_config=algorithm_config, seed=3)
@@ -644,7 +645,7 @@ async def test_least_latency_samples_two_in_large_tiers(make_lb: MakeLB, members
 
 async def test_least_latency_power_of_two_prefers_fast_members_and_tries_new_ones(make_lb: MakeLB) -> None:
     names = [f"m{i}" for i in range(100)]
-    lb = await make_lb(LL, [backend(n) for n in names], seed=5)
+    lb = await make_lb(LL, [backend(n) for n in names], algorithm_config={"choice_count": 2}, seed=5)
     counts: dict[str, int] = {}
     for _ in range(3000):  # the first ten members answer in 5 ms, the others in 50 ms
         result = await hold(lb)
@@ -665,10 +666,11 @@ async def test_least_latency_power_of_two_prefers_fast_members_and_tries_new_one
 QUANTUM_TYPES = [t for t in WorkloadType if t is not WorkloadType.CLASSICAL]
 
 
-async def test_quantum_aware_samples_in_large_tiers_and_keeps_the_class_rules(make_lb: MakeLB) -> None:
-    # 100 members, 20 quantum-capable: past 64, so two random members of the class are compared.
+async def test_quantum_aware_samples_when_asked_and_keeps_the_class_rules(make_lb: MakeLB) -> None:
+    # 100 members, 20 quantum-capable; choice_count 2: two random members of the class are compared.
     names = [f"m{i}" for i in range(100)]
-    lb = await make_lb(QA, [backend(n, quantum_capable=i % 5 == 0) for i, n in enumerate(names)], seed=4)
+    lb = await make_lb(QA, [backend(n, quantum_capable=i % 5 == 0) for i, n in enumerate(names)],
+                       algorithm_config={"choice_count": 2}, seed=4)  # fmt: skip
     quantum = {n for i, n in enumerate(names) if i % 5 == 0}
     held = [await hold(lb, workload_type=WorkloadType.QUANTUM_ML) for _ in range(40)]
     assert lb.router.tiers[0].algorithm._choices == 2  # type: ignore[attr-defined]

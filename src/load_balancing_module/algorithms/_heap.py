@@ -1,134 +1,241 @@
-"""Min-heaps of backends whose keys change often: O(log n) by lazy deletion.
+"""Min-heaps of backends whose keys change often: O(log n) updates.
 
-Changing a key pushes a new entry and marks the old one dead; dead entries
-are dropped when they reach the top, and the heap is compacted when they
-outnumber the live ones. Ties are broken by insertion order, so among equal
-keys the backend whose key changed longest ago comes first.
+Each member of a tier owns one :class:`HeapNode` (``backend.lb_node``, as
+HAProxy keeps a server's tree node inside ``struct server``), which holds its
+order, ``(rank, key, seq)``. ``rank`` puts HEALTHY members (0) before DEGRADED
+ones (1); a member whose rank is ``None`` is not in the heap. ``seq`` is taken
+from a counter at every change, so among equal keys the member whose key
+changed longest ago comes first: ties rotate.
 
-:class:`RankedHeap` keeps one heap per rank (HEALTHY, DEGRADED), so keys stay
-plain numbers, which ``heapq`` compares much faster than tuples.
+Two implementations keep that same order, one for each build (``new_heap``
+picks): :class:`IndexedHeap` moves a node up or down from where it is, so an
+update allocates nothing and compares numbers stored in the nodes; compiled
+by mypyc, that loop is native code. Interpreted, a Python loop costs more
+than ``heapq``'s C one, so :class:`LazyHeap` pushes a ``(rank, key, seq,
+node)`` tuple per change onto a ``heapq`` list and skips stale tuples when
+they reach the top.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import Any
 
-from ..backend import DEGRADED_RANK, HEALTHY_RANK, Backend
+from ..backend import Backend
 
-Entry = list[Any]  # [key, seq, backend or None when dead]
+_NO_SLOT = -1
 
 
-class LazyHeap:
-    __slots__ = ("_heap", "_live", "_seq", "_dead")
+class HeapNode:
+    """One backend's place in one :class:`IndexedHeap`."""
+
+    __slots__ = ("backend", "owner", "rank", "key", "seq", "index", "group", "owner_heap")
+
+    def __init__(self, backend: Backend, owner: object) -> None:
+        self.backend = backend
+        self.owner = owner  # the algorithm whose heap this node serves
+        self.rank = 0
+        self.key = 0.0
+        self.seq = 0
+        self.index = _NO_SLOT  # position in the heap, or _NO_SLOT when out of it
+        self.group: object = None  # for the owner: which of its heaps the node belongs to
+        self.owner_heap: IndexedHeap | None = None  # the LazyHeap the node is in
+
+
+def node_of(backend: Backend, owner: object) -> HeapNode:
+    """``backend``'s node for ``owner``'s heaps; a new one if it has none for this owner yet."""
+    node = backend.lb_node
+    if node is None or node.owner is not owner:
+        node = backend.lb_node = HeapNode(backend, owner)
+    return node
+
+
+def _before(a: HeapNode, b: HeapNode) -> bool:
+    if a.rank != b.rank:
+        return a.rank < b.rank
+    if a.key != b.key:
+        return a.key < b.key
+    return a.seq < b.seq
+
+
+class IndexedHeap:
+    __slots__ = ("_nodes", "_seq")
 
     def __init__(self) -> None:
-        self._heap: list[Entry] = []
-        self._live: dict[Backend, Entry] = {}
-        self._seq = 0  # a plain int: cheaper than itertools.count, compiled or not
-        self._dead = 0
+        self._nodes: list[HeapNode] = []
+        self._seq = 0  # shared by every node of this heap: the tie-break order
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._nodes)
 
-    def __contains__(self, backend: Backend) -> bool:
-        return backend in self._live
+    def __contains__(self, node: HeapNode) -> bool:
+        i = node.index
+        return 0 <= i < len(self._nodes) and self._nodes[i] is node
 
-    def key(self, backend: Backend) -> Any:
-        entry = self._live.get(backend)
-        return None if entry is None else entry[0]
-
-    def set(self, backend: Backend, key: Any) -> None:
-        """Give ``backend`` a new key; ``None`` removes it."""
-        old = self._live.get(backend)
-        heap = self._heap
-        if old is not None:
-            if old[0] == key:
-                return
-            if key is not None and heap[0] is old:
-                # The usual case: the member just picked from the top. One sift, no dead entry.
-                seq = self._seq = self._seq + 1
-                entry = [key, seq, backend]
-                self._live[backend] = entry
-                heapq.heapreplace(heap, entry)
-                return
-            old[2] = None
-            self._dead += 1
-        if key is None:
-            if old is not None:
-                del self._live[backend]
+    def set(self, node: HeapNode, rank: int | None, key: float) -> None:
+        """Give ``node`` the order ``(rank, key)``; rank ``None`` takes it out of the heap."""
+        inside = node in self
+        if rank is None:
+            if inside:
+                self._remove(node.index)
             return
-        seq = self._seq = self._seq + 1
-        entry = [key, seq, backend]
-        self._live[backend] = entry
-        heapq.heappush(heap, entry)
-        if self._dead > len(self._live) + 64:
-            self._compact()
+        if inside and node.rank == rank and node.key == key:
+            return
+        node.rank = rank
+        node.key = key
+        self._seq += 1
+        node.seq = self._seq
+        if inside:
+            self._sift_up(node.index)
+            self._sift_down(node.index)
+        else:
+            node.index = len(self._nodes)
+            self._nodes.append(node)
+            self._sift_up(node.index)
+
+    def discard(self, node: HeapNode) -> None:
+        if node in self:
+            self._remove(node.index)
 
     def peek(self) -> Backend | None:
-        heap = self._heap
-        while heap:
-            backend = heap[0][2]
-            if backend is not None:
-                return backend  # type: ignore[no-any-return]
-            heapq.heappop(heap)
-            self._dead -= 1
-        return None
+        nodes = self._nodes
+        return nodes[0].backend if nodes else None
 
-    def peek_key(self) -> Any:
-        return None if self.peek() is None else self._heap[0][0]
+    def top(self) -> HeapNode | None:
+        nodes = self._nodes
+        return nodes[0] if nodes else None
 
     def clear(self) -> None:
-        self._heap.clear()
-        self._live.clear()
-        self._dead = 0
+        for node in self._nodes:
+            node.index = _NO_SLOT
+        self._nodes = []
 
-    def _compact(self) -> None:
-        self._heap = [e for e in self._heap if e[2] is not None]
-        heapq.heapify(self._heap)
-        self._dead = 0
+    def _remove(self, i: int) -> None:
+        nodes = self._nodes
+        gone = nodes[i]
+        gone.index = _NO_SLOT
+        last = nodes.pop()
+        if last is not gone:
+            nodes[i] = last
+            last.index = i
+            self._sift_up(i)
+            self._sift_down(last.index)
+
+    def _sift_up(self, i: int) -> None:
+        nodes = self._nodes
+        node = nodes[i]
+        while i > 0:
+            parent = (i - 1) >> 1
+            above = nodes[parent]
+            if not _before(node, above):
+                break
+            nodes[i] = above
+            above.index = i
+            i = parent
+        nodes[i] = node
+        node.index = i
+
+    def _sift_down(self, i: int) -> None:
+        nodes = self._nodes
+        n = len(nodes)
+        node = nodes[i]
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            right = child + 1
+            if right < n and _before(nodes[right], nodes[child]):
+                child = right
+            below = nodes[child]
+            if not _before(below, node):
+                break
+            nodes[i] = below
+            below.index = i
+            i = child
+        nodes[i] = node
+        node.index = i
 
 
-class RankedHeap:
-    """HEALTHY members always before DEGRADED ones; rank ``None`` is out."""
+class LazyHeap(IndexedHeap):
+    """The order of :class:`IndexedHeap`, kept by ``heapq`` with lazy deletion (for the interpreted build).
 
-    __slots__ = ("_heaps",)
+    A tuple is live while its ``seq`` is its node's ``seq`` and the node is in
+    the heap (``index`` 0); stale tuples are dropped at the top, and the list
+    is rebuilt when they outnumber the live ones.
+    """
+
+    __slots__ = ("_entries", "_live")
 
     def __init__(self) -> None:
-        self._heaps = (LazyHeap(), LazyHeap())
+        super().__init__()
+        self._entries: list[tuple[int, float, int, HeapNode]] = []
+        self._live = 0
 
-    def set(self, backend: Backend, rank: int | None, key: Any) -> None:
-        # Runs on every take and release: written out for two ranks, no loop.
-        healthy, degraded = self._heaps
-        if rank == HEALTHY_RANK:
-            if backend in degraded._live:
-                degraded.set(backend, None)
-            healthy.set(backend, key)
-        elif rank == DEGRADED_RANK:
-            if backend in healthy._live:
-                healthy.set(backend, None)
-            degraded.set(backend, key)
+    def __len__(self) -> int:
+        return self._live
+
+    def __contains__(self, node: HeapNode) -> bool:
+        return node.index == 0 and node.owner_heap is self
+
+    def set(self, node: HeapNode, rank: int | None, key: float) -> None:
+        inside = node in self
+        if rank is None:
+            if inside:
+                self.discard(node)
+            return
+        if inside and node.rank == rank and node.key == key:
+            return
+        if not inside:
+            node.index = 0
+            node.owner_heap = self
+            self._live += 1
+        node.rank = rank
+        node.key = key
+        self._seq += 1
+        node.seq = self._seq
+        entries = self._entries
+        top = entries[0] if entries else None
+        if top is not None and top[3] is node:  # the member just picked: replace its stale tuple, one sift
+            heapq.heapreplace(entries, (rank, key, self._seq, node))
         else:
-            healthy.set(backend, None)
-            degraded.set(backend, None)
+            heapq.heappush(entries, (rank, key, self._seq, node))
+            if len(entries) > 2 * self._live + 64:
+                self._compact()
 
-    def key(self, backend: Backend) -> Any:
-        for heap in self._heaps:
-            if backend in heap:
-                return heap.key(backend)
+    def discard(self, node: HeapNode) -> None:
+        if node in self:
+            node.index = _NO_SLOT
+            node.owner_heap = None
+            self._live -= 1
+
+    def top(self) -> HeapNode | None:
+        entries = self._entries
+        while entries:
+            _, _, seq, node = entries[0]
+            if node.seq == seq and node in self:
+                return node
+            heapq.heappop(entries)
         return None
 
     def peek(self) -> Backend | None:
-        backend = self._heaps[HEALTHY_RANK].peek()
-        return backend if backend is not None else self._heaps[DEGRADED_RANK].peek()
-
-    def peek_ranked(self) -> tuple[int, Any] | None:
-        """``(rank, key)`` of the top member, for comparing two heaps."""
-        for rank, heap in enumerate(self._heaps):
-            if heap.peek() is not None:
-                return rank, heap.peek_key()
-        return None
+        node = self.top()
+        return None if node is None else node.backend
 
     def clear(self) -> None:
-        for heap in self._heaps:
-            heap.clear()
+        for _, _, _, node in self._entries:
+            if node.owner_heap is self:
+                node.index = _NO_SLOT
+                node.owner_heap = None
+        self._entries = []
+        self._live = 0
+
+    def _compact(self) -> None:
+        self._entries = [e for e in self._entries if e[3].seq == e[2] and e[3] in self]
+        heapq.heapify(self._entries)
+
+
+def new_heap() -> IndexedHeap:
+    """The heap for this build: in place when compiled, ``heapq`` when interpreted."""
+    return LazyHeap() if _INTERPRETED else IndexedHeap()
+
+
+_INTERPRETED = __file__.endswith(".py")

@@ -1,7 +1,10 @@
 """Power of k choices: the least-cost of k members drawn at random.
 
-Shared by LEAST_CONNECTIONS and LEAST_LATENCY. A draw skips members that are
-not candidates, and DEGRADED ones while a HEALTHY candidate exists (``want``).
+Shared by LEAST_CONNECTIONS, LEAST_LATENCY and QUANTUM_AWARE when their
+``choice_count`` is k >= 2 (their default is the exact minimum, from a heap
+updated in place, which is cheaper per pick at every tier size measured by
+``bench/routing.py``). A draw skips members that are not candidates, and
+DEGRADED ones while a HEALTHY candidate exists (``want``).
 """
 
 from __future__ import annotations
@@ -17,22 +20,13 @@ from .base import number
 
 Cost = Callable[[Backend], float]
 
-EXACT_UP_TO = 64  # with choice_count unset: an exact minimum up to this many members, best of 2 above
 
-
-def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithmType, *, auto: bool) -> None:
-    """``choice_count`` is 0 (exact) or >= 2 (best of k), or ``None`` (auto) where allowed."""
-    number(settings, "choice_count", kind, minimum=0, allow_none=auto, integer=True)
+def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithmType, *, nullable: bool) -> None:
+    """``choice_count`` is 0 (exact) or >= 2 (best of k); ``None`` (exact too) where allowed."""
+    number(settings, "choice_count", kind, minimum=0, allow_none=nullable, integer=True)
     if settings["choice_count"] == 1:
-        allowed = "0 (exact), >= 2, or null (auto)" if auto else "0 (exact) or >= 2"
+        allowed = "0 or null (exact), or >= 2" if nullable else "0 (exact) or >= 2"
         raise AlgorithmError(f"{kind.value}: config 'choice_count' must be {allowed}")
-
-
-def choices_for(configured: int | None, members: int) -> int:
-    """0 for an exact minimum, else how many members to draw."""
-    if configured is not None:
-        return configured
-    return 2 if members > EXACT_UP_TO else 0
 
 
 def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None,

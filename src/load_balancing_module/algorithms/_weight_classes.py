@@ -11,10 +11,10 @@ heap sift short and cache-friendly; used while k <= ``MAX_CLASSES``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import count
+from typing import cast
 
 from ..backend import HEALTHY_RANK, Backend
-from ._heap import RankedHeap
+from ._heap import new_heap, node_of
 
 MAX_CLASSES = 16
 
@@ -24,18 +24,18 @@ class _Class:
 
     def __init__(self, weight: float, vtime: float) -> None:
         self.weight = weight
-        self.rotation = RankedHeap()
+        self.rotation = new_heap()
         self.free = 0
         self.healthy_free = 0
         self.deadline = vtime
 
 
 class WeightClasses:
+    """The classes of one tier. A member's heap node holds its turn (``key``) and class (``group``)."""
+
     def __init__(self) -> None:
         self._classes: dict[float, _Class] = {}
-        self._placed: dict[Backend, tuple[_Class, int | None]] = {}  # class and the rank counted there
-        self._turn: dict[Backend, int] = {}
-        self._turns = count()
+        self._turns = 0.0  # the latest turn handed out
         self._vtime = 0.0
 
     @property
@@ -43,33 +43,36 @@ class WeightClasses:
         return len(self._classes) > MAX_CLASSES
 
     def rebuild(self, members: Iterable[Backend]) -> None:
-        old_turns = self._turn
         self._classes.clear()
-        self._placed.clear()
-        self._turn = {}
         for b in members:
-            self._turn[b] = old_turns[b] if b in old_turns else next(self._turns)
+            node = b.lb_node
+            if node is None or node.owner is not self:  # a newcomer: its turn is after everyone's
+                self._turns += 1.0
+                node = node_of(b, self)
+                node.key = self._turns
+            node.group = None
             self.update(b)
 
     def update(self, backend: Backend) -> None:
-        if backend not in self._turn:
+        node = backend.lb_node
+        if node is None or node.owner is not self:
             return
         rank = backend.rank
         weight = backend.effective_weight
-        placed = self._placed.get(backend)
+        placed = cast("_Class | None", node.group)
         if placed is not None:
-            cls, counted = placed
-            if cls.weight == weight and counted == rank:
+            counted = node.rank if node in placed.rotation else None
+            if placed.weight == weight and counted == rank:
                 return
-            self._count(cls, counted, -1)
-            if cls.weight != weight:
-                cls.rotation.set(backend, None, None)
+            self._count(placed, counted, -1)
+            if placed.weight != weight:
+                placed.rotation.discard(node)
         target = self._classes.get(weight)
         if target is None:
             target = self._classes[weight] = _Class(weight, self._vtime)
         self._count(target, rank, 1)
-        self._placed[backend] = (target, rank)
-        target.rotation.set(backend, rank, self._turn[backend])
+        node.group = target
+        target.rotation.set(node, rank, node.key)
 
     @staticmethod
     def _count(cls: _Class, rank: int | None, sign: int) -> None:
@@ -86,13 +89,13 @@ class WeightClasses:
                 best = cls
         if best is None:
             return None
-        backend = best.rotation.peek()
-        if backend is None:
+        node = best.rotation.top()
+        if node is None:
             return None
         # A class that sat idle resumes now, without a burst to catch up.
         self._vtime = max(self._vtime, best.deadline)
         free = best.healthy_free if healthy_only else best.free
         best.deadline = self._vtime + 1.0 / (best.weight * free)
-        turn = self._turn[backend] = next(self._turns)
-        best.rotation.set(backend, backend.rank, turn)
-        return backend
+        self._turns += 1.0
+        best.rotation.set(node, node.rank, self._turns)
+        return node.backend

@@ -21,7 +21,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import RankedHeap
+from ._heap import new_heap, node_of
 from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm
 
@@ -32,11 +32,11 @@ class LeastConnections(Algorithm):
 
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
-        check_choice_count(settings, cls.kind, auto=False)
+        check_choice_count(settings, cls.kind, nullable=False)
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
-        self._heap = RankedHeap()
+        self._heap = new_heap()
         self._members: list[Backend] = []
         self._choices: int = self.settings["choice_count"]
 
@@ -48,7 +48,7 @@ class LeastConnections(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(backend, backend.rank, backend.in_flight / backend.effective_weight)
+            self._heap.set(node_of(backend, self), backend.rank, backend.in_flight / backend.effective_weight)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if not self._choices:

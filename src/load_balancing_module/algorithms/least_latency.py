@@ -15,10 +15,10 @@ keeps the order of members unchanged; the heap therefore stores the
 time-independent ``log(cost) + stamp/tau`` and needs updating only when a
 member's own latency or load changes. Pick: O(log n).
 
-``choice_count``: ``null`` (default) picks the exact minimum in tiers of up to
-64 members and the cheaper of two random members above (power of two
-choices, as Finagle and Linkerd do), which needs no heap upkeep per request:
-O(1). ``0`` forces the exact minimum, ``k >= 2`` the best of ``k``.
+``choice_count``: ``null`` (default) or ``0`` picks the exact minimum; ``k >= 2``
+the cheapest of ``k`` random members (power of two choices, as Finagle and
+Linkerd do): O(k), no heap upkeep, and less herding when several balancers
+share backends without sharing their view of them.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import RankedHeap
-from ._sampling import best_of_k, check_choice_count, choices_for
+from ._heap import new_heap, node_of
+from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
@@ -49,18 +49,17 @@ class LeastLatency(Algorithm):
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "decay_seconds", cls.kind, minimum=0.001)
-        check_choice_count(settings, cls.kind, auto=True)
+        check_choice_count(settings, cls.kind, nullable=True)
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
-        self._heap = RankedHeap()
+        self._heap = new_heap()
         self._tau = float(self.settings["decay_seconds"])
         self._members: list[Backend] = []
-        self._choices = 0  # 0: exact heap; k: best of k random members
+        self._choices: int = self.settings["choice_count"] or 0  # 0: exact heap; k: best of k random members
 
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._members = list(members)
-        self._choices = choices_for(self.settings["choice_count"], len(members))
         self._heap.clear()
         for b in members:
             b.peak_ewma.tau = self._tau
@@ -83,7 +82,7 @@ class LeastLatency(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(backend, backend.rank, self.cost_key(backend))
+            self._heap.set(node_of(backend, self), backend.rank, self.cost_key(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
         backend.peak_ewma.observe(latency_ms, now)

@@ -14,10 +14,8 @@ where ``latency_ms`` is an EWMA (alpha 0.3) of completed requests and probes
 (config, default 100) is the latency that counts as much as one extra request
 in flight. Priority is honoured by the tier walk. Ties rotate. Pick: O(log n).
 
-``choice_count``: ``null`` (default) takes the exact minimum in tiers of up to
-64 members and the better of two random members of the class above (power
-of two choices), which needs no heap upkeep per request; ``0`` forces the
-exact minimum, ``k >= 2`` the best of ``k``.
+``choice_count``: ``null`` (default) or ``0`` takes the exact minimum; ``k >= 2``
+the best of ``k`` random members of the class (power of k choices).
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import RankedHeap
-from ._sampling import best_of_k, check_choice_count, choices_for
+from ._heap import new_heap, node_of
+from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm, number
 
 
@@ -44,15 +42,15 @@ class QuantumAware(Algorithm):
     @classmethod
     def check(cls, settings: dict[str, Any]) -> None:
         number(settings, "latency_scale_ms", cls.kind, minimum=0.001)
-        check_choice_count(settings, cls.kind, auto=True)
+        check_choice_count(settings, cls.kind, nullable=True)
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
-        self._heaps = (RankedHeap(), RankedHeap())  # [classical, quantum-capable]
+        self._heaps = (new_heap(), new_heap())  # [classical, quantum-capable]
         self._scale: float = float(self.settings["latency_scale_ms"])
         self._members: tuple[list[Backend], list[Backend]] = ([], [])
         self._all: list[Backend] = []
-        self._choices = 0  # 0: exact heaps; k: best of k random members
+        self._choices: int = self.settings["choice_count"] or 0  # 0: exact heaps; k: best of k random members
 
     def preferred_class(self, request: Request) -> int | None:
         return 1 if request.workload_type.is_quantum else 0
@@ -60,7 +58,6 @@ class QuantumAware(Algorithm):
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._all = list(members)
         self._members = ([b for b in members if not b.quantum], [b for b in members if b.quantum])
-        self._choices = choices_for(self.settings["choice_count"], len(members))
         for heap in self._heaps:
             heap.clear()
         for b in members:
@@ -71,7 +68,7 @@ class QuantumAware(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heaps[1 if backend.quantum else 0].set(backend, backend.rank, self.score(backend))
+            self._heaps[1 if backend.quantum else 0].set(node_of(backend, self), backend.rank, self.score(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
         backend.ewma.observe(latency_ms)
@@ -83,7 +80,9 @@ class QuantumAware(Algorithm):
             return best_of_k(pool, self._choices, self.rng, want, self.score)
         if klass is not None:
             return self._heaps[klass].peek()
-        classical, quantum = (heap.peek_ranked() for heap in self._heaps)
-        if quantum is None or (classical is not None and classical <= quantum):
+        classical, quantum = self._heaps[0].top(), self._heaps[1].top()
+        if quantum is None or (
+            classical is not None and (classical.rank, classical.key) <= (quantum.rank, quantum.key)
+        ):
             return self._heaps[0].peek()
-        return self._heaps[1].peek()
+        return quantum.backend

@@ -1,22 +1,22 @@
 """ROUND_ROBIN: strict circular order over the tier's members.
 
-Each member holds the turn number of its last pick; the member with the
-oldest turn goes next. A member that leaves the rotation (unhealthy, full)
-keeps its turn and comes back at the same place. Pick: O(log n).
+Each member holds the turn number of its last pick (the key of its heap
+node); the member with the oldest turn goes next. A member that leaves the
+rotation (unhealthy, full) keeps its turn and comes back at the same place.
+Pick: O(log n).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from itertools import count
 from typing import Any
 
 from ..backend import Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import RankedHeap
+from ._heap import new_heap, node_of
 from .base import Algorithm
 
 
@@ -26,25 +26,28 @@ class RoundRobin(Algorithm):
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
-        self._heap = RankedHeap()
-        self._turn: dict[Backend, int] = {}
-        self._turns = count()
+        self._heap = new_heap()
+        self._turns = 0.0  # the latest turn handed out (a float: heap keys are floats)
 
     def rebuild(self, members: Sequence[Backend]) -> None:
-        old = self._turn
-        self._turn = {b: old[b] if b in old else next(self._turns) for b in members}
         self._heap.clear()
+        for b in members:
+            node = b.lb_node
+            if node is None or node.owner is not self:  # a newcomer: its turn is after everyone's
+                self._turns += 1.0
+                node_of(b, self).key = self._turns
         for b in members:
             self.update(b)
 
     def update(self, backend: Backend) -> None:
-        turn = self._turn.get(backend)
-        if turn is not None:
-            self._heap.set(backend, backend.rank, turn)
+        node = backend.lb_node
+        if node is not None and node.owner is self:
+            self._heap.set(node, backend.rank, node.key)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        backend = self._heap.peek()
-        if backend is not None:
-            turn = self._turn[backend] = next(self._turns)
-            self._heap.set(backend, backend.rank, turn)
-        return backend
+        node = self._heap.top()
+        if node is None:
+            return None
+        self._turns += 1.0
+        self._heap.set(node, node.rank, self._turns)
+        return node.backend

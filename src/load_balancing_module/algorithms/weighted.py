@@ -34,7 +34,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import RankedHeap
+from ._heap import new_heap, node_of
 from ._weight_classes import MAX_CLASSES, WeightClasses
 from .base import Algorithm
 
@@ -50,7 +50,7 @@ class SmoothWeighted(Algorithm):
         super().__init__(settings, rng, clock)
         self._members: list[Backend] = []
         self._current: dict[Backend, float] = {}
-        self._heap = RankedHeap()
+        self._heap = new_heap()
         self._deadline: dict[Backend, float] = {}
         self._vtime = 0.0
         self._joined = 0  # members given a phase so far
@@ -87,7 +87,7 @@ class SmoothWeighted(Algorithm):
                     self.update(b)
             return
         if backend.rank is None:
-            self._heap.set(backend, None, None)
+            self._heap.set(node_of(backend, self), None, 0.0)
             return
         deadline = self._deadline.get(backend)
         if deadline is None:
@@ -96,7 +96,7 @@ class SmoothWeighted(Algorithm):
             deadline = self._vtime + phase / backend.effective_weight
         deadline = max(deadline, self._vtime)
         self._deadline[backend] = deadline
-        self._heap.set(backend, backend.rank, deadline)
+        self._heap.set(node_of(backend, self), backend.rank, deadline)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if self.small:
@@ -132,5 +132,5 @@ class SmoothWeighted(Algorithm):
         self._vtime = deadline
         deadline += 1.0 / backend.effective_weight
         self._deadline[backend] = deadline
-        self._heap.set(backend, backend.rank, deadline)
+        self._heap.set(node_of(backend, self), backend.rank, deadline)
         return backend
