@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -353,3 +355,8 @@ def test_passwords_are_not_logged() -> None:
     assert redact("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redact("rediss://app:s3cret@cache/1") == "rediss://app:***@cache/1"
     assert redact("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_importing_the_package_does_not_load_redis() -> None:
+    code = "import sys, load_balancing_module as lb; lb.RedisStore; assert 'redis' not in sys.modules, 'redis loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True)
