@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -21,7 +22,7 @@ import redis.asyncio
 
 from load_balancing_module import FakeClock
 from load_balancing_module.state.redis import RedisStore, redact
-from redis_helpers import MakeStore, Now, keys_under
+from redis_helpers import MakeStore, Now, keys_under, on_port
 
 IP = "203.0.113.7"
 
@@ -94,7 +95,7 @@ async def silent_server() -> AsyncIterator[int]:
 
 
 def port_of(url: str) -> int:
-    return redis.Redis.from_url(url).connection_pool.connection_kwargs["port"]  # type: ignore[no-any-return]
+    return urlsplit(url).port or 6379
 
 
 # -- token buckets ---------------------------------------------------------------------------
@@ -245,7 +246,8 @@ async def test_a_client_of_your_own_works_and_stays_open(redis_url: str, redis_p
         assert await store.record_attempt(IP, 5, 1.0) == (0.0, False)
         await store.close()
         assert await client.ping()  # not the store's to close
-        assert store.url.startswith("redis://") and store.url.endswith(f":{port_of(redis_url)}/0")
+        db = urlsplit(redis_url).path.strip("/") or "0"
+        assert store.url.startswith("redis://") and store.url.endswith(f":{port_of(redis_url)}/{db}")
     finally:
         await client.aclose()
 
@@ -317,7 +319,7 @@ async def test_the_store_recovers_when_redis_comes_back(redis_url: str, redis_pr
     caplog.set_level(logging.INFO, logger="load_balancing_module")
     clock = FakeClock()
     async with Relay(port_of(redis_url)) as relay:
-        store = RedisStore(f"redis://127.0.0.1:{relay.port}/0", prefix=redis_prefix, clock=clock, now=Now())
+        store = RedisStore(on_port(redis_url, relay.port), prefix=redis_prefix, clock=clock, now=Now())
         try:
             await store.bind_session("s1", "a:1", 60.0)
             relay.cut()
