@@ -353,6 +353,13 @@ async def test_a_cancelled_probe_does_not_leave_the_store_failing_open() -> None
             await store.close()
 
 
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        RedisStore(timeout=0)
+    with pytest.raises(ValueError, match="retry_interval=-1"):
+        RedisStore(retry_interval=-1)
+
+
 def test_passwords_are_not_logged() -> None:
     assert redact("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
     assert redact("rediss://app:s3cret@cache/1") == "rediss://app:***@cache/1"

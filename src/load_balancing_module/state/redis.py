@@ -163,6 +163,9 @@ class RedisStore(StateStore):
         now: Callable[[], float] | None = None,
         clock: Clock | None = None,
     ) -> None:
+        if timeout <= 0 or retry_interval < 0 or log_interval < 0:
+            raise ValueError(f"RedisStore: timeout must be > 0 and the intervals >= 0 (timeout={timeout}, "
+                             f"retry_interval={retry_interval}, log_interval={log_interval})")  # fmt: skip
         from redis.exceptions import RedisError  # here, not at import: redis costs ~50 ms to load
 
         self.prefix = prefix
