@@ -29,6 +29,8 @@ DEGRADED_MS = 100.0
 
 MakeLB = Callable[..., Awaitable[LoadBalancingModule]]
 
+pytest_plugins = ["redis_helpers"]  # a real Redis for the shared-state tests, found or started
+
 
 class Probes:
     """A fake active probe. Each backend answers ``HEALTHY`` (fast),

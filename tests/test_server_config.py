@@ -62,7 +62,16 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("listen: localhost\n", "listen: 'localhost' is not host:port"),
-        ("state: redis://127.0.0.1:6379/0\n", "state: only 'memory'"),
+        ("state: http://127.0.0.1:6379/0\n", "state: must be 'memory' or a Redis URL"),
+        ("state: redis://127.0.0.1:99999/0\n", "state: the Redis URL's port must be a number in 1..65535"),
+        ("state: redis://127.0.0.1:6379/zero\n", "state: the Redis database must be a number"),
+        ("state: redis:///0\n", "state: the Redis URL has no host"),
+        ("state: redis://h/0?db=1\n", "state: the Redis URL takes no query parameters"),
+        ("state: {url: redis://h/0, prefix: ''}\n", "state.prefix: String should have at least 1 character"),
+        ("state: {url: redis://h/0, timeout: 0}\n", "state.timeout: must be > 0"),
+        ("state: {url: rediss://h/0, colour: red}\n", "state.colour: unknown key"),
+        ("state: {url: memory, prefix: 'a:'}\n", "state: prefix and timeout apply only to a redis:// url"),
+        ("state: [redis://h/0]\n", "state: must be 'memory', a redis:// URL, or a mapping"),
         ("algorithm: {algorithm_type: ip_hash, config: {balance_factor: 0.5}}\n", "algorithm.config: ip_hash"),
         ("backends: [{host: a.test}]\n", "backends[0].port: required"),
         ("- just\n- a list\n", "top level must be a mapping"),
@@ -73,6 +82,22 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path: Path) -> None:
 def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(write(tmp_path, text), {})
+
+
+def test_state_is_memory_a_redis_url_or_a_mapping(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "listen: 127.0.0.1:0\n"), {}).state.url == "memory"
+    short = load_config(write(tmp_path, "state: redis://10.0.0.5:6380/2\n"), {}).state
+    assert (short.url, short.prefix, short.timeout, short.shared) == ("redis://10.0.0.5:6380/2", "omnixan:", 0.25, True)
+    text = "state: {url: 'rediss://:${PW}@cache.internal/0', prefix: 'shop:', timeout: 0.5}\n"
+    full = load_config(write(tmp_path, text), {"PW": "s3cret"}).state
+    assert (full.url, full.prefix, full.timeout) == ("rediss://:s3cret@cache.internal/0", "shop:", 0.5)
+
+
+def test_a_bad_state_is_reported_without_the_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_config(write(tmp_path, "state: redis://:s3cret@cache:6379/db0\n"), {})
+    assert str(info.value).startswith("state: the Redis database must be a number")
+    assert "s3cret" not in str(info.value)
 
 
 def test_toml_and_env_escape(tmp_path: Path) -> None:
@@ -98,6 +123,9 @@ def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert main(["check", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["backends[0].port: must be >= 1", "backends[1].weight: must be > 0"]
+    bad_state = write(tmp_path, "state: {url: redis://cache:6379/0, prefix: 'a:', db: 2}\n", "state.yaml")
+    assert main(["check", "--config", str(bad_state)]) == 2
+    assert capsys.readouterr().err.splitlines() == ["state.db: unknown key"]
     monkeypatch.setenv("OMNIXAN_LB_CONFIG", str(bad))
     assert main(["check"]) == 2
     assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2

@@ -28,7 +28,7 @@ from .exceptions import (
 from .metrics import LoadBalancerCollector, register_metrics
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .module import BackendID, LoadBalancingModule
-from .state import MemoryStore, StateStore
+from .state import MemoryStore, RedisStore, StateStore
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ __all__ = [
     "MemoryStore",
     "RateLimitConfig",
     "RateLimitExceededError",
+    "RedisStore",
     "Request",
     "RequestTimeoutError",
     "RouteResult",

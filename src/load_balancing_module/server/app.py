@@ -5,6 +5,12 @@ Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish (up to
 backend, algorithm, limit and access-log changes without dropping
 connections. A bad file is refused with a logged error and the old config
 keeps running.
+
+``state: redis://...`` makes the module keep sessions, token buckets and the
+flood-block list in Redis (:class:`~..state.redis.RedisStore`), created here and
+closed at shutdown. A reload that changes ``state`` keeps the running store and
+logs that a restart is needed: the balancer never switches stores under live
+sessions.
 """
 
 from __future__ import annotations
@@ -23,19 +29,28 @@ from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
+from ..state.redis import RedisStore, redact
 from .admin import AdminServer
-from .config import ServerConfig, load_config
+from .config import ServerConfig, StateConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
 from .proxy import ProxyServer
 
 RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
 
 
+def open_store(state: StateConfig) -> RedisStore | None:
+    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
+    if not state.shared:
+        return None
+    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout)
+
+
 class Server:
     def __init__(self, path: str | Path, config: ServerConfig) -> None:
         self.path = Path(path)
         self.config = config
-        self.lb = LoadBalancingModule(config.module_config())
+        self.store = open_store(config.state)
+        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
@@ -43,6 +58,8 @@ class Server:
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
+        if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway
+            log_event("state_store_ready", store="redis", url=redact(self.store.url), prefix=self.store.prefix)
         await self.lb.initialize()
         for backend in self.config.backends:
             await self.lb.add_backend(backend)
@@ -65,6 +82,8 @@ class Server:
         ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
         if ignored:
             log_event("reload_needs_restart", logging.WARNING, settings=ignored)
+        if "state" in ignored:  # the running store stays, and the config says so
+            new = new.model_copy(update={"state": self.config.state})
         self.proxy.config = new  # limits, timeouts, retries, trusted proxies, access log
         self.config = new
         log_event("reload_applied", path=str(self.path), backends=len(new.backends))
@@ -88,6 +107,8 @@ class Server:
         await self.admin.stop()
         await self.proxy.close()
         await self.lb.shutdown()
+        if self.store is not None:  # the module closes only a store it made itself
+            await self.store.close()
         log_event("server_stopped", unfinished_requests=left)
         return left
 

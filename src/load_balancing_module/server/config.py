@@ -2,7 +2,8 @@
 
 Top-level keys are the fields of ``LoadBalancingModuleConfig`` plus the
 server's own (``listen``, ``backends``, ``admin``, ``state``,
-``trusted_proxies``, ``limits``, ``drain_timeout``, ``access_log``). Unknown
+``trusted_proxies``, ``limits``, ``drain_timeout``, ``access_log``). ``state``
+is ``memory``, a ``redis://host:port/db`` URL, or ``{url, prefix, timeout}``. Unknown
 keys are errors. ``${NAME}`` in any string is replaced by the environment
 variable ``NAME`` (an unset variable is an error; ``$${`` keeps a literal
 ``${``). Every problem is reported with its field path, e.g.
@@ -18,15 +19,18 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..algorithms import ALGORITHMS
 from ..config import BackendConfig, LoadBalancingModuleConfig, _Model
 from ..exceptions import AlgorithmError, ConfigurationError
+from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DB = re.compile(r"/?|/[0-9]+")
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -57,11 +61,58 @@ class AdminConfig(_Model):
         return value
 
 
+def check_state_url(value: str) -> str:
+    """``memory``, or ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS).
+
+    Messages never repeat the URL: it may hold a password."""
+    if value == "memory":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("must be 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS)")
+    if not parts.hostname:
+        raise ValueError("the Redis URL has no host, as in redis://127.0.0.1:6379/0")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or over 65535
+        port = 0
+    if port == 0:
+        raise ValueError("the Redis URL's port must be a number in 1..65535")
+    if not _DB.fullmatch(parts.path):
+        raise ValueError(f"the Redis database must be a number, as in redis://127.0.0.1:6379/0, not {parts.path!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("the Redis URL takes no query parameters; use state: {url: ..., prefix: ..., timeout: ...}")
+    return value
+
+
+class StateConfig(_Model):
+    """Where sessions, token buckets and the flood-block list live: this process, or a shared Redis."""
+
+    url: str = "memory"
+    prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, max_length=128)  # keys are prefix + name
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=10)  # seconds for a connect and for a reply
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_state_url(value)
+
+    @model_validator(mode="after")
+    def _redis_only(self) -> StateConfig:
+        if not self.shared and self.model_fields_set & {"prefix", "timeout"}:
+            raise ValueError("prefix and timeout apply only to a redis:// url")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        return self.url != "memory"
+
+
 class ServerConfig(LoadBalancingModuleConfig):
     listen: str = "127.0.0.1:8080"
     backends: list[BackendConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
-    state: str = "memory"
+    state: StateConfig = Field(default_factory=StateConfig)
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     drain_timeout: float = Field(default=30.0, ge=0)
@@ -73,11 +124,14 @@ class ServerConfig(LoadBalancingModuleConfig):
         parse_address(value)
         return value
 
-    @field_validator("state")
+    @field_validator("state", mode="before")
     @classmethod
-    def _state(cls, value: str) -> str:
-        if value != "memory":
-            raise ValueError("only 'memory' is available in this version")
+    def _state(cls, value: Any) -> Any:
+        """The short form, ``state: redis://...``: checked here so that errors name ``state``."""
+        if isinstance(value, str):
+            return {"url": check_state_url(value)}
+        if not isinstance(value, (dict, StateConfig)):
+            raise ValueError("must be 'memory', a redis:// URL, or a mapping {url: ..., prefix: ..., timeout: ...}")
         return value
 
     @field_validator("trusted_proxies")

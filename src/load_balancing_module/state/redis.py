@@ -1,0 +1,325 @@
+"""Redis state store: sessions, token buckets and the flood-block list shared by several balancers.
+
+Every operation is one Lua script (EVALSHA), so it is atomic on the Redis side
+however many balancers run it at once. Time comes from the Redis server
+(``TIME`` inside the script) because the monotonic clocks of different hosts
+cannot be compared; a ``now`` callable replaces it for deterministic tests.
+Keys live under ``prefix`` and carry Redis TTLs, so nothing grows without bound.
+
+When Redis is unreachable or errors, the store fails open: the rate limit and
+the flood check admit the request, sessions are unsticky (no binding found,
+bindings not saved). After a failure it does not try Redis again for
+``retry_interval`` seconds (then one call probes it), so an outage costs at most
+one ``timeout`` per interval instead of one per request. See docs/state.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .._log import log_event
+from ..clock import Clock, SystemClock
+from .base import StateStore
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+Script = Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]  # (keys, args) -> reply
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PREFIX = "omnixan:"
+DEFAULT_TIMEOUT = 0.25  # seconds for a connect and for a reply; Redis answers in well under 1 ms on a LAN
+RETRY_INTERVAL = 1.0  # seconds without trying Redis after a failure
+LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
+
+# ARGV "now": the injected time, or "" for the Redis server's clock. Numbers go back as
+# strings: Redis turns a Lua number into an integer reply, and stored values keep 17 digits.
+_PRELUDE = """
+local function now(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function num(x) return string.format('%.17g', x) end
+local function keep_index(key, ms)  -- the session index outlives its longest session, no longer
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+"""
+
+# KEYS: bucket. ARGV: rate, burst, now. Returns the seconds until a token is available ("0": taken).
+# The key expires once the bucket would be full again (a full bucket is the same as none), plus 1 s.
+_TAKE_TOKEN = """
+local rate, burst, t = tonumber(ARGV[1]), tonumber(ARGV[2]), now(ARGV[3])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = burst
+if b[1] then tokens = math.min(burst, tonumber(b[1]) + math.max(t - tonumber(b[2]), 0) * rate) end
+local wait = 0
+if tokens >= 1 - 1e-9 then tokens = math.max(tokens - 1, 0) else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'at', num(t))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return num(wait)
+"""
+
+# KEYS: block, attempts. ARGV: threshold, block_seconds, now. Returns {seconds blocked, 1 if newly}.
+# Attempts are counted in fixed one-second windows, as MemoryStore does.
+_RECORD_ATTEMPT = """
+local threshold, block, t = tonumber(ARGV[1]), tonumber(ARGV[2]), now(ARGV[3])
+local blocked = redis.call('GET', KEYS[1])
+if blocked then
+  local left = tonumber(blocked) - t
+  if left > 0 then return {num(left), 0} end
+  redis.call('DEL', KEYS[1])
+end
+local second = math.floor(t)
+local c = redis.call('HMGET', KEYS[2], 'window', 'count')
+local count = 1
+if c[1] and tonumber(c[1]) == second then count = tonumber(c[2]) + 1 end
+if count > threshold and block > 0 then
+  redis.call('SET', KEYS[1], num(t + block), 'PX', math.ceil(block * 1000))
+  redis.call('DEL', KEYS[2])
+  return {num(block), 1}
+end
+redis.call('HSET', KEYS[2], 'window', num(second), 'count', count)
+redis.call('PEXPIRE', KEYS[2], 2000)
+return {'0', 0}
+"""
+
+# KEYS: session, index. ARGV: ttl, now, session id. Returns the bound backend id, or nil.
+_GET_SESSION = """
+local ttl, t = tonumber(ARGV[1]), now(ARGV[2])
+local s = redis.call('HMGET', KEYS[1], 'backend', 'expires')
+if not s[1] then return false end
+if tonumber(s[2]) <= t then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return false
+end
+local ms = math.ceil(ttl * 1000)
+redis.call('HSET', KEYS[1], 'expires', num(t + ttl))
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[2], num(t + ttl), ARGV[3])
+keep_index(KEYS[2], ms)
+return s[1]
+"""
+
+# KEYS: session, index. ARGV: backend id, ttl, now, session id.
+_BIND_SESSION = """
+local ttl, t = tonumber(ARGV[2]), now(ARGV[3])
+local ms = math.ceil(ttl * 1000)
+redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'expires', num(t + ttl))
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[2], num(t + ttl), ARGV[4])
+keep_index(KEYS[2], ms)
+return 1
+"""
+
+# KEYS: index. ARGV: now. Live sessions are those whose expiry is after now: O(log n).
+_SESSION_COUNT = """
+return redis.call('ZCOUNT', KEYS[1], '(' .. num(now(ARGV[1])), '+inf')
+"""
+
+# KEYS: index. ARGV: now. Drops the index entries of expired sessions; their keys expire by TTL.
+_PURGE = """
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now(ARGV[1])))
+"""
+
+
+def redact(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class RedisStore(StateStore):
+    """A :class:`StateStore` in Redis, shared by every balancer that uses the same Redis and prefix.
+
+    ``target`` is a ``redis://`` / ``rediss://`` URL (the store creates and closes the client)
+    or a ``redis.asyncio.Redis`` client you own (Sentinel's ``master_for``, custom TLS...).
+    ``timeout`` bounds each connect and each reply, in seconds. ``now`` (seconds, any epoch,
+    the same for every balancer) replaces the Redis server's clock, for tests. ``clock`` times
+    the back-off after a failure.
+
+    ``errors`` counts Redis calls that failed; ``fallbacks`` counts operations answered by the
+    failure policy (failed or skipped during the back-off); ``available`` is False during an outage.
+    """
+
+    def __init__(
+        self,
+        target: str | Redis = DEFAULT_URL,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry_interval: float = RETRY_INTERVAL,
+        log_interval: float = LOG_INTERVAL,
+        now: Callable[[], float] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if timeout <= 0 or retry_interval < 0 or log_interval < 0:
+            raise ValueError(f"RedisStore: timeout must be > 0 and the intervals >= 0 (timeout={timeout}, "
+                             f"retry_interval={retry_interval}, log_interval={log_interval})")  # fmt: skip
+        from redis.exceptions import RedisError  # here, not at import: redis costs ~50 ms to load
+
+        self.prefix = prefix
+        self._client, self._owns_client, self.url = _client(target, timeout)
+        self._now = now
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self.retry_interval = retry_interval
+        self.log_interval = log_interval
+        # Redis errors, and what an interrupted socket may raise before redis-py wraps it.
+        self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+        self._index = f"{prefix}sessions"
+        self._take = self._script(_TAKE_TOKEN)
+        self._attempt = self._script(_RECORD_ATTEMPT)
+        self._get = self._script(_GET_SESSION)
+        self._bind = self._script(_BIND_SESSION)
+        self._count = self._script(_SESSION_COUNT)
+        self._purge = self._script(_PURGE)
+        self.errors = 0
+        self.fallbacks = 0
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._probing = False
+        self._logged_at = 0.0
+
+    @property
+    def available(self) -> bool:
+        """False from a failed Redis call until the next one that succeeds."""
+        return self._down_since is None
+
+    # -- the StateStore interface ----------------------------------------------------
+
+    async def get_session(self, session_id: str, ttl: float) -> str | None:
+        keys = (f"{self.prefix}session:{session_id}", self._index)
+        ok, backend = await self._eval("get_session", self._get, keys, (ttl, self._time(), session_id))
+        return _text(backend) if ok and backend is not None else None
+
+    async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
+        keys = (f"{self.prefix}session:{session_id}", self._index)
+        await self._eval("bind_session", self._bind, keys, (backend_id, ttl, self._time(), session_id))
+
+    async def session_count(self) -> int:
+        """Live sessions, from the index (a sorted set by expiry): O(log n). 0 while Redis is down."""
+        ok, count = await self._eval("session_count", self._count, (self._index,), (self._time(),))
+        return int(count) if ok else 0
+
+    async def take_token(self, key: str, rate: float, burst: int) -> float:
+        """As :meth:`StateStore.take_token`; 0.0 (taken) while Redis is down."""
+        ok, wait = await self._eval("take_token", self._take, (f"{self.prefix}bucket:{key}",),
+                                    (rate, burst, self._time()))  # fmt: skip
+        return float(_text(wait)) if ok else 0.0
+
+    async def record_attempt(self, key: str, threshold: int, block_seconds: float) -> tuple[float, bool]:
+        """As :meth:`StateStore.record_attempt`; ``(0.0, False)`` (not blocked) while Redis is down."""
+        keys = (f"{self.prefix}block:{key}", f"{self.prefix}flood:{key}")
+        ok, reply = await self._eval("record_attempt", self._attempt, keys, (threshold, block_seconds, self._time()))
+        if not ok:
+            return 0.0, False
+        return float(_text(reply[0])), bool(reply[1])
+
+    async def purge_expired(self) -> int:
+        """Drop expired sessions from the session index; return how many.
+
+        Buckets, flood counters, blocks and the session keys themselves are expired by
+        Redis (their TTLs), so they are not counted here."""
+        ok, removed = await self._eval("purge_expired", self._purge, (self._index,), (self._time(),))
+        return int(removed) if ok else 0
+
+    async def ping(self) -> bool:
+        """Whether Redis answers now (through the same failure policy as every operation)."""
+        ok, _ = await self._call("ping", self._client.ping)
+        return ok
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- calls and the failure policy ---------------------------------------------------
+
+    def _time(self) -> str:
+        return "" if self._now is None else repr(float(self._now()))
+
+    def _script(self, body: str) -> Script:
+        script: AsyncScript = self._client.register_script(_PRELUDE + body)
+        return lambda keys, args: script(keys=keys, args=args)
+
+    async def _eval(self, op: str, script: Script, keys: Sequence[str], args: Sequence[Any]) -> tuple[bool, Any]:
+        return await self._call(op, lambda: script(keys, args))
+
+    async def _call(self, op: str, request: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """``(True, reply)``, or ``(False, None)`` when Redis is down or fails, so the caller fails open."""
+        probe = self._may_try()
+        if probe is None:
+            self.fallbacks += 1
+            return False, None
+        try:
+            reply = await request()
+        except self._errors as exc:
+            self._failed(op, exc)
+            return False, None
+        finally:
+            if probe:  # even when cancelled: a stuck probe flag would keep the store failing open
+                self._probing = False
+        self._succeeded()
+        return True, reply
+
+    def _may_try(self) -> bool | None:
+        """None: do not try Redis (back-off); False: a normal call; True: the probe after an outage."""
+        if self._down_since is None:
+            return False
+        if self._probing or self._clock.monotonic() < self._retry_at:
+            return None
+        self._probing = True  # one call tries Redis again; the others keep failing open meanwhile
+        return True
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        self.fallbacks += 1
+        now = self._clock.monotonic()
+        self._retry_at = now + self.retry_interval
+        if self._down_since is None:
+            self._down_since = self._logged_at = now
+            log_event("state_store_unavailable", logging.WARNING, store="redis", url=redact(self.url),
+                      operation=op, error=repr(exc), policy="fail open")  # fmt: skip
+        elif now - self._logged_at >= self.log_interval:
+            self._logged_at = now
+            log_event("state_store_still_unavailable", logging.WARNING, store="redis", url=redact(self.url),
+                      seconds=round(now - self._down_since, 1), errors=self.errors, error=repr(exc))  # fmt: skip
+
+    def _succeeded(self) -> None:
+        if self._down_since is not None:
+            seconds = self._clock.monotonic() - self._down_since
+            self._down_since = None
+            log_event("state_store_recovered", store="redis", url=redact(self.url), seconds=round(seconds, 1),
+                      errors=self.errors)  # fmt: skip
+
+
+def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
+    """(client, whether the store owns it, the URL for logs)."""
+    if not isinstance(target, str):
+        kwargs = target.connection_pool.connection_kwargs
+        return target, False, f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    # One immediate retry on a dropped connection (a Redis restart leaves dead sockets in the
+    # pool), none on a timeout: a hung Redis then costs one ``timeout``, not several.
+    retry = Retry(NoBackoff(), 1, (RedisConnectionError,))
+    client = Redis.from_url(target, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+                            retry=retry, client_name="omnixan-lb")  # fmt: skip
+    return client, True, target
+
+
+def _text(value: Any) -> str:
+    """A reply as text, whether or not the client decodes responses."""
+    return value.decode() if isinstance(value, bytes) else str(value)
