@@ -8,7 +8,7 @@ candidate now (UNHEALTHY, circuit OPEN, at capacity, or excluded).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .breaker import CircuitBreaker
 from .config import BackendConfig
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from .algorithms.base import Algorithm
     from .health import HealthTracker
 
-HEALTHY_RANK = 0
-DEGRADED_RANK = 1
+HEALTHY_RANK: Final = 0
+DEGRADED_RANK: Final = 1
 
 
 class Backend:

@@ -15,6 +15,7 @@ outcome with :meth:`CircuitBreaker.on_success` / :meth:`on_failure`, and asks
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from .clock import Clock
 from .config import CircuitBreakerConfig
@@ -81,9 +82,9 @@ class _HalfOpen(_State):
         breaker.transition(_OPEN)
 
 
-_CLOSED = _Closed()
-_OPEN = _Open()
-_HALF_OPEN = _HalfOpen()
+_CLOSED: Final = _Closed()
+_OPEN: Final = _Open()
+_HALF_OPEN: Final = _HalfOpen()
 
 
 class CircuitBreaker:

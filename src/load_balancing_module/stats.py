@@ -10,11 +10,12 @@ import math
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Final
 
-WINDOW_SAMPLES = 1024  # completions kept per backend (a power of two)
-WINDOW_SECONDS = 60.0  # samples older than this are ignored by percentiles
-RATE_SECONDS = 10  # requests_per_second is averaged over this many seconds
-_WINDOW_DOUBLES = 3 * WINDOW_SAMPLES
+WINDOW_SAMPLES: Final = 1024  # completions kept per backend (a power of two)
+WINDOW_SECONDS: Final = 60.0  # samples older than this are ignored by percentiles
+RATE_SECONDS: Final = 10  # requests_per_second is averaged over this many seconds
+_WINDOW_DOUBLES: Final = 3 * WINDOW_SAMPLES
 
 
 class LatencyWindow:
@@ -161,7 +162,10 @@ class Ewma:
 # Upper bounds (seconds) of the request duration histogram's buckets, Prometheus' defaults
 # widened at both ends: a proxy answers in well under a millisecond when a backend is local.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_STRIDE = len(DURATION_BUCKETS) + 1  # the last slot of each class counts durations above every bound
+_STRIDE: Final = 16  # len(DURATION_BUCKETS) + 1: the last slot of each class counts durations above every bound
+# A list for bisect: the compiled build keeps a tuple of floats unboxed and would rebox it on every call.
+_BOUNDS: Final[list[float]] = list(DURATION_BUCKETS)
+assert len(DURATION_BUCKETS) + 1 == _STRIDE
 
 
 class RequestStats:
@@ -183,7 +187,7 @@ class RequestStats:
         if series is None:
             series = self._by_backend[backend_id] = _BackendRequests()
         klass = status // 100 if 0 <= status < 1000 else 0
-        series.counts[klass * _STRIDE + bisect_left(DURATION_BUCKETS, seconds)] += 1
+        series.counts[klass * _STRIDE + bisect_left(_BOUNDS, seconds)] += 1
         series.sums[klass] += seconds
 
     def series(self) -> Iterator[tuple[str, str, list[int], float]]:

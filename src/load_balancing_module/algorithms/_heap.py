@@ -19,10 +19,11 @@ they reach the top.
 from __future__ import annotations
 
 import heapq
+from typing import Final
 
 from ..backend import Backend
 
-_NO_SLOT = -1
+_NO_SLOT: Final = -1
 
 
 class HeapNode:
@@ -238,4 +239,4 @@ def new_heap() -> IndexedHeap:
     return LazyHeap() if _INTERPRETED else IndexedHeap()
 
 
-_INTERPRETED = __file__.endswith(".py")
+_INTERPRETED: Final = __file__.endswith(".py")

@@ -11,12 +11,12 @@ heap sift short and cache-friendly; used while k <= ``MAX_CLASSES``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Final, cast
 
 from ..backend import HEALTHY_RANK, Backend
 from ._heap import new_heap, node_of
 
-MAX_CLASSES = 16
+MAX_CLASSES: Final = 16
 
 
 class _Class:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
@@ -38,7 +38,7 @@ from .base import Algorithm, number
 
 # Keys are plain floats: members with no data and nothing in flight first (-inf),
 # then measured ones by log-cost, then members with no data but requests in flight.
-_UNMEASURED_BUSY = 1e300
+_UNMEASURED_BUSY: Final = 1e300
 
 
 class LeastLatency(Algorithm):

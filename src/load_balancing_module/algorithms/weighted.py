@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
@@ -38,8 +38,8 @@ from ._heap import new_heap, node_of
 from ._weight_classes import MAX_CLASSES, WeightClasses
 from .base import Algorithm
 
-SMALL_TIER = 32
-_GOLDEN = 0.6180339887498949  # 1/phi: successive multiples, mod 1, spread evenly over [0, 1)
+SMALL_TIER: Final = 32
+_GOLDEN: Final = 0.6180339887498949  # 1/phi: successive multiples, mod 1, spread evenly over [0, 1)
 
 
 class SmoothWeighted(Algorithm):

@@ -9,39 +9,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .._log import log_event
 from ..config import Request
 from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
 from ..models import RouteResult
 from .http import (
-    Header,
     HttpError,
     RequestInfo,
-    UpstreamProtocolError,
+    ResponseInfo,
     error_response,
-    inspect_response,
     request_framing,
     request_head,
     response_head,
 )
-from .upstream import UpstreamConnection
+from .upstream import UpstreamConnection, UpstreamSink
 
 if TYPE_CHECKING:
     from ..backend import Backend
     from .proxy import ClientConnection
 
 
-RETAIN_LIMIT = 64 * 1024  # request body bytes kept to allow a retry
-BACKLOG_LIMIT = 64 * 1024  # request body bytes buffered while no upstream connection takes them
-CONNECT_TIMEOUT = 5.0  # at most, per try; never beyond the request's deadline
-_RETRY_STATUSES = frozenset({502, 503, 504})
+RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
+BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
+CONNECT_TIMEOUT: Final = 5.0  # at most, per try; never beyond the request's deadline
+_RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 # Why reading from a client is paused (bits).
-_BY_UPSTREAM = 1  # the upstream socket's write buffer is full
-_BY_BACKLOG = 2  # body is waiting for an upstream connection
-_BY_PIPELINE = 4  # a complete request waits behind the one being answered
+_BY_UPSTREAM: Final = 1  # the upstream socket's write buffer is full
+_BY_BACKLOG: Final = 2  # body is waiting for an upstream connection
+_BY_PIPELINE: Final = 4  # a complete request waits behind the one being answered
 
 
 class _Failure:
@@ -56,7 +54,7 @@ class _Failure:
         self.never_sent = never_sent
 
 
-_CLIENT_GONE = _Failure(499, "the client went away")
+_CLIENT_GONE: Final = _Failure(499, "the client went away")
 
 
 class _Eager:
@@ -71,10 +69,10 @@ class _Eager:
         return False
 
 
-_EAGER = _Eager()
+_EAGER: Final = _Eager()
 
 
-class RequestCycle:
+class RequestCycle(UpstreamSink):
     """One request: its routing, its tries on backends, and its answer."""
 
     __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
@@ -82,10 +80,10 @@ class RequestCycle:
                  "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "awaiting",
                  "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
                  "upstream_end", "head_ms", "status", "response_started", "response_done", "out_chunked",
-                 "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head")  # fmt: skip
+                 "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head", "_rid_line")  # fmt: skip
 
     def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str,
-                 set_cookie: bytes | None) -> None:  # fmt: skip
+                 set_cookie: bytes | None, now: float) -> None:  # fmt: skip
         server = conn.server
         self.conn = conn
         self.server = server
@@ -93,7 +91,7 @@ class RequestCycle:
         self.request = request
         self.request_id = request_id
         self.set_cookie = set_cookie
-        self.started = conn.loop.time()
+        self.started = now  # the loop's time when the head was complete
         self.deadline = self.started + server.request_timeout
         self.keep_alive = info.keep_alive
         self.body_done = not info.has_body
@@ -129,8 +127,10 @@ class RequestCycle:
         self.data_at = 0.0
         self.finished = False
         self._head: bytes | None = None
+        self._rid_line: bytes | None = None
 
-    def start(self) -> None:
+    def start(self, now: float) -> None:
+        """Route and send now (``now``: the loop's time), or hand the request to a task."""
         if self.task is not None or self.finished:
             return
         info = self.info
@@ -155,6 +155,7 @@ class RequestCycle:
                 return
             self.task = _EAGER
             self.running = True
+            self.attempt_at = self.first_attempt_at = now
             self._begin_attempt(route, up, eager=True)
         except Exception as exc:
             self.task = _EAGER
@@ -162,12 +163,13 @@ class RequestCycle:
             self._internal_error(exc)
             self._finish()
 
-    def _attempt_done(self, outcome: _Failure | None) -> None:
-        """The eager path's answer is in (or it failed): what the task does after ``await waiter``."""
+    def _attempt_done(self, outcome: _Failure | None, now: float | None = None) -> None:
+        """The eager path's answer is in (or it failed): what the task does after ``await waiter``.
+        ``now``: the loop's time, when the caller has just read it."""
         try:
             failure = self._end_attempt(outcome)
             if failure is None or failure is _CLIENT_GONE or self.response_started:
-                self._finish()
+                self._finish(now)
             elif not failure.retry:
                 self._answer(HttpError(failure.status, failure.message))
                 self._finish()
@@ -377,16 +379,26 @@ class RequestCycle:
     def _build_head(self) -> bytes:
         info = self.info
         conn = self.conn
-        peer = conn.peer.encode()
         trusted = bool(conn.server.trusted.networks) and conn.server.trusted.trusts(conn.peer)
-        forwarded_for = peer if info.forwarded_for is None else info.forwarded_for + b", " + peer
-        proto = info.forwarded_proto if trusted and info.forwarded_proto else b"http"
+        if info.forwarded_for is None and info.forwarded_proto is None:
+            extra = [conn.forwarded_lines()]
+        else:
+            peer = conn.peer.encode()
+            forwarded_for = peer if info.forwarded_for is None else info.forwarded_for + b", " + peer
+            proto = info.forwarded_proto if trusted and info.forwarded_proto else b"http"
+            extra = [b"X-Forwarded-For: ", forwarded_for, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n"]
         host = info.forwarded_host if trusted and info.forwarded_host else info.host
-        extra = [b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (forwarded_for, proto)]
         if host:
-            extra.append(b"X-Forwarded-Host: %s\r\n" % host)
-        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+            extra += (b"X-Forwarded-Host: ", host, b"\r\n")
+        extra.append(self._request_id_line())
         return request_head(info, extra, request_framing(info))
+
+    def _request_id_line(self) -> bytes:
+        """``X-Request-ID: ...`` for both heads, made once."""
+        line = self._rid_line
+        if line is None:
+            line = self._rid_line = b"X-Request-ID: " + self.request_id.encode() + b"\r\n"
+        return line
 
     # -- the client side (parser callbacks of ClientConnection) ---------------------------------
 
@@ -468,36 +480,35 @@ class RequestCycle:
 
     # -- the upstream side (UpstreamSink) --------------------------------------------------------
 
-    def upstream_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> None:
+    def upstream_head(self, response: ResponseInfo, keep_alive: bool) -> None:
         info = self.info
+        status = response.status
         if status < 200 and status != 101:
             if info.http11 and (status != 100 or info.expect_continue):
-                self.conn.write(response_head(inspect_response(status, reason, headers), ()))
+                self.conn.write(response_head(response, ()))
             return
-        now = self.conn.loop.time()
-        self.head_ms = (now - self.attempt_at) * 1000.0
-        self.data_at = now
+        self.head_ms = (self.data_at - self.attempt_at) * 1000.0  # data_at: the time of this read
         if status in _RETRY_STATUSES and self._may_retry(False):
             backend = self.route.backend_id if self.route is not None else "?"
             self._fail(_Failure(502, f"backend {backend} answered {status}", retry=True))
             return
-        try:
-            response = inspect_response(status, reason, headers)
-            if status == 101 and (not info.websocket or response.upgrade is None):
-                raise UpstreamProtocolError("the backend switched protocols unasked")
-        except UpstreamProtocolError as exc:
+        error = response.error
+        if error is None and status == 101 and (not info.websocket or response.upgrade is None):
+            error = "the backend switched protocols unasked"
+        if error is not None:
             backend = self.route.backend_id if self.route is not None else "?"
-            self._fail(_Failure(502, f"backend {backend}: {exc}", retry=self._may_retry(False)))
+            self._fail(_Failure(502, f"backend {backend}: {error}", retry=self._may_retry(False)))
             return
         self.status = status
         self.response_started = True
         extra: list[bytes] = []
         if status == 101:
-            extra.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n" % response.upgrade)
+            extra += (b"Connection: Upgrade\r\nUpgrade: ", response.upgrade or b"", b"\r\n")
         else:
             no_body = status < 200 or status in (204, 304) or info.method == b"HEAD"  # http.bodiless, inlined
-            if response.content_length is not None and status != 204:
-                extra.append(b"Content-Length: %s\r\n" % response.content_length)
+            length = response.content_length
+            if length is not None and status != 204:
+                extra += (b"Content-Length: ", length, b"\r\n")
             elif no_body:
                 pass
             elif info.http11:
@@ -505,14 +516,14 @@ class RequestCycle:
                 extra.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False  # an HTTP/1.0 client reads to the end of the connection
-            self.until_close = not no_body and response.content_length is None and not response.chunked
+            self.until_close = not no_body and length is None and not response.chunked
             if not self.body_done or info.websocket or self.conn.closing:
                 self.keep_alive = False
             if not self.keep_alive:
                 extra.append(b"Connection: close\r\n")
             elif not info.http11:
                 extra.append(b"Connection: keep-alive\r\n")
-        extra.append(b"X-Request-ID: %s\r\n" % self.request_id.encode())
+        extra.append(self._request_id_line())
         if self.set_cookie is not None:
             extra.append(self.set_cookie)
         self.conn.write(response_head(response, extra))
@@ -525,7 +536,6 @@ class RequestCycle:
             self.conn.start_tunnel(self.upstream, early)
 
     def upstream_body(self, data: bytes) -> None:
-        self.data_at = self.conn.loop.time()
         conn = self.conn
         if self.out_chunked:
             conn.write(b"%x\r\n" % len(data))
@@ -538,6 +548,7 @@ class RequestCycle:
         conn = self.conn
         if begin:
             self.batching = True
+            self.data_at = conn.loop.time()  # the time of this read, for everything it brings
             if conn._out is None:
                 conn._out = []
             return
@@ -546,14 +557,14 @@ class RequestCycle:
         if self.deferred:  # the response ended in this read: end the try now, with no loop round trip
             self.deferred = False
             outcome, self.outcome = self.outcome, None
-            self._attempt_done(outcome)
+            self._attempt_done(outcome, self.data_at)
 
     def upstream_done(self) -> None:
         up, self.upstream = self.upstream, None
         self.sending = False
-        self._end_response()
+        self._end_response(self.data_at)
         if up is not None:
-            self.server.pool.release(up, reusable=self.body_done)
+            self.server.pool.release(up, reusable=self.body_done, now=self.data_at)
         self._resolve(None)
 
     def upstream_lost(self, error: BaseException | None) -> None:
@@ -569,7 +580,7 @@ class RequestCycle:
             self._fail(_Failure(502, f"backend {backend} closed the connection before answering{detail}",
                                 retry=self._may_retry(False)))  # fmt: skip
         elif self.until_close and error is None:
-            self._end_response()
+            self._end_response(self.conn.loop.time())
             self._resolve(None)
         else:
             self.keep_alive = False
@@ -589,11 +600,11 @@ class RequestCycle:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _end_response(self) -> None:
+    def _end_response(self, now: float) -> None:
         if self.out_chunked:
             self.conn.write(b"0\r\n\r\n")
         self.response_done = True
-        self.upstream_end = self.conn.loop.time()
+        self.upstream_end = now
 
     def _fail(self, failure: _Failure) -> None:
         """This try failed before any of its response reached the client."""
@@ -668,15 +679,16 @@ class RequestCycle:
         self.conn.write(error_response(error.status, error.message, self.request_id, close=not self.keep_alive,
                                        retry_after=error.retry_after))  # fmt: skip
 
-    def _finish(self) -> None:
+    def _finish(self, now: float | None = None) -> None:
         if self.finished:
             return
         self.finished = True
         self.timer_at = None
         conn = self.conn
         server = self.server
-        if server.access is not None:  # building the log call's arguments costs: only when logging
+        if now is None:
             now = conn.loop.time()
+        if server.access is not None:  # building the log call's arguments costs: only when logging
             first = self.first_attempt_at
             end = self.upstream_end
             route = self.route
@@ -686,5 +698,5 @@ class RequestCycle:
                        upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
                        total_ms=(now - self.started) * 1000.0)  # fmt: skip
         server.lb.request_stats.record("none" if self.route is None else self.route.backend_id, self.status or 499,
-                                       conn.loop.time() - self.started)  # fmt: skip
-        conn.cycle_finished(self)
+                                       now - self.started)  # fmt: skip
+        conn.cycle_finished(self, now)

@@ -26,6 +26,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+from typing import Final
 
 from ..enums import WorkloadType
 
@@ -38,18 +39,82 @@ MAX_ID_LENGTH = 512  # Request.request_id and Request.session_id allow no more
 # so is every ``Proxy-*`` header and every header that ``Connection`` names.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 
-# Request headers the proxy reads; all other headers are forwarded untouched.
-_SPECIAL = HOP_BY_HOP | {
-    b"content-length", b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-request-id", b"x-session-id", b"x-workload-type", b"cookie",
+# What the proxy does with a header, by name: most are forwarded (_KEEP); see _REQUEST_HEADERS
+# and _RESPONSE_HEADERS for the others, and _action for how a name is looked up.
+_DROP: Final = 0
+_KEEP: Final = 1
+_CONTENT_LENGTH: Final = 2
+_TRANSFER_ENCODING: Final = 3
+_HOST_HEADER: Final = 4
+_CONNECTION: Final = 5
+_UPGRADE: Final = 6
+_FORWARDED_FOR: Final = 7
+_FORWARDED_PROTO: Final = 8
+_FORWARDED_HOST: Final = 9
+_REQUEST_ID: Final = 10
+_SESSION_ID: Final = 11
+_WORKLOAD: Final = 12
+_COOKIE: Final = 13
+_EXPECT: Final = 14
+_HOPS = {b"connection": _CONNECTION, b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP,
+         b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE}  # fmt: skip
+assert set(_HOPS) == HOP_BY_HOP
+_REQUEST_ACTIONS = {
+    **_HOPS, b"content-length": _CONTENT_LENGTH, b"host": _HOST_HEADER, b"x-forwarded-for": _FORWARDED_FOR,
+    b"x-forwarded-proto": _FORWARDED_PROTO, b"x-forwarded-host": _FORWARDED_HOST, b"x-request-id": _REQUEST_ID,
+    b"x-session-id": _SESSION_ID, b"x-workload-type": _WORKLOAD, b"cookie": _COOKIE, b"expect": _EXPECT,
 }  # fmt: skip
-_FORWARDED_AS_IS = frozenset({b"host", b"x-session-id", b"x-workload-type", b"cookie"})
+# Response: hop-by-hop ones, X-Request-ID (the proxy sends its own) and Content-Length (it writes the framing).
+_RESPONSE_ACTIONS = {**_HOPS, b"x-request-id": _DROP, b"content-length": _CONTENT_LENGTH}
+# Headers forwarded as they came, besides the unknown ones.
+_FORWARDED_AS_IS: Final = (_HOST_HEADER, _SESSION_ID, _WORKLOAD, _COOKIE, _EXPECT)
+
+
+def _casings(name: bytes) -> list[bytes]:
+    """A lowercase header name as it is usually written: lowercase, Title-Case, and with ``ID``."""
+    title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+    return [name, title, title.replace(b"-Id", b"-ID")]
+
+
+def _shapes(names: Iterable[bytes]) -> bytes:
+    """A table by (first letter, length) of ``names`` and of ``Proxy-*`` (see :func:`_action`)."""
+    table = bytearray(256 * 32)
+    for name in names:
+        table[(name[0] | 0x20) * 32 + min(len(name), 31)] = 1
+    for length in range(len(b"proxy-"), 32):
+        table[ord("p") * 32 + length] = 1
+    return bytes(table)
+
+
+_REQUEST_HEADERS: Final = {c: a for n, a in _REQUEST_ACTIONS.items() for c in _casings(n)}
+_REQUEST_SHAPES: Final = _shapes(_REQUEST_ACTIONS)
+_RESPONSE_HEADERS: Final = {c: a for n, a in _RESPONSE_ACTIONS.items() for c in _casings(n)}
+_RESPONSE_SHAPES: Final = _shapes(_RESPONSE_ACTIONS)
+
+
+def _action(name: bytes, table: dict[bytes, int], shapes: bytes) -> int:
+    """What to do with header ``name``: its action in ``table`` whatever its case, _DROP for ``Proxy-*``,
+    else _KEEP. A name whose first letter and length match no name of the table (most of them)
+    is known to be _KEEP without a lookup; a usual spelling is found without lowercasing."""
+    n = len(name)
+    if n == 0 or not shapes[(name[0] | 0x20) * 32 + (n if n < 32 else 31)]:
+        return _KEEP
+    what = table.get(name)
+    if what is None:
+        key = name.lower()
+        what = table.get(key)
+        if what is None:
+            return _DROP if key.startswith(b"proxy-") else _KEEP
+    return what
+
+
 _WORKLOADS = {w.value.encode(): w for w in WorkloadType}
 _TOKEN_ID = re.compile(rb"[!-~]{1,%d}" % MAX_ID_LENGTH)  # visible ASCII, no spaces
 _HOST = re.compile(rb"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]*")
 _RAW_TE = re.compile(rb"\ntransfer-encoding:([^\r\n]*)", re.IGNORECASE)
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
+_CLASSICAL: Final = WorkloadType.CLASSICAL
 
 
 class HttpError(Exception):
@@ -84,7 +149,7 @@ class RequestInfo:
         self.request_id: str | None = None
         self.session_id: str | None = None
         self.cookie_session: str | None = None
-        self.workload = WorkloadType.CLASSICAL
+        self.workload = _CLASSICAL
         self.websocket = False
         self.expect_continue = False
         self.idempotent = method in IDEMPOTENT
@@ -94,7 +159,7 @@ class RequestInfo:
 def inspect_request(method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool,
                     upgrade: bool) -> RequestInfo:  # fmt: skip
     """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused."""
-    if version not in ("1.1", "1.0"):
+    if version != "1.1" and version != "1.0":
         raise HttpError(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
         raise HttpError(405, "CONNECT is not supported by this proxy")
@@ -106,57 +171,58 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     upgrade_tokens: list[bytes] | None = None
     forwarded_for: list[bytes] | None = None
     for name, value in headers:
-        key = name.lower()
-        if key not in _SPECIAL:
-            if key.startswith(b"proxy-"):
-                continue
+        what = _action(name, _REQUEST_HEADERS, _REQUEST_SHAPES)
+        if what == _KEEP:
             kept.append((name, value))
-            if key == b"expect" and value.lower() == b"100-continue":
-                info.expect_continue = True
             continue
-        if key in _FORWARDED_AS_IS:
+        if what == _DROP:
+            continue
+        if what in _FORWARDED_AS_IS:
             kept.append((name, value))
-        if key == b"content-length":
+        if what == _HOST_HEADER:
+            hosts += 1
+            info.host = value
+        elif what == _CONTENT_LENGTH:
             if not value.isdigit() or len(value) > 18:
                 raise HttpError(400, "invalid Content-Length")
             length = int(value)
             if info.content_length is not None and info.content_length != length:
                 raise HttpError(400, "conflicting Content-Length headers")
             info.content_length = length
-        elif key == b"transfer-encoding":
+        elif what == _TRANSFER_ENCODING:
             if info.chunked:
                 raise HttpError(400, "more than one Transfer-Encoding header")
             if value.lower() != b"chunked":
                 raise HttpError(400, "Transfer-Encoding other than 'chunked' is not accepted")
             info.chunked = True
-        elif key == b"host":
-            hosts += 1
-            info.host = value
-        elif key == b"connection":
+        elif what == _CONNECTION:
             connection = _tokens(value) if connection is None else connection + _tokens(value)
-        elif key == b"upgrade":
+        elif what == _UPGRADE:
             upgrade_tokens = _tokens(value) if upgrade_tokens is None else upgrade_tokens + _tokens(value)
-        elif key == b"x-forwarded-for":
+        elif what == _FORWARDED_FOR:
             forwarded_for = [value] if forwarded_for is None else [*forwarded_for, value]
-        elif key == b"x-forwarded-proto":
+        elif what == _FORWARDED_PROTO:
             info.forwarded_proto = value
-        elif key == b"x-forwarded-host":
+        elif what == _FORWARDED_HOST:
             info.forwarded_host = value
-        elif key == b"x-request-id":
+        elif what == _REQUEST_ID:
             if _TOKEN_ID.fullmatch(value):
                 info.request_id = value.decode("ascii")
-        elif key == b"x-session-id":
+        elif what == _SESSION_ID:
             if not _TOKEN_ID.fullmatch(value):
                 raise HttpError(400, f"X-Session-ID must be 1 to {MAX_ID_LENGTH} visible ASCII characters")
             info.session_id = value.decode("ascii")
-        elif key == b"x-workload-type":
+        elif what == _WORKLOAD:
             workload = _WORKLOADS.get(value.strip().lower())
             if workload is None:
                 choices = ", ".join(w.value for w in WorkloadType)
                 raise HttpError(400, f"X-Workload-Type must be one of: {choices}")
             info.workload = workload
-        elif key == b"cookie" and info.cookie_session is None:
-            info.cookie_session = _affinity_cookie(value)
+        elif what == _COOKIE:
+            if info.cookie_session is None:
+                info.cookie_session = _affinity_cookie(value)
+        elif what == _EXPECT and value.lower() == b"100-continue":
+            info.expect_continue = True
     info.has_body = info.chunked or bool(info.content_length)
     if info.chunked:
         if info.content_length is not None:
@@ -165,7 +231,7 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
             raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
     if info.http11 and hosts != 1:
         raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-    if info.host is not None and not _HOST.fullmatch(info.host):
+    if info.host is not None and not _valid_host(info.host):
         raise HttpError(400, "invalid Host header")
     if forwarded_for is not None:
         info.forwarded_for = forwarded_for[0] if len(forwarded_for) == 1 else b", ".join(forwarded_for)
@@ -181,7 +247,22 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     return info
 
 
-def _drop_named(info: RequestInfo | ResponseInfo, connection: list[bytes]) -> None:
+# Host values seen lately that passed _HOST (a client sends the same one again and again).
+_GOOD_HOSTS: dict[bytes, bool] = {}
+
+
+def _valid_host(host: bytes) -> bool:
+    if host in _GOOD_HOSTS:
+        return True
+    if not _HOST.fullmatch(host):
+        return False
+    if len(_GOOD_HOSTS) >= 256:
+        _GOOD_HOSTS.clear()
+    _GOOD_HOSTS[host] = True
+    return True
+
+
+def _drop_named(info: RequestInfo, connection: list[bytes]) -> None:
     """Remove the headers that ``Connection`` names (they are hop-by-hop too)."""
     named = {t for t in connection if t not in (b"close", b"keep-alive", b"upgrade")}
     if named:
@@ -236,77 +317,78 @@ def request_framing(info: RequestInfo) -> bytes:
     return b""
 
 
-class ResponseInfo:
-    """An upstream response head: status, end-to-end headers and how its body is framed."""
-
-    __slots__ = ("status", "reason", "headers", "content_length", "chunked", "upgrade", "_prefix")
-
-    def __init__(self, status: int, reason: bytes) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers: list[Header] = []
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.upgrade: bytes | None = None
-        self._prefix: bytes | None = None  # the status line and headers, as response_head writes them
-
-
 class UpstreamProtocolError(Exception):
     """A backend's response the proxy will not forward."""
 
 
-# A backend sends much the same head again and again: a head seen recently is not filtered again.
-# Read-only use of the result (the proxy never changes a ResponseInfo).
-_RESPONSE_CACHE: dict[tuple[object, ...], ResponseInfo] = {}
-_RESPONSE_CACHE_SIZE = 256
+class ResponseInfo:
+    """An upstream response head, built header by header as the parser reports them.
+
+    ``parts`` holds the status line and every end-to-end header, ready to be
+    joined: :func:`response_head` adds the proxy's lines and the blank line.
+    A header the proxy refuses sets ``error`` (read when the head is complete).
+    """
+
+    __slots__ = ("status", "parts", "content_length", "chunked", "upgrade", "error", "_connection")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.parts: list[bytes] = [b"", b"", b"\r\n"]  # the status line: set by complete()
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+        self.error: str | None = None
+        self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
+
+    def add(self, name: bytes, value: bytes) -> None:
+        what = _action(name, _RESPONSE_HEADERS, _RESPONSE_SHAPES)
+        if what == _KEEP:
+            parts = self.parts
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+        elif what == _CONTENT_LENGTH:
+            self.content_length = value
+        elif what == _CONNECTION:
+            if value not in _PLAIN_CONNECTION:
+                named = [t for t in _tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
+                self._connection = named if self._connection is None else self._connection + named
+        elif what == _TRANSFER_ENCODING:
+            if value.lower() != b"chunked" or self.chunked:
+                self.error = f"backend sent Transfer-Encoding {value!r}"
+            self.chunked = True
+        elif what == _UPGRADE:
+            self.upgrade = value
+
+    def complete(self, status: int, reason: bytes) -> None:
+        """The head is complete: set the status line, drop the headers that Connection names."""
+        self.status = status
+        prefix = _STATUS_PREFIX.get(status)
+        parts = self.parts
+        parts[0] = prefix if prefix is not None else b"HTTP/1.1 %d " % status
+        parts[1] = reason
+        if self._connection:
+            named = set(self._connection)
+            kept = parts[:3]
+            for i in range(3, len(parts), 4):
+                if parts[i].lower() not in named:
+                    kept += parts[i : i + 4]
+            self.parts = kept
 
 
-def inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> ResponseInfo:
-    """Filter a backend's response headers; :class:`UpstreamProtocolError` for framing the proxy refuses."""
-    key = (status, reason, *headers)
-    info = _RESPONSE_CACHE.get(key)
-    if info is None:
-        info = _inspect_response(status, reason, headers)
-        if len(_RESPONSE_CACHE) >= _RESPONSE_CACHE_SIZE:
-            _RESPONSE_CACHE.clear()
-        _RESPONSE_CACHE[key] = info
-    return info
-
-
-def _inspect_response(status: int, reason: bytes, headers: Sequence[Header]) -> ResponseInfo:
-    info = ResponseInfo(status, reason)
-    kept = info.headers
-    connection: list[bytes] = []
-    for name, value in headers:
-        key = name.lower()
-        if key in HOP_BY_HOP or key.startswith(b"proxy-") or key == b"x-request-id":
-            if key == b"connection":
-                connection.extend(_tokens(value))
-            elif key == b"transfer-encoding":
-                if value.lower() != b"chunked" or info.chunked:
-                    raise UpstreamProtocolError(f"backend sent Transfer-Encoding {value!r}")
-                info.chunked = True
-            elif key == b"upgrade":
-                info.upgrade = value
-            continue
-        if key == b"content-length":
-            info.content_length = value
-            continue
-        kept.append((name, value))
-    if connection:
-        _drop_named(info, connection)
-    return info
+_STATUS_PREFIX: Final = {status: b"HTTP/1.1 %d " % status for status in range(100, 600)}
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})  # name no header
 
 
 def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
-    """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines."""
-    prefix = info._prefix
-    if prefix is None:
-        parts = [b"HTTP/1.1 %d " % info.status, info.reason, b"\r\n"]
-        for name, value in info.headers:
-            parts += (name, b": ", value, b"\r\n")
-        prefix = info._prefix = b"".join(parts)
-    return b"".join((prefix, *extra, b"\r\n"))
+    """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines.
+
+    Made once per response: it uses up ``info.parts``."""
+    parts = info.parts
+    parts.extend(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def error_response(status: int, message: str, request_id: str | None, *, close: bool,

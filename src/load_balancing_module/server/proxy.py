@@ -34,7 +34,7 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -62,10 +62,13 @@ if TYPE_CHECKING:
     from ..backend import Backend
     from ..module import LoadBalancingModule
 
-LINGER_SECONDS = 1.0  # after an error answer, read and drop what the client still sends, then close
-MAX_PIPELINE = 32  # requests queued on one connection; more are not read
+LINGER_SECONDS: Final = 1.0  # after an error answer, read and drop what the client still sends, then close
+MAX_PIPELINE: Final = 32  # requests queued on one connection; more are not read
 # What a client connection is doing, for its timeouts.
-_IDLE, _HEAD, _BODY, _WAIT = range(4)
+_IDLE: Final = 0
+_HEAD: Final = 1
+_BODY: Final = 2
+_WAIT: Final = 3
 access_logger = logging.getLogger("load_balancing_module.access")
 
 
@@ -76,7 +79,7 @@ class _Stop(Exception):
 _REQUEST_FIELDS = ("client_ip", "workload_type", "session_id", "request_id", "metadata")
 # What Request.model_construct does for these five fields, without its general field loop (a fifth of the
 # proxy's own time per request); model_construct itself if the model ever needs more than this.
-_FAST_REQUEST = (tuple(Request.model_fields) == _REQUEST_FIELDS and not Request.__pydantic_post_init__
+_FAST_REQUEST: Final = (tuple(Request.model_fields) == _REQUEST_FIELDS and not Request.__pydantic_post_init__
                  and not Request.__pydantic_root_model__ and Request.model_config.get("extra") != "allow")  # fmt: skip
 _set = object.__setattr__
 
@@ -289,6 +292,7 @@ class ClientConnection(asyncio.Protocol):
         self._cycle_timer = _Alarm(self.loop, self._on_cycle_timer)
         self._linger: asyncio.TimerHandle | None = None
         self._request: Request | None = None  # the latest routing request (see _new_cycle)
+        self._forwarded: bytes | None = None  # X-Forwarded-For/-Proto of a request that sent neither
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -413,19 +417,20 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         raw, self._raw = self._raw, None
         parser = self.parser
+        upgrade = parser.should_upgrade()
         info = inspect_request(parser.get_method(), self._url, parser.get_http_version(), self._headers,
-                               keep_alive=parser.should_keep_alive(), upgrade=parser.should_upgrade())  # fmt: skip
+                               keep_alive=parser.should_keep_alive(), upgrade=upgrade)  # fmt: skip
         if info.chunked and raw is not None:
             check_raw_transfer_encoding(raw[0] if len(raw) == 1 else b"".join(raw))
         server = self.server
         limit = server.max_body_bytes
         if limit and info.content_length is not None and info.content_length > limit:
             raise HttpError(413, f"request body larger than {limit} bytes")
-        cycle = self._new_cycle(info)
-        self._reframe = info.has_body and parser.should_upgrade()  # an ignored upgrade (h2c...) with a body
+        now = self.loop.time()
+        cycle = self._new_cycle(info, now)
+        self._reframe = info.has_body and upgrade  # an ignored upgrade (h2c...) with a body
         if not info.keep_alive or info.websocket:
             self.closing = True
-        now = self.loop.time()
         self._state = _BODY if info.has_body else _WAIT
         self._body_at = now
         if info.has_body:
@@ -434,7 +439,7 @@ class ClientConnection(asyncio.Protocol):
         self.cycles.append(cycle)
         server.in_flight += 1
         if len(self.cycles) == 1:
-            cycle.start()
+            cycle.start(now)
         else:
             self.pause(_BY_PIPELINE)
 
@@ -457,7 +462,7 @@ class ClientConnection(asyncio.Protocol):
         if cycle is not None:
             cycle.client_done()
 
-    def _new_cycle(self, info: RequestInfo) -> RequestCycle:
+    def _new_cycle(self, info: RequestInfo, now: float) -> RequestCycle:
         server = self.server
         client_ip = server.trusted.client_ip(self.peer, info.forwarded_for) if server.trusted.networks else self.peer
         session = info.session_id or info.cookie_session
@@ -472,7 +477,7 @@ class ClientConnection(asyncio.Protocol):
         if (request is None or request.client_ip != client_ip or request.workload_type is not info.workload
                 or request.session_id != session):  # fmt: skip
             request = self._request = _new_request(client_ip, info.workload, session, None)  # validated above
-        return RequestCycle(self, info, request, request_id, cookie)
+        return RequestCycle(self, info, request, request_id, cookie, now)
 
     def _on_upgrade(self, rest: bytes) -> None:
         cycle = self.cycles[-1] if self.cycles else None
@@ -561,6 +566,14 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.transport.writelines(out)
 
+    def forwarded_lines(self) -> bytes:
+        """``X-Forwarded-For`` and ``X-Forwarded-Proto`` for a request that brought neither: the same
+        for every such request on this connection."""
+        lines = self._forwarded
+        if lines is None:
+            lines = self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self.peer.encode()
+        return lines
+
     def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None:
         self._upgraded = None
         self._tunnel = upstream
@@ -592,7 +605,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             transport.close()
 
-    def cycle_finished(self, cycle: RequestCycle) -> None:
+    def cycle_finished(self, cycle: RequestCycle, now: float) -> None:
         server = self.server
         server.in_flight -= 1
         if server._drained is not None:
@@ -619,7 +632,7 @@ class ClientConnection(asyncio.Protocol):
         if self.cycles:
             if len(self.cycles) == 1:
                 self.resume(_BY_PIPELINE)
-            self.cycles[0].start()
+            self.cycles[0].start(self.loop.time())
         elif self._final is not None:
             self.write(self._final)
             self.linger_close()
@@ -630,7 +643,7 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.close()
         elif self._state == _WAIT:
             self._state = _IDLE
-            self._idle_since = self.loop.time()
+            self._idle_since = now
             self._arm(self._idle_since + server.idle_timeout)
 
     # -- timeouts ------------------------------------------------------------------------------

@@ -16,30 +16,46 @@ backend closes them, and never hands out one that has closed.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+from typing import Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from .http import Header, UpstreamProtocolError
+from .http import ResponseInfo, UpstreamProtocolError
 
-IDLE_TIMEOUT = 30.0  # seconds an unused pooled connection is kept
-MAX_IDLE_PER_BACKEND = 128
-MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
+MAX_IDLE_PER_BACKEND: Final = 128
+MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 
-class UpstreamSink(Protocol):
+class UpstreamSink:
     """What an exchange is told about its upstream connection (all called from protocol callbacks).
 
     ``upstream_batch(True)`` and ``upstream_batch(False)`` bracket the handling of one read, so
-    that what it produces for the client can go out in one write."""
+    that what it produces for the client can go out in one write. A base class rather than a
+    Protocol: the compiled build then calls these methods directly, not by name."""
 
-    def upstream_head(self, status: int, reason: bytes, headers: list[Header], keep_alive: bool) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_done(self) -> None: ...
-    def upstream_lost(self, error: BaseException | None) -> None: ...
-    def upstream_tunnel(self, data: bytes) -> None: ...
-    def upstream_paused(self, paused: bool) -> None: ...
-    def upstream_batch(self, begin: bool) -> None: ...
+    __slots__ = ()
+
+    def upstream_head(self, response: ResponseInfo, keep_alive: bool) -> None:
+        raise NotImplementedError
+
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_done(self) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_paused(self, paused: bool) -> None:
+        raise NotImplementedError
+
+    def upstream_batch(self, begin: bool) -> None:
+        raise NotImplementedError
 
 
 class _Stop(Exception):
@@ -48,7 +64,7 @@ class _Stop(Exception):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "key", "transport", "parser", "sink", "head_request", "keep_alive", "tunnel",
-                 "closed", "received", "read_paused", "idle_since", "_reason", "_headers", "_head_bytes")  # fmt: skip
+                 "closed", "received", "read_paused", "idle_since", "_reason", "_response", "_head_bytes")  # fmt: skip
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool
@@ -64,7 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.idle_since = 0.0
         self._reason = b""
-        self._headers: list[Header] = []
+        self._response = ResponseInfo()  # the head being parsed
         self._head_bytes = 0
 
     # -- used by the exchange --------------------------------------------------------
@@ -175,7 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             raise _Stop
         self._reason = b""
-        self._headers = []
+        self._response = ResponseInfo()
         self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
@@ -185,7 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
             raise UpstreamProtocolError(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
-        self._headers.append((name, value))
+        self._response.add(name, value)
 
     def on_headers_complete(self) -> None:
         sink = self.sink
@@ -193,7 +209,9 @@ class UpstreamConnection(asyncio.Protocol):
             raise _Stop
         status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # flags are reset once the message ends
-        sink.upstream_head(status, self._reason, self._headers, self.keep_alive)
+        response = self._response
+        response.complete(status, self._reason)
+        sink.upstream_head(response, self.keep_alive)
         if self.head_request and status >= 200 and self.sink is sink:
             # llhttp cannot be told that a response to HEAD has no body: end it here.
             self.parser = HttpResponseParser(self)
@@ -211,7 +229,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         if sink is None:
             raise _Stop
-        if self.parser.get_status_code() // 100 != 1 or self.tunnel:
+        if self._response.status // 100 != 1 or self.tunnel:
             sink.upstream_done()
 
 
@@ -242,8 +260,9 @@ class UpstreamPool:
         self._open.add(conn)
         return conn
 
-    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
-        """Give a connection back after an exchange; kept only if ``reusable`` and keep-alive."""
+    def release(self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None) -> None:
+        """Give a connection back after an exchange; kept only if ``reusable`` and keep-alive.
+        ``now``: the loop's time, when the caller has it."""
         conn.sink = None
         transport = conn.transport
         if not reusable or not conn.keep_alive or conn.closed or transport is None or transport.is_closing():
@@ -254,11 +273,10 @@ class UpstreamPool:
             conn.close()
             return
         conn.resume_reading()
-        loop = asyncio.get_running_loop()
-        conn.idle_since = loop.time()
+        conn.idle_since = now if now is not None else asyncio.get_running_loop().time()
         stack.append(conn)
         if self._sweep is None:
-            self._sweep = loop.call_later(self.idle_timeout / 2, self._expire)
+            self._sweep = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._expire)
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._open.discard(conn)  # idle stacks drop closed connections lazily
