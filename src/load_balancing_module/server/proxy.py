@@ -292,6 +292,9 @@ class ClientConnection(asyncio.Protocol):
         self._cycle_timer = _Alarm(self.loop, self._on_cycle_timer)
         self._linger: asyncio.TimerHandle | None = None
         self._request: Request | None = None  # the latest routing request (see _new_cycle)
+        self._request_ip = ""
+        self._request_workload = WorkloadType.CLASSICAL
+        self._request_session: str | None = None
         self._forwarded: bytes | None = None  # X-Forwarded-For/-Proto of a request that sent neither
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -474,9 +477,11 @@ class ClientConnection(asyncio.Protocol):
         # What routing reads of a request; the same for most requests on a connection, so it is kept
         # (routing never changes it). Its request_id is left out: the cycle carries the request's.
         request = self._request
-        if (request is None or request.client_ip != client_ip or request.workload_type is not info.workload
-                or request.session_id != session):  # fmt: skip
+        if (request is None or self._request_ip != client_ip or self._request_workload is not info.workload
+                or self._request_session != session):  # fmt: skip
             request = self._request = _new_request(client_ip, info.workload, session, None)  # validated above
+            # Its fields, as plain attributes: a pydantic model's are slower to read.
+            self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
         return RequestCycle(self, info, request, request_id, cookie, now)
 
     def _on_upgrade(self, rest: bytes) -> None:
