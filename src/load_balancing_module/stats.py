@@ -7,55 +7,51 @@ asks (``get_load_distribution``, a Prometheus scrape), not per request.
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Iterator
 from typing import Final
 
 WINDOW_SAMPLES: Final = 1024  # completions kept per backend (a power of two)
 WINDOW_SECONDS: Final = 60.0  # samples older than this are ignored by percentiles
 RATE_SECONDS: Final = 10  # requests_per_second is averaged over this many seconds
-_WINDOW_DOUBLES: Final = 3 * WINDOW_SAMPLES
 
 
 class LatencyWindow:
-    """The most recent completions in a ring: ``time, latency_ms, ok`` as three doubles each.
+    """The most recent completions in a ring: their times, and their latencies with the outcome.
 
     The ring grows to ``WINDOW_SAMPLES`` entries, so an idle backend costs
-    nothing. The samples sit in one flat ``array('d')``: recording stores
-    three numbers and allocates nothing, and a backend's recent samples share
-    a few cache lines instead of being a tuple and two floats each.
+    nothing. Two lists of floats, ``_times`` and ``_values``: a failure is
+    stored as ``-1 - latency_ms`` (below zero, as no latency is), so recording
+    is two list stores (an ``array`` store parses its argument as a tuple would:
+    several times the cost, compiled or not).
     """
 
-    __slots__ = ("_samples", "_next")
+    __slots__ = ("_times", "_values", "_next")
 
     def __init__(self) -> None:
-        self._samples = array("d")
+        self._times: list[float] = []
+        self._values: list[float] = []
         self._next = 0  # the index of the oldest sample once the ring is full
 
     def record(self, latency_ms: float, ok: bool, now: float) -> None:
-        samples = self._samples
-        if len(samples) < _WINDOW_DOUBLES:
-            samples.append(now)
-            samples.append(latency_ms)
-            samples.append(1.0 if ok else 0.0)
+        value = latency_ms if ok else -1.0 - latency_ms
+        times = self._times
+        if len(times) < WINDOW_SAMPLES:
+            times.append(now)
+            self._values.append(value)
         else:
             i = self._next
-            samples[i] = now
-            samples[i + 1] = latency_ms
-            samples[i + 2] = 1.0 if ok else 0.0
-            i += 3
-            self._next = 0 if i >= _WINDOW_DOUBLES else i
+            times[i] = now
+            self._values[i] = value
+            self._next = (i + 1) & (WINDOW_SAMPLES - 1)
 
     def _recent(self, since: float) -> tuple[list[float], int]:
         """Latencies of the samples at or after ``since``, and how many of them failed."""
-        samples = self._samples
-        times, latencies, oks = samples[0::3], samples[1::3], samples[2::3]
-        values = [latencies[i] for i, t in enumerate(times) if t >= since]
-        failures = sum(1 for i, t in enumerate(times) if t >= since and oks[i] == 0.0)
-        return values, failures
+        values = [v for t, v in zip(self._times, self._values, strict=True) if t >= since]
+        failures = sum(1 for v in values if v < 0.0)
+        return [v if v >= 0.0 else -1.0 - v for v in values], failures
 
     def summary(self, now: float) -> WindowSummary:
-        if not self._samples:
+        if not self._times:
             return EMPTY_SUMMARY
         values, failures = self._recent(now - WINDOW_SECONDS)
         if not values:
@@ -77,11 +73,11 @@ class LatencyWindow:
         When the ring holds fewer than that many seconds (a busy backend),
         the rate is taken over the span the ring does hold.
         """
-        samples = self._samples
+        times = self._times
         since = now - RATE_SECONDS
-        count = sum(1 for t in samples[0::3] if t >= since)
+        count = sum(1 for t in times if t >= since)
         if count == WINDOW_SAMPLES:
-            oldest = samples[self._next]
+            oldest = times[self._next]
             return count / max(now - oldest, 1e-9)
         return count / RATE_SECONDS
 

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
 BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
 CONNECT_TIMEOUT: Final = 5.0  # at most, per try; never beyond the request's deadline
-_RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 # Why reading from a client is paused (bits).
 _BY_UPSTREAM: Final = 1  # the upstream socket's write buffer is full
@@ -488,7 +487,7 @@ class RequestCycle(UpstreamSink):
                 self.conn.write(response_head(response, ()))
             return
         self.head_ms = (self.data_at - self.attempt_at) * 1000.0  # data_at: the time of this read
-        if status in _RETRY_STATUSES and self._may_retry(False):
+        if (status == 502 or status == 503 or status == 504) and self._may_retry(False):  # worth another backend
             backend = self.route.backend_id if self.route is not None else "?"
             self._fail(_Failure(502, f"backend {backend} answered {status}", retry=True))
             return

@@ -152,7 +152,9 @@ class RequestInfo:
         self.workload = _CLASSICAL
         self.websocket = False
         self.expect_continue = False
-        self.idempotent = method in IDEMPOTENT
+        # IDEMPOTENT, spelled out: comparing a few bytes beats hashing them into a set
+        self.idempotent = (method == b"GET" or method == b"HEAD" or method == b"PUT" or method == b"DELETE"
+                           or method == b"OPTIONS")  # fmt: skip
         self.has_body = False  # chunked, or a Content-Length above 0
 
 
@@ -351,7 +353,7 @@ class ResponseInfo:
         elif what == _CONTENT_LENGTH:
             self.content_length = value
         elif what == _CONNECTION:
-            if value not in _PLAIN_CONNECTION:
+            if value != b"keep-alive" and value != b"close":  # the usual values name no header
                 named = [t for t in _tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
                 self._connection = named if self._connection is None else self._connection + named
         elif what == _TRANSFER_ENCODING:
@@ -378,7 +380,6 @@ class ResponseInfo:
 
 
 _STATUS_PREFIX: Final = {status: b"HTTP/1.1 %d " % status for status in range(100, 600)}
-_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})  # name no header
 
 
 def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
