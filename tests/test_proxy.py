@@ -432,6 +432,50 @@ async def test_forwarding_headers_are_added_and_the_request_id_returned() -> Non
         assert proxy.access.fields[-1]["request_id"] == "trace-123"
 
 
+PLAIN_HEAD = b"GET /a?b=1 HTTP/1.1\r\nHost: t\r\nUser-Agent:   spaced\r\nCookie: x=1\r\n"
+PROXY_LINES = [b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host", b"X-Request-ID"]
+
+
+def upstream_heads(received: bytes) -> list[bytes]:
+    return [head + b"\r\n" for head in received.split(b"\r\n\r\n") if head]
+
+
+async def test_a_plain_request_goes_upstream_as_the_client_wrote_it() -> None:
+    # No header dropped or rewritten and no body: the client's head byte for byte, then the proxy's lines.
+    async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
+        response = await client.request(PLAIN_HEAD + b"\r\n")
+    assert response.status == 200
+    (head,) = upstream_heads(bytes(backend.received))
+    assert head.startswith(PLAIN_HEAD)
+    assert [line.split(b":")[0] for line in head[len(PLAIN_HEAD) :].split(b"\r\n") if line] == PROXY_LINES
+
+
+@pytest.mark.parametrize("shape", ["leading empty line", "second in one read", "a hop-by-hop header",
+                                   "head in two reads"])  # fmt: skip
+async def test_other_requests_are_rebuilt_from_their_parsed_headers(shape: str) -> None:
+    rebuilt = b"GET /a?b=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: spaced\r\nCookie: x=1\r\n"  # leading OWS dropped
+    async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
+        if shape == "leading empty line":
+            await client.send(b"\r\n" + PLAIN_HEAD + b"\r\n")
+        elif shape == "second in one read":
+            await client.send(PLAIN_HEAD + b"\r\n" + PLAIN_HEAD + b"\r\n")
+        elif shape == "a hop-by-hop header":
+            await client.send(PLAIN_HEAD + b"Keep-Alive: timeout=5\r\n\r\n")
+        else:
+            await client.send(PLAIN_HEAD)
+            await asyncio.sleep(0.02)
+            await client.send(b"\r\n")
+        responses = [await client.read_response() for _ in range(2 if shape == "second in one read" else 1)]
+    assert all(r.status == 200 for r in responses)
+    heads = upstream_heads(bytes(backend.received))
+    assert len(heads) == len(responses)
+    last = heads[-1]
+    assert last.startswith(rebuilt)
+    assert [line.split(b":")[0] for line in last[len(rebuilt) :].split(b"\r\n") if line] == PROXY_LINES
+    if shape == "second in one read":
+        assert heads[0].startswith(PLAIN_HEAD)  # the first began the read: sent as it came
+
+
 async def test_hop_by_hop_headers_are_removed_from_the_request() -> None:
     async with AioBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         response = await client.request(get(

@@ -74,21 +74,23 @@ _EAGER: Final = _Eager()
 class RequestCycle(UpstreamSink):
     """One request: its routing, its tries on backends, and its answer."""
 
-    __slots__ = ("conn", "server", "info", "request", "request_id", "set_cookie", "started", "deadline",
+    __slots__ = ("conn", "server", "info", "request", "_request_id", "_rid_seq", "set_cookie", "started", "deadline",
                  "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
                  "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "awaiting",
                  "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
                  "upstream_end", "head_ms", "status", "response_started", "response_done", "out_chunked",
                  "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head", "_rid_line")  # fmt: skip
 
-    def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str,
-                 set_cookie: bytes | None, now: float) -> None:  # fmt: skip
+    def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str | None,
+                 rid_seq: int, set_cookie: bytes | None, now: float) -> None:  # fmt: skip
+        """``request_id``: the client's; when None, the proxy's, number ``rid_seq``."""
         server = conn.server
         self.conn = conn
         self.server = server
         self.info = info
         self.request = request
-        self.request_id = request_id
+        self._request_id = request_id
+        self._rid_seq = rid_seq
         self.set_cookie = set_cookie
         self.started = now  # the loop's time when the head was complete
         self.deadline = self.started + server.request_timeout
@@ -392,11 +394,22 @@ class RequestCycle(UpstreamSink):
         extra.append(self._request_id_line())
         return request_head(info, extra, request_framing(info))
 
+    @property
+    def request_id(self) -> str:
+        rid = self._request_id
+        if rid is None:
+            rid = self._request_id = self.server.request_id_of(self._rid_seq)
+        return rid
+
     def _request_id_line(self) -> bytes:
         """``X-Request-ID: ...`` for both heads, made once."""
         line = self._rid_line
         if line is None:
-            line = self._rid_line = b"X-Request-ID: " + self.request_id.encode() + b"\r\n"
+            if self._request_id is None:  # generated: written straight into the line
+                line = self.server.rid_line_prefix + str(self._rid_seq).encode() + b"\r\n"
+            else:
+                line = b"X-Request-ID: " + self._request_id.encode() + b"\r\n"
+            self._rid_line = line
         return line
 
     # -- the client side (parser callbacks of ClientConnection) ---------------------------------

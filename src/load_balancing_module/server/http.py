@@ -39,8 +39,8 @@ MAX_ID_LENGTH = 512  # Request.request_id and Request.session_id allow no more
 # so is every ``Proxy-*`` header and every header that ``Connection`` names.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 
-# What the proxy does with a header, by name: most are forwarded (_KEEP); see _REQUEST_HEADERS
-# and _RESPONSE_HEADERS for the others, and _action for how a name is looked up.
+# What the proxy does with a header, by name: most are forwarded (_KEEP); see _REQUEST_ACTIONS
+# and _RESPONSE_ACTIONS for the others, and _action for how a name is looked up.
 _DROP: Final = 0
 _KEEP: Final = 1
 _CONTENT_LENGTH: Final = 2
@@ -71,41 +71,59 @@ _FORWARDED_AS_IS: Final = (_HOST_HEADER, _SESSION_ID, _WORKLOAD, _COOKIE, _EXPEC
 
 
 def _casings(name: bytes) -> list[bytes]:
-    """A lowercase header name as it is usually written: lowercase, Title-Case, and with ``ID``."""
+    """A lowercase header name as it is usually written: Title-Case, and with ``ID``."""
     title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
-    return [name, title, title.replace(b"-Id", b"-ID")]
+    return list(dict.fromkeys((title, title.replace(b"-Id", b"-ID"))))
 
 
-def _shapes(names: Iterable[bytes]) -> bytes:
-    """A table by (first letter, length) of ``names`` and of ``Proxy-*`` (see :func:`_action`)."""
-    table = bytearray(256 * 32)
-    for name in names:
-        table[(name[0] | 0x20) * 32 + min(len(name), 31)] = 1
-    for length in range(len(b"proxy-"), 32):
-        table[ord("p") * 32 + length] = 1
-    return bytes(table)
-
-
-_REQUEST_HEADERS: Final = {c: a for n, a in _REQUEST_ACTIONS.items() for c in _casings(n)}
-_REQUEST_SHAPES: Final = _shapes(_REQUEST_ACTIONS)
-_RESPONSE_HEADERS: Final = {c: a for n, a in _RESPONSE_ACTIONS.items() for c in _casings(n)}
-_RESPONSE_SHAPES: Final = _shapes(_RESPONSE_ACTIONS)
-
-
-def _action(name: bytes, table: dict[bytes, int], shapes: bytes) -> int:
-    """What to do with header ``name``: its action in ``table`` whatever its case, _DROP for ``Proxy-*``,
-    else _KEEP. A name whose first letter and length match no name of the table (most of them)
-    is known to be _KEEP without a lookup; a usual spelling is found without lowercasing."""
+def _shape(name: bytes) -> int:
+    """A header name's first letter (in either case) and length (up to 31), as one number."""
     n = len(name)
-    if n == 0 or not shapes[(name[0] | 0x20) * 32 + (n if n < 32 else 31)]:
+    return (name[0] | 0x20) * 32 + (n if n < 32 else 31)
+
+
+Spellings = tuple[tuple[bytes, int], ...]
+
+
+def _spellings(actions: dict[bytes, int]) -> list[Spellings | None]:
+    """By shape: the names of ``actions`` of that shape, as usually written, then in lowercase
+    (for :func:`_action`); ``()`` for the shapes of ``Proxy-*``; None for every other shape."""
+    by_shape: dict[int, list[tuple[bytes, int]]] = {}
+    for name, action in actions.items():
+        by_shape.setdefault(_shape(name), []).extend((c, action) for c in _casings(name))
+    for name, action in actions.items():
+        by_shape[_shape(name)].append((name, action))
+    table: list[Spellings | None] = [None] * (256 * 32)
+    for length in range(len(b"proxy-"), 32):
+        table[_shape(b"p" * length)] = ()
+    for shape, spellings in by_shape.items():
+        table[shape] = tuple(spellings)
+    return table
+
+
+_REQUEST_SPELLINGS: Final = _spellings(_REQUEST_ACTIONS)
+_RESPONSE_SPELLINGS: Final = _spellings(_RESPONSE_ACTIONS)
+
+
+def _action(name: bytes, spellings: list[Spellings | None]) -> int:
+    """What to do with header ``name``: its action whatever its case, _DROP for ``Proxy-*``, else _KEEP.
+
+    A name of a shape (first letter, length) that no special name has, most of them, is _KEEP at
+    once; otherwise it is compared with the few names of its shape, as usually written and then,
+    lowercased, in lowercase: no hashing, and no lowercasing for a usual spelling."""
+    if not name:
         return _KEEP
-    what = table.get(name)
-    if what is None:
-        key = name.lower()
-        what = table.get(key)
-        if what is None:
-            return _DROP if key.startswith(b"proxy-") else _KEEP
-    return what
+    candidates = spellings[_shape(name)]
+    if candidates is None:
+        return _KEEP
+    for spelling, action in candidates:
+        if name == spelling:
+            return action
+    key = name.lower()
+    for spelling, action in candidates:
+        if key == spelling:
+            return action
+    return _DROP if key.startswith(b"proxy-") else _KEEP
 
 
 _WORKLOADS = {w.value.encode(): w for w in WorkloadType}
@@ -132,7 +150,8 @@ class RequestInfo:
 
     __slots__ = ("method", "target", "http11", "keep_alive", "headers", "content_length", "chunked", "host",
                  "forwarded_for", "forwarded_proto", "forwarded_host", "request_id", "session_id",
-                 "cookie_session", "workload", "websocket", "expect_continue", "idempotent", "has_body")  # fmt: skip
+                 "cookie_session", "workload", "websocket", "expect_continue", "idempotent", "has_body", "plain",
+                 "raw_head")  # fmt: skip
 
     def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool) -> None:
         self.method = method
@@ -156,6 +175,10 @@ class RequestInfo:
         self.idempotent = (method == b"GET" or method == b"HEAD" or method == b"PUT" or method == b"DELETE"
                            or method == b"OPTIONS")  # fmt: skip
         self.has_body = False  # chunked, or a Content-Length above 0
+        # Every header is forwarded as it came and there is no body: the client's own head can be
+        # sent on (request_head), once the proxy's lines are added.
+        self.plain = False
+        self.raw_head: bytes | None = None  # that head without its blank line, when it is at hand
 
 
 def inspect_request(method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool,
@@ -172,15 +195,18 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     connection: list[bytes] | None = None
     upgrade_tokens: list[bytes] | None = None
     forwarded_for: list[bytes] | None = None
+    rewritten = False  # a header is dropped or rewritten on the way
     for name, value in headers:
-        what = _action(name, _REQUEST_HEADERS, _REQUEST_SHAPES)
+        what = _action(name, _REQUEST_SPELLINGS)
         if what == _KEEP:
             kept.append((name, value))
             continue
-        if what == _DROP:
-            continue
         if what in _FORWARDED_AS_IS:
             kept.append((name, value))
+        else:
+            rewritten = True
+        if what == _DROP:
+            continue
         if what == _HOST_HEADER:
             hosts += 1
             info.host = value
@@ -246,21 +272,36 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
             raise HttpError(400, "a WebSocket upgrade request cannot have a body")
     if connection:
         _drop_named(info, connection)
+    info.plain = not rewritten and not info.has_body and info.http11 and not upgrade
     return info
 
 
-# Host values seen lately that passed _HOST (a client sends the same one again and again).
+def raw_head(info: RequestInfo, chunk: bytes) -> bytes | None:
+    """The head of a plain request (``info.plain``) as the client sent it, from ``chunk``, which
+    starts with it: the request line and headers, without the blank line. None if it does not fit."""
+    end = chunk.find(b"\r\n\r\n")
+    if end < 0 or not chunk.startswith(info.method):
+        return None
+    return chunk[: end + 2]
+
+
+# Host values seen lately that passed _HOST (clients send the same few again and again), and the
+# latest of them, which one comparison finds.
 _GOOD_HOSTS: dict[bytes, bool] = {}
+_latest_host = b""
 
 
 def _valid_host(host: bytes) -> bool:
-    if host in _GOOD_HOSTS:
+    global _latest_host
+    if host == _latest_host:
         return True
-    if not _HOST.fullmatch(host):
-        return False
-    if len(_GOOD_HOSTS) >= 256:
-        _GOOD_HOSTS.clear()
-    _GOOD_HOSTS[host] = True
+    if host not in _GOOD_HOSTS:
+        if not _HOST.fullmatch(host):
+            return False
+        if len(_GOOD_HOSTS) >= 256:
+            _GOOD_HOSTS.clear()
+        _GOOD_HOSTS[host] = True
+    _latest_host = host
     return True
 
 
@@ -299,7 +340,16 @@ def _affinity_cookie(value: bytes) -> str | None:
 
 
 def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> bytes:
-    """The request head sent upstream: the request line, end-to-end headers, then ``extra`` lines."""
+    """The request head sent upstream: the request line, end-to-end headers, then ``extra`` lines.
+
+    A plain request whose raw head is at hand is sent as the client wrote it (llhttp, strict, has
+    checked every byte of it, and none of its headers is dropped or rewritten) plus ``extra``."""
+    raw = info.raw_head
+    if raw is not None:
+        parts = [raw]
+        parts.extend(extra)
+        parts.append(b"\r\n")
+        return b"".join(parts)
     parts = [info.method, b" ", info.target, b" HTTP/1.1\r\n"]
     for name, value in info.headers:
         parts += (name, b": ", value, b"\r\n")
@@ -343,7 +393,7 @@ class ResponseInfo:
         self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
 
     def add(self, name: bytes, value: bytes) -> None:
-        what = _action(name, _RESPONSE_HEADERS, _RESPONSE_SHAPES)
+        what = _action(name, _RESPONSE_SPELLINGS)
         if what == _KEEP:
             parts = self.parts
             parts.append(name)

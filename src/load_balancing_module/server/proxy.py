@@ -54,6 +54,7 @@ from .http import (
     check_raw_transfer_encoding,
     error_response,
     inspect_request,
+    raw_head,
     request_framing,
 )
 from .upstream import UpstreamConnection, UpstreamPool
@@ -146,6 +147,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._drained: asyncio.Future[None] | None = None
         self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
+        self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
         self._rid_seq = 0
 
     @property
@@ -213,8 +215,15 @@ class ProxyServer:
     # -- used by connections and cycles ---------------------------------------------------
 
     def new_request_id(self) -> str:
+        return self.request_id_of(self.next_request_seq())
+
+    def next_request_seq(self) -> int:
+        """The sequence number of a new generated request id (formatted only when needed)."""
         self._rid_seq += 1
-        return self._rid_prefix + str(self._rid_seq)  # "<10 hex digits>-<decimal sequence>"
+        return self._rid_seq
+
+    def request_id_of(self, seq: int) -> str:
+        return self._rid_prefix + str(seq)  # "<10 hex digits>-<decimal sequence>"
 
     def cycle_done(self) -> None:
         self.in_flight -= 1
@@ -280,6 +289,8 @@ class ClientConnection(asyncio.Protocol):
         self._raw: list[bytes] | None = None
         self._raw_bytes = 0
         self._mid_chunk = False  # a message ended earlier in the chunk being parsed
+        self._head_at_start = False  # the head being parsed began the chunk it started in
+        self._now = 0.0  # the loop's time when the chunk being parsed arrived
         # timeouts
         self._state = _HEAD
         self._head_deadline = 0.0
@@ -357,6 +368,7 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        self._now = self.loop.time()  # for everything this read brings
         self._chunk = data
         self._mid_chunk = False
         raw = self._raw
@@ -392,9 +404,10 @@ class ClientConnection(asyncio.Protocol):
         # same chunk counts from the next chunk on (its offset is unknown), so a chunk's worth at most is
         # not counted. Either way an unfinished head is cut off, at the latest by header_timeout.
         self._raw_bytes = len(self._chunk) if not self._mid_chunk else 0
+        self._head_at_start = not self._mid_chunk
         if self._state != _HEAD:
             self._state = _HEAD
-            self._head_deadline = self.loop.time() + self.server.header_timeout
+            self._head_deadline = self._now + self.server.header_timeout
             self._arm(self._head_deadline)
 
     def on_url(self, url: bytes) -> None:
@@ -425,11 +438,13 @@ class ClientConnection(asyncio.Protocol):
                                keep_alive=parser.should_keep_alive(), upgrade=upgrade)  # fmt: skip
         if info.chunked and raw is not None:
             check_raw_transfer_encoding(raw[0] if len(raw) == 1 else b"".join(raw))
+        elif info.plain and self._head_at_start and raw is not None and len(raw) == 1:
+            info.raw_head = raw_head(info, raw[0])  # the head began this chunk and ended in it
         server = self.server
         limit = server.max_body_bytes
         if limit and info.content_length is not None and info.content_length > limit:
             raise HttpError(413, f"request body larger than {limit} bytes")
-        now = self.loop.time()
+        now = self._now
         cycle = self._new_cycle(info, now)
         self._reframe = info.has_body and upgrade  # an ignored upgrade (h2c...) with a body
         if not info.keep_alive or info.websocket:
@@ -449,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         cycle = self._receiving
         if cycle is not None:
-            self._body_at = self.loop.time()
+            self._body_at = self._now
             cycle.client_body(body)
 
     def on_message_complete(self) -> None:
@@ -473,7 +488,7 @@ class ClientConnection(asyncio.Protocol):
         if session is None and server.sticky:
             session = secrets.token_hex(16)  # affinity cookies must not be guessable
             cookie = b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (AFFINITY_COOKIE, session.encode())
-        request_id = info.request_id or server.new_request_id()
+        seq = 0 if info.request_id else server.next_request_seq()
         # What routing reads of a request; the same for most requests on a connection, so it is kept
         # (routing never changes it). Its request_id is left out: the cycle carries the request's.
         request = self._request
@@ -482,7 +497,7 @@ class ClientConnection(asyncio.Protocol):
             request = self._request = _new_request(client_ip, info.workload, session, None)  # validated above
             # Its fields, as plain attributes: a pydantic model's are slower to read.
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
-        return RequestCycle(self, info, request, request_id, cookie, now)
+        return RequestCycle(self, info, request, info.request_id, seq, cookie, now)
 
     def _on_upgrade(self, rest: bytes) -> None:
         cycle = self.cycles[-1] if self.cycles else None
