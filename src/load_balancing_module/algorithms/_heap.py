@@ -159,9 +159,10 @@ class IndexedHeap:
 class LazyHeap(IndexedHeap):
     """The order of :class:`IndexedHeap`, kept by ``heapq`` with lazy deletion (for the interpreted build).
 
-    A tuple is live while its ``seq`` is its node's ``seq`` and the node is in
-    the heap (``index`` 0); stale tuples are dropped at the top, and the list
-    is rebuilt when they outnumber the live ones.
+    A node is in the heap while its ``owner_heap`` is this heap; a tuple is live
+    while, besides, its ``seq`` is its node's. Stale tuples are dropped at the
+    top, and the list is rebuilt when they outnumber the live ones. (Membership
+    is tested inline, not with ``in``: interpreted, a call costs more than the test.)
     """
 
     __slots__ = ("_entries", "_live")
@@ -175,44 +176,44 @@ class LazyHeap(IndexedHeap):
         return self._live
 
     def __contains__(self, node: HeapNode) -> bool:
-        return node.index == 0 and node.owner_heap is self
+        return node.owner_heap is self
 
     def set(self, node: HeapNode, rank: int | None, key: float) -> None:
-        inside = node in self
+        inside = node.owner_heap is self
         if rank is None:
             if inside:
-                self.discard(node)
+                node.owner_heap = None
+                self._live -= 1
             return
-        if inside and node.rank == rank and node.key == key:
-            return
-        if not inside:
-            node.index = 0
+        if inside:
+            if node.rank == rank and node.key == key:
+                return
+        else:
             node.owner_heap = self
             self._live += 1
         node.rank = rank
         node.key = key
-        self._seq += 1
-        node.seq = self._seq
+        seq = self._seq = self._seq + 1
+        node.seq = seq
         entries = self._entries
-        top = entries[0] if entries else None
-        if top is not None and top[3] is node:  # the member just picked: replace its stale tuple, one sift
-            heapq.heapreplace(entries, (rank, key, self._seq, node))
+        if entries and entries[0][3] is node:  # the member just picked: replace its stale tuple, one sift
+            heapq.heapreplace(entries, (rank, key, seq, node))
         else:
-            heapq.heappush(entries, (rank, key, self._seq, node))
+            heapq.heappush(entries, (rank, key, seq, node))
             if len(entries) > 2 * self._live + 64:
                 self._compact()
 
     def discard(self, node: HeapNode) -> None:
-        if node in self:
-            node.index = _NO_SLOT
+        if node.owner_heap is self:
             node.owner_heap = None
             self._live -= 1
 
     def top(self) -> HeapNode | None:
         entries = self._entries
         while entries:
-            _, _, seq, node = entries[0]
-            if node.seq == seq and node in self:
+            entry = entries[0]
+            node = entry[3]
+            if node.seq == entry[2] and node.owner_heap is self:
                 return node
             heapq.heappop(entries)
         return None
@@ -222,15 +223,14 @@ class LazyHeap(IndexedHeap):
         return None if node is None else node.backend
 
     def clear(self) -> None:
-        for _, _, _, node in self._entries:
-            if node.owner_heap is self:
-                node.index = _NO_SLOT
-                node.owner_heap = None
+        for entry in self._entries:
+            if entry[3].owner_heap is self:
+                entry[3].owner_heap = None
         self._entries = []
         self._live = 0
 
     def _compact(self) -> None:
-        self._entries = [e for e in self._entries if e[3].seq == e[2] and e[3] in self]
+        self._entries = [e for e in self._entries if e[3].seq == e[2] and e[3].owner_heap is self]
         heapq.heapify(self._entries)
 
 

@@ -83,19 +83,19 @@ class WeightClasses:
 
     def pick(self, healthy_only: bool) -> Backend | None:
         best: _Class | None = None
+        due = 0.0  # best's deadline
         for cls in self._classes.values():
-            free = cls.healthy_free if healthy_only else cls.free
-            if free and (best is None or cls.deadline < best.deadline):
-                best = cls
+            if (cls.healthy_free if healthy_only else cls.free) and (best is None or cls.deadline < due):
+                best, due = cls, cls.deadline
         if best is None:
             return None
         node = best.rotation.top()
         if node is None:
             return None
-        # A class that sat idle resumes now, without a burst to catch up.
-        self._vtime = max(self._vtime, best.deadline)
+        if due > self._vtime:  # a class that sat idle resumes now, without a burst to catch up
+            self._vtime = due
         free = best.healthy_free if healthy_only else best.free
         best.deadline = self._vtime + 1.0 / (best.weight * free)
-        self._turns += 1.0
-        best.rotation.set(node, node.rank, self._turns)
+        turn = self._turns = self._turns + 1.0
+        best.rotation.set(node, node.rank, turn)
         return node.backend

@@ -55,13 +55,11 @@ class SmoothWeighted(Algorithm):
         self._vtime = 0.0
         self._joined = 0  # members given a phase so far
         self._classes: WeightClasses | None = None  # the weight-class schedule, when in use
-
-    @property
-    def small(self) -> bool:
-        return len(self._members) <= SMALL_TIER
+        self.small = True  # NGINX's loop (at most SMALL_TIER members)
 
     def rebuild(self, members: Sequence[Backend]) -> None:
         self._members = list(members)
+        self.small = len(self._members) <= SMALL_TIER
         self._current = {b: self._current.get(b, 0.0) for b in members}
         self._deadline = {b: self._deadline[b] for b in members if b in self._deadline}
         self._heap.clear()
@@ -102,7 +100,7 @@ class SmoothWeighted(Algorithm):
         if self.small:
             return self._pick_small()
         if self._classes is not None:
-            return self._classes.pick(healthy_only=self.healthy_free() > 0)
+            return self._classes.pick(self.healthy_free() > 0)
         return self._pick_edf()
 
     def _pick_small(self) -> Backend | None:
