@@ -42,7 +42,10 @@ ACCESS_FLUSH_SECONDS = 1.0
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes formatted lines in batches: when ``buffer_bytes`` have gathered, or when a line
     comes ``flush_seconds`` after the last write; :meth:`flush` writes at once (the server calls
-    it every ``flush_seconds`` and when it stops). One write per batch instead of per request."""
+    it every ``flush_seconds`` and when it stops). One write per batch instead of per request.
+
+    ``lines`` is one list for the handler's life (emptied in place), so the access log can append
+    to it directly (see AccessLog) and add the length to ``size``."""
 
     def __init__(self, stream: Any, *, buffer_bytes: int = ACCESS_BUFFER_BYTES,
                  flush_seconds: float = ACCESS_FLUSH_SECONDS,
@@ -51,8 +54,8 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.buffer_bytes = buffer_bytes
         self.flush_seconds = flush_seconds
         self._clock = clock
-        self._lines: list[str] = []
-        self._size = 0
+        self.lines: list[str] = []
+        self.size = 0
         self._written = clock()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -65,16 +68,18 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def add(self, line: str) -> None:
         """Take a formatted line (the access log's shortcut past the LogRecord, see AccessLog)."""
-        self._lines.append(line)
-        self._size += len(line) + 1
-        if self._size >= self.buffer_bytes or self._clock() - self._written >= self.flush_seconds:
+        self.lines.append(line)
+        self.size += len(line) + 1
+        if self.size >= self.buffer_bytes or self._clock() - self._written >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         self._written = self._clock()
-        if not self._lines:
+        if not self.lines:
             return
-        lines, self._lines, self._size = self._lines, [], 0
+        lines = self.lines[:]
+        self.lines.clear()
+        self.size = 0
         try:
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
