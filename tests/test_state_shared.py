@@ -20,6 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Probes, config
 from load_balancing_module import (
@@ -252,6 +254,12 @@ async def test_a_server_starts_and_serves_while_redis_is_down(tmp_path: Path, na
         try:
             answers = [await fetch(server.proxy.port, "same-cookie") for _ in range(3)]
             assert sorted(name for name, _ in answers) == ["a", "b", "c"]  # served, unsticky
+            text = generate_latest(server.registry).decode()
+            metrics = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                       if s.name.startswith("omnixan_lb_state_store")}  # fmt: skip
+            assert metrics["omnixan_lb_state_store_up"] == 0
+            assert metrics["omnixan_lb_state_store_errors_total"] >= 1
+            assert metrics["omnixan_lb_state_store_fallbacks_total"] >= metrics["omnixan_lb_state_store_errors_total"]
         finally:
             await server.shutdown()
     assert any(getattr(r, "event", None) == "state_store_unavailable" for r in caplog.records)

@@ -21,6 +21,9 @@ Families (labels in braces):
   ``backend_recent_latency_seconds{backend,quantile}`` (recent window).
 - ``rate_limited_total``, ``ddos_blocked_total``, ``retries_total``,
   ``queue_timeouts_total``, ``unavailable_total``, ``queued_requests``, ``backends``.
+- With a shared state store that counts its failures (``RedisStore``):
+  ``state_store_errors_total`` (calls that failed), ``state_store_fallbacks_total``
+  (operations answered by the fail-open policy) and ``state_store_up`` (0 during an outage).
 """
 
 from __future__ import annotations
@@ -115,6 +118,20 @@ class LoadBalancerCollector(Collector):
             yield CounterMetricFamily(name, text, value=lb.counters[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
+        yield from self._store()
+
+    def _store(self) -> Iterator[Metric]:
+        store = self.module.store
+        errors, fallbacks, available = (getattr(store, name, None) for name in ("errors", "fallbacks", "available"))
+        if not isinstance(errors, int) or not isinstance(fallbacks, int) or not isinstance(available, bool):
+            return  # the in-memory store cannot fail
+        yield CounterMetricFamily("omnixan_lb_state_store_errors", "Calls to the shared state store that failed.",
+                                  value=errors)  # fmt: skip
+        yield CounterMetricFamily("omnixan_lb_state_store_fallbacks",
+                                  "State operations answered by the fail-open policy (store failing or backing off).",
+                                  value=fallbacks)  # fmt: skip
+        yield GaugeMetricFamily("omnixan_lb_state_store_up", "1 while the shared state store answers.",
+                                value=1 if available else 0)  # fmt: skip
 
 
 def register_metrics(module: LoadBalancingModule, registry: CollectorRegistry | None = None) -> LoadBalancerCollector:
