@@ -360,7 +360,10 @@ class RequestCycle(UpstreamSink):
             return
         conn = self.conn
         if not self.backlog and not info.chunked:
-            up.write(head)
+            if self.body_done:  # the whole request: with the batch at the end of the loop's turn
+                up.write_later(head)
+            else:
+                up.write(head)
             if conn._paused & _BY_BACKLOG:
                 conn.resume(_BY_BACKLOG)
             return
@@ -584,7 +587,7 @@ class RequestCycle(UpstreamSink):
         self.sending = False
         if self.tunnel:
             self.upstream_end = self.conn.loop.time()
-            self.conn.transport.close()
+            self.conn.close()
             self._resolve(None)
         elif not self.response_started:
             backend = self.route.backend_id if self.route is not None else "?"

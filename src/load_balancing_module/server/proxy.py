@@ -276,6 +276,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: UpstreamConnection | None = None
         self._final: bytes | None = None  # an error answer to send once the queued cycles are answered
         self._out: list[bytes] | None = None  # writes collected while corked
+        self._queued = False
         self._discard = False  # drop all further input
         self._synthetic = False  # feeding a made-up head to a fresh parser (see _on_upgrade)
         self._reframe = False
@@ -579,6 +580,14 @@ class ClientConnection(asyncio.Protocol):
             self._out = []
 
     def uncork(self) -> None:
+        if not self._out:
+            self._out = None
+        elif not self._queued:  # sent with the batch at the end of the loop's turn
+            self._queued = True
+            self.server.pool.batch.add(self.flush)
+
+    def flush(self) -> None:
+        self._queued = False
         out, self._out = self._out, None
         if out and not self.transport.is_closing():
             if len(out) == 1:
@@ -605,7 +614,13 @@ class ClientConnection(asyncio.Protocol):
         """Serve what is in flight, then close; close now if nothing is."""
         self.closing = True
         if not self.cycles:
-            self.transport.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close once everything written has gone out, what waits for the batch included."""
+        if self._queued:
+            self.flush()
+        self.transport.close()
 
     def abort(self) -> None:
         self.transport.abort()
@@ -616,6 +631,8 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport.is_closing():
             return
+        if self._queued:
+            self.flush()
         if self._paused:
             self._paused = 0
             transport.resume_reading()
@@ -638,7 +655,7 @@ class ClientConnection(asyncio.Protocol):
         if self.lost:
             return
         if cycle.tunnel:
-            self.transport.close()
+            self.close()
             return
         if not cycle.keep_alive or server.draining:
             self.closing = True
@@ -660,7 +677,7 @@ class ClientConnection(asyncio.Protocol):
             if self._receiving is not None or self._discard:
                 self.linger_close()
             else:
-                self.transport.close()
+                self.close()
         elif self._state == _WAIT:
             self._state = _IDLE
             self._idle_since = now
@@ -703,7 +720,7 @@ class ClientConnection(asyncio.Protocol):
             deadline = self._head_deadline
         elif state == _IDLE and not self.cycles:
             if now >= self._idle_since + server.idle_timeout:
-                self.transport.close()
+                self.close()
                 return
             deadline = self._idle_since + server.idle_timeout
         elif state == _BODY and not self._paused:
