@@ -20,7 +20,9 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,10 +56,18 @@ def run_hashing(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_routing(args: argparse.Namespace) -> dict[str, Any]:
+    """The default (pure Python) build in this process, then the compiled build in a child."""
     settings = routing.QUICK if args.quick else routing.Settings()
     raw, cases = asyncio.run(routing.collect(settings))
     routing.print_table(cases, raw["sizes"])
     routing.plot(raw, str(args.img))
+    with tempfile.TemporaryDirectory(prefix="omnixan-routing-") as tmp:
+        out = Path(tmp) / "compiled.json"
+        command = [sys.executable, str(Path(__file__).parent / "routing.py"), "--json", str(out),
+                   *(["--quick"] if args.quick else [])]  # fmt: skip
+        print("\nthe compiled build:", flush=True)
+        subprocess.run(command, env=proxy.compiled_env(), check=True)
+        raw["compiled"] = json.loads(out.read_text())
     return raw
 
 
