@@ -1,9 +1,10 @@
 """A real Redis for the tests, found or started; a unique key prefix per test, its keys deleted after.
 
 The Redis is, in order: ``$OMNIXAN_TEST_REDIS_URL``; the one on 127.0.0.1:6379 if it answers
-PING; a private ``redis-server`` on a free port (no persistence), stopped at the end of the run.
-Without any of them the tests that need Redis fail, saying what to install. Tests never flush a
-database: each gets a prefix of its own (``redis_prefix``) and only the keys under it are deleted.
+PING, in a database of this run's own (1 to 15, from the process id); a private ``redis-server``
+on a free port (no persistence), stopped at the end of the run. Without any of them the tests
+that need Redis fail, saying what to install. Tests never flush a database: each gets a prefix
+of its own (``redis_prefix``) and only the keys under it are deleted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import redis
 
 from load_balancing_module.state.redis import RedisStore
 
-LOCAL_URL = "redis://127.0.0.1:6379/0"
+LOCAL_URL = f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}"  # not db 0: a database per test run
 START_TIMEOUT = 10.0
 
 MakeStore = Callable[..., Awaitable[RedisStore]]

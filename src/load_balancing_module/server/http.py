@@ -111,9 +111,10 @@ def _action(name: bytes, spellings: list[Spellings | None]) -> int:
     A name of a shape (first letter, length) that no special name has, most of them, is _KEEP at
     once; otherwise it is compared with the few names of its shape, as usually written and then,
     lowercased, in lowercase: no hashing, and no lowercasing for a usual spelling."""
-    if not name:
+    n = len(name)
+    if n == 0:
         return _KEEP
-    candidates = spellings[_shape(name)]
+    candidates = spellings[(name[0] | 0x20) * 32 + (n if n < 32 else 31)]  # _shape(name), inlined
     if candidates is None:
         return _KEEP
     for spelling, action in candidates:
