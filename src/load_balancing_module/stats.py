@@ -13,45 +13,46 @@ from typing import Final
 WINDOW_SAMPLES: Final = 1024  # completions kept per backend (a power of two)
 WINDOW_SECONDS: Final = 60.0  # samples older than this are ignored by percentiles
 RATE_SECONDS: Final = 10  # requests_per_second is averaged over this many seconds
+_WINDOW_FLOATS: Final = 2 * WINDOW_SAMPLES
 
 
 class LatencyWindow:
-    """The most recent completions in a ring: their times, and their latencies with the outcome.
+    """The most recent completions in a ring: for each, its time and its latency with the outcome.
 
     The ring grows to ``WINDOW_SAMPLES`` entries, so an idle backend costs
-    nothing. Two lists of floats, ``_times`` and ``_values``: a failure is
-    stored as ``-1 - latency_ms`` (below zero, as no latency is), so recording
-    is two list stores (an ``array`` store parses its argument as a tuple would:
-    several times the cost, compiled or not).
+    nothing. One list of floats, ``[time, value, time, value, ...]``: a
+    failure's value is ``-1 - latency_ms`` (below zero, as no latency is), so
+    recording is two stores next to each other (an ``array`` store parses its
+    argument as a tuple would: several times the cost, compiled or not).
     """
 
-    __slots__ = ("_times", "_values", "_next")
+    __slots__ = ("_samples", "_next")
 
     def __init__(self) -> None:
-        self._times: list[float] = []
-        self._values: list[float] = []
-        self._next = 0  # the index of the oldest sample once the ring is full
+        self._samples: list[float] = []
+        self._next = 0  # the index of the oldest sample's time once the ring is full
 
     def record(self, latency_ms: float, ok: bool, now: float) -> None:
         value = latency_ms if ok else -1.0 - latency_ms
-        times = self._times
-        if len(times) < WINDOW_SAMPLES:
-            times.append(now)
-            self._values.append(value)
+        samples = self._samples
+        if len(samples) < _WINDOW_FLOATS:
+            samples.append(now)
+            samples.append(value)
         else:
             i = self._next
-            times[i] = now
-            self._values[i] = value
-            self._next = (i + 1) & (WINDOW_SAMPLES - 1)
+            samples[i] = now
+            samples[i + 1] = value
+            self._next = (i + 2) & (_WINDOW_FLOATS - 1)
 
     def _recent(self, since: float) -> tuple[list[float], int]:
         """Latencies of the samples at or after ``since``, and how many of them failed."""
-        values = [v for t, v in zip(self._times, self._values, strict=True) if t >= since]
+        samples = self._samples
+        values = [samples[i + 1] for i in range(0, len(samples), 2) if samples[i] >= since]
         failures = sum(1 for v in values if v < 0.0)
         return [v if v >= 0.0 else -1.0 - v for v in values], failures
 
     def summary(self, now: float) -> WindowSummary:
-        if not self._times:
+        if not self._samples:
             return EMPTY_SUMMARY
         values, failures = self._recent(now - WINDOW_SECONDS)
         if not values:
@@ -73,11 +74,11 @@ class LatencyWindow:
         When the ring holds fewer than that many seconds (a busy backend),
         the rate is taken over the span the ring does hold.
         """
-        times = self._times
+        samples = self._samples
         since = now - RATE_SECONDS
-        count = sum(1 for t in times if t >= since)
+        count = sum(1 for t in samples[0::2] if t >= since)
         if count == WINDOW_SAMPLES:
-            oldest = times[self._next]
+            oldest = samples[self._next]
             return count / max(now - oldest, 1e-9)
         return count / RATE_SECONDS
 
