@@ -45,3 +45,9 @@ def test_a_second_or_unknown_transfer_encoding_from_a_backend_is_an_error() -> N
         for value in values:
             info.add(b"Transfer-Encoding", value)
         assert info.error is not None
+
+
+def test_the_idempotent_methods_are_those_of_idempotent() -> None:
+    # RequestInfo spells the set out as comparisons (cheaper than hashing fresh bytes): they must agree.
+    for method in (*http.IDEMPOTENT, b"POST", b"PATCH", b"get", b"TRACE"):
+        assert http.RequestInfo(method, b"/", True, True).idempotent == (method in http.IDEMPOTENT)
