@@ -27,7 +27,7 @@ _NO_SLOT: Final = -1
 
 
 class HeapNode:
-    """One backend's place in one :class:`IndexedHeap`."""
+    """One backend's place in its algorithm's heaps (an :class:`IndexedHeap` or a :class:`LazyHeap`)."""
 
     __slots__ = ("backend", "owner", "rank", "key", "seq", "index", "group", "owner_heap")
 
