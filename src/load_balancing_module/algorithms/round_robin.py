@@ -1,9 +1,10 @@
 """ROUND_ROBIN: strict circular order over the tier's members.
 
-Each member holds the turn number of its last pick (the key of its heap
-node); the member with the oldest turn goes next. A member that leaves the
-rotation (unhealthy, full) keeps its turn and comes back at the same place.
-Pick: O(log n).
+Members keep their place in the circle (the order they joined the tier); a
+pick takes the first candidate after the last one picked, HEALTHY members
+before DEGRADED ones. A member that leaves the rotation (unhealthy, full)
+keeps its place and is served again when the turn comes round to it.
+Pick: O(1) (see ``_rotation``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..backend import Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import new_heap, node_of
+from ._heap import node_of
+from ._rotation import Rotation
 from .base import Algorithm
 
 
@@ -26,28 +28,20 @@ class RoundRobin(Algorithm):
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:
         super().__init__(settings, rng, clock)
-        self._heap = new_heap()
-        self._turns = 0.0  # the latest turn handed out (a float: heap keys are floats)
+        self._circle = Rotation()
 
     def rebuild(self, members: Sequence[Backend]) -> None:
-        self._heap.clear()
+        # Members keep their order across rebuilds (newcomers join at the end), so the
+        # place of the last pick still says whose turn is next.
+        self._circle.clear()
         for b in members:
-            node = b.lb_node
-            if node is None or node.owner is not self:  # a newcomer: its turn is after everyone's
-                self._turns += 1.0
-                node_of(b, self).key = self._turns
-        for b in members:
-            self.update(b)
+            self._circle.add(node_of(b, self), b.rank)
 
     def update(self, backend: Backend) -> None:
         node = backend.lb_node
-        if node is not None and node.owner is self:
-            self._heap.set(node, backend.rank, node.key)
+        if node is not None and node.owner is self and node in self._circle:
+            self._circle.set(node, backend.rank)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        node = self._heap.top()
-        if node is None:
-            return None
-        self._turns += 1.0
-        self._heap.set(node, node.rank, self._turns)
-        return node.backend
+        node = self._circle.pick(False)
+        return None if node is None else node.backend

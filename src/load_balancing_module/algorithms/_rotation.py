@@ -1,0 +1,173 @@
+"""Strict circular order over a tier's members (or one weight class of them).
+
+Each member has a fixed place in the circle; a pick takes the first
+candidate after the last one picked. A member that stops being a candidate
+(unhealthy, full, excluded) keeps its place and is skipped; when it comes
+back it is served when the turn reaches it, as in NGINX and HAProxy.
+
+Candidates are marked in one bitmap per rank (HEALTHY members are taken
+first, DEGRADED ones only when no HEALTHY member is free), in 32-bit words
+with a summary word for every 32 words. Finding the next candidate reads one
+word in the usual case and a few summary words at worst (10,000 members: 10),
+however many members are out of the rotation. A pick therefore touches the
+chosen member and two small arrays, not a path through a heap of members,
+which matters at 10,000 members when most of them are out of the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._heap import HeapNode
+
+_BITS: Final = 32  # members per bitmap word
+_SHIFT: Final = 5
+_LOW: Final = 31
+_OUT: Final = -1  # a node's ``rank`` while it is in the circle but not a candidate
+
+
+def _lowest(word: int) -> int:
+    """Index of the lowest set bit of ``word`` (> 0)."""
+    return (word & -word).bit_length() - 1
+
+
+class _Marks:
+    """One rank's candidates: a bitmap of places and a summary bitmap of its non-zero words."""
+
+    __slots__ = ("words", "summary", "count")
+
+    def __init__(self) -> None:
+        self.words: list[int] = []
+        self.summary: list[int] = []
+        self.count = 0
+
+    def grow(self, places: int) -> None:
+        while len(self.words) << _SHIFT < places:
+            self.words.append(0)
+        while len(self.summary) << _SHIFT < len(self.words):
+            self.summary.append(0)
+
+    def mark(self, place: int) -> None:
+        w = place >> _SHIFT
+        if not self.words[w]:
+            self.summary[w >> _SHIFT] |= 1 << (w & _LOW)
+        self.words[w] |= 1 << (place & _LOW)
+        self.count += 1
+
+    def unmark(self, place: int) -> None:
+        w = place >> _SHIFT
+        word = self.words[w] & ~(1 << (place & _LOW))
+        self.words[w] = word
+        if not word:
+            self.summary[w >> _SHIFT] &= ~(1 << (w & _LOW))
+        self.count -= 1
+
+    def first_from(self, place: int) -> int:
+        """The first marked place at or after ``place`` (no wrapping), or -1."""
+        words = self.words
+        w = place >> _SHIFT
+        if w >= len(words):
+            return -1
+        word = words[w] >> (place & _LOW) << (place & _LOW)
+        if word:
+            return (w << _SHIFT) + _lowest(word)
+        w += 1  # the next non-zero word, from the summary
+        summary = self.summary
+        s = w >> _SHIFT
+        while s < len(summary):
+            bits = summary[s] >> (w & _LOW) << (w & _LOW) if s == w >> _SHIFT else summary[s]
+            if bits:
+                w = (s << _SHIFT) + _lowest(bits)
+                return (w << _SHIFT) + _lowest(words[w])
+            s += 1
+        return -1
+
+
+class Rotation:
+    """The circle. A member's node holds its place (``index``) and the rank it is marked with."""
+
+    __slots__ = ("_nodes", "_marks", "_last", "_holes")
+
+    def __init__(self) -> None:
+        self._nodes: list[HeapNode | None] = []  # by place
+        self._marks = (_Marks(), _Marks())  # by rank
+        self._last = -1  # the place picked last
+        self._holes = 0  # places of members that left
+
+    def __len__(self) -> int:
+        return len(self._nodes) - self._holes
+
+    def __contains__(self, node: HeapNode) -> bool:
+        i = node.index
+        return 0 <= i < len(self._nodes) and self._nodes[i] is node
+
+    @property
+    def free(self) -> int:
+        """Candidates of either rank."""
+        return self._marks[0].count + self._marks[1].count
+
+    @property
+    def healthy_free(self) -> int:
+        return self._marks[0].count
+
+    def clear(self) -> None:
+        for node in self._nodes:
+            if node is not None:
+                node.index = _OUT
+        self._nodes = []
+        self._marks = (_Marks(), _Marks())
+        self._holes = 0
+
+    def add(self, node: HeapNode, rank: int | None) -> None:
+        """Put ``node`` at the end of the circle (just before the first place)."""
+        node.index = len(self._nodes)
+        node.rank = _OUT
+        self._nodes.append(node)
+        for marks in self._marks:
+            marks.grow(len(self._nodes))
+        self.set(node, rank)
+
+    def set(self, node: HeapNode, rank: int | None) -> None:
+        """Mark ``node`` as a candidate of ``rank``, or as none (``None``)."""
+        new = _OUT if rank is None else rank
+        old = node.rank
+        if new == old:
+            return
+        if old != _OUT:
+            self._marks[old].unmark(node.index)
+        if new != _OUT:
+            self._marks[new].mark(node.index)
+        node.rank = new
+
+    def discard(self, node: HeapNode) -> None:
+        if node not in self:
+            return
+        self.set(node, None)
+        self._nodes[node.index] = None
+        node.index = _OUT
+        self._holes += 1
+        if self._holes > 64 and self._holes > len(self._nodes) // 2:
+            self._compact()
+
+    def pick(self, healthy_only: bool) -> HeapNode | None:
+        """The next candidate after the last pick (HEALTHY ones only if ``healthy_only``)."""
+        marks = self._marks[0]
+        if not healthy_only and not marks.count:
+            marks = self._marks[1]
+        if not marks.count:
+            return None
+        place = marks.first_from(self._last + 1)
+        if place < 0:
+            place = marks.first_from(0)
+        self._last = place
+        return self._nodes[place]
+
+    def _compact(self) -> None:
+        """Drop the holes, keeping the order of the circle and the place of the last pick."""
+        last = self._last
+        nodes = [n for n in self._nodes if n is not None]
+        self._last = sum(1 for n in self._nodes[: last + 1] if n is not None) - 1
+        ranks = [n.rank for n in nodes]
+        self.clear()
+        for node, rank in zip(nodes, ranks, strict=True):
+            self.add(node, None if rank == _OUT else rank)
