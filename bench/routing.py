@@ -254,7 +254,8 @@ async def measure(kind: LoadBalancingAlgorithmType, configs: dict[int, Sequence[
 
 async def harness_overhead(plan: Sequence[Step], settings: Settings) -> float:
     """The same loop around two no-op coroutines: what every figure includes besides the library."""
-    dummy = RouteResult("x", "127.0.0.1", 1, LoadBalancingAlgorithmType.ROUND_ROBIN, "x", 0.0)
+    lb = await make_module(LoadBalancingAlgorithmType.ROUND_ROBIN, backend_configs(1))
+    dummy = await lb.route_request(plan[0][0])
 
     async def route(request: Request) -> RouteResult:
         return dummy

@@ -246,8 +246,8 @@ class LoadBalancingModule:
         self._rid_seq += 1
         kind = self.router.kind
         latency_ms = (now - started) * 1000.0
-        return RouteResult(backend.id, backend.host, backend.port, kind, request.request_id, latency_ms,
-                           attempt, now, backend, self._rid_prefix, self._rid_seq)  # fmt: skip
+        return RouteResult(backend, kind, request.request_id, latency_ms, attempt, now, self._rid_prefix,
+                           self._rid_seq)  # fmt: skip
 
     async def _wait_for_slot(self, request: Request, exclude: tuple[Backend, ...], started: float) -> Backend:
         try:
@@ -288,7 +288,7 @@ class LoadBalancingModule:
     def complete_now(self, result: RouteResult, *, success: bool, latency_ms: float | None = None) -> None:
         """:meth:`complete_request` without the coroutine, for callers on the event loop's hot path."""
         backend = result.backend
-        if result.completed or backend is None:
+        if result.completed:
             return
         result.completed = True
         now = self.clock.monotonic()
@@ -309,7 +309,7 @@ class LoadBalancingModule:
     def abandon_request(self, result: RouteResult) -> None:
         """Release a slot without recording an outcome: the caller, not the backend, ended
         the try (a cancelled call, a client that hung up). Once only, like completion."""
-        if not result.completed and result.backend is not None:
+        if not result.completed:
             result.completed = True
             self.router.release(result.backend)
 
@@ -346,7 +346,7 @@ class LoadBalancingModule:
                                          f"({exc}); last error: {last_error!r}")  # fmt: skip
                     error.__cause__ = last_error  # see the end of this method
                     raise error  # noqa: B904 - its cause is set just above
-                tried.append(result.backend)  # type: ignore[arg-type]
+                tried.append(result.backend)
                 try:
                     value = await self.clock.wait_for(fn(result), self.config.request_timeout)
                 except asyncio.CancelledError:

@@ -239,8 +239,7 @@ class RequestCycle(UpstreamSink):
                         return
                     self.route = route
                     self.attempts += 1
-                    if route.backend is not None:
-                        self.tried.append(route.backend)
+                    self.tried.append(route.backend)
                     failure = await self._attempt(route)
                 elif failure is None:  # routed by start(): a connection must be opened
                     failure = await self._attempt(route)
