@@ -8,12 +8,12 @@ from a counter at every change, so among equal keys the member whose key
 changed longest ago comes first: ties rotate.
 
 Two implementations keep that same order, one for each build (``new_heap``
-picks): :class:`IndexedHeap` moves a node up or down from where it is, so an
-update allocates nothing and compares numbers stored in the nodes; compiled
-by mypyc, that loop is native code. Interpreted, a Python loop costs more
-than ``heapq``'s C one, so :class:`LazyHeap` pushes a ``(rank, key, seq,
-node)`` tuple per change onto a ``heapq`` list and skips stale tuples when
-they reach the top.
+picks). Compiled, :class:`~._winner_tree.WinnerTree` replays a tournament
+in flat arrays of machine numbers, so an update allocates nothing and reads
+no other member's node, however many members there are. Interpreted, a Python
+loop costs more than ``heapq``'s C one, so :class:`LazyHeap` pushes a
+``(rank, key, seq, node)`` tuple per change onto a ``heapq`` list and skips
+stale tuples when they reach the top.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _NO_SLOT: Final = -1
 
 
 class HeapNode:
-    """One backend's place in its algorithm's heaps (an :class:`IndexedHeap` or a :class:`LazyHeap`)."""
+    """One backend's place in its algorithm's heaps (a ``WinnerTree`` or a :class:`LazyHeap`)."""
 
     __slots__ = ("backend", "owner", "rank", "key", "seq", "index", "group", "owner_heap")
 
@@ -36,10 +36,10 @@ class HeapNode:
         self.owner = owner  # the algorithm whose heap this node serves
         self.rank = 0
         self.key = 0.0
-        self.seq = 0
-        self.index = _NO_SLOT  # position in the heap, or _NO_SLOT when out of it
+        self.seq = 0  # LazyHeap: the seq of the node's live tuple
+        self.index = _NO_SLOT  # WinnerTree: the node's slot in its arrays, or _NO_SLOT when out of it
         self.group: object = None  # for the owner: which of its heaps the node belongs to
-        self.owner_heap: IndexedHeap | None = None  # the LazyHeap the node is in
+        self.owner_heap: Heap | None = None  # the heap the node is in
 
 
 def node_of(backend: Backend, owner: object) -> HeapNode:
@@ -50,114 +50,44 @@ def node_of(backend: Backend, owner: object) -> HeapNode:
     return node
 
 
-def _before(a: HeapNode, b: HeapNode) -> bool:
-    if a.rank != b.rank:
-        return a.rank < b.rank
-    if a.key != b.key:
-        return a.key < b.key
-    return a.seq < b.seq
+def free_node(node: HeapNode) -> None:
+    """Mark ``node`` as in no heap."""
+    node.owner_heap = None
+    node.index = _NO_SLOT
 
 
-class IndexedHeap:
-    __slots__ = ("_nodes", "_seq")
+class Heap:
+    """What the algorithms use of a heap (``LazyHeap`` below and ``_winner_tree.WinnerTree``)."""
 
-    def __init__(self) -> None:
-        self._nodes: list[HeapNode] = []
-        self._seq = 0  # shared by every node of this heap: the tie-break order
+    __slots__ = ()
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        raise NotImplementedError
 
     def __contains__(self, node: HeapNode) -> bool:
-        i = node.index
-        return 0 <= i < len(self._nodes) and self._nodes[i] is node
+        return node.owner_heap is self
 
     def set(self, node: HeapNode, rank: int | None, key: float) -> None:
         """Give ``node`` the order ``(rank, key)``; rank ``None`` takes it out of the heap."""
-        inside = node in self
-        if rank is None:
-            if inside:
-                self._remove(node.index)
-            return
-        if inside and node.rank == rank and node.key == key:
-            return
-        node.rank = rank
-        node.key = key
-        self._seq += 1
-        node.seq = self._seq
-        if inside:
-            self._sift_up(node.index)
-            self._sift_down(node.index)
-        else:
-            node.index = len(self._nodes)
-            self._nodes.append(node)
-            self._sift_up(node.index)
+        raise NotImplementedError
 
     def discard(self, node: HeapNode) -> None:
-        if node in self:
-            self._remove(node.index)
-
-    def peek(self) -> Backend | None:
-        nodes = self._nodes
-        return nodes[0].backend if nodes else None
+        raise NotImplementedError
 
     def top(self) -> HeapNode | None:
-        nodes = self._nodes
-        return nodes[0] if nodes else None
+        """The first node in order, or ``None`` when the heap is empty."""
+        raise NotImplementedError
+
+    def peek(self) -> Backend | None:
+        node = self.top()
+        return None if node is None else node.backend
 
     def clear(self) -> None:
-        for node in self._nodes:
-            node.index = _NO_SLOT
-        self._nodes = []
-
-    def _remove(self, i: int) -> None:
-        nodes = self._nodes
-        gone = nodes[i]
-        gone.index = _NO_SLOT
-        last = nodes.pop()
-        if last is not gone:
-            nodes[i] = last
-            last.index = i
-            self._sift_up(i)
-            self._sift_down(last.index)
-
-    def _sift_up(self, i: int) -> None:
-        nodes = self._nodes
-        node = nodes[i]
-        while i > 0:
-            parent = (i - 1) >> 1
-            above = nodes[parent]
-            if not _before(node, above):
-                break
-            nodes[i] = above
-            above.index = i
-            i = parent
-        nodes[i] = node
-        node.index = i
-
-    def _sift_down(self, i: int) -> None:
-        nodes = self._nodes
-        n = len(nodes)
-        node = nodes[i]
-        while True:
-            child = 2 * i + 1
-            if child >= n:
-                break
-            right = child + 1
-            if right < n and _before(nodes[right], nodes[child]):
-                child = right
-            below = nodes[child]
-            if not _before(below, node):
-                break
-            nodes[i] = below
-            below.index = i
-            i = child
-        nodes[i] = node
-        node.index = i
+        raise NotImplementedError
 
 
-class LazyHeap(IndexedHeap):
-    """The order of :class:`IndexedHeap`, kept by ``heapq`` with lazy deletion (for the interpreted build).
+class LazyHeap(Heap):
+    """The order of ``WinnerTree``, kept by ``heapq`` with lazy deletion (for the interpreted build).
 
     A node is in the heap while its ``owner_heap`` is this heap; a tuple is live
     while, besides, its ``seq`` is its node's. Stale tuples are dropped at the
@@ -165,10 +95,10 @@ class LazyHeap(IndexedHeap):
     is tested inline, not with ``in``: interpreted, a call costs more than the test.)
     """
 
-    __slots__ = ("_entries", "_live")
+    __slots__ = ("_entries", "_live", "_seq")
 
     def __init__(self) -> None:
-        super().__init__()
+        self._seq = 0  # taken at every change: among equal keys, the oldest change first
         self._entries: list[tuple[int, float, int, HeapNode]] = []
         self._live = 0
 
@@ -218,10 +148,6 @@ class LazyHeap(IndexedHeap):
             heapq.heappop(entries)
         return None
 
-    def peek(self) -> Backend | None:
-        node = self.top()
-        return None if node is None else node.backend
-
     def clear(self) -> None:
         for entry in self._entries:
             if entry[3].owner_heap is self:
@@ -234,9 +160,13 @@ class LazyHeap(IndexedHeap):
         heapq.heapify(self._entries)
 
 
-def new_heap() -> IndexedHeap:
-    """The heap for this build: in place when compiled, ``heapq`` when interpreted."""
-    return LazyHeap() if _INTERPRETED else IndexedHeap()
+def new_heap() -> Heap:
+    """The heap for this build: a winner tree in flat arrays when compiled, ``heapq`` when interpreted."""
+    if _INTERPRETED:
+        return LazyHeap()
+    from ._winner_tree import WinnerTree  # librt.vecs: only the compiled build needs it
+
+    return WinnerTree()
 
 
 _INTERPRETED: Final = __file__.endswith(".py")
