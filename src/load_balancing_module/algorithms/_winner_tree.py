@@ -1,13 +1,14 @@
 """The compiled build's heap: a winner tree over flat arrays of machine numbers.
 
-Each member has a fixed slot; ``_ranks``, ``_keys`` and ``_seqs`` hold the
-order of every slot, and ``_tree`` the winner (lowest ``(rank, key, seq)``)
-of every subtree, as a tournament does: ``_tree[1]`` is the overall winner,
-the leaves are ``_tree[leaves + slot]``. A change replays the matches on
-the path from its leaf to the root and stops as soon as a match's winner is
-unchanged and is not the changed slot. Nothing is moved and no node is
-written: a replay reads a few entries of arrays of 8-byte numbers
-(10,000 members: 0.6 MB in all, the upper levels always cached).
+Each member has a fixed slot and a leaf; every position of the tree holds
+the winner (lowest ``(rank, key, seq)``) of its subtree, as in a tournament,
+with that winner's order copied beside it: ``_tree[1]`` is the overall
+winner, ``_tree[leaves + slot]`` a leaf. A change replays the matches on the
+path from its leaf to the root, and stops as soon as a match's winner is
+unchanged and is not the changed slot. A match reads two neighbouring
+entries of ``librt.vecs`` arrays of 8-byte numbers (10,000 members: 0.8 MB
+in all, the upper levels always cached); nothing is moved and no node is
+written.
 
 Why not the nodes themselves: a sift through a heap of nodes reads the node
 of another backend at every level, and at 10,000 members almost every one of
@@ -23,17 +24,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from librt.vecs import append, vec
+from librt.vecs import vec
 from mypy_extensions import i64
 
 from ..backend import Backend
 from ._heap import Heap, HeapNode, free_node
 
-_OUT: Final = 2  # the rank of an empty slot: after every member's (0 HEALTHY, 1 DEGRADED)
+_SEQ_BITS: Final = 56  # an order is (rank << 56 | seq, key): 2**56 changes last centuries
+_OUT: Final = 2 << _SEQ_BITS  # the order of an empty slot: after every member's (rank 0 HEALTHY, 1 DEGRADED)
 
 
 class WinnerTree(Heap):
-    __slots__ = ("_nodes", "_free", "_ranks", "_keys", "_seqs", "_tree", "_leaves", "_size", "_seq")
+    __slots__ = ("_nodes", "_free", "_tree", "_ranks", "_keys", "_leaves", "_size", "_seq")
 
     def __init__(self) -> None:
         self._seq: i64 = 0  # taken at every change: among equal keys, the oldest change first
@@ -43,10 +45,11 @@ class WinnerTree(Heap):
         self._leaves: i64 = 1  # slots; a power of two
         self._nodes: list[HeapNode | None] = [None]  # by slot
         self._free: list[int] = [0]  # empty slots
-        self._ranks: vec[i64] = vec[i64]([_OUT])
-        self._keys: vec[float] = vec[float]([0.0])
-        self._seqs: vec[i64] = vec[i64]([0])
+        # By tree position: the winner's slot and its order, so that a match reads two
+        # neighbouring entries. Position 1 is the root, leaves + slot is slot's leaf.
         self._tree: vec[i64] = vec[i64]([0, 0])
+        self._ranks: vec[i64] = vec[i64]([_OUT, _OUT])  # rank << _SEQ_BITS | seq
+        self._keys: vec[float] = vec[float]([0.0, 0.0])
         self._size = 0
 
     def __len__(self) -> int:
@@ -68,20 +71,16 @@ class WinnerTree(Heap):
             self._insert(node)
         node.rank = rank
         node.key = key
-        slot: i64 = node.index
         self._seq += 1
-        self._ranks[slot] = rank
-        self._keys[slot] = key
-        self._seqs[slot] = self._seq
-        self._replay(slot)
+        r: i64 = rank
+        self._replay(node.index, r << _SEQ_BITS | self._seq, key)
 
     def discard(self, node: HeapNode) -> None:
         if node.owner_heap is self:
             self._remove(node)
 
     def top(self) -> HeapNode | None:
-        slot = self._tree[1]
-        return None if self._ranks[slot] == _OUT else self._nodes[slot]
+        return None if self._ranks[1] == _OUT else self._nodes[self._tree[1]]
 
     def peek(self) -> Backend | None:
         node = self.top()
@@ -110,45 +109,69 @@ class WinnerTree(Heap):
         self._nodes[slot] = None
         self._free.append(slot)
         self._size -= 1
-        self._ranks[slot] = _OUT
-        self._replay(slot)
+        self._replay(slot, _OUT, 0.0)
 
     def _grow(self) -> None:
         """Twice the slots; the tree is rebuilt (O(n), once per doubling)."""
         old = self._leaves
         leaves = old * 2
         for slot in range(leaves - 1, old - 1, -1):  # popped from the end: lower slots first
-            self._nodes.append(None)
-            self._ranks = append(self._ranks, _OUT)
-            self._keys = append(self._keys, 0.0)
-            self._seqs = append(self._seqs, 0)
             self._free.append(slot)
-        self._leaves = leaves
+            self._nodes.append(None)
         tree = vec[i64]([0] * (2 * leaves))
+        ranks = vec[i64]([_OUT] * (2 * leaves))
+        keys = vec[float]([0.0] * (2 * leaves))
         for slot in range(leaves):
             tree[leaves + slot] = slot
+            if slot < old:
+                ranks[leaves + slot] = self._ranks[old + slot]
+                keys[leaves + slot] = self._keys[old + slot]
+        self._tree, self._ranks, self._keys, self._leaves = tree, ranks, keys, leaves
         for i in range(leaves - 1, 0, -1):
-            a, b = tree[2 * i], tree[2 * i + 1]
-            tree[i] = a if self._before(a, b) else b
-        self._tree = tree
+            self._match(i)
 
-    def _before(self, a: i64, b: i64) -> bool:
-        ranks = self._ranks
-        if ranks[a] != ranks[b]:
-            return ranks[a] < ranks[b]
-        keys = self._keys
-        if keys[a] != keys[b]:
-            return keys[a] < keys[b]
-        return self._seqs[a] < self._seqs[b]
+    def _match(self, i: i64) -> i64:
+        """Play the match at position ``i`` from its two children; return its winner's slot."""
+        ranks, keys = self._ranks, self._keys
+        a = 2 * i
+        b = a + 1
+        ra, rb = ranks[a], ranks[b]
+        if ra >> _SEQ_BITS != rb >> _SEQ_BITS:
+            w = a if ra < rb else b
+        else:
+            ka, kb = keys[a], keys[b]
+            w = (a if ka < kb else b) if ka != kb else (a if ra < rb else b)
+        winner = self._tree[w]
+        self._tree[i] = winner
+        ranks[i] = ranks[w]
+        keys[i] = keys[w]
+        return winner
 
-    def _replay(self, slot: i64) -> None:
-        """Replay the matches above ``slot``'s leaf after its order changed."""
-        tree = self._tree
-        i = (self._leaves + slot) >> 1
-        while i > 0:
-            a, b = tree[2 * i], tree[2 * i + 1]
-            winner = a if self._before(a, b) else b
-            if winner == tree[i] and winner != slot:
-                return  # this match and every one above it are as they were
-            tree[i] = winner
+    def _replay(self, slot: i64, rank: i64, key: float) -> None:
+        """Give ``slot`` the order ``(rank, key)`` and replay the matches above its leaf.
+
+        The winner so far is carried up in locals, so each level reads only the
+        sibling's entry; the replay stops at the first match whose winner is
+        unchanged and is not ``slot`` (then nothing above it changes either).
+        """
+        tree, ranks, keys = self._tree, self._ranks, self._keys
+        i = self._leaves + slot
+        ranks[i] = rank
+        keys[i] = key
+        winner, wrank, wkey = slot, rank, key
+        while i > 1:
+            sibling = i ^ 1
+            srank = ranks[sibling]
+            if srank >> _SEQ_BITS != wrank >> _SEQ_BITS:
+                beaten = srank < wrank
+            else:
+                skey = keys[sibling]
+                beaten = skey < wkey or (skey == wkey and srank < wrank)
+            if beaten:
+                winner, wrank, wkey = tree[sibling], srank, keys[sibling]
             i >>= 1
+            if tree[i] == winner and winner != slot:
+                return
+            tree[i] = winner
+            ranks[i] = wrank
+            keys[i] = wkey
