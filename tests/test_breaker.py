@@ -117,3 +117,19 @@ async def test_a_failure_in_half_open_reopens() -> None:
     assert await circuit(lb, only) == "open"
     with pytest.raises(CircuitBreakerOpenError):
         await lb.route_request(REQ)
+
+
+async def test_a_success_between_failures_resets_the_count_through_the_module() -> None:
+    """The module skips the breaker on a success only while it has nothing to reset."""
+    lb, clock = make_lb()
+    only = await lb.add_backend(BackendConfig(host="only.test", port=80))
+    for outcome in [True, False, False, True, False, False, True, True]:  # never 3 failures in a row
+        await lb.complete_request(await lb.route_request(REQ), success=outcome)
+        assert await circuit(lb, only) == "closed"
+    for _ in range(3):
+        await lb.complete_request(await lb.route_request(REQ), success=False)
+    assert await circuit(lb, only) == "open"
+    clock.set(clock.monotonic() + 30)
+    for _ in range(2):  # success_threshold successes close it: HALF_OPEN successes are not skipped
+        await lb.complete_request(await lb.route_request(REQ), success=True)
+    assert await circuit(lb, only) == "closed"

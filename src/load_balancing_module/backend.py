@@ -29,7 +29,7 @@ class Backend:
     # (with 10,000 backends, most of a backend's state is out of the cache when it is picked).
     __slots__ = (
         "in_flight", "limit", "rank", "base_rank", "tier", "lb_node", "effective_weight", "total", "successful",
-        "failed", "breaker", "window", "excluded", "removed",
+        "failed", "breaker_quiet", "breaker", "window", "excluded", "removed",
         "id", "config", "host", "port", "priority", "quantum", "key", "joined_at", "health", "peak_ewma", "ewma",
         "__weakref__",
     )  # fmt: skip
@@ -47,6 +47,7 @@ class Backend:
         self.total = 0
         self.successful = 0
         self.failed = 0
+        self.breaker_quiet = breaker.quiet  # kept by the module: see CircuitBreaker.quiet
         self.breaker = breaker
         self.window = LatencyWindow()
         self.excluded = 0

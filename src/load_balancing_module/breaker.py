@@ -107,6 +107,12 @@ class CircuitBreaker:
         return self._state.kind
 
     @property
+    def quiet(self) -> bool:
+        """True when a success would change nothing (CLOSED with no failure counted, or disabled):
+        the module then skips :meth:`on_success`, and with 10,000 backends a cache miss."""
+        return not self.enabled or (self._state is _CLOSED and self.failures == 0)
+
+    @property
     def retry_at(self) -> float | None:
         """When an OPEN breaker becomes HALF_OPEN; ``None`` in other states."""
         return self.opened_until if self._state is _OPEN else None

@@ -296,10 +296,13 @@ class LoadBalancingModule:
             latency_ms = (now - result.started_at) * 1000.0
         if success:
             backend.successful += 1
-            backend.breaker.on_success()
+            if not backend.breaker_quiet:  # else CLOSED without failures: a success changes nothing
+                backend.breaker.on_success()
+                backend.breaker_quiet = backend.breaker.quiet
         else:
             backend.failed += 1
             backend.breaker.on_failure()
+            backend.breaker_quiet = backend.breaker.quiet
         backend.window.record(latency_ms, success, now)
         tier = backend.tier
         if tier is not None and tier.observes_latency:
@@ -392,6 +395,7 @@ class LoadBalancingModule:
     def _on_circuit_change(self, backend: Backend, old: CircuitState, new: CircuitState) -> None:
         log_event("circuit_state_changed", logging.WARNING if new is CircuitState.OPEN else logging.INFO,
                   backend_id=backend.id, old=old.value, new=new.value)  # fmt: skip
+        backend.breaker_quiet = backend.breaker.quiet
         retry_at = backend.breaker.retry_at
         if retry_at is not None:
             self.router.schedule(retry_at, backend.breaker.poll)
