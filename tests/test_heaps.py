@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from load_balancing_module.algorithms._heap import Heap, HeapNode, LazyHeap
+from load_balancing_module.algorithms._heap import Heap, LazyHeap, claim
 from load_balancing_module.algorithms._winner_tree import WinnerTree
 from test_rotation import BACKENDS
 
@@ -42,7 +42,7 @@ def test_long_random_runs_keep_the_order(kind: type[Heap]) -> None:
 def check(kind: type[Heap], ops: list[Op]) -> None:
     heap = kind()
     owner = object()
-    nodes = [HeapNode(b, owner) for b in BACKENDS[:41]]
+    nodes = [claim(b, owner) for b in BACKENDS[:41]]
     order: dict[int, tuple[int, float, int]] = {}  # member: (rank, key, when its order last changed)
     for step, (i, rank, key, discard) in enumerate(ops):
         if discard:
@@ -56,24 +56,23 @@ def check(kind: type[Heap], ops: list[Op]) -> None:
                 order[i] = (rank, key, step)
         assert len(heap) == len(order)
         assert all((nodes[j] in heap) == (j in order) for j in range(len(nodes)))
-        top = heap.top()
+        top = heap.peek()
         if not order:
-            assert top is None and heap.peek() is None
+            assert top is None
         else:
             best = min(order, key=order.__getitem__)
-            assert top is nodes[best]
-            assert heap.peek() is BACKENDS[best]
+            assert top is nodes[best] is BACKENDS[best]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
 def test_clear_empties_the_heap_and_frees_its_nodes(kind: type[Heap]) -> None:
     heap = kind()
-    nodes = [HeapNode(b, heap) for b in BACKENDS[:20]]
+    nodes = [claim(b, heap) for b in BACKENDS[:20]]
     for n, node in enumerate(nodes):
         heap.set(node, 0, float(n))
     heap.clear()
-    assert len(heap) == 0 and heap.top() is None
+    assert len(heap) == 0 and heap.peek() is None
     assert not any(node in heap for node in nodes)
     heap.set(nodes[5], 1, 0.0)
     heap.set(nodes[6], 0, 9.0)
-    assert heap.top() is nodes[6]
+    assert heap.peek() is nodes[6]

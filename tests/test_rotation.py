@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule, LoadBalancingModuleConfig
-from load_balancing_module.algorithms._heap import HeapNode
+from load_balancing_module.algorithms._heap import claim
 from load_balancing_module.algorithms._rotation import Rotation
 from load_balancing_module.backend import Backend
 
@@ -62,7 +62,7 @@ OPS = st.lists(
 def test_rotation_picks_as_a_circle_does(ops: list[tuple[str, int, int | None]]) -> None:
     rotation = Rotation()
     owner = object()
-    nodes = [HeapNode(b, owner) for b in BACKENDS]
+    nodes = [claim(b, owner) for b in BACKENDS]
     number = {id(node): i for i, node in enumerate(nodes)}
     model = Circle()
     for op, i, rank in ops:
@@ -90,7 +90,7 @@ def test_rotation_picks_as_a_circle_does(ops: list[tuple[str, int, int | None]])
 
 def test_a_member_out_of_the_rotation_keeps_its_place() -> None:
     rotation = Rotation()
-    nodes = [HeapNode(b, rotation) for b in BACKENDS[:4]]
+    nodes = [claim(b, rotation) for b in BACKENDS[:4]]
     for node in nodes:
         rotation.add(node, 0)
     picks = [rotation.pick(False) for _ in range(2)]
@@ -103,7 +103,7 @@ def test_a_member_out_of_the_rotation_keeps_its_place() -> None:
 
 def test_degraded_members_only_when_no_healthy_one_is_free() -> None:
     rotation = Rotation()
-    nodes = [HeapNode(b, rotation) for b in BACKENDS[:3]]
+    nodes = [claim(b, rotation) for b in BACKENDS[:3]]
     for node, rank in zip(nodes, [1, 0, 1], strict=True):
         rotation.add(node, rank)
     assert [rotation.pick(False) for _ in range(3)] == [nodes[1]] * 3
@@ -114,7 +114,7 @@ def test_degraded_members_only_when_no_healthy_one_is_free() -> None:
 
 def test_many_holes_are_compacted_without_losing_the_turn() -> None:
     rotation = Rotation()
-    nodes = [HeapNode(b, rotation) for b in BACKENDS]
+    nodes = [claim(b, rotation) for b in BACKENDS]
     for node in nodes:
         rotation.add(node, 0)
     for _ in range(120):
@@ -123,4 +123,4 @@ def test_many_holes_are_compacted_without_losing_the_turn() -> None:
         rotation.discard(node)
     assert len(rotation) == 50
     assert [rotation.pick(False) for _ in range(3)] == nodes[120:123]
-    assert max(n.index for n in nodes[100:]) < 100  # renumbered (once, after 76 had left)
+    assert max(n.lb_index for n in nodes[100:]) < 100  # renumbered (once, after 76 had left)

@@ -13,43 +13,63 @@ from typing import TYPE_CHECKING, Final
 from .breaker import CircuitBreaker
 from .config import BackendConfig
 from .enums import CircuitState, HealthState
-from .stats import Ewma, LatencyWindow, PeakEwma
+from .stats import LatencyWindow
 
 if TYPE_CHECKING:
-    from .algorithms._heap import HeapNode
     from .algorithms.base import Algorithm
     from .health import HealthTracker
 
 HEALTHY_RANK: Final = 0
 DEGRADED_RANK: Final = 1
+NO_SLOT: Final = -1  # lb_index of a backend in no heap or rotation
 
 
 class Backend:
-    # What a request reads and writes comes first, so that it shares few cache lines
-    # (with 10,000 backends, most of a backend's state is out of the cache when it is picked).
+    # What a request reads and writes comes first, so that it shares few cache lines (with
+    # 10,000 backends, most of a backend's state is out of the cache when it is picked): the
+    # slot counts, the algorithm's fields (lb_*, latency_*) and the outcome counters.
     __slots__ = (
-        "in_flight", "limit", "rank", "base_rank", "tier", "lb_node", "effective_weight", "total", "successful",
-        "failed", "breaker_quiet", "breaker", "window", "excluded", "removed",
-        "id", "config", "host", "port", "priority", "quantum", "key", "joined_at", "health", "peak_ewma", "ewma",
-        "__weakref__",
+        "in_flight", "limit", "rank", "base_rank", "tier", "effective_weight", "quantum", "total",
+        "lb_owner", "lb_in", "lb_index", "lb_rank", "lb_key", "lb_seq", "lb_group",
+        "latency_cost", "latency_stamp", "latency_samples", "score_ms", "score_samples",
+        "successful", "breaker_quiet", "window",
+        "failed", "breaker", "excluded", "removed", "id", "config", "host", "port", "priority", "key",
+        "joined_at", "health", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker,
-                 *, now: float, tau: float = 10.0) -> None:  # fmt: skip
+                 *, now: float) -> None:  # fmt: skip
         # In the order of __slots__ (the compiled build lays the fields out in this order).
         self.in_flight = 0
         self.limit = config.max_connections  # slots now: the breaker may lower it
         self.rank: int | None = None
         self.base_rank: int | None = None  # the rank when a slot is free
         self.tier: Tier | None = None
-        self.lb_node: HeapNode | None = None  # the tier's algorithm's heap entry for this backend
         self.effective_weight = config.weight
+        self.quantum = config.quantum_capable
         self.total = 0
+        # The tier's algorithm's place for this backend in its heap or rotation (see
+        # algorithms/_heap.py): whose fields these are, which structure holds the backend
+        # (None: none), where in it, and its order there.
+        self.lb_owner: object = None
+        self.lb_in: object = None
+        self.lb_index = NO_SLOT
+        self.lb_rank = 0
+        self.lb_key = 0.0
+        self.lb_seq = 0
+        self.lb_group: object = None  # for the owner: which of its structures holds the backend
+        # Latency estimates, kept by the algorithms that read them: LEAST_LATENCY's peak EWMA
+        # (stats.peak_ewma) and QUANTUM_AWARE's plain EWMA (stats.ewma).
+        self.latency_cost = 0.0
+        self.latency_stamp = 0.0
+        self.latency_samples = 0
+        self.score_ms = 0.0
+        self.score_samples = 0
         self.successful = 0
-        self.failed = 0
         self.breaker_quiet = breaker.quiet  # kept by the module: see CircuitBreaker.quiet
-        self.breaker = breaker
         self.window = LatencyWindow()
+        self.failed = 0
+        self.breaker = breaker
         self.excluded = 0
         self.removed = False
         self.id = backend_id
@@ -57,12 +77,9 @@ class Backend:
         self.host = config.host
         self.port = config.port
         self.priority = config.priority
-        self.quantum = config.quantum_capable
         self.key = config.address  # stable across restarts and instances: what hashing uses
         self.joined_at = now
         self.health = health
-        self.peak_ewma = PeakEwma(tau)
-        self.ewma = Ewma()
 
     @property
     def weight(self) -> float:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from ._heap import HeapNode
+from ..backend import Backend
+from ._heap import leave
 
 _BITS: Final = 32  # members per bitmap word
 _SHIFT: Final = 5
 _LOW: Final = 31
-_OUT: Final = -1  # a node's ``rank`` while it is in the circle but not a candidate
+_OUT: Final = -1  # a member's ``lb_rank`` while it is in the circle but not a candidate
 
 
 def _lowest(word: int) -> int:
@@ -84,22 +85,21 @@ class _Marks:
 
 
 class Rotation:
-    """The circle. A member's node holds its place (``index``) and the rank it is marked with."""
+    """The circle. A member's ``lb_index`` is its place, ``lb_rank`` the rank it is marked with."""
 
-    __slots__ = ("_nodes", "_marks", "_last", "_holes")
+    __slots__ = ("_members", "_marks", "_last", "_holes")
 
     def __init__(self) -> None:
-        self._nodes: list[HeapNode | None] = []  # by place
+        self._members: list[Backend | None] = []  # by place
         self._marks = (_Marks(), _Marks())  # by rank
         self._last = -1  # the place picked last
         self._holes = 0  # places of members that left
 
     def __len__(self) -> int:
-        return len(self._nodes) - self._holes
+        return len(self._members) - self._holes
 
-    def __contains__(self, node: HeapNode) -> bool:
-        i = node.index
-        return 0 <= i < len(self._nodes) and self._nodes[i] is node
+    def __contains__(self, backend: Backend) -> bool:
+        return backend.lb_in is self
 
     @property
     def free(self) -> int:
@@ -111,45 +111,46 @@ class Rotation:
         return self._marks[0].count
 
     def clear(self) -> None:
-        for node in self._nodes:
-            if node is not None:
-                node.index = _OUT
-        self._nodes = []
+        for member in self._members:
+            if member is not None and member.lb_in is self:
+                leave(member)
+        self._members = []
         self._marks = (_Marks(), _Marks())
         self._holes = 0
 
-    def add(self, node: HeapNode, rank: int | None) -> None:
-        """Put ``node`` at the end of the circle (just before the first place)."""
-        node.index = len(self._nodes)
-        node.rank = _OUT
-        self._nodes.append(node)
+    def add(self, backend: Backend, rank: int | None) -> None:
+        """Put ``backend`` at the end of the circle (just before the first place)."""
+        backend.lb_in = self
+        backend.lb_index = len(self._members)
+        backend.lb_rank = _OUT
+        self._members.append(backend)
         for marks in self._marks:
-            marks.grow(len(self._nodes))
-        self.set(node, rank)
+            marks.grow(len(self._members))
+        self.set(backend, rank)
 
-    def set(self, node: HeapNode, rank: int | None) -> None:
-        """Mark ``node`` as a candidate of ``rank``, or as none (``None``)."""
+    def set(self, backend: Backend, rank: int | None) -> None:
+        """Mark ``backend`` (a member) as a candidate of ``rank``, or as none (``None``)."""
         new = _OUT if rank is None else rank
-        old = node.rank
+        old = backend.lb_rank
         if new == old:
             return
         if old != _OUT:
-            self._marks[old].unmark(node.index)
+            self._marks[old].unmark(backend.lb_index)
         if new != _OUT:
-            self._marks[new].mark(node.index)
-        node.rank = new
+            self._marks[new].mark(backend.lb_index)
+        backend.lb_rank = new
 
-    def discard(self, node: HeapNode) -> None:
-        if node not in self:
+    def discard(self, backend: Backend) -> None:
+        if backend.lb_in is not self:
             return
-        self.set(node, None)
-        self._nodes[node.index] = None
-        node.index = _OUT
+        self.set(backend, None)
+        self._members[backend.lb_index] = None
+        leave(backend)
         self._holes += 1
-        if self._holes > 64 and self._holes > len(self._nodes) // 2:
+        if self._holes > 64 and self._holes > len(self._members) // 2:
             self._compact()
 
-    def pick(self, healthy_only: bool) -> HeapNode | None:
+    def pick(self, healthy_only: bool) -> Backend | None:
         """The next candidate after the last pick (HEALTHY ones only if ``healthy_only``)."""
         marks = self._marks[0]
         if not healthy_only and not marks.count:
@@ -160,14 +161,14 @@ class Rotation:
         if place < 0:
             place = marks.first_from(0)
         self._last = place
-        return self._nodes[place]
+        return self._members[place]
 
     def _compact(self) -> None:
         """Drop the holes, keeping the order of the circle and the place of the last pick."""
         last = self._last
-        nodes = [n for n in self._nodes if n is not None]
-        self._last = sum(1 for n in self._nodes[: last + 1] if n is not None) - 1
-        ranks = [n.rank for n in nodes]
+        members = [m for m in self._members if m is not None]
+        self._last = sum(1 for m in self._members[: last + 1] if m is not None) - 1
+        ranks = [m.lb_rank for m in members]
         self.clear()
-        for node, rank in zip(nodes, ranks, strict=True):
-            self.add(node, None if rank == _OUT else rank)
+        for member, rank in zip(members, ranks, strict=True):
+            self.add(member, None if rank == _OUT else rank)

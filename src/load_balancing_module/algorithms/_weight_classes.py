@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Final, cast
 
 from ..backend import Backend
-from ._heap import node_of
+from ._heap import claim
 from ._rotation import Rotation
 
 MAX_CLASSES: Final = 16
@@ -30,7 +30,7 @@ class _Class:
 
 
 class WeightClasses:
-    """The classes of one tier. A member's node holds its class (``group``) and its place in the class's rotation."""
+    """The classes of one tier. A member's ``lb_group`` is its class."""
 
     def __init__(self) -> None:
         self._classes: dict[float, _Class] = {}
@@ -43,25 +43,24 @@ class WeightClasses:
     def rebuild(self, members: Iterable[Backend]) -> None:
         self._classes.clear()
         for b in members:
-            node_of(b, self).group = None
+            claim(b, self).lb_group = None
             self.update(b)
 
     def update(self, backend: Backend) -> None:
-        node = backend.lb_node
-        if node is None or node.owner is not self:
+        if backend.lb_owner is not self:
             return
         weight = backend.effective_weight
-        placed = cast("_Class | None", node.group)
+        placed = cast("_Class | None", backend.lb_group)
         if placed is not None:
             if placed.weight == weight:
-                placed.rotation.set(node, backend.rank)
+                placed.rotation.set(backend, backend.rank)
                 return
-            placed.rotation.discard(node)
+            placed.rotation.discard(backend)
         target = self._classes.get(weight)
         if target is None:
             target = self._classes[weight] = _Class(weight, self._vtime)
-        node.group = target
-        target.rotation.add(node, backend.rank)
+        backend.lb_group = target
+        target.rotation.add(backend, backend.rank)
 
     def pick(self, healthy_only: bool) -> Backend | None:
         best: _Class | None = None
@@ -73,10 +72,10 @@ class WeightClasses:
                 best, due, free = cls, cls.deadline, n
         if best is None:
             return None
-        node = best.rotation.pick(healthy_only)
-        if node is None:
+        backend = best.rotation.pick(healthy_only)
+        if backend is None:
             return None
         if due > self._vtime:  # a class that sat idle resumes now, without a burst to catch up
             self._vtime = due
         best.deadline = self._vtime + 1.0 / (best.weight * free)
-        return node.backend
+        return backend

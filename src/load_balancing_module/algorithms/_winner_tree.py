@@ -5,13 +5,13 @@ the winner (lowest ``(rank, key, seq)``) of its subtree, as in a tournament,
 with that winner's order copied beside it: ``_tree[1]`` is the overall
 winner, ``_tree[leaves + slot]`` a leaf. A change replays the matches on the
 path from its leaf to the root, and stops as soon as a match's winner is
-unchanged and is not the changed slot. A match reads two neighbouring
-entries of ``librt.vecs`` arrays of 8-byte numbers (10,000 members: 0.8 MB
-in all, the upper levels always cached); nothing is moved and no node is
-written.
+unchanged and is not the changed slot. A level reads one entry of each of
+two ``librt.vecs`` arrays of 8-byte numbers (10,000 members: 0.8 MB in all,
+the upper levels always cached); nothing is moved and no other member is
+read or written.
 
-Why not the nodes themselves: a sift through a heap of nodes reads the node
-of another backend at every level, and at 10,000 members almost every one of
+Why not a heap of the members themselves: a sift reads another backend at
+every level, and at 10,000 members almost every one of
 those is a cache miss, so least-latency routing (two long sifts a request)
 cost twice as much at 10,000 members as at 10.
 
@@ -28,14 +28,14 @@ from librt.vecs import vec
 from mypy_extensions import i64
 
 from ..backend import Backend
-from ._heap import Heap, HeapNode, free_node
+from ._heap import Heap, leave
 
 _SEQ_BITS: Final = 56  # an order is (rank << 56 | seq, key): 2**56 changes last centuries
 _OUT: Final = 2 << _SEQ_BITS  # the order of an empty slot: after every member's (rank 0 HEALTHY, 1 DEGRADED)
 
 
 class WinnerTree(Heap):
-    __slots__ = ("_nodes", "_free", "_tree", "_ranks", "_keys", "_leaves", "_size", "_seq")
+    __slots__ = ("_members", "_free", "_tree", "_ranks", "_keys", "_leaves", "_size", "_seq")
 
     def __init__(self) -> None:
         self._seq: i64 = 0  # taken at every change: among equal keys, the oldest change first
@@ -43,7 +43,7 @@ class WinnerTree(Heap):
 
     def _reset(self) -> None:
         self._leaves: i64 = 1  # slots; a power of two
-        self._nodes: list[HeapNode | None] = [None]  # by slot
+        self._members: list[Backend | None] = [None]  # by slot
         self._free: list[int] = [0]  # empty slots
         # By tree position: the winner's slot and its order, so that a match reads two
         # neighbouring entries. Position 1 is the root, leaves + slot is slot's leaf.
@@ -55,58 +55,54 @@ class WinnerTree(Heap):
     def __len__(self) -> int:
         return self._size
 
-    def __contains__(self, node: HeapNode) -> bool:
-        return node.owner_heap is self
+    def __contains__(self, backend: Backend) -> bool:
+        return backend.lb_in is self
 
-    def set(self, node: HeapNode, rank: int | None, key: float) -> None:
-        inside = node.owner_heap is self
+    def set(self, backend: Backend, rank: int | None, key: float) -> None:
+        inside = backend.lb_in is self
         if rank is None:
             if inside:
-                self._remove(node)
+                self._remove(backend)
             return
         if inside:
-            if node.rank == rank and node.key == key:
+            if backend.lb_rank == rank and backend.lb_key == key:
                 return
         else:
-            self._insert(node)
-        node.rank = rank
-        node.key = key
+            self._insert(backend)
+        backend.lb_rank = rank
+        backend.lb_key = key
         self._seq += 1
         r: i64 = rank
-        self._replay(node.index, r << _SEQ_BITS | self._seq, key)
+        self._replay(backend.lb_index, r << _SEQ_BITS | self._seq, key)
 
-    def discard(self, node: HeapNode) -> None:
-        if node.owner_heap is self:
-            self._remove(node)
-
-    def top(self) -> HeapNode | None:
-        return None if self._ranks[1] == _OUT else self._nodes[self._tree[1]]
+    def discard(self, backend: Backend) -> None:
+        if backend.lb_in is self:
+            self._remove(backend)
 
     def peek(self) -> Backend | None:
-        node = self.top()
-        return None if node is None else node.backend
+        return None if self._ranks[1] == _OUT else self._members[self._tree[1]]
 
     def clear(self) -> None:
-        for node in self._nodes:
-            if node is not None:
-                free_node(node)
+        for member in self._members:
+            if member is not None and member.lb_in is self:
+                leave(member)
         self._reset()
 
     # -- inside ---------------------------------------------------------------
 
-    def _insert(self, node: HeapNode) -> None:
+    def _insert(self, backend: Backend) -> None:
         if not self._free:
             self._grow()
         slot = self._free.pop()
-        self._nodes[slot] = node
-        node.owner_heap = self
-        node.index = slot
+        self._members[slot] = backend
+        backend.lb_in = self
+        backend.lb_index = slot
         self._size += 1
 
-    def _remove(self, node: HeapNode) -> None:
-        slot: i64 = node.index
-        free_node(node)
-        self._nodes[slot] = None
+    def _remove(self, backend: Backend) -> None:
+        slot: i64 = backend.lb_index
+        leave(backend)
+        self._members[slot] = None
         self._free.append(slot)
         self._size -= 1
         self._replay(slot, _OUT, 0.0)
@@ -117,7 +113,7 @@ class WinnerTree(Heap):
         leaves = old * 2
         for slot in range(leaves - 1, old - 1, -1):  # popped from the end: lower slots first
             self._free.append(slot)
-            self._nodes.append(None)
+            self._members.append(None)
         tree = vec[i64]([0] * (2 * leaves))
         ranks = vec[i64]([_OUT] * (2 * leaves))
         keys = vec[float]([0.0] * (2 * leaves))

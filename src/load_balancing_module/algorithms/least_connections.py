@@ -21,7 +21,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import new_heap, node_of
+from ._heap import claim, new_heap
 from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm
 
@@ -48,7 +48,7 @@ class LeastConnections(Algorithm):
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(node_of(backend, self), backend.rank, backend.in_flight / backend.effective_weight)
+            self._heap.set(claim(backend, self), backend.rank, backend.in_flight / backend.effective_weight)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if not self._choices:

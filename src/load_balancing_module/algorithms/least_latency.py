@@ -1,6 +1,6 @@
 """LEAST_LATENCY: lowest peak-EWMA latency times (in-flight + 1).
 
-Latency is a peak-sensitive EWMA (see :class:`~load_balancing_module.stats.PeakEwma`,
+Latency is a peak-sensitive EWMA (see :func:`~load_balancing_module.stats.peak_ewma`,
 as Finagle and Linkerd use) of completed requests and health probes, with
 time constant ``decay_seconds`` (config, default 10). The cost of a member is::
 
@@ -32,7 +32,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import new_heap, node_of
+from ..stats import peak_ewma
+from ._heap import claim, new_heap
 from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm, number
 
@@ -62,30 +63,31 @@ class LeastLatency(Algorithm):
         self._members = list(members)
         self._heap.clear()
         for b in members:
-            b.peak_ewma.tau = self._tau
             self.update(b)
 
-    @staticmethod
-    def cost_key(backend: Backend) -> float:
-        ewma = backend.peak_ewma
-        if ewma.cost > 0.0:
+    def cost_key(self, backend: Backend) -> float:
+        cost = backend.latency_cost
+        if cost > 0.0:
             return (
-                math.log(ewma.cost)
-                + ewma.stamp / ewma.tau
+                math.log(cost)
+                + backend.latency_stamp / self._tau
                 + math.log((backend.in_flight + 1) / backend.effective_weight)
             )
         if backend.in_flight == 0:
             return -math.inf
-        if ewma.samples:  # measured at zero latency: ahead of the measured, by load
+        if backend.latency_samples:  # measured at zero latency: ahead of the measured, by load
             return -_UNMEASURED_BUSY / (backend.in_flight + 1)
         return _UNMEASURED_BUSY * backend.in_flight
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heap.set(node_of(backend, self), backend.rank, self.cost_key(backend))
+            self._heap.set(claim(backend, self), backend.rank, self.cost_key(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
-        backend.peak_ewma.observe(latency_ms, now)
+        backend.latency_cost = peak_ewma(backend.latency_cost, backend.latency_stamp, backend.latency_samples,
+                                         self._tau, latency_ms, now)  # fmt: skip
+        backend.latency_stamp = now
+        backend.latency_samples += 1
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if not self._choices:

@@ -28,7 +28,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import new_heap, node_of
+from ..stats import ewma
+from ._heap import claim, new_heap
 from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm, number
 
@@ -64,14 +65,15 @@ class QuantumAware(Algorithm):
             self.update(b)
 
     def score(self, backend: Backend) -> float:
-        return (backend.in_flight + 1) / backend.effective_weight * (1.0 + backend.ewma.value / self._scale)
+        return (backend.in_flight + 1) / backend.effective_weight * (1.0 + backend.score_ms / self._scale)
 
     def update(self, backend: Backend) -> None:
         if not self._choices:
-            self._heaps[1 if backend.quantum else 0].set(node_of(backend, self), backend.rank, self.score(backend))
+            self._heaps[1 if backend.quantum else 0].set(claim(backend, self), backend.rank, self.score(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
-        backend.ewma.observe(latency_ms)
+        backend.score_ms = ewma(backend.score_ms, backend.score_samples, latency_ms)
+        backend.score_samples += 1
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if self._choices:
@@ -80,9 +82,9 @@ class QuantumAware(Algorithm):
             return best_of_k(pool, self._choices, self.rng, want, self.score)
         if klass is not None:
             return self._heaps[klass].peek()
-        classical, quantum = self._heaps[0].top(), self._heaps[1].top()
+        classical, quantum = self._heaps[0].peek(), self._heaps[1].peek()
         if quantum is None or (
-            classical is not None and (classical.rank, classical.key) <= (quantum.rank, quantum.key)
+            classical is not None and (classical.lb_rank, classical.lb_key) <= (quantum.lb_rank, quantum.lb_key)
         ):
-            return self._heaps[0].peek()
-        return quantum.backend
+            return classical
+        return quantum

@@ -17,7 +17,7 @@ from ..backend import Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import node_of
+from ._heap import claim
 from ._rotation import Rotation
 from .base import Algorithm
 
@@ -35,13 +35,11 @@ class RoundRobin(Algorithm):
         # place of the last pick still says whose turn is next.
         self._circle.clear()
         for b in members:
-            self._circle.add(node_of(b, self), b.rank)
+            self._circle.add(claim(b, self), b.rank)
 
     def update(self, backend: Backend) -> None:
-        node = backend.lb_node
-        if node is not None and node.owner is self and node in self._circle:
-            self._circle.set(node, backend.rank)
+        if backend.lb_in is self._circle:
+            self._circle.set(backend, backend.rank)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
-        node = self._circle.pick(False)
-        return None if node is None else node.backend
+        return self._circle.pick(False)

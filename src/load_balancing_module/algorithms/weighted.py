@@ -34,7 +34,7 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import new_heap, node_of
+from ._heap import claim, new_heap
 from ._weight_classes import MAX_CLASSES, WeightClasses
 from .base import Algorithm
 
@@ -85,7 +85,7 @@ class SmoothWeighted(Algorithm):
                     self.update(b)
             return
         if backend.rank is None:
-            self._heap.set(node_of(backend, self), None, 0.0)
+            self._heap.set(claim(backend, self), None, 0.0)
             return
         deadline = self._deadline.get(backend)
         if deadline is None:
@@ -94,7 +94,7 @@ class SmoothWeighted(Algorithm):
             deadline = self._vtime + phase / backend.effective_weight
         deadline = max(deadline, self._vtime)
         self._deadline[backend] = deadline
-        self._heap.set(node_of(backend, self), backend.rank, deadline)
+        self._heap.set(claim(backend, self), backend.rank, deadline)
 
     def pick(self, request: Request, klass: int | None) -> Backend | None:
         if self.small:
@@ -130,5 +130,5 @@ class SmoothWeighted(Algorithm):
         self._vtime = deadline
         deadline += 1.0 / backend.effective_weight
         self._deadline[backend] = deadline
-        self._heap.set(node_of(backend, self), backend.rank, deadline)
+        self._heap.set(claim(backend, self), backend.rank, deadline)
         return backend
