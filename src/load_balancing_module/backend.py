@@ -24,7 +24,7 @@ DEGRADED_RANK: Final = 1
 NO_SLOT: Final = -1  # lb_index of a backend in no heap or rotation
 
 
-class Backend:
+class Backend(LatencyWindow):
     # What a request reads and writes comes first, so that it shares few cache lines (with
     # 10,000 backends, most of a backend's state is out of the cache when it is picked): the
     # slot counts, the algorithm's fields (lb_*, latency_*) and the outcome counters.
@@ -32,14 +32,16 @@ class Backend:
         "in_flight", "limit", "rank", "base_rank", "tier", "effective_weight", "quantum", "total",
         "lb_owner", "lb_in", "lb_index", "lb_rank", "lb_key", "lb_seq", "lb_group",
         "latency_cost", "latency_stamp", "latency_samples", "score_ms", "score_samples",
-        "successful", "breaker_quiet", "window",
+        "successful", "breaker_quiet",
         "failed", "breaker", "excluded", "removed", "id", "config", "host", "port", "priority", "key",
         "joined_at", "health", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker,
                  *, now: float) -> None:  # fmt: skip
-        # In the order of __slots__ (the compiled build lays the fields out in this order).
+        # In the order of __slots__ (the compiled build lays the fields out in this order,
+        # after LatencyWindow's).
+        super().__init__()
         self.in_flight = 0
         self.limit = config.max_connections  # slots now: the breaker may lower it
         self.rank: int | None = None
@@ -67,7 +69,6 @@ class Backend:
         self.score_samples = 0
         self.successful = 0
         self.breaker_quiet = breaker.quiet  # kept by the module: see CircuitBreaker.quiet
-        self.window = LatencyWindow()
         self.failed = 0
         self.breaker = breaker
         self.excluded = 0

@@ -101,7 +101,7 @@ class LoadBalancerCollector(Collector):
                 health.add_metric([b.id, state.value], 1 if b.health.state is state else 0)
             circuit.add_metric(labels, CIRCUIT_VALUE[b.breaker.state])
             drain.add_metric(labels, 1 if b.id in draining else 0)
-            window = b.window.summary(now)
+            window = b.latency_summary(now)
             for q, value in (("0.5", window.p50_ms), ("0.95", window.p95_ms), ("0.99", window.p99_ms)):
                 quantiles.add_metric([b.id, q], value / 1000.0)
         yield from (completed, routed, active, up, health, circuit, drain, quantiles)

@@ -303,7 +303,7 @@ class LoadBalancingModule:
             backend.failed += 1
             backend.breaker.on_failure()
             backend.breaker_quiet = backend.breaker.quiet
-        backend.window.record(latency_ms, success, now)
+        backend.record_latency(latency_ms, success, now)
         tier = backend.tier
         if tier is not None and tier.observes_latency:
             tier.algorithm.observe(backend, latency_ms, now)
@@ -521,7 +521,7 @@ class LoadBalancingModule:
 
     @staticmethod
     def _describe(b: Backend, now: float, total: int) -> dict[str, Any]:
-        window = b.window.summary(now)
+        window = b.latency_summary(now)
         completed = b.successful + b.failed
         return {
             "backend_id": b.id,
