@@ -21,15 +21,18 @@ outcome and latency come from a pre-drawn plan, so no random numbers are
 drawn inside the timed loop.
 
 Everything runs in one asyncio event loop (plain asyncio, no uvloop) on the
-real ``SystemClock``. The first picks, which build rings and heaps, happen in
-the warm-up. The three sizes of one algorithm are built and warmed together;
-then ``batches`` rounds each time one batch of ``batch`` pairs per size with
-``time.perf_counter_ns`` (interleaved, so a burst of load from elsewhere on a
-shared machine hits every size alike and the 10,000/10 ratio stays fair). The
-cost of a pair is batch time / batch size; the table shows the median batch
-(and the fastest batch). Thread CPU time per batch is recorded as well, which
-leaves out time the process was preempted. The garbage collector stays on, as
-in production; ``gc.collect()`` runs before timing.
+real ``SystemClock``. The warm-up is ``warmup`` pairs or 4 per backend,
+whichever is more, so that every size is timed in its steady state: the first
+picks build rings and heaps, and LEAST_LATENCY first tries every backend it
+has no sample of (10,000 picks at 10,000 backends), then settles. The three
+sizes of one algorithm are built and warmed together; then ``batches`` rounds
+each time one batch of ``batch`` pairs per size with ``time.perf_counter_ns``
+(interleaved, so a burst of load from elsewhere on a shared machine hits every
+size alike and the 10,000/10 ratio stays fair). The cost of a pair is batch
+time / batch size; the table shows the median batch (and the fastest batch).
+Thread CPU time per batch is recorded as well, which leaves out time the
+process was preempted. The garbage collector stays on, as in production;
+``gc.collect()`` runs before timing.
 
 The bar each algorithm is held to: a median of at most 10 us per pair at
 1,000 backends, and at most 1.5 x the 10-backend cost at 10,000 backends.
@@ -96,6 +99,7 @@ FAILURE_RATE = 0.01
 LATENCY_MEDIAN_MS = 20.0
 LATENCY_SIGMA = 0.5
 
+WARMUP_PER_BACKEND = 4  # warm-up pairs per backend, at least (see warmup_pairs)
 BAR_US_AT_1000 = 10.0  # at most this many microseconds per pair at 1,000 backends
 BAR_RATIO = 1.5  # and cost at 10,000 backends at most this times the cost at 10
 
@@ -195,6 +199,12 @@ async def time_batch(route: Route, complete: Complete, plan: Iterator[Step],
     return wall / size / 1000.0, cpu / size / 1000.0
 
 
+def warmup_pairs(settings: Settings, backends: int) -> int:
+    """Pairs before timing: at least WARMUP_PER_BACKEND per backend, so that every size is
+    timed in its steady state (least latency tries each of 10,000 new backends once first)."""
+    return max(settings.warmup, WARMUP_PER_BACKEND * backends)
+
+
 async def prepare(kind: LoadBalancingAlgorithmType, configs: Sequence[BackendConfig],
                   plan: Sequence[Step], settings: Settings,
                   case: Case) -> tuple[LoadBalancingModule, Iterator[Step], deque[RouteResult]]:  # fmt: skip
@@ -210,7 +220,7 @@ async def prepare(kind: LoadBalancingAlgorithmType, configs: Sequence[BackendCon
     case.first_pick_ms = (time.perf_counter() - t0) * 1000.0
     for request, _, _ in islice(source, IN_FLIGHT - 1):
         in_flight.append(await lb.route_request(request))
-    await run_pairs(lb.route_request, lb.complete_request, source, in_flight, settings.warmup)
+    await run_pairs(lb.route_request, lb.complete_request, source, in_flight, warmup_pairs(settings, len(configs)))
     return lb, source, in_flight
 
 
@@ -372,8 +382,8 @@ async def collect(settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType
                   sizes: Sequence[int] | None = None) -> tuple[dict[str, Any], dict[str, dict[int, Case]]]:  # fmt: skip
     """Measure every algorithm at every size; the raw results (JSON-serialisable) and the cases."""
     info = machine()
-    print_header(info, f"{settings.warmup} warm-up pairs, then {settings.batches} rounds of one "
-                       f"{settings.batch}-pair batch per size (interleaved);\n"
+    print_header(info, f"max({settings.warmup}, {WARMUP_PER_BACKEND} x backends) warm-up pairs, then "
+                       f"{settings.batches} rounds of one {settings.batch}-pair batch per size (interleaved);\n"
                        "          median batch (fastest batch), microseconds per route+complete pair")  # fmt: skip
     rng = random.Random(42)
     plan = build_plan(rng, build_requests(rng))
@@ -467,7 +477,7 @@ def plot(raw: dict[str, Any], outdir: str) -> str:
 
 async def run_profile(kind: LoadBalancingAlgorithmType, n: int, settings: Settings, top: int) -> None:
     info = machine()
-    print_header(info, f"{settings.warmup} warm-up pairs, then {settings.batches} x {settings.batch} pairs "
+    print_header(info, f"{warmup_pairs(settings, n)} warm-up pairs, then {settings.batches} x {settings.batch} pairs "
                        "under cProfile, sorted by tottime")  # fmt: skip
     rng = random.Random(42)
     plan = build_plan(rng, build_requests(rng))
