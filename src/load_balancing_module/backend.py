@@ -29,10 +29,9 @@ class Backend(LatencyWindow):
     # 10,000 backends, most of a backend's state is out of the cache when it is picked): the
     # slot counts, the algorithm's fields (lb_*, latency_*) and the outcome counters.
     __slots__ = (
-        "in_flight", "limit", "rank", "base_rank", "tier", "effective_weight", "quantum", "total",
-        "lb_owner", "lb_in", "lb_index", "lb_rank", "lb_key", "lb_seq", "lb_group",
-        "latency_cost", "latency_stamp", "latency_samples", "score_ms", "score_samples",
-        "successful", "breaker_quiet",
+        "in_flight", "limit", "rank", "base_rank", "tier", "effective_weight", "total",
+        "lb_owner", "lb_in", "lb_index", "lb_rank", "lb_key", "latency_cost", "latency_stamp", "latency_samples",
+        "successful", "breaker_quiet", "quantum", "score_ms", "score_samples", "lb_seq", "lb_group",
         "failed", "breaker", "excluded", "removed", "id", "config", "host", "port", "priority", "key",
         "joined_at", "health", "__weakref__",
     )  # fmt: skip
@@ -48,7 +47,6 @@ class Backend(LatencyWindow):
         self.base_rank: int | None = None  # the rank when a slot is free
         self.tier: Tier | None = None
         self.effective_weight = config.weight
-        self.quantum = config.quantum_capable
         self.total = 0
         # The tier's algorithm's place for this backend in its heap or rotation (see
         # algorithms/_heap.py): whose fields these are, which structure holds the backend
@@ -58,17 +56,18 @@ class Backend(LatencyWindow):
         self.lb_index = NO_SLOT
         self.lb_rank = 0
         self.lb_key = 0.0
-        self.lb_seq = 0
-        self.lb_group: object = None  # for the owner: which of its structures holds the backend
         # Latency estimates, kept by the algorithms that read them: LEAST_LATENCY's peak EWMA
-        # (stats.peak_ewma) and QUANTUM_AWARE's plain EWMA (stats.ewma).
+        # (stats.peak_ewma) here, QUANTUM_AWARE's plain EWMA (stats.ewma) below.
         self.latency_cost = 0.0
         self.latency_stamp = 0.0
         self.latency_samples = 0
-        self.score_ms = 0.0
-        self.score_samples = 0
         self.successful = 0
         self.breaker_quiet = breaker.quiet  # kept by the module: see CircuitBreaker.quiet
+        self.quantum = config.quantum_capable
+        self.score_ms = 0.0
+        self.score_samples = 0
+        self.lb_seq = 0  # LazyHeap's tie-break
+        self.lb_group: object = None  # for the owner: which of its structures holds the backend
         self.failed = 0
         self.breaker = breaker
         self.excluded = 0
