@@ -75,18 +75,25 @@ class Heap:
 class LazyHeap(Heap):
     """The order of ``WinnerTree``, kept by ``heapq`` with lazy deletion (for the interpreted build).
 
-    A member is in the heap while its ``lb_in`` is this heap; a tuple is live
-    while, besides, its ``seq`` is its member's ``lb_seq``. Stale tuples are dropped at the
-    top, and the list is rebuilt when they outnumber the live ones. (Membership
-    is tested inline, not with ``in``: interpreted, a call costs more than the test.)
+    A member is in the heap while its ``lb_in`` is this heap; it has a slot
+    (``lb_index``) in ``_members``, and a tuple ``(rank, key, seq, slot)`` is
+    live while its slot holds a member of this heap whose ``lb_seq`` is its
+    ``seq``. Stale tuples are dropped at the top, and the list is rebuilt when
+    they outnumber the live ones. The tuples hold the slot, not the backend: a
+    tuple of numbers only is untracked by the garbage collector at its first
+    collection, so the heap's tuples never reach the old generations, whose
+    collections scan every object of every backend. (Membership is tested
+    inline, not with ``in``: interpreted, a call costs more than the test.)
     """
 
-    __slots__ = ("_entries", "_live", "_seq")
+    __slots__ = ("_entries", "_live", "_seq", "_members", "_free")
 
     def __init__(self) -> None:
         self._seq = 0  # taken at every change: among equal keys, the oldest change first
-        self._entries: list[tuple[int, float, int, Backend]] = []
+        self._entries: list[tuple[int, float, int, int]] = []
         self._live = 0
+        self._members: list[Backend | None] = []  # by slot
+        self._free: list[int] = []  # slots given back
 
     def __len__(self) -> int:
         return self._live
@@ -95,55 +102,72 @@ class LazyHeap(Heap):
         return backend.lb_in is self
 
     def set(self, backend: Backend, rank: int | None, key: float) -> None:
-        inside = backend.lb_in is self
-        if rank is None:
-            if inside:
-                backend.lb_in = None
-                self._live -= 1
-            return
-        if inside:
+        if backend.lb_in is self:
+            if rank is None:
+                self.discard(backend)
+                return
             if backend.lb_rank == rank and backend.lb_key == key:
                 return
+            slot = backend.lb_index
+        elif rank is None:
+            return
         else:
+            slot = self._free.pop() if self._free else len(self._members)
+            if slot == len(self._members):
+                self._members.append(backend)
+            else:
+                self._members[slot] = backend
             backend.lb_in = self
+            backend.lb_index = slot
             self._live += 1
         backend.lb_rank = rank
         backend.lb_key = key
         seq = self._seq = self._seq + 1
         backend.lb_seq = seq
         entries = self._entries
-        if entries and entries[0][3] is backend:  # the member just picked: replace its stale tuple, one sift
-            heapq.heapreplace(entries, (rank, key, seq, backend))
+        if entries and entries[0][3] == slot:  # the member just picked: replace its stale tuple, one sift
+            heapq.heapreplace(entries, (rank, key, seq, slot))
         else:
-            heapq.heappush(entries, (rank, key, seq, backend))
+            heapq.heappush(entries, (rank, key, seq, slot))
             if len(entries) > 2 * self._live + 64:
                 self._compact()
 
     def discard(self, backend: Backend) -> None:
         if backend.lb_in is self:
-            backend.lb_in = None
+            self._members[backend.lb_index] = None
+            self._free.append(backend.lb_index)
+            leave(backend)
             self._live -= 1
 
     def peek(self) -> Backend | None:
         entries = self._entries
+        members = self._members
         while entries:
             entry = entries[0]
-            backend = entry[3]
-            if backend.lb_seq == entry[2] and backend.lb_in is self:
+            backend = members[entry[3]]
+            if backend is not None and backend.lb_seq == entry[2] and backend.lb_in is self:
                 return backend
             heapq.heappop(entries)
         return None
 
     def clear(self) -> None:
-        for entry in self._entries:
-            if entry[3].lb_in is self:
-                entry[3].lb_in = None
+        for backend in self._members:
+            if backend is not None and backend.lb_in is self:
+                leave(backend)
         self._entries = []
         self._live = 0
+        self._members = []
+        self._free = []
 
     def _compact(self) -> None:
-        self._entries = [e for e in self._entries if e[3].lb_seq == e[2] and e[3].lb_in is self]
-        heapq.heapify(self._entries)
+        members = self._members
+        live = []
+        for e in self._entries:
+            backend = members[e[3]]
+            if backend is not None and backend.lb_seq == e[2] and backend.lb_in is self:
+                live.append(e)
+        heapq.heapify(live)
+        self._entries = live
 
 
 def new_heap() -> Heap:
