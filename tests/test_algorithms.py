@@ -359,6 +359,15 @@ async def test_round_robin_new_member_joins_the_rotation(make_lb: MakeLB) -> Non
     assert is_rotation(seq, "abcd")
 
 
+async def test_round_robin_keeps_the_turn_when_a_member_leaves(make_lb: MakeLB) -> None:
+    lb = await make_lb(RR, [backend(n) for n in "abcde"])
+    assert await visits(lb, 3) == ["a", "b", "c"]
+    await lb.remove_backend(bid("a"))  # before the last pick: the places after it move back one
+    assert await visits(lb, 4) == ["d", "e", "b", "c"]
+    await lb.remove_backend(bid("c"))  # the member picked last
+    assert await visits(lb, 3) == ["d", "e", "b"]
+
+
 # --------------------------------------------------------------------------------------------------
 # WEIGHTED (smooth weighted round robin)
 # --------------------------------------------------------------------------------------------------
@@ -457,6 +466,22 @@ async def test_weighted_switches_to_member_schedule_when_weights_diverge(make_lb
     await visits(lb, cycle)  # members whose weight changed after the switch settle in
     counts = Counter(await visits(lb, 2 * cycle))
     assert all(abs(counts[n] - 2 * w) <= 1 for n, w in weights.items())
+
+
+async def test_weighted_classes_drop_a_weight_nobody_has_any_more(make_lb: MakeLB) -> None:
+    # One member ramping through many weights (slow start) leaves no empty classes behind,
+    # so the tier keeps its weight classes, with the final proportions.
+    names = [f"m{i}" for i in range(40)]
+    lb = await make_lb(WEIGHTED, [backend(n) for n in names])
+    await visits(lb, 40)
+    algorithm = lb.router.tiers[0].algorithm
+    ramping = lb.backends[bid("m0")]
+    for step in range(1, 21):
+        ramping.effective_weight = step / 20 * 3.0
+        lb.router.refresh(ramping)
+    assert algorithm._classes is not None  # type: ignore[attr-defined]
+    counts = Counter(await visits(lb, 2 * 42))
+    assert counts["m0"] == 6 and all(counts[n] == 2 for n in names[1:])
 
 
 async def test_weighted_small_tier_prefix_error_is_below_two(make_lb: MakeLB) -> None:

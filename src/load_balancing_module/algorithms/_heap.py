@@ -14,7 +14,7 @@ picks). Compiled, :class:`~._winner_tree.WinnerTree` replays a tournament
 in flat arrays of machine numbers, so an update allocates nothing and reads
 no other member, however many members there are. Interpreted, a Python
 loop costs more than ``heapq``'s C one, so :class:`LazyHeap` pushes a
-``(rank, key, seq, backend)`` tuple per change onto a ``heapq`` list and
+``(rank, key, seq, slot)`` tuple per change onto a ``heapq`` list and
 skips stale tuples when they reach the top.
 """
 

@@ -16,6 +16,7 @@ which matters at 10,000 members when most of them are out of the cache.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from ..backend import Backend
@@ -117,6 +118,16 @@ class Rotation:
         self._members = []
         self._marks = (_Marks(), _Marks())
         self._holes = 0
+
+    def refill(self, members: Sequence[Backend]) -> None:
+        """Make ``members`` (in circle order: survivors first, as they were, then newcomers)
+        the circle, keeping the turn: the next pick is the first candidate after the
+        last one picked that is still a member."""
+        keep = set(members)
+        self._last = sum(1 for m in self._members[: self._last + 1] if m is not None and m in keep) - 1
+        self.clear()
+        for backend in members:
+            self.add(backend, backend.rank)
 
     def add(self, backend: Backend, rank: int | None) -> None:
         """Put ``backend`` at the end of the circle (just before the first place)."""

@@ -56,6 +56,8 @@ class WeightClasses:
                 placed.rotation.set(backend, backend.rank)
                 return
             placed.rotation.discard(backend)
+            if not len(placed.rotation):  # so that a slow start's passing weights do not pile up
+                del self._classes[placed.weight]
         target = self._classes.get(weight)
         if target is None:
             target = self._classes[weight] = _Class(weight, self._vtime)

@@ -5,8 +5,9 @@ the winner (lowest ``(rank, key, seq)``) of its four children, as in a
 tournament, with that winner's order copied beside it: position 0 holds the
 overall winner. A change replays the matches on the path from its leaf to the
 root, and stops as soon as a match's winner is unchanged and is not the
-changed slot. A level reads the three siblings' entries, which share a cache
-line, in two ``librt.vecs`` arrays of 8-byte numbers (10,000 members: 7
+changed slot. A level reads the three siblings' entries, which lie side by
+side (one cache line, or two), in two of its three ``librt.vecs`` arrays of
+8-byte numbers (10,000 members: 7
 levels, 0.5 MB in all, the upper levels always cached); nothing is moved and
 no other member is read or written.
 
@@ -149,7 +150,7 @@ class WinnerTree(Heap):
         """Give ``slot`` the order ``(rank, key)`` and replay the matches above its leaf.
 
         Four children a match halve the levels of a binary tree (10,000 members: 7),
-        and the three siblings of a child share a cache line. The winner so far is
+        and the three siblings of a child lie side by side. The winner so far is
         carried up in locals; the replay stops at the first match whose winner is
         unchanged and is not ``slot`` (then nothing above it changes either).
         """

@@ -2,9 +2,9 @@
 
 One instance serves one priority tier. The module calls:
 
-- ``rebuild(members)`` when the tier's membership or a weight changed
+- ``rebuild(members)`` when the tier's membership changed or it took this algorithm
   (never per request);
-- ``update(backend)`` when one member's rank, load or latency changed;
+- ``update(backend)`` when one member's rank, load, latency or effective weight changed;
 - ``pick(request, klass)`` to choose a member, only when the tier has a free
   member (of class ``klass`` when given: 1 quantum-capable, 0 classical).
 

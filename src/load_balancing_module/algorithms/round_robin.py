@@ -31,11 +31,8 @@ class RoundRobin(Algorithm):
         self._circle = Rotation()
 
     def rebuild(self, members: Sequence[Backend]) -> None:
-        # Members keep their order across rebuilds (newcomers join at the end), so the
-        # place of the last pick still says whose turn is next.
-        self._circle.clear()
-        for b in members:
-            self._circle.add(claim(b, self), b.rank)
+        # Members keep their order across rebuilds (newcomers join at the end).
+        self._circle.refill([claim(b, self) for b in members])
 
     def update(self, backend: Backend) -> None:
         if backend.lb_in is self._circle:

@@ -8,7 +8,7 @@ weights work, and ``effective_weight`` (slow start) is honoured.
   the total. Pick: O(n), which for a few dozen members is cheaper than a heap.
 - Larger tiers with at most 16 distinct weights (the usual case) use weight
   classes: strict rotation within a class, classes scheduled by deadline
-  (see ``_weight_classes``). Pick: O(k + log n) with small integer keys.
+  (see ``_weight_classes``). Pick: O(k), k the number of distinct weights.
 - Other large tiers use an earliest-deadline-first schedule (as Envoy does): each
   member is due every ``1/weight`` units of virtual time, starting a fraction
   ``phase`` of an interval in. Same proportions, near-identical interleaving.
