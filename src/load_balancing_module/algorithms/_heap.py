@@ -98,9 +98,6 @@ class LazyHeap(Heap):
     def __len__(self) -> int:
         return self._live
 
-    def __contains__(self, backend: Backend) -> bool:
-        return backend.lb_in is self
-
     def set(self, backend: Backend, rank: int | None, key: float) -> None:
         if backend.lb_in is self:
             if rank is None:

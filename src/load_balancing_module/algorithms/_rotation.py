@@ -22,8 +22,7 @@ from typing import Final
 from ..backend import Backend
 from ._heap import leave
 
-_BITS: Final = 32  # members per bitmap word
-_SHIFT: Final = 5
+_SHIFT: Final = 5  # 32 places per bitmap word
 _LOW: Final = 31
 _OUT: Final = -1  # a member's ``lb_rank`` while it is in the circle but not a candidate
 
@@ -76,13 +75,16 @@ class _Marks:
         w += 1  # the next non-zero word, from the summary
         summary = self.summary
         s = w >> _SHIFT
-        while s < len(summary):
-            bits = summary[s] >> (w & _LOW) << (w & _LOW) if s == w >> _SHIFT else summary[s]
-            if bits:
-                w = (s << _SHIFT) + _lowest(bits)
-                return (w << _SHIFT) + _lowest(words[w])
+        if s >= len(summary):
+            return -1
+        bits = summary[s] >> (w & _LOW) << (w & _LOW)  # the summary's bits from word w on
+        while not bits:
             s += 1
-        return -1
+            if s == len(summary):
+                return -1
+            bits = summary[s]
+        w = (s << _SHIFT) + _lowest(bits)
+        return (w << _SHIFT) + _lowest(words[w])
 
 
 class Rotation:
@@ -123,11 +125,7 @@ class Rotation:
         """Make ``members`` (in circle order: survivors first, as they were, then newcomers)
         the circle, keeping the turn: the next pick is the first candidate after the
         last one picked that is still a member."""
-        keep = set(members)
-        self._last = sum(1 for m in self._members[: self._last + 1] if m is not None and m in keep) - 1
-        self.clear()
-        for backend in members:
-            self.add(backend, backend.rank)
+        self._replace(members, [b.rank for b in members])
 
     def add(self, backend: Backend, rank: int | None) -> None:
         """Put ``backend`` at the end of the circle (just before the first place)."""
@@ -175,11 +173,15 @@ class Rotation:
         return self._members[place]
 
     def _compact(self) -> None:
-        """Drop the holes, keeping the order of the circle and the place of the last pick."""
-        last = self._last
+        """Drop the holes, keeping the order of the circle, the marks and the turn."""
         members = [m for m in self._members if m is not None]
-        self._last = sum(1 for m in self._members[: last + 1] if m is not None) - 1
-        ranks = [m.lb_rank for m in members]
+        self._replace(members, [None if m.lb_rank == _OUT else m.lb_rank for m in members])
+
+    def _replace(self, members: Sequence[Backend], ranks: Sequence[int | None]) -> None:
+        """Make ``members``, marked with ``ranks``, the circle; the turn moves with the last
+        pick's place to the number of old members up to it that stay."""
+        keep = set(members)
+        self._last = sum(1 for m in self._members[: self._last + 1] if m is not None and m in keep) - 1
         self.clear()
-        for member, rank in zip(members, ranks, strict=True):
-            self.add(member, None if rank == _OUT else rank)
+        for backend, rank in zip(members, ranks, strict=True):
+            self.add(backend, rank)

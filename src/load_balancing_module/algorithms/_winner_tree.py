@@ -7,14 +7,13 @@ overall winner. A change replays the matches on the path from its leaf to the
 root, and stops as soon as a match's winner is unchanged and is not the
 changed slot. A level reads the three siblings' entries, which lie side by
 side (one cache line, or two), in two of its three ``librt.vecs`` arrays of
-8-byte numbers (10,000 members: 7
-levels, 0.5 MB in all, the upper levels always cached); nothing is moved and
-no other member is read or written.
+8-byte numbers (10,000 members: 7 levels, 0.5 MB in all, the upper levels
+always cached); nothing is moved and no other member is read or written.
 
 Why not a heap of the members themselves: a sift reads another backend at
-every level, and at 10,000 members almost every one of
-those is a cache miss, so least-latency routing (two long sifts a request)
-cost twice as much at 10,000 members as at 10.
+every level, and at 10,000 members almost every one of those is a cache
+miss, so least-latency routing (two long sifts a request) cost twice as much
+at 10,000 members as at 10.
 
 Compiled only (``new_heap`` imports it when compiled): interpreted, an
 element of a ``vec`` costs more than an element of a list, and ``LazyHeap``
@@ -34,6 +33,14 @@ from ._heap import Heap, leave
 _SEQ_BITS: Final = 56  # an order is (rank << 56 | seq, key): 2**56 changes last centuries
 _OUT: Final = 2 << _SEQ_BITS  # the order of an empty slot: after every member's (rank 0 HEALTHY, 1 DEGRADED)
 _PAD: Final = 3  # position p is at index p + 3: the siblings 4p+1 .. 4p+4 start at a multiple of 4
+
+
+def _precedes(rank_a: i64, key_a: float, rank_b: i64, key_b: float) -> bool:
+    """Whether order ``a`` goes first: lower rank, then lower key, then lower seq
+    (a rank is ``rank << _SEQ_BITS | seq``)."""
+    if rank_a >> _SEQ_BITS != rank_b >> _SEQ_BITS:
+        return rank_a < rank_b
+    return key_a < key_b or (key_a == key_b and rank_a < rank_b)
 
 
 class WinnerTree(Heap):
@@ -58,9 +65,6 @@ class WinnerTree(Heap):
 
     def __len__(self) -> int:
         return self._size
-
-    def __contains__(self, backend: Backend) -> bool:
-        return backend.lb_in is self
 
     def set(self, backend: Backend, rank: int | None, key: float) -> None:
         inside = backend.lb_in is self
@@ -136,11 +140,7 @@ class WinnerTree(Heap):
         tree, ranks, keys = self._tree, self._ranks, self._keys
         best = 4 * p + 1 + _PAD
         for c in range(best + 1, best + 4):
-            if ranks[c] >> _SEQ_BITS != ranks[best] >> _SEQ_BITS:
-                better = ranks[c] < ranks[best]
-            else:
-                better = keys[c] < keys[best] or (keys[c] == keys[best] and ranks[c] < ranks[best])
-            if better:
+            if _precedes(ranks[c], keys[c], ranks[best], keys[best]):
                 best = c
         tree[p + _PAD] = tree[best]
         ranks[p + _PAD] = ranks[best]
@@ -166,6 +166,9 @@ class WinnerTree(Heap):
             for c in range(first, first + 4):
                 if c == own:
                     continue
+                # _precedes written out, reading the key only when the ranks tie: this is the
+                # hot loop, and calling _precedes with every sibling's key cost 14% a pair
+                # (bench/route_phases.py, least latency, 10,000 backends).
                 crank = ranks[c]
                 if crank >> _SEQ_BITS != wrank >> _SEQ_BITS:
                     better = crank < wrank
