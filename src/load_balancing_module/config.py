@@ -104,6 +104,7 @@ class LoadBalancingModuleConfig(_Model):
     session_affinity: bool = False
     metrics_enabled: bool = True
     session_ttl: float = Field(default=3600.0, gt=0)
+    max_sessions: int = Field(default=100_000, ge=1)  # sticky sessions kept; the least recently used go first
     retry_backoff_base: float = Field(default=0.05, ge=0)
     retry_backoff_max: float = Field(default=2.0, ge=0)
     retry_budget_percent: float = Field(default=20.0, ge=0, le=100)

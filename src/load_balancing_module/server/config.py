@@ -53,6 +53,10 @@ class Limits(_Model):
 class AdminConfig(_Model):
     listen: str = "127.0.0.1:9090"
     token_env: str | None = "OMNIXAN_ADMIN_TOKEN"
+    # Host header values accepted besides the listener's own address and localhost (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # The explicit opt-out that lets the admin API listen on a non-loopback address without a token.
+    allow_unauthenticated: bool = False
 
     @field_validator("listen")
     @classmethod
@@ -83,6 +87,14 @@ def check_state_url(value: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("the Redis URL takes no query parameters; use state: {url: ..., prefix: ..., timeout: ...}")
     return value
+
+
+class UpstreamConfig(_Model):
+    """Connections to backends: how long a connect may take, how long an idle one is kept."""
+
+    connect_timeout: float = Field(default=2.0, gt=0, le=300)
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600)
+    max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
 
 
 class StateConfig(_Model):
@@ -117,6 +129,10 @@ class ServerConfig(LoadBalancingModuleConfig):
     limits: Limits = Field(default_factory=Limits)
     drain_timeout: float = Field(default=30.0, ge=0)
     access_log: bool = True
+    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
+    # The environment variable holding the key that signs affinity cookies (instances that share
+    # traffic need the same key); unset: the shared state store's key, or one made at start.
+    affinity_secret_env: str | None = "OMNIXAN_AFFINITY_SECRET"
 
     @field_validator("listen")
     @classmethod
