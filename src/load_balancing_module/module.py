@@ -144,6 +144,7 @@ class LoadBalancingModule:
         """Stop routing to a backend at once; requests already routed may still complete."""
         backend = self._get(backend_id)
         self.router.remove(backend)
+        self.router.dispatch()  # waiters that only this backend could have served fail now
         task = self._health_tasks.pop(backend_id, None)
         if task is not None:
             task.cancel()
@@ -400,8 +401,7 @@ class LoadBalancingModule:
         if retry_at is not None:
             self.router.schedule(retry_at, backend.breaker.poll)
         self.router.refresh(backend)
-        if new is not CircuitState.OPEN:
-            self.router.dispatch()
+        self.router.dispatch()  # a slot for waiters, or, if none can come any more, their error now
 
     def _begin_slow_start(self, backend: Backend, now: float) -> None:
         duration = backend.config.slow_start_seconds
@@ -617,6 +617,7 @@ class LoadBalancingModule:
                 raise ValueError(f"timeout: must be >= 0, got {wait}")
             backend.excluded += 1
             self.router.refresh(backend)
+            self.router.dispatch()
             log_event("backend_draining", backend_id=backend_id, in_flight=backend.in_flight, timeout=wait)
             task = asyncio.create_task(self._drain(backend, wait), name=f"omnixan-lb-drain-{backend_id}")
             self._drains[backend_id] = task
@@ -640,8 +641,6 @@ class LoadBalancingModule:
         left = backend.in_flight
         if not backend.removed:
             await self.remove_backend(backend.id)
-        if not self.router.backends and self.router.waiters:
-            self.router.fail_waiters("no backend is configured (the last one was drained)")
         result = DrainResult(backend_id=backend.id, in_flight=in_flight, completed=left == 0, in_flight_left=left,
                              started_at=started_wall, finished_at=clock.time(),
                              waited_seconds=clock.monotonic() - started)  # fmt: skip

@@ -178,18 +178,36 @@ class Router:
         return None
 
     def must_wait(self, exclude: Sequence[Backend] = ()) -> bool:
-        """After a failed pick: True if a candidate exists but is at capacity;
-        otherwise raise the error that says why nothing can take the request."""
+        """After a failed pick: True if the request may wait for a slot; otherwise raise the error
+        that says why nothing can take it."""
+        error = self.refusal(exclude)
+        if error is not None:
+            raise error
+        return True
+
+    def refusal(self, exclude: Sequence[Backend] = ()) -> BackendUnavailableError | None:
+        """Why a request that found no free candidate cannot wait for one, or None if it may.
+
+        Only ``max_connections`` saturation queues: a backend whose slots are all taken but that
+        is otherwise a candidate (healthy or degraded, circuit CLOSED, not draining) will free one.
+        A breaker that refuses (OPEN, or HALF_OPEN with its trial requests in flight), an
+        UNHEALTHY backend or a draining one may stay so for longer than any request should wait,
+        so a request they leave without a candidate fails at once, as resilience4j and pybreaker
+        fail a call the breaker refuses."""
         live = [b for b in self.backends.values() if b not in exclude]
         if not live:
             what = "untried backend" if exclude else "backend"
-            raise BackendUnavailableError(f"no {what} is configured")
-        if any(b.health.state is not HealthState.UNHEALTHY and b.circuit_state is not CircuitState.OPEN
-               for b in live):  # fmt: skip
-            return True
-        if all(b.circuit_state is CircuitState.OPEN for b in live):
-            raise CircuitBreakerOpenError(f"the circuit of every backend is open ({len(live)} backends)")
-        raise BackendUnavailableError(f"no healthy backend: {len(live)} backends are unhealthy or have open circuits")
+            return BackendUnavailableError(f"no {what} is configured")
+        if any(_saturated(b) for b in live):
+            return None
+        reasons: dict[str, int] = {}
+        for b in live:
+            reason = _why_not(b)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        summary = ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+        if all(b.circuit_state is not CircuitState.CLOSED for b in live):
+            return CircuitBreakerOpenError(f"every circuit refuses requests ({summary})")
+        return BackendUnavailableError(f"no backend can take the request ({summary})")
 
     # -- the queue ------------------------------------------------------------
 
@@ -232,7 +250,12 @@ class Router:
                 continue
             backend = self.pick(waiter.request, waiter.exclude)
             if backend is None:
-                return
+                error = self.refusal(waiter.exclude)
+                if error is None:
+                    return  # a slot will come free: keep waiting
+                waiters.popleft()  # what it waited for is gone (circuits opened, health failed, drain)
+                waiter.future.set_exception(error)
+                continue
             waiters.popleft()
             self.take(backend)
             waiter.future.set_result(backend)
@@ -261,3 +284,22 @@ class Router:
 
     def members(self) -> Iterable[Backend]:
         return self.backends.values()
+
+
+def _saturated(b: Backend) -> bool:
+    """A candidate but for its slots: all ``max_connections`` of them are taken."""
+    return b.base_rank is not None and b.circuit_state is CircuitState.CLOSED and b.in_flight >= b.limit
+
+
+def _why_not(b: Backend) -> str:
+    """Why ``b`` is no candidate now, in a few words (it is not merely saturated)."""
+    if b.excluded:
+        return "draining"
+    if b.health.state is HealthState.UNHEALTHY:
+        return "unhealthy"
+    state = b.circuit_state
+    if state is CircuitState.OPEN:
+        return "with an open circuit"
+    if state is CircuitState.HALF_OPEN:
+        return "half-open with every trial request in flight"
+    return "unavailable"
