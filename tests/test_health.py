@@ -9,8 +9,10 @@ are tested on a :class:`FakeClock` with a custom probe, so they are exact.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import itertools
+import os
 import random
 import sys
 import time
@@ -712,3 +714,30 @@ async def test_stopped_backend_is_taken_out_and_brought_back_when_restarted(make
         await lb.shutdown()
         for server in servers:
             await server.stop()
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
+async def test_a_probe_this_host_cannot_make_says_nothing_of_the_backend(make_lb: Factory, code: int) -> None:
+    """Out of descriptors or memory here is no news about the backend: not counted either way."""
+
+    async def exhausted(backend: BackendConfig) -> bool:
+        raise OSError(code, os.strerror(code))
+
+    lb = await make_lb(probe=exhausted, unhealthy_threshold=1)
+    backend_id = await lb.add_backend(BackendConfig(host=HOST, port=9))
+    for _ in range(3):
+        status = await lb.health_check(backend_id)
+        assert status.status is HEALTHY and status.consecutive_failures == 0
+    assert lb.counters["probes_not_run"] == 3
+
+
+async def test_an_exhausted_host_hidden_in_an_aiohttp_error_is_recognised(make_lb: Factory) -> None:
+    async def exhausted(backend: BackendConfig) -> bool:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise RuntimeError("the client library's own wrapper") from exc
+
+    lb = await make_lb(probe=exhausted, unhealthy_threshold=1)
+    backend_id = await lb.add_backend(BackendConfig(host=HOST, port=9))
+    assert (await lb.health_check(backend_id)).status is HEALTHY

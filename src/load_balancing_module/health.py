@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 from collections.abc import Awaitable, Callable
 
@@ -33,6 +34,30 @@ Probe = Callable[[BackendConfig], Awaitable[object]]
 
 class ProbeFailed(Exception):
     """A probe's negative answer (refused, timed out, bad status...)."""
+
+
+class ProbeNotRun(Exception):
+    """The probe could not be made for a reason of this host's own (out of file descriptors or
+    memory): it says nothing about the backend, so it is not counted either way."""
+
+
+# errno values that describe this host, not the backend probed.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _local_os_error(exc: BaseException) -> OSError | None:
+    """The OSError of this host's own exhaustion behind ``exc`` (aiohttp wraps it), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
+            return current
+        if isinstance(current, aiohttp.ClientConnectorError):
+            current = current.os_error
+            continue
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class HealthTracker:
@@ -99,6 +124,9 @@ class Prober:
         except (TimeoutError, asyncio.TimeoutError):
             raise ProbeFailed(f"no answer from {backend.address} within {self.config.timeout:g} s") from None
         except Exception as exc:  # refused, unresolvable, reset, or a custom probe that raised
+            local = _local_os_error(exc)
+            if local is not None:
+                raise ProbeNotRun(f"{backend.address} not probed: {local.strerror or local}") from None
             # aiohttp wraps the OS error of a failed connect; name that cause (e.g. ConnectionRefusedError).
             cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
             raise ProbeFailed(f"{type(cause).__name__} ({backend.address}): {exc}".rstrip(": ")) from None

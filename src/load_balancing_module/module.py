@@ -30,7 +30,7 @@ from .exceptions import (
     RequestTimeoutError,
     RoutingError,
 )
-from .health import HealthTracker, Probe, ProbeFailed, Prober
+from .health import HealthTracker, Probe, ProbeFailed, ProbeNotRun, Prober
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
@@ -73,7 +73,8 @@ class LoadBalancingModule:
         self._rid_prefix = f"{self.rng.getrandbits(32):08x}"
         self._rid_seq = 0
         self.total_requests = 0
-        self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0}
+        self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0,
+                         "probes_not_run": 0}  # fmt: skip
         self.request_stats = RequestStats()  # answered requests by status class: filled by the proxy
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -436,6 +437,10 @@ class LoadBalancingModule:
             error = None
         except ProbeFailed as exc:
             latency, error = None, str(exc)
+        except ProbeNotRun as exc:  # this host is out of descriptors or memory: no news of the backend
+            self.counters["probes_not_run"] += 1
+            log_event("health_probe_not_run", logging.WARNING, backend_id=backend.id, error=str(exc))
+            return
         if backend.removed:
             return
         now = self.clock.monotonic()
