@@ -24,7 +24,7 @@ from .http import (
     request_head,
     response_head,
 )
-from .upstream import UpstreamConnection, UpstreamSink
+from .upstream import LOCAL_ERRNOS, UpstreamConnection, UpstreamSink
 
 if TYPE_CHECKING:
     from ..backend import Backend
@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 
 RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
 BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
-CONNECT_TIMEOUT: Final = 5.0  # at most, per try; never beyond the request's deadline
+# A request body is read up to this size before a backend is chosen (as NGINX's request buffering
+# and HAProxy's http-buffer-request do): a slow client then holds no backend slot, a small body
+# reaches the backend whole or not at all (bad chunked framing is refused before any byte goes
+# out), and a backend answering early cannot race the body. Larger bodies stream from there on.
+BUFFER_LIMIT: Final = BACKLOG_LIMIT
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Why reading from a client is paused (bits).
 _BY_UPSTREAM: Final = 1  # the upstream socket's write buffer is full
@@ -42,18 +47,28 @@ _BY_PIPELINE: Final = 4  # a complete request waits behind the one being answere
 
 
 class _Failure:
-    """Why one try did not deliver a response; ``retry`` says whether another backend may be tried."""
+    """Why one try did not deliver a response; ``retry`` says whether another backend may be tried.
 
-    __slots__ = ("status", "message", "retry", "never_sent")
+    ``backend_fault`` says whether the backend's breaker and statistics hear of it: only a
+    failure of the backend's own does (it refused or timed out a connect, closed or reset the
+    connection once it had the request, answered 5xx or garbage, or stalled); what the client
+    or the proxy's own host did never does. ``stale``: a connection taken from the pool was
+    already closed by the backend (its keep-alive timeout), which is nobody's failure: the same
+    try goes again on a fresh connection."""
 
-    def __init__(self, status: int, message: str, *, retry: bool = False, never_sent: bool = False) -> None:
+    __slots__ = ("status", "message", "retry", "never_sent", "backend_fault", "stale")
+
+    def __init__(self, status: int, message: str, *, retry: bool = False, never_sent: bool = False,
+                 backend_fault: bool = True, stale: bool = False) -> None:  # fmt: skip
         self.status = status
         self.message = message
         self.retry = retry
         self.never_sent = never_sent
+        self.backend_fault = backend_fault
+        self.stale = stale
 
 
-_CLIENT_GONE: Final = _Failure(499, "the client went away")
+_CLIENT_GONE: Final = _Failure(499, "the client went away", backend_fault=False)
 
 
 class _Eager:
@@ -79,7 +94,8 @@ class RequestCycle(UpstreamSink):
                  "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "awaiting",
                  "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
                  "upstream_end", "head_ms", "status", "response_started", "response_done", "out_chunked",
-                 "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head", "_rid_line")  # fmt: skip
+                 "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head", "_rid_line",
+                 "body_wait", "continued", "body_refused")  # fmt: skip
 
     def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str | None,
                  rid_seq: int, set_cookie: bytes | None, now: float) -> None:  # fmt: skip
@@ -129,6 +145,9 @@ class RequestCycle(UpstreamSink):
         self.finished = False
         self._head: bytes | None = None
         self._rid_line: bytes | None = None
+        self.body_wait: asyncio.Future[None] | None = None  # the task waits for the body to be buffered
+        self.continued = False  # "100 Continue" was sent
+        self.body_refused = False  # the backend answered early and closes: the rest of the body is dropped
 
     def start(self, now: float) -> None:
         """Route and send now (``now``: the loop's time), or hand the request to a task."""
@@ -150,7 +169,7 @@ class RequestCycle(UpstreamSink):
             self.route = route
             self.attempts += 1
             self.tried.append(backend)
-            up = self.server.pool.take(route.backend_id)
+            up = self.server.pool.take(route.backend_id, now)
             if up is None:
                 self.task = self.conn.loop.create_task(self._run(route=route))
                 return
@@ -171,10 +190,10 @@ class RequestCycle(UpstreamSink):
             failure = self._end_attempt(outcome)
             if failure is None or failure is _CLIENT_GONE or self.response_started:
                 self._finish(now)
-            elif not failure.retry:
-                self._answer(HttpError(failure.status, failure.message))
+            elif not failure.retry and not failure.stale:
+                self._answer(self._failure_answer(failure))
                 self._finish()
-            else:  # a retry waits (backoff) and routes again: in a task
+            else:  # a retry waits (backoff) and routes again, or reconnects: in a task
                 route = self.route
                 self.running = False  # _cancel: a task that has not started yet is only cancelled
                 self.task = self.conn.loop.create_task(self._run(route=route, failure=failure))
@@ -216,6 +235,8 @@ class RequestCycle(UpstreamSink):
         budget = lb.retry_budget
         in_budget = False
         try:
+            if route is None and failure is None and self.info.has_body:
+                await self._buffer_body()
             while True:
                 if route is None:
                     try:
@@ -235,7 +256,7 @@ class RequestCycle(UpstreamSink):
                         if failure is None:
                             self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
                         else:
-                            self._answer(HttpError(failure.status, failure.message))
+                            self._answer(self._failure_answer(failure))
                         return
                     self.route = route
                     self.attempts += 1
@@ -243,13 +264,15 @@ class RequestCycle(UpstreamSink):
                     failure = await self._attempt(route)
                 elif failure is None:  # routed by start(): a connection must be opened
                     failure = await self._attempt(route)
+                if failure is not None and failure.stale:  # the same try on a fresh connection
+                    failure = await self._attempt(route, fresh=True)
                 if in_budget:
                     budget.active -= 1
                     in_budget = False
                 if failure is None or failure is _CLIENT_GONE or self.response_started:
                     return
                 if not failure.retry:
-                    self._answer(HttpError(failure.status, failure.message))
+                    self._answer(self._failure_answer(failure))
                     return
                 self.retries += 1
                 lb.counters["retries"] += 1
@@ -265,23 +288,48 @@ class RequestCycle(UpstreamSink):
             if in_budget:
                 budget.active -= 1
 
-    async def _attempt(self, route: RouteResult) -> _Failure | None:
+    async def _buffer_body(self) -> None:
+        """Wait until the whole body, or :data:`BUFFER_LIMIT` bytes of it, have arrived. A client
+        that stalls meanwhile meets the connection's body timeout (408), which cancels the task."""
+        if self.body_done or self.backlog_bytes >= BUFFER_LIMIT:
+            return
+        if self.info.expect_continue and self.info.http11 and not self.continued:
+            self.continued = True  # the client waits for this before it sends the body
+            self.conn.write(CONTINUE)
+        wait = self.body_wait = self.conn.loop.create_future()
+        try:
+            await wait
+        finally:
+            self.body_wait = None
+
+    def _body_buffered(self) -> None:
+        wait = self.body_wait
+        if wait is not None and not wait.done():
+            wait.set_result(None)
+
+    def _failure_answer(self, failure: _Failure) -> HttpError:
+        """The proxy's answer when a try's failure ends the request: 504 once the deadline has run
+        out (the client waited ``request_timeout`` for nothing), else the failure's own status."""
+        if failure.status == 502 and self.conn.loop.time() >= self.deadline:
+            timeout = self.server.request_timeout
+            return HttpError(504, f"no backend answered within {timeout:g} s ({failure.message})")
+        return HttpError(failure.status, failure.message, retry_after=1 if failure.status == 503 else None)
+
+    async def _attempt(self, route: RouteResult, *, fresh: bool = False) -> _Failure | None:
+        """One try on ``route``'s backend: a pooled connection (unless ``fresh``) or a new one."""
         server = self.server
         loop = self.conn.loop
         self.attempt_at = now = loop.time()
         if self.first_attempt_at is None:
             self.first_attempt_at = now
         self.head_ms = None
-        up = server.pool.take(route.backend_id)
+        up = None if fresh else server.pool.take(route.backend_id, now)
         if up is None:
-            timeout = max(0.0, min(CONNECT_TIMEOUT, self.deadline - now))
+            timeout = max(0.0, min(server.connect_timeout, self.deadline - now))
             try:
                 up = await asyncio.wait_for(server.pool.connect(route.backend_id, route.host, route.port), timeout)
             except (OSError, asyncio.TimeoutError) as exc:
-                await server.lb.complete_request(route, success=False, latency_ms=(loop.time() - now) * 1000.0)
-                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({exc.strerror or exc})"
-                return _Failure(502, f"connecting to backend {route.backend_id} {what}",
-                                retry=self._may_retry(True), never_sent=True)  # fmt: skip
+                return self._connect_failed(route, exc, timeout)
         if self.finished or self.conn.lost:
             server.pool.release(up, reusable=True)
             server.abandon(route)
@@ -295,6 +343,28 @@ class RequestCycle(UpstreamSink):
             self.awaiting = False
             self.timer_at = None
         return self._end_attempt(failure)
+
+    def _connect_failed(self, route: RouteResult, exc: BaseException, timeout: float) -> _Failure:
+        """A connect that failed or timed out; the backend never saw the request, so any method may
+        be retried elsewhere."""
+        server = self.server
+        if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+            # The proxy's own host is out of descriptors or memory: no backend's failure, and
+            # another backend would fare no better.
+            server.abandon(route)
+            server.note_exhaustion("connect", exc)
+            return _Failure(503, f"the proxy cannot open a connection now ({exc.strerror})", backend_fault=False)
+        if isinstance(exc, asyncio.TimeoutError):
+            if timeout < server.connect_timeout:  # cut short by the request's deadline, not the backend's doing
+                server.abandon(route)
+                return _Failure(504, f"connecting to backend {route.backend_id} did not finish before the deadline",
+                                backend_fault=False)  # fmt: skip
+            what = f"timed out after {timeout:g} s"
+        else:
+            what = f"failed ({getattr(exc, 'strerror', None) or exc})"
+        server.lb.complete_now(route, success=False, latency_ms=(self.conn.loop.time() - self.attempt_at) * 1000.0)
+        return _Failure(502, f"connecting to backend {route.backend_id} {what}", retry=self._may_retry(True),
+                        never_sent=True)  # fmt: skip
 
     def _begin_attempt(self, route: RouteResult, up: UpstreamConnection, *,
                        eager: bool) -> asyncio.Future[_Failure | None] | None:  # fmt: skip
@@ -323,8 +393,9 @@ class RequestCycle(UpstreamSink):
         self.timer_at = None
         route = self.route
         assert route is not None
-        if failure is _CLIENT_GONE and not self.tunnel:
-            self.server.abandon(route)
+        if failure is not None and not failure.backend_fault:
+            if not failure.stale:  # a stale connection's try goes on, with the slot it holds
+                self.server.abandon(route)
             return failure
         success = failure is None and self.status < 500
         latency = self.head_ms if self.head_ms is not None else (self.conn.loop.time() - self.attempt_at) * 1000.0
@@ -428,7 +499,7 @@ class RequestCycle(UpstreamSink):
                 retained.append(data)
             else:
                 self.retained = None
-        if self.response_done:
+        if self.response_done or self.body_refused:
             return  # answered already: the rest of the body is dropped
         up = self.upstream
         if self.sending and up is not None:
@@ -439,14 +510,17 @@ class RequestCycle(UpstreamSink):
         else:
             self.backlog.append(data)
             self.backlog_bytes += size
-            if self.backlog_bytes > BACKLOG_LIMIT:
-                self.conn.pause(_BY_BACKLOG)
+            if self.backlog_bytes >= BUFFER_LIMIT:
+                self._body_buffered()
+                if self.backlog_bytes > BACKLOG_LIMIT:
+                    self.conn.pause(_BY_BACKLOG)
 
     def client_done(self) -> None:
         self.body_done = True
         if self.info.has_body:
+            self._body_buffered()
             self.deadline = max(self.deadline, self.conn.loop.time() + self.server.request_timeout)
-            if self.sending and self.upstream is not None and self.info.chunked:
+            if self.sending and self.upstream is not None and self.info.chunked and not self.body_refused:
                 self.upstream.write(b"0\r\n\r\n")
 
     def early_data(self, data: bytes) -> None:
@@ -498,7 +572,9 @@ class RequestCycle(UpstreamSink):
         info = self.info
         status = response.status
         if status < 200 and status != 101:
-            if info.http11 and (status != 100 or info.expect_continue):
+            # Interim answers go to HTTP/1.1 clients, but "100 Continue": the proxy answers a
+            # client's Expect itself when it starts reading the body (see _buffer_body).
+            if info.http11 and status != 100:
                 self.conn.write(response_head(response, ()))
             return
         self.head_ms = (self.data_at - self.attempt_at) * 1000.0  # data_at: the time of this read
@@ -515,6 +591,12 @@ class RequestCycle(UpstreamSink):
             return
         self.status = status
         self.response_started = True
+        if not self.body_done and not keep_alive:
+            # An answer before the whole body, from a backend that closes: it will read no more (as
+            # a 413 before a large upload). Stop sending, so that no failed write hides the answer;
+            # the client's remaining body is read and dropped, then its connection closes.
+            self.body_refused = True
+            self.sending = False
         extra: list[bytes] = []
         if status == 101:
             extra += (b"Connection: Upgrade\r\nUpgrade: ", response.upgrade or b"", b"\r\n")
@@ -582,7 +664,7 @@ class RequestCycle(UpstreamSink):
         self._resolve(None)
 
     def upstream_lost(self, error: BaseException | None) -> None:
-        self.upstream = None
+        up, self.upstream = self.upstream, None
         self.sending = False
         if self.tunnel:
             self.upstream_end = self.conn.loop.time()
@@ -591,8 +673,19 @@ class RequestCycle(UpstreamSink):
         elif not self.response_started:
             backend = self.route.backend_id if self.route is not None else "?"
             detail = f" ({error})" if error is not None else ""
+            if up is not None and up.reused and not up.received and self.retained is not None:
+                # A pooled connection that the backend had closed (its keep-alive timeout) as the
+                # request went out: nothing came back, the body is still held, so any method may
+                # go again on a fresh connection (RFC 9112 9.3.1).
+                self._fail(_Failure(502, f"a pooled connection to backend {backend} closed before it answered"
+                                         f"{detail}", backend_fault=False, stale=True))  # fmt: skip
+                return
+            # The backend's failure if it had the whole request or had stopped reading it; if the
+            # proxy was still waiting for the client's body, the backend may have given up on a
+            # slow client, which must not count against it.
+            fault = self.body_done or self.blocked_since is not None
             self._fail(_Failure(502, f"backend {backend} closed the connection before answering{detail}",
-                                retry=self._may_retry(False)))  # fmt: skip
+                                retry=self._may_retry(False), backend_fault=fault))  # fmt: skip
         elif self.until_close and error is None:
             self._end_response(self.conn.loop.time())
             self._resolve(None)
@@ -623,7 +716,7 @@ class RequestCycle(UpstreamSink):
     def _fail(self, failure: _Failure) -> None:
         """This try failed before any of its response reached the client."""
         self._abort_attempt()
-        if failure.retry and self.retained is not None and not self.info.websocket:
+        if (failure.retry or failure.stale) and self.retained is not None and not self.info.websocket:
             self.backlog = list(self.retained)  # the next try sends the body again
             self.backlog_bytes = self.body_bytes
         self._resolve(failure)

@@ -66,8 +66,9 @@ _REQUEST_ACTIONS = {
 }  # fmt: skip
 # Response: hop-by-hop ones, X-Request-ID (the proxy sends its own) and Content-Length (it writes the framing).
 _RESPONSE_ACTIONS = {**_HOPS, b"x-request-id": _DROP, b"content-length": _CONTENT_LENGTH}
-# Headers forwarded as they came, besides the unknown ones.
-_FORWARDED_AS_IS: Final = (_HOST_HEADER, _SESSION_ID, _WORKLOAD, _COOKIE, _EXPECT)
+# Headers forwarded as they came, besides the unknown ones. Not Expect: the proxy answers
+# "100-continue" itself and sends the body with the head, so a backend has nothing to expect.
+_FORWARDED_AS_IS: Final = (_HOST_HEADER, _SESSION_ID, _WORKLOAD, _COOKIE)
 
 
 def _casings(name: bytes) -> list[bytes]:

@@ -137,8 +137,8 @@ class ProxyServer:
                  access_log: logging.Logger | None = None) -> None:  # fmt: skip
         self.lb = lb
         self._access_logger = access_log or access_logger
-        self.config = config  # a new config may be assigned at any time (reload): see the setter
         self.pool = UpstreamPool()
+        self.config = config  # a new config may be assigned at any time (reload): see the setter
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
         self.port = 0
@@ -149,6 +149,9 @@ class ProxyServer:
         self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
         self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
         self._rid_seq = 0
+        # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
+        self.exhausted = {"accept": 0, "connect": 0}
+        self._exhausted_logged_at = -math.inf
 
     @property
     def config(self) -> ServerConfig:
@@ -165,6 +168,9 @@ class ProxyServer:
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
         self.request_timeout = config.request_timeout
+        self.connect_timeout = config.upstream.connect_timeout
+        self.pool.idle_timeout = config.upstream.idle_timeout
+        self.pool.max_idle = config.upstream.max_idle_per_backend
         self.max_retries = config.max_retries
         self.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
@@ -245,6 +251,16 @@ class ProxyServer:
 
     def backoff(self, retry: int) -> float:
         return self.lb.backoff(retry)
+
+    def note_exhaustion(self, where: str, exc: OSError) -> None:
+        """Count the proxy's own resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM); log it at most
+        once a second, so that a flood of it does not become a flood of log lines."""
+        self.exhausted[where] += 1
+        now = self.lb.clock.monotonic()
+        if now - self._exhausted_logged_at >= 1.0:
+            self._exhausted_logged_at = now
+            log_event("proxy_out_of_resources", logging.ERROR, where=where, error=exc.strerror or repr(exc),
+                      errno=exc.errno, count=self.exhausted[where])  # fmt: skip
 
     def log(self, *, request_id: str | None, client_ip: str | None, method: bytes | None, target: bytes | None,
             status: int, backend_id: str | None = None, attempts: int = 0, upstream_ms: float | None = None,

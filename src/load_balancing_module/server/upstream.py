@@ -10,12 +10,20 @@ raw tunnel and every byte goes to :meth:`UpstreamSink.upstream_tunnel`.
 
 :class:`UpstreamPool` keeps idle connections per backend id (last in, first
 out, so the surplus ages out), closes them after ``idle_timeout`` or when the
-backend closes them, and never hands out one that has closed.
+backend closes them, and never hands out one that has closed. A backend closes
+an idle connection when its own keep-alive timeout runs out, and a request
+written at that moment is lost: so a connection is not reused once it has been
+idle for nearly the backend's timeout (learned from ``Keep-Alive: timeout=N``),
+one idle for a while is checked for an end of stream before it is handed out,
+and an exchange on a reused connection that ends before any byte of a response
+is tried again on a fresh one (see ``cycle.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections.abc import Callable
 from typing import Final, cast
 
@@ -26,6 +34,9 @@ from .http import ResponseInfo, UpstreamProtocolError
 IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
+PEEK_AFTER: Final = 0.25  # seconds idle after which a pooled connection is checked for EOF before reuse
+# What errno values say about the proxy's host rather than a backend: out of descriptors or memory.
+LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class UpstreamSink:
@@ -93,8 +104,8 @@ class WriteBatch:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "key", "transport", "parser", "sink", "head_request", "keep_alive", "tunnel",
-                 "closed", "received", "read_paused", "idle_since", "_reason", "_response", "_head_bytes",
-                 "_later")  # fmt: skip
+                 "closed", "received", "reused", "read_paused", "idle_since", "_reason", "_response",
+                 "_head_bytes", "_later", "_sock")  # fmt: skip
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool
@@ -107,12 +118,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.closed = False
         self.received = False  # a byte of the current exchange's response arrived
+        self.reused = False  # the current exchange runs on a connection taken from the pool
         self.read_paused = False
         self.idle_since = 0.0
         self._reason = b""
         self._response = ResponseInfo()  # the head being parsed
         self._head_bytes = 0
         self._later: bytes | None = None  # a request head to send with the pool's batch
+        # A second descriptor of the same socket, for what the transport cannot do: peek for an
+        # end of stream before reuse, and read what the backend sent before a write failed (the
+        # event loop closes its descriptor on a write error without reading what is buffered).
+        self._sock: socket.socket | None = None
 
     # -- used by the exchange --------------------------------------------------------
 
@@ -160,12 +176,47 @@ class UpstreamConnection(asyncio.Protocol):
         self._later = None  # a request not sent yet is not sent at all
         if self.transport is not None:
             self.transport.close()
+        self._drop_sock()
 
     def abort(self) -> None:
         self.sink = None
         self._later = None
         if self.transport is not None:
             self.transport.abort()
+        self._drop_sock()
+
+    def peer_closed(self) -> bool:
+        """True if the backend has ended the stream (or reset it) while the connection sat idle,
+        though the event loop has not seen it yet; a byte waiting counts too (nothing may come
+        between two exchanges). One ``recv`` with MSG_PEEK, without blocking."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing to read: open and quiet
+        except OSError:
+            return True  # reset
+        return True  # an end of stream, or a stray byte: either way not reusable
+
+    def _drop_sock(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _read_what_is_left(self) -> None:
+        """After a failed write: hand the parser what the backend sent before it closed, such as
+        a ``413`` answered before the request body was read."""
+        sock = self._sock
+        while sock is not None and self.sink is not None:
+            try:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more (EAGAIN), or the reset itself
+                return
+            if not data:
+                return
+            self.data_received(data)
 
     @property
     def write_buffer_size(self) -> int:
@@ -175,6 +226,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        raw = transport.get_extra_info("socket")
+        if raw is not None:
+            try:
+                self._sock = socket.socket(fileno=socket.dup(raw.fileno()))
+            except OSError:  # out of descriptors: the connection works without the extra checks
+                self._sock = None
 
     def data_received(self, data: bytes) -> None:
         sink = self.sink
@@ -206,6 +263,9 @@ class UpstreamConnection(asyncio.Protocol):
         return False  # close; connection_lost reports it
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.sink is not None and not self.tunnel:
+            self._read_what_is_left()
+        self._drop_sock()
         self.closed = True
         sink = self.sink
         self.sink = None
@@ -244,6 +304,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
             raise UpstreamProtocolError(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+        if len(name) == 10 and name.lower() == b"keep-alive":
+            self.pool.learn_keep_alive(self.key, value)
         self._response.add(name, value)
 
     def on_headers_complete(self) -> None:
@@ -285,17 +347,41 @@ class UpstreamPool:
         self._idle: dict[str, list[UpstreamConnection]] = {}
         self._open: set[UpstreamConnection] = set()
         self._sweep: asyncio.TimerHandle | None = None
+        self._keep_alive: dict[str, float] = {}  # backend id -> the idle age up to which reuse is safe
+        self._keep_alive_seen: dict[str, bytes] = {}  # backend id -> the Keep-Alive value it was learned from
         self.connects = 0  # connections opened, for tests and stats
+        self.stale = 0  # pooled connections found closed or too old when taken
         self.batch = WriteBatch()  # the proxy's client connections use it too
 
-    def take(self, key: str) -> UpstreamConnection | None:
-        """An idle connection to backend ``key`` that is still open, or None."""
+    def take(self, key: str, now: float) -> UpstreamConnection | None:
+        """An idle connection to backend ``key`` that is still open and young enough, or None.
+        ``now``: the loop's time."""
         stack = self._idle.get(key)
         while stack:
             conn = stack.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                continue
+            idle = now - conn.idle_since
+            if idle >= self._keep_alive.get(key, self.idle_timeout) or (idle >= PEEK_AFTER and conn.peer_closed()):
+                self.stale += 1
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
         return None
+
+    def learn_keep_alive(self, key: str, value: bytes) -> None:
+        """``Keep-Alive: timeout=N`` from backend ``key``: reuse its connections only while they are
+        clearly younger than N seconds (a quarter of N, at most 1 s, is kept as a margin)."""
+        if self._keep_alive_seen.get(key) == value:
+            return  # the usual case: the same header on every response
+        self._keep_alive_seen[key] = value
+        for param in value.split(b","):
+            name, _, number = param.partition(b"=")
+            if name.strip().lower() == b"timeout" and number.strip().isdigit():
+                seconds = float(number.strip()[:6])
+                self._keep_alive[key] = min(self.idle_timeout, max(0.0, seconds - min(1.0, seconds / 4)))
+                return
 
     async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
