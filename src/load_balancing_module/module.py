@@ -173,33 +173,42 @@ class LoadBalancingModule:
 
     # -- routing -----------------------------------------------------------------
 
-    def route_now(self, request: Request) -> RouteResult | None:
+    def route_now(self, request: Request, prefer: str | None = None) -> RouteResult | None:
         """Route at once, without awaiting anything; ``None`` when the request needs
         :meth:`route_request` (a rate limit or sticky session to consult, a queue to
         join, or no free backend). The common case of every request, and the proxy's
-        way to route without a task."""
+        way to route without a task. ``prefer``: as for :meth:`route_request`."""
         started = self.clock.monotonic()
         router = self.router
         if started >= router.next_timer:
             router.run_timers(started)
         if self._rate_limited or (self._sticky and request.session_id) or router.waiters:
             return None
-        backend = router.pick(request)
+        backend = None
+        if prefer is not None:
+            backend = router.backends.get(prefer)
+            if backend is not None and backend.rank is None:
+                backend = None  # not a candidate now: the algorithm picks
         if backend is None:
-            return None
+            backend = router.pick(request)
+            if backend is None:
+                return None
         router.take(backend)
         return self._result(request, backend, started, 1)
 
-    async def route_request(self, request: Request) -> RouteResult:
-        """Choose a backend and take one of its connection slots."""
-        result = self.route_now(request)
+    async def route_request(self, request: Request, prefer: str | None = None) -> RouteResult:
+        """Choose a backend and take one of its connection slots.
+
+        ``prefer``: the id of a backend to use while it is a candidate, as a sticky session's
+        (the proxy's affinity cookie names the backend itself, so it needs no session store)."""
+        result = self.route_now(request, prefer)
         if result is not None:
             return result
         started = self.clock.monotonic()
         if self._rate_limited:
             await self._admit(request)
-        if self._sticky and request.session_id:
-            return await self._route(request, started, ())
+        if (self._sticky and request.session_id) or prefer is not None:
+            return await self._route(request, started, (), prefer=prefer)
         router = self.router
         backend = None if router.waiters else router.pick(request)
         if backend is None:
@@ -219,15 +228,17 @@ class LoadBalancingModule:
         return await self._route(request, now if started is None else started, tuple(tried), attempt)
 
     async def _route(self, request: Request, started: float, exclude: tuple[Backend, ...],
-                     attempt: int = 1) -> RouteResult:  # fmt: skip
-        """Route with sticky sessions and retry exclusions (the general path)."""
+                     attempt: int = 1, prefer: str | None = None) -> RouteResult:  # fmt: skip
+        """Route with sticky sessions, a preferred backend and retry exclusions (the general path)."""
         router = self.router
         session_id = request.session_id if self._sticky else None
         backend: Backend | None = None
         bound: str | None = None
         if session_id:
             bound = await self.store.get_session(session_id, self.config.session_ttl)
-            sticky = router.backends.get(bound) if bound else None
+        wanted = bound or prefer
+        if wanted:
+            sticky = router.backends.get(wanted)
             if sticky is not None and sticky.rank is not None and sticky not in exclude:
                 backend = sticky
                 router.take(backend)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 from .._log import log_event
 from ..config import Request
 from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
+from ..health import LOCAL_ERRNOS
 from ..models import RouteResult
 from .http import (
     HttpError,
@@ -24,7 +25,7 @@ from .http import (
     request_head,
     response_head,
 )
-from .upstream import LOCAL_ERRNOS, UpstreamConnection, UpstreamSink
+from .upstream import UpstreamConnection, UpstreamSink
 
 if TYPE_CHECKING:
     from ..backend import Backend

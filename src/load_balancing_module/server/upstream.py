@@ -22,7 +22,6 @@ is tried again on a fresh one (see ``cycle.py``).
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 from collections.abc import Callable
 from typing import Final, cast
@@ -35,8 +34,6 @@ IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 PEEK_AFTER: Final = 0.25  # seconds idle after which a pooled connection is checked for EOF before reuse
-# What errno values say about the proxy's host rather than a backend: out of descriptors or memory.
-LOCAL_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class UpstreamSink:
