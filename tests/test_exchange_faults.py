@@ -229,6 +229,33 @@ async def test_a_response_the_client_stops_reading_is_not_the_backends_failure()
         untouched(proxy)
 
 
+async def test_a_backend_that_gives_up_on_a_client_not_reading_is_not_blamed() -> None:
+    """The client stops reading, the proxy stops reading the backend, the backend's write times
+    out and it closes the connection mid-response: the client's doing, not the backend's."""
+
+    async def impatient(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(2000):
+                await asyncio.wait_for(response.write(b"z" * 65536), 0.1)
+        except asyncio.TimeoutError:  # gives up on a stuck write, as a send timeout does: hangs up
+            assert request.transport is not None
+            request.transport.abort()
+        return response
+
+    async with AioBackend(handler=impatient) as backend, start_proxy([backend.port], circuit_breaker=BREAKER,
+                                                                     limits={"idle_timeout": 5}) as proxy:  # fmt: skip
+        for _ in range(3):
+            client = proxy.client()
+            await client.send(get("/stream"))
+            await asyncio.sleep(0.3)  # reads nothing meanwhile; the backend gives up after 0.1 s
+            assert await client.closed()  # then reads what there is: the response is cut short
+            await until(lambda: proxy.proxy.in_flight == 0)
+            await client.close()
+        untouched(proxy)
+
+
 async def test_requests_cut_off_by_a_drain_are_not_the_backends_failure() -> None:
     async with AioBackend(handler=slow) as backend, start_proxy([backend.port], circuit_breaker=BREAKER) as proxy:
         clients = [proxy.client() for _ in range(4)]

@@ -693,7 +693,10 @@ class RequestCycle(UpstreamSink):
         else:
             self.keep_alive = False
             self.conn.abort()  # the client must see that the response is cut short
-            self._resolve(_Failure(502, "backend closed the connection in the middle of the response"))
+            # Not the backend's failure if the proxy had to stop reading it for a client that did
+            # not keep up: the backend may have given up on writes that could not go anywhere.
+            self._resolve(_Failure(502, "backend closed the connection in the middle of the response",
+                                   backend_fault=up is None or not up.held))  # fmt: skip
 
     def upstream_tunnel(self, data: bytes) -> None:
         self.conn.write(data)

@@ -101,7 +101,7 @@ class WriteBatch:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "key", "transport", "parser", "sink", "head_request", "keep_alive", "tunnel",
-                 "closed", "received", "reused", "read_paused", "idle_since", "_reason", "_response",
+                 "closed", "received", "reused", "read_paused", "held", "idle_since", "_reason", "_response",
                  "_head_bytes", "_later", "_sock")  # fmt: skip
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
@@ -117,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False  # a byte of the current exchange's response arrived
         self.reused = False  # the current exchange runs on a connection taken from the pool
         self.read_paused = False
+        self.held = False  # reading was paused during this exchange: its client did not keep up
         self.idle_since = 0.0
         self._reason = b""
         self._response = ResponseInfo()  # the head being parsed
@@ -133,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.head_request = head_request
         self.received = False
+        self.held = False
         self.keep_alive = False
 
     def write(self, data: bytes) -> None:
@@ -159,7 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None and not self.transport.is_closing():
-            self.read_paused = True
+            self.read_paused = self.held = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
