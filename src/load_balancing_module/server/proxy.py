@@ -57,6 +57,7 @@ from .http import (
     raw_head,
     request_framing,
 )
+from .listener import Listener, bind
 from .upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -144,7 +145,8 @@ class ProxyServer:
         self.port = 0
         self.draining = False
         self._address = parse_address(config.listen)
-        self._server: asyncio.Server | None = None
+        self._listeners: list[Listener] = []
+        self._accepting: set[asyncio.Task[object]] = set()  # accepted sockets being wrapped in transports
         self._drained: asyncio.Future[None] | None = None
         self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
         self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
@@ -179,17 +181,34 @@ class ProxyServer:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         host, port = self._address
-        self._server = await loop.create_server(lambda: ClientConnection(self), host, port, backlog=1024)
-        # uvloop's Server.sockets is a list where typeshed says tuple: read it untyped (mypyc checks)
-        sockets: Sequence[socket.socket] = getattr(self._server, "sockets")  # noqa: B009
-        self.port = sockets[0].getsockname()[1]
+        sockets = await bind(host, port)
+        self._listeners = [Listener(sock, self._accepted, self._accept_exhausted) for sock in sockets]
+        for listener in self._listeners:
+            listener.start()
+        self.port = self._listeners[0].port
         log_event("proxy_listening", host=host, port=self.port)
 
+    def _accepted(self, sock: socket.socket) -> None:
+        """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: ClientConnection(self), sock=sock))
+        self._accepting.add(task)
+        task.add_done_callback(self._wrapped)
+
+    def _wrapped(self, task: asyncio.Task[object]) -> None:
+        self._accepting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log_event("accept_failed", logging.WARNING, error=repr(task.exception()))
+
+    def _accept_exhausted(self, exc: OSError) -> None:
+        self.note_exhaustion("accept", exc)
+
     async def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for listener in self._listeners:
+            listener.close()
 
     async def drain(self, timeout: float) -> int:
         """Let requests in flight finish (up to ``timeout`` s) and close idle connections.
@@ -214,9 +233,8 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.abort()
         self.pool.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for task in list(self._accepting):
+            task.cancel()
 
     # -- used by connections and cycles ---------------------------------------------------
 
