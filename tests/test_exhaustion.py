@@ -50,9 +50,10 @@ async def test_descriptor_exhaustion_marks_no_backend_unhealthy(tmp_path: Path) 
     flood: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 10
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
-            await asyncio.sleep(0.02)
+        for listening in (port, admin):  # both listeners are up before the flood
+            while socket.socket().connect_ex(("127.0.0.1", listening)) != 0:
+                assert time.monotonic() < deadline and proc.poll() is None, "the server did not start"
+                await asyncio.sleep(0.02)
         for _ in range(80):  # idle connections: more than the server has descriptors for
             flood.append(socket.create_connection(("127.0.0.1", port)))
         async with aiohttp.ClientSession() as session:
@@ -61,6 +62,12 @@ async def test_descriptor_exhaustion_marks_no_backend_unhealthy(tmp_path: Path) 
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.get(f"http://127.0.0.1:{port}/", timeout=aiohttp.ClientTimeout(total=0.2)) as r:
                         statuses.append(r.status)
+            for _ in range(3):  # the admin listener is exhausted too: it must come back after
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    async with session.get(
+                        f"http://127.0.0.1:{admin}/healthz", timeout=aiohttp.ClientTimeout(total=0.2)
+                    ):
+                        pass
             await asyncio.sleep(0.5)  # ten probe intervals with no descriptor to probe with
             for sock in flood:
                 sock.close()
