@@ -447,3 +447,26 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.005)
+
+
+async def test_after_an_early_answer_the_proxy_lingers_while_the_client_still_sends() -> None:
+    """The client gets its 413 and may go on sending its body: the proxy reads and drops it
+    until the client has been quiet for a while, so no reset destroys the answer."""
+    async with AioBackend() as backend, start_proxy([backend.port], limits={"max_body_bytes": 1000}) as proxy:
+        proxy.proxy.linger_seconds = 0.1
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 413 ")
+        for _ in range(10):  # 0.5 s of sending, five times the quiet period, never in a pause of it
+            writer.write(b"x" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # quiet for three times the period: the proxy has closed
+        with pytest.raises(ConnectionError):  # so writes meet a reset
+            for _ in range(5):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        writer.close()
+        assert backend.requests == []

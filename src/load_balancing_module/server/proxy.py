@@ -64,7 +64,12 @@ if TYPE_CHECKING:
     from ..backend import Backend
     from ..module import LoadBalancingModule
 
-LINGER_SECONDS: Final = 1.0  # after an error answer, read and drop what the client still sends, then close
+# After an answer that closes the connection while the client may still be sending (an error, an
+# early answer before its body), read and drop what it sends, so that a close with unread input
+# (a reset) cannot destroy the answer before the client has read it: until it has been quiet for
+# LINGER_SECONDS, and at most LINGER_MAX seconds (NGINX's lingering_timeout and lingering_time).
+LINGER_SECONDS: Final = 1.0
+LINGER_MAX: Final = 30.0
 MAX_PIPELINE: Final = 32  # requests queued on one connection; more are not read
 # What a client connection is doing, for its timeouts.
 _IDLE: Final = 0
@@ -153,6 +158,7 @@ class ProxyServer:
         self._rid_seq = 0
         # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
         self.exhausted = {"accept": 0, "connect": 0}
+        self.linger_seconds = LINGER_SECONDS
         self._exhausted_logged_at = -math.inf
 
     @property
@@ -337,6 +343,8 @@ class ClientConnection(asyncio.Protocol):
         # when a cycle needs it earlier, so a keep-alive connection does not create a timer per request.
         self._cycle_timer = _Alarm(self.loop, self._on_cycle_timer)
         self._linger: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0
+        self._discarded_at = 0.0
         self._request: Request | None = None  # the latest routing request (see _new_cycle)
         self._request_ip = ""
         self._request_workload = WorkloadType.CLASSICAL
@@ -362,6 +370,7 @@ class ClientConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.write(data)
         elif self._discard:
+            self._discarded_at = self._now = self.loop.time()  # lingering: the client is still sending
             return
         elif self._upgraded is not None:
             self._upgraded.early_data(data)
@@ -672,9 +681,21 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
-            self._linger = self.loop.call_later(LINGER_SECONDS, transport.close)
+            now = self.loop.time()
+            self._discarded_at = now
+            self._linger_until = now + LINGER_MAX
+            self._linger = self.loop.call_later(self.server.linger_seconds, self._linger_check)
         else:
             transport.close()
+
+    def _linger_check(self) -> None:
+        now = self.loop.time()
+        quiet_at = self._discarded_at + self.server.linger_seconds
+        if now >= quiet_at or now >= self._linger_until:
+            self._linger = None
+            self.transport.close()
+        else:
+            self._linger = self.loop.call_at(min(quiet_at, self._linger_until), self._linger_check)
 
     def cycle_finished(self, cycle: RequestCycle, now: float) -> None:
         server = self.server
