@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -470,3 +471,45 @@ async def test_after_an_early_answer_the_proxy_lingers_while_the_client_still_se
                 await asyncio.sleep(0.02)
         writer.close()
         assert backend.requests == []
+
+
+BACKEND_PROCESS = """
+import sys
+from aiohttp import web
+
+async def ok(request):
+    await request.read()
+    return web.Response(text="ok")
+
+app = web.Application()
+app.router.add_post("/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), keepalive_timeout=float(sys.argv[2]), print=None,
+            access_log=None)
+"""
+
+
+async def test_posts_spaced_around_the_backends_keep_alive_timeout_all_succeed() -> None:
+    """The race as it happens: an aiohttp backend in its own process closes connections idle for
+    50 ms, and POSTs come every 40 to 60 ms, so some go out just as the backend closes."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    backend = await asyncio.create_subprocess_exec(sys.executable, "-c", BACKEND_PROCESS, str(port), "0.05")
+    try:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex((HOST, port)) != 0:
+            assert time.monotonic() < deadline, "the backend did not start"
+            await asyncio.sleep(0.02)
+        async with start_proxy([port], circuit_breaker=BREAKER) as proxy:
+            client = proxy.client()
+            statuses = []
+            for i in range(60):
+                await asyncio.sleep(0.04 + 0.02 * ((i * 7) % 11) / 10)  # 40..60 ms, spread evenly
+                response = await client.request(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+                statuses.append(response.status)
+            await client.close()
+            assert statuses == [200] * 60
+            untouched(proxy)
+    finally:
+        backend.terminate()
+        await backend.wait()
