@@ -727,10 +727,10 @@ async def test_quantum_workload_falls_back_when_no_quantum_candidate(make_lb: Ma
 
 async def test_classical_workload_avoids_quantum_backends_until_no_classical_left(make_lb: MakeLB) -> None:
     lb = await make_lb(QA, [backend("c", max_connections=5), backend("q", quantum_capable=True),
-                            backend("c_low", priority=-1, max_connections=2)])  # fmt: skip
+                            backend("c-low", priority=-1, max_connections=2)])  # fmt: skip
     held = await holds(lb, 10)
     # Classical members first, in any tier; the quantum one only when none is left.
-    assert [name(r) for r in held] == ["c"] * 5 + ["c_low"] * 2 + ["q"] * 3
+    assert [name(r) for r in held] == ["c"] * 5 + ["c-low"] * 2 + ["q"] * 3
     await complete_all(lb, held)
 
 

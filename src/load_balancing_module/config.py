@@ -1,22 +1,79 @@
 """Validated configuration models.
 
 Every model forbids unknown keys, so a typo in a config file is an error
-rather than a silently ignored setting. A bad value raises pydantic's
-``ValidationError`` (a ``ValueError``) naming the field.
+rather than a silently ignored setting, and refuses non-finite numbers (an
+infinite timeout would switch off the guard it sets). A bad value raises
+pydantic's ``ValidationError`` (a ``ValueError``) naming the field.
+
+Backend hosts are IP literals or RFC 1123 host names; ``metadata`` holds
+JSON values only, at most :data:`MAX_METADATA_DEPTH` deep and
+:data:`MAX_METADATA_BYTES` as JSON, whatever the entry point (library,
+``execute``, admin API, config file), so that every place that shows it can.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .enums import LoadBalancingAlgorithmType, WorkloadType
 
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_BYTES = 64 * 1024
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def check_host(value: str) -> str:
+    """An IP literal (IPv6 without brackets) or an RFC 1123 host name; ValueError saying why not."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if len(value) > 253:
+        raise ValueError("a host name has at most 253 characters")
+    for label in value.split("."):
+        if not label:
+            raise ValueError(f"{value!r} has an empty label (two dots, or a dot at an end)")
+        if not _LABEL.fullmatch(label):
+            raise ValueError(f"{value[:80]!r} is not an IP address or a host name (labels of 1 to 63 letters, "
+                             "digits and inner hyphens)")  # fmt: skip
+    return value
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON values only, nested at most MAX_METADATA_DEPTH deep, at most MAX_METADATA_BYTES as JSON."""
+    _check_json(value, 1)
+    size = len(json.dumps(value, allow_nan=False))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"at most {MAX_METADATA_BYTES} bytes as JSON, got {size}")
+    return value
+
+
+def _check_json(value: Any, depth: int) -> None:
+    if isinstance(value, (dict, list)):
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if not isinstance(key, (str, int)):
+                raise ValueError(f"keys must be strings, not {type(key).__name__}")
+            _check_json(item, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite")
+    elif value is not None and not isinstance(value, (str, int, bool)):
+        raise ValueError(f"values must be JSON (string, number, boolean, null, list, object), "
+                         f"not {type(value).__name__}")  # fmt: skip
 
 
 class BackendConfig(_Model):
@@ -33,10 +90,13 @@ class BackendConfig(_Model):
 
     @field_validator("host")
     @classmethod
-    def _host_has_no_space(cls, value: str) -> str:
-        if any(ch.isspace() for ch in value) or "/" in value:
-            raise ValueError("must be a host name or IP address, without spaces or slashes")
-        return value
+    def _host(cls, value: str) -> str:
+        return check_host(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)
 
     @property
     def address(self) -> str:
@@ -135,6 +195,11 @@ class Request(_Model):
     session_id: str | None = Field(default=None, max_length=512)
     request_id: str | None = Field(default=None, max_length=512)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)
 
     @field_validator("client_ip")
     @classmethod

@@ -15,6 +15,7 @@ members with rank ``None`` are never returned.
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -93,7 +94,9 @@ def number(settings: Mapping[str, Any], key: str, kind: LoadBalancingAlgorithmTy
     if value is None and allow_none:
         return
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or value < minimum or (maximum is not None and value > maximum):
+    if (isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < minimum
+            or (maximum is not None and value > maximum)):  # fmt: skip
         what = "an integer" if integer else "a number"
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        bound += "" if integer else " (finite)"
         raise AlgorithmError(f"{kind.value}: config '{key}' must be {what} {bound}, got {value!r}")

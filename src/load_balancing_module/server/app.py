@@ -35,6 +35,7 @@ from .config import ServerConfig, StateConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
 from .proxy import ProxyServer
 
+RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
 RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
 
 
@@ -56,6 +57,8 @@ class Server:
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
         self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
         self.stopping = asyncio.Event()
+        self._reloading: asyncio.Future[bool] | None = None
+        self._reload_wanted = False
 
     async def start(self) -> None:
         if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway
@@ -70,9 +73,28 @@ class Server:
                   backends=len(self.config.backends), algorithm=self.config.algorithm.algorithm_type.value)  # fmt: skip
 
     async def reload(self) -> bool:
-        """Re-read the file and apply what can change live; keep the old config if it is bad."""
+        """Re-read the file and apply what can change live; keep the old config if it is bad.
+
+        The file is read, parsed and validated in a thread, so the event loop goes on serving;
+        nothing of it applies unless all of it is valid. Reloads never overlap: one asked for
+        during another runs once that one is done (several such asks make one more reload)."""
+        self._reload_wanted = True
+        if self._reloading is not None:
+            return await asyncio.shield(self._reloading)
+        ok = True
+        while self._reload_wanted:
+            self._reload_wanted = False
+            self._reloading = asyncio.get_running_loop().create_future()
+            try:
+                ok = await self._reload_once()
+            finally:
+                done, self._reloading = self._reloading, None
+                done.set_result(ok)
+        return ok
+
+    async def _reload_once(self) -> bool:
         try:
-            new = load_config(self.path)
+            new = await asyncio.to_thread(load_config, self.path)
         except ConfigurationError as exc:
             log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
             return False
@@ -90,16 +112,27 @@ class Server:
         return True
 
     async def _apply_backends(self, old: list[BackendConfig], new: list[BackendConfig]) -> None:
-        """Remove what went, add what came; a changed backend is replaced (in-flight requests finish)."""
+        """Remove what went, add what came; a changed backend is replaced (in-flight requests finish).
+
+        In slices of at most RELOAD_SLICE seconds, yielding to the event loop between them, so that
+        a reload of thousands of backends delays no request by more than a slice."""
         old_by_address = {b.address: b for b in old}
         new_by_address = {b.address: b for b in new}
+        clock = asyncio.get_running_loop().time
+        slice_end = clock() + RELOAD_SLICE
         for address, backend in old_by_address.items():
             if new_by_address.get(address) != backend:
                 with contextlib.suppress(KeyError):
                     await self.lb.remove_backend(address)
+                if clock() >= slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = clock() + RELOAD_SLICE
         for address, backend in new_by_address.items():
             if old_by_address.get(address) != backend:
                 await self.lb.add_backend(backend)
+                if clock() >= slice_end:
+                    await asyncio.sleep(0)
+                    slice_end = clock() + RELOAD_SLICE
 
     async def shutdown(self) -> int:
         await self.proxy.stop_accepting()

@@ -15,19 +15,18 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..algorithms import ALGORITHMS
 from ..config import BackendConfig, LoadBalancingModuleConfig, _Model
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
+from .document import DocumentError, load_document
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DB = re.compile(r"/?|/[0-9]+")
@@ -216,17 +215,6 @@ def _message(item: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def load_document(path: Path) -> Any:
-    text = path.read_text()
-    if path.suffix == ".toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        return tomllib.loads(text)
-    return yaml.safe_load(text)
-
-
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServerConfig:
     """Read, expand and validate a config file; :class:`ConfigurationError` lists every problem."""
     path = Path(path)
@@ -234,7 +222,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
         document = load_document(path)
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, ValueError) as exc:
+    except DocumentError as exc:
         raise ConfigurationError(f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}") from None
     if document is None:
         document = {}
