@@ -66,3 +66,28 @@ async def test_the_library_routes_to_a_preferred_backend_while_it_is_a_candidate
     assert (await lb.route_request(request, prefer="gone.test:80")).backend_id in (a, b)
     await lb.complete_request(held, success=True)
     assert await lb.store.session_count() == 0  # nothing was stored per client
+
+
+async def test_the_proxys_affinity_cookie_binds_without_storing_anything() -> None:
+    from proxy_helpers import AioBackend, get, start_proxy
+
+    async with (
+        AioBackend("a") as a,
+        AioBackend("b") as b,
+        start_proxy([a.port, b.port], session_affinity=True) as proxy,
+    ):
+        client = proxy.client()
+        first = await client.request(get("/"))
+        cookie = first.header("Set-Cookie")
+        assert cookie is not None and cookie.startswith("OMNIXAN_AFFINITY=") and "HttpOnly" in cookie
+        name = first.json()["backend"]
+        value = cookie.split(";")[0]
+        for _ in range(6):  # round robin would alternate: the cookie holds the client to its backend
+            again = await client.request(get("/", f"Cookie: {value}"))
+            assert again.json()["backend"] == name and again.header("Set-Cookie") is None
+        forged = await client.request(get("/", "Cookie: OMNIXAN_AFFINITY=YWJj.AAAAAAAAAAAAAAAAAAAAAA"))
+        assert forged.header("Set-Cookie") is not None  # ignored, and a real one is issued
+        for _ in range(2000):  # clients that never return the cookie: nothing is kept for them
+            assert (await client.request(get("/"))).status == 200
+        assert await proxy.lb.store.session_count() == 0
+        await client.close()

@@ -64,7 +64,9 @@ class LoadBalancingModule:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.rng = rng if rng is not None else random.Random()
         self._owns_store = state_store is None
-        self.store: StateStore = state_store if state_store is not None else MemoryStore(self.clock)
+        if state_store is None:
+            state_store = MemoryStore(self.clock, max_sessions=self.config.max_sessions)
+        self.store: StateStore = state_store
         factory = AlgorithmFactory(self.config.algorithm, self.rng, self.clock)
         self.router = Router(factory, self.clock, self.config.max_queue_size)
         self._prober = Prober(self.config.health_check, self.clock, probe)

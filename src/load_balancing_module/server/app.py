@@ -39,18 +39,18 @@ RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the eve
 RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
 
 
-def open_store(state: StateConfig) -> RedisStore | None:
+def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
     """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
     if not state.shared:
         return None
-    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout)
+    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
 
 
 class Server:
     def __init__(self, path: str | Path, config: ServerConfig) -> None:
         self.path = Path(path)
         self.config = config
-        self.store = open_store(config.state)
+        self.store = open_store(config.state, config.max_sessions)
         self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)

@@ -90,16 +90,16 @@ _EAGER: Final = _Eager()
 class RequestCycle(UpstreamSink):
     """One request: its routing, its tries on backends, and its answer."""
 
-    __slots__ = ("conn", "server", "info", "request", "_request_id", "_rid_seq", "set_cookie", "started", "deadline",
-                 "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "upstream",
-                 "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter", "awaiting",
-                 "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
+    __slots__ = ("conn", "server", "info", "request", "_request_id", "_rid_seq", "prefer", "cookie", "started",
+                 "deadline", "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes",
+                 "upstream", "sending", "route", "tried", "attempts", "retries", "task", "running", "waiter",
+                 "awaiting", "batching", "deferred", "outcome", "timer_at", "attempt_at", "first_attempt_at",
                  "upstream_end", "head_ms", "status", "response_started", "response_done", "out_chunked",
                  "until_close", "tunnel", "blocked_since", "data_at", "finished", "_head", "_rid_line",
                  "body_wait", "continued", "body_refused")  # fmt: skip
 
     def __init__(self, conn: ClientConnection, info: RequestInfo, request: Request, request_id: str | None,
-                 rid_seq: int, set_cookie: bytes | None, now: float) -> None:  # fmt: skip
+                 rid_seq: int, prefer: str | None, cookie: bool, now: float) -> None:  # fmt: skip
         """``request_id``: the client's; when None, the proxy's, number ``rid_seq``."""
         server = conn.server
         self.conn = conn
@@ -108,7 +108,8 @@ class RequestCycle(UpstreamSink):
         self.request = request
         self._request_id = request_id
         self._rid_seq = rid_seq
-        self.set_cookie = set_cookie
+        self.prefer = prefer  # the backend the client's affinity cookie names (verified)
+        self.cookie = cookie  # sticky by cookie: the answer binds the client to the backend that gave it
         self.started = now  # the loop's time when the head was complete
         self.deadline = self.started + server.request_timeout
         self.keep_alive = info.keep_alive
@@ -161,7 +162,7 @@ class RequestCycle(UpstreamSink):
         # The common case runs without a task: route, take a pooled connection and send, all now; the
         # answer's callbacks end it (_attempt_done). Anything that must wait goes on in a task.
         try:
-            route = self.server.lb.route_now(self.request)
+            route = self.server.lb.route_now(self.request, self.prefer)
             if route is None:
                 self.task = self.conn.loop.create_task(self._run())
                 return
@@ -242,7 +243,7 @@ class RequestCycle(UpstreamSink):
                 if route is None:
                     try:
                         if failure is None:
-                            route = await lb.route_request(self.request)
+                            route = await lb.route_request(self.request, self.prefer)
                         else:
                             started = lb.clock.monotonic() - (self.conn.loop.time() - self.started)
                             route = await server.route_again(self.request, started, self.tried, self.attempts + 1)
@@ -621,8 +622,11 @@ class RequestCycle(UpstreamSink):
             elif not info.http11:
                 extra.append(b"Connection: keep-alive\r\n")
         extra.append(self._request_id_line())
-        if self.set_cookie is not None:
-            extra.append(self.set_cookie)
+        route = self.route
+        if self.cookie and route is not None and route.backend_id != self.prefer:
+            affinity = self.server.affinity
+            assert affinity is not None
+            extra.append(affinity.set_cookie(route.backend_id))
         self.conn.write(response_head(response, extra))
         if status == 101 and self.upstream is not None:
             self.tunnel = True

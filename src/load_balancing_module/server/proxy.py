@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
-import secrets
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,10 +44,10 @@ from ..config import Request
 from ..enums import WorkloadType
 from ..models import RouteResult
 from .accesslog import AccessLog
+from .affinity import AffinityCookies
 from .config import ServerConfig, parse_address
 from .cycle import _BY_PIPELINE, RequestCycle
 from .http import (
-    AFFINITY_COOKIE,
     Header,
     HttpError,
     RequestInfo,
@@ -157,6 +158,7 @@ class ProxyServer:
         self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
         self._rid_seq = 0
         # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
+        self.affinity: AffinityCookies | None = None  # made at start (its key may come from the store)
         self.exhausted = {"accept": 0, "connect": 0}
         self.linger_seconds = LINGER_SECONDS
         self._exhausted_logged_at = -math.inf
@@ -187,6 +189,8 @@ class ProxyServer:
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.affinity is None:
+            self.affinity = AffinityCookies(await self._affinity_key())
         host, port = self._address
         sockets = await bind(host, port)
         self._listeners = [Listener(sock, self._accepted, self._accept_exhausted) for sock in sockets]
@@ -194,6 +198,16 @@ class ProxyServer:
             listener.start()
         self.port = self._listeners[0].port
         log_event("proxy_listening", host=host, port=self.port)
+
+    async def _affinity_key(self) -> bytes:
+        """The key that signs affinity cookies: from ``affinity_secret_env`` when set (every balancer
+        that shares traffic must have the same), else the state store's shared key, so that
+        balancers sharing a Redis agree by themselves; a store of this process's own makes one."""
+        name = self.config.affinity_secret_env
+        secret = os.environ.get(name) if name else None
+        if secret:
+            return hashlib.sha256(secret.encode()).digest()
+        return await self.lb.store.shared_secret("affinity")
 
     def _accepted(self, sock: socket.socket) -> None:
         """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""
@@ -527,11 +541,14 @@ class ClientConnection(asyncio.Protocol):
     def _new_cycle(self, info: RequestInfo, now: float) -> RequestCycle:
         server = self.server
         client_ip = server.trusted.client_ip(self.peer, info.forwarded_for) if server.trusted.networks else self.peer
-        session = info.session_id or info.cookie_session
-        cookie = None
-        if session is None and server.sticky:
-            session = secrets.token_hex(16)  # affinity cookies must not be guessable
-            cookie = b"Set-Cookie: %s=%s; Path=/; HttpOnly\r\n" % (AFFINITY_COOKIE, session.encode())
+        # X-Session-ID names a session of the client's own: the session store binds it. Without one,
+        # the affinity cookie names the backend itself (signed), so nothing is stored per client.
+        session = info.session_id
+        prefer = None
+        cookie = server.sticky and session is None and server.affinity is not None
+        if cookie and info.cookie_session is not None:
+            assert server.affinity is not None
+            prefer = server.affinity.backend_of(info.cookie_session)
         seq = 0 if info.request_id else server.next_request_seq()
         # What routing reads of a request; the same for most requests on a connection, so it is kept
         # (routing never changes it). Its request_id is left out: the cycle carries the request's.
@@ -541,7 +558,7 @@ class ClientConnection(asyncio.Protocol):
             request = self._request = _new_request(client_ip, info.workload, session, None)  # validated above
             # Its fields, as plain attributes: a pydantic model's are slower to read.
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
-        return RequestCycle(self, info, request, info.request_id, seq, cookie, now)
+        return RequestCycle(self, info, request, info.request_id, seq, prefer, cookie, now)
 
     def _on_upgrade(self, rest: bytes) -> None:
         cycle = self.cycles[-1] if self.cycles else None

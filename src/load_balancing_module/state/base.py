@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 
 
 class StateStore(ABC):
+    evicted_sessions = 0  # sessions dropped to keep the store within max_sessions (a count)
+
     @abstractmethod
     async def get_session(self, session_id: str, ttl: float) -> str | None:
         """The backend id bound to a live session, extending its idle expiry to ``ttl``."""
@@ -39,6 +41,11 @@ class StateStore(ABC):
     @abstractmethod
     async def purge_expired(self) -> int:
         """Drop expired sessions and idle buckets; return how many entries went."""
+
+    @abstractmethod
+    async def shared_secret(self, name: str) -> bytes:
+        """32 random bytes named ``name``, the same for every balancer sharing this store
+        (the key that signs affinity cookies)."""
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections, if any."""

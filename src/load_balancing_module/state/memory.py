@@ -1,9 +1,25 @@
-"""In-process state store: plain dicts, time from the injected clock."""
+"""In-process state store: plain dicts, time from the injected clock.
+
+Sessions are bounded by ``max_sessions``, as a segmented LRU: a new binding
+enters a probation segment (a fifth of the room); a session looked up again
+moves to the protected segment; room is made from probation first, then from
+the protected segment's least recently used. So a client that invents a new
+session id per request (or never returns one) churns probation only, and the
+sessions in active use stay. Each entry is an id of at most 512 characters, a
+backend id and a float: at the default 100,000 sessions, at most about 150 MB
+with the longest ids, about 20 MB with usual ones (32 hex digits).
+"""
 
 from __future__ import annotations
 
+import secrets
+from collections import OrderedDict
+
 from ..clock import Clock
 from .base import StateStore
+
+DEFAULT_MAX_SESSIONS = 100_000
+PROBATION_SHARE = 0.2  # of max_sessions, for sessions seen once
 
 EPSILON = 1e-9  # refills in small steps add up to 0.99999...; that is a whole token
 
@@ -13,31 +29,65 @@ def refill(tokens: float, last: float, now: float, rate: float, burst: int) -> f
     return min(float(burst), tokens + max(now - last, 0.0) * rate)
 
 
+Sessions = OrderedDict[str, tuple[str, float]]  # id -> (backend_id, expires_at), least recently used first
+
+
 class MemoryStore(StateStore):
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         self._clock = clock
-        self._sessions: dict[str, tuple[str, float]] = {}  # id -> (backend_id, expires_at)
+        self.max_sessions = max_sessions
+        self._probation_room = max(1, int(max_sessions * PROBATION_SHARE))
+        self._probation: Sessions = OrderedDict()  # bound, not looked up since
+        self._protected: Sessions = OrderedDict()  # looked up again: in use
+        self.evicted_sessions = 0
+        self._secrets: dict[str, bytes] = {}
         self._buckets: dict[str, tuple[float, float, float]] = {}  # key -> (tokens, last, full_at)
         self._attempts: dict[str, tuple[int, int]] = {}  # key -> (second, count)
         self._blocked: dict[str, float] = {}  # key -> until
 
     async def get_session(self, session_id: str, ttl: float) -> str | None:
-        entry = self._sessions.get(session_id)
+        now = self._clock.monotonic()
+        entry = self._protected.pop(session_id, None) or self._probation.pop(session_id, None)
         if entry is None:
             return None
-        now = self._clock.monotonic()
         if entry[1] <= now:
-            del self._sessions[session_id]
-            return None
-        self._sessions[session_id] = (entry[0], now + ttl)
+            return None  # expired: already dropped by the pop
+        self._protected[session_id] = (entry[0], now + ttl)  # the most recently used end
+        self._make_room()
         return entry[0]
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
-        self._sessions[session_id] = (backend_id, self._clock.monotonic() + ttl)
+        expires = self._clock.monotonic() + ttl
+        if session_id in self._protected:  # a rebind of a session in use keeps it protected
+            self._protected[session_id] = (backend_id, expires)
+            self._protected.move_to_end(session_id)
+            return
+        self._probation.pop(session_id, None)
+        self._probation[session_id] = (backend_id, expires)
+        self._make_room()
+
+    def _make_room(self) -> None:
+        """Evict to stay within max_sessions: probation beyond its share first, then the least
+        recently used overall (probation before protected)."""
+        probation, protected = self._probation, self._protected
+        while len(probation) > self._probation_room and len(probation) + len(protected) > self.max_sessions:
+            probation.popitem(last=False)
+            self.evicted_sessions += 1
+        while len(probation) + len(protected) > self.max_sessions:
+            (probation if probation else protected).popitem(last=False)
+            self.evicted_sessions += 1
 
     async def session_count(self) -> int:
         now = self._clock.monotonic()
-        return sum(1 for _, expires in self._sessions.values() if expires > now)
+        return sum(1 for part in (self._probation, self._protected) for _, expires in part.values() if expires > now)
+
+    async def shared_secret(self, name: str) -> bytes:
+        secret = self._secrets.get(name)
+        if secret is None:
+            secret = self._secrets[name] = secrets.token_bytes(32)
+        return secret
 
     async def take_token(self, key: str, rate: float, burst: int) -> float:
         now = self._clock.monotonic()
@@ -70,10 +120,13 @@ class MemoryStore(StateStore):
     async def purge_expired(self) -> int:
         now = self._clock.monotonic()
         second = int(now)
-        before = len(self._sessions) + len(self._buckets) + len(self._attempts) + len(self._blocked)
-        self._sessions = {k: v for k, v in self._sessions.items() if v[1] > now}
+        before = len(self._probation) + len(self._protected) + len(self._buckets) + len(self._attempts)
+        before += len(self._blocked)
+        self._probation = OrderedDict((k, v) for k, v in self._probation.items() if v[1] > now)
+        self._protected = OrderedDict((k, v) for k, v in self._protected.items() if v[1] > now)
         # A bucket that has refilled is the same as no bucket.
         self._buckets = {k: v for k, v in self._buckets.items() if v[2] > now}
         self._attempts = {k: v for k, v in self._attempts.items() if v[0] == second}
         self._blocked = {k: v for k, v in self._blocked.items() if v > now}
-        return before - (len(self._sessions) + len(self._buckets) + len(self._attempts) + len(self._blocked))
+        after = len(self._probation) + len(self._protected) + len(self._buckets) + len(self._attempts)
+        return before - after - len(self._blocked)

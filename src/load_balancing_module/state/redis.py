@@ -10,13 +10,18 @@ When Redis is unreachable or errors, the store fails open: the rate limit and
 the flood check admit the request, sessions are unsticky (no binding found,
 bindings not saved). After a failure it does not try Redis again for
 ``retry_interval`` seconds (then one call probes it), so an outage costs at most
-one ``timeout`` per interval instead of one per request. See docs/state.md.
+one ``timeout`` per interval instead of one per request; and while a call has
+gone unanswered for ``doubt_after`` seconds (Redis answers in well under a
+millisecond), other calls fail open at once rather than wait behind it, so a
+hung Redis costs only the calls already on their way their timeout. Sessions
+are capped at ``max_sessions`` (the soonest to expire go first). See docs/state.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +40,10 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "omnixan:"
 DEFAULT_TIMEOUT = 0.25  # seconds for a connect and for a reply; Redis answers in well under 1 ms on a LAN
 RETRY_INTERVAL = 1.0  # seconds without trying Redis after a failure
+# A call still unanswered after this long is in doubt: while it is, every other call fails open at
+# once instead of queueing behind it for the whole timeout (Redis answers in well under 1 ms).
+DOUBT_AFTER = 0.05
+DEFAULT_MAX_SESSIONS = 100_000
 LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
 
 # ARGV "now": the injected time, or "" for the Redis server's clock. Numbers go back as
@@ -107,7 +116,8 @@ keep_index(KEYS[2], ms)
 return s[1]
 """
 
-# KEYS: session, index. ARGV: backend id, ttl, now, session id.
+# KEYS: session, index. ARGV: backend id, ttl, now, session id, max sessions, session key prefix.
+# Over max sessions, the soonest to expire (the least recently used) go. Returns how many went.
 _BIND_SESSION = """
 local ttl, t = tonumber(ARGV[2]), now(ARGV[3])
 local ms = math.ceil(ttl * 1000)
@@ -115,7 +125,11 @@ redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'expires', num(t + ttl))
 redis.call('PEXPIRE', KEYS[1], ms)
 redis.call('ZADD', KEYS[2], num(t + ttl), ARGV[4])
 keep_index(KEYS[2], ms)
-return 1
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if over <= 0 then return 0 end
+local gone = redis.call('ZPOPMIN', KEYS[2], over)
+for i = 1, #gone, 2 do redis.call('DEL', ARGV[6] .. gone[i]) end
+return #gone / 2
 """
 
 # KEYS: index. ARGV: now. Live sessions are those whose expiry is after now: O(log n).
@@ -159,6 +173,8 @@ class RedisStore(StateStore):
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
         retry_interval: float = RETRY_INTERVAL,
+        doubt_after: float = DOUBT_AFTER,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         log_interval: float = LOG_INTERVAL,
         now: Callable[[], float] | None = None,
         clock: Clock | None = None,
@@ -173,6 +189,12 @@ class RedisStore(StateStore):
         self._now = now
         self._clock: Clock = clock if clock is not None else SystemClock()
         self.retry_interval = retry_interval
+        self.doubt_after = doubt_after
+        self.max_sessions = max_sessions
+        self.evicted_sessions = 0
+        self._pending: dict[int, float] = {}  # calls on their way, oldest first: when each began
+        self._call_seq = 0
+        self._secrets: dict[str, bytes] = {}
         self.log_interval = log_interval
         # Redis errors, and what an interrupted socket may raise before redis-py wraps it.
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
@@ -204,7 +226,14 @@ class RedisStore(StateStore):
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
         keys = (f"{self.prefix}session:{session_id}", self._index)
-        await self._eval("bind_session", self._bind, keys, (backend_id, ttl, self._time(), session_id))
+        ok, evicted = await self._eval(
+            "bind_session",
+            self._bind,
+            keys,
+            (backend_id, ttl, self._time(), session_id, self.max_sessions, f"{self.prefix}session:"),
+        )
+        if ok and evicted:
+            self.evicted_sessions += int(evicted)
 
     async def session_count(self) -> int:
         """Live sessions, from the index (a sorted set by expiry): O(log n). 0 while Redis is down."""
@@ -233,6 +262,29 @@ class RedisStore(StateStore):
         ok, removed = await self._eval("purge_expired", self._purge, (self._index,), (self._time(),))
         return int(removed) if ok else 0
 
+    async def shared_secret(self, name: str) -> bytes:
+        """The key ``name`` that every balancer on this Redis shares: the first to ask sets it
+        (``SET NX``). If Redis does not answer, a key of this process's own, logged; it is asked
+        for again next time."""
+        known = self._secrets.get(name)
+        if known is not None:
+            return known
+        key = f"{self.prefix}secret:{name}"
+        fresh = secrets.token_hex(32)
+        ok, _ = await self._call("shared_secret", lambda: self._client.set(key, fresh, nx=True))
+        value = None
+        if ok:
+            ok, value = await self._call("shared_secret", lambda: self._client.get(key))
+        try:
+            secret = bytes.fromhex(_text(value)) if ok and value is not None else b""
+        except ValueError:  # not a key this store wrote
+            secret = b""
+        if len(secret) < 16:
+            log_event("shared_secret_local", logging.WARNING, name=name, reason="no usable key in the state store")
+            return bytes.fromhex(fresh)
+        self._secrets[name] = secret
+        return secret
+
     async def ping(self) -> bool:
         """Whether Redis answers now (through the same failure policy as every operation)."""
         ok, _ = await self._call("ping", self._client.ping)
@@ -260,12 +312,15 @@ class RedisStore(StateStore):
         if probe is None:
             self.fallbacks += 1
             return False, None
+        self._call_seq = seq = self._call_seq + 1
+        self._pending[seq] = self._clock.monotonic()
         try:
             reply = await request()
         except self._errors as exc:
             self._failed(op, exc)
             return False, None
         finally:
+            del self._pending[seq]
             if probe:  # even when cancelled: a stuck probe flag would keep the store failing open
                 self._probing = False
         self._succeeded()
@@ -274,6 +329,8 @@ class RedisStore(StateStore):
     def _may_try(self) -> bool | None:
         """None: do not try Redis (back-off); False: a normal call; True: the probe after an outage."""
         if self._down_since is None:
+            if self._pending and self._clock.monotonic() - next(iter(self._pending.values())) > self.doubt_after:
+                return None  # a call is in doubt (Redis is usually sub-millisecond): do not pile up behind it
             return False
         if self._probing or self._clock.monotonic() < self._retry_at:
             return None
