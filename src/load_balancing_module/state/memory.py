@@ -1,9 +1,9 @@
 """In-process state store: plain dicts, time from the injected clock.
 
 Sessions are bounded by ``max_sessions``, as a segmented LRU: a new binding
-enters a probation segment (a fifth of the room); a session looked up again
-moves to the protected segment; room is made from probation first, then from
-the protected segment's least recently used. So a client that invents a new
+enters a probation segment; a session looked up again moves to the protected
+segment (at most four fifths of the room; its least recently used falls back
+to probation); room is made by evicting probation's least recently used. So a client that invents a new
 session id per request (or never returns one) churns probation only, and the
 sessions in active use stay. Each entry is an id of at most 512 characters, a
 backend id and a float: at the default 100,000 sessions, at most about 150 MB
@@ -19,7 +19,7 @@ from ..clock import Clock
 from .base import StateStore
 
 DEFAULT_MAX_SESSIONS = 100_000
-PROBATION_SHARE = 0.2  # of max_sessions, for sessions seen once
+PROBATION_SHARE = 0.2  # of max_sessions, kept for sessions not looked up again
 
 EPSILON = 1e-9  # refills in small steps add up to 0.99999...; that is a whole token
 
@@ -69,14 +69,16 @@ class MemoryStore(StateStore):
         self._make_room()
 
     def _make_room(self) -> None:
-        """Evict to stay within max_sessions: probation beyond its share first, then the least
-        recently used overall (probation before protected)."""
+        """Stay within max_sessions. The protected segment keeps all but the probation's share; its
+        least recently used moves back to probation when it is over, and room is made by evicting
+        probation's least recently used: so a session looked up again outlives any number of
+        sessions that were never looked up."""
         probation, protected = self._probation, self._protected
-        while len(probation) > self._probation_room and len(probation) + len(protected) > self.max_sessions:
-            probation.popitem(last=False)
-            self.evicted_sessions += 1
+        while len(protected) > self.max_sessions - self._probation_room:
+            session_id, entry = protected.popitem(last=False)
+            probation[session_id] = entry
         while len(probation) + len(protected) > self.max_sessions:
-            (probation if probation else protected).popitem(last=False)
+            probation.popitem(last=False)
             self.evicted_sessions += 1
 
     async def session_count(self) -> int:
