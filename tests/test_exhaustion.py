@@ -79,11 +79,20 @@ async def test_descriptor_exhaustion_marks_no_backend_unhealthy(tmp_path: Path) 
                     answers.append((response.status, await response.text()))
             async with session.get(f"http://127.0.0.1:{admin}/backends") as response:
                 listed = await response.json()
+            async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                metrics = await response.text()
         assert all(status == 503 for status in statuses)
         assert {status for status, _ in answers} == {200} and {text for _, text in answers} == {"a", "b"}
         assert [b["health_status"] for b in listed] == ["healthy", "healthy"]
         assert [b["failed_requests"] for b in listed] == [0, 0]
         assert all(b["circuit_state"] == "closed" for b in listed)
+        counted = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in metrics.splitlines()
+            if line.startswith(("omnixan_lb_resource_exhaustion_total", "omnixan_lb_probes_not_run_total"))
+        }
+        assert counted['omnixan_lb_resource_exhaustion_total{where="accept"}'] > 0, counted
+        assert counted["omnixan_lb_probes_not_run_total"] > 0
     finally:
         for sock in flood:
             sock.close()

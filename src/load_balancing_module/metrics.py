@@ -20,7 +20,9 @@ Families (labels in braces):
   1 half-open, 2 open), ``backend_draining{backend}``,
   ``backend_recent_latency_seconds{backend,quantile}`` (recent window).
 - ``rate_limited_total``, ``ddos_blocked_total``, ``retries_total``,
-  ``queue_timeouts_total``, ``unavailable_total``, ``queued_requests``, ``backends``.
+  ``queue_timeouts_total``, ``unavailable_total``, ``probes_not_run_total``
+  (probes this host could not make: EMFILE...), ``sessions_evicted_total``,
+  ``queued_requests``, ``backends``.
 - With a shared state store that counts its failures (``RedisStore``):
   ``state_store_errors_total`` (calls that failed), ``state_store_fallbacks_total``
   (operations answered by the fail-open policy) and ``state_store_up`` (0 during an outage).
@@ -114,10 +116,18 @@ class LoadBalancerCollector(Collector):
             ("omnixan_lb_retries", "retries", "Retries on another backend (call() and the proxy)."),
             ("omnixan_lb_queue_timeouts", "queue_timeouts", "Requests that timed out waiting for a slot."),
             ("omnixan_lb_unavailable", "unavailable", "Requests refused because no backend could take them."),
+            (
+                "omnixan_lb_probes_not_run",
+                "probes_not_run",
+                "Health probes this host could not make (out of descriptors or memory); not counted against backends.",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=lb.counters[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
+        yield CounterMetricFamily("omnixan_lb_sessions_evicted",
+                                  "Sticky sessions dropped to keep the session store within max_sessions.",
+                                  value=lb.store.evicted_sessions)  # fmt: skip
         yield from self._store()
 
     def _store(self) -> Iterator[Metric]:

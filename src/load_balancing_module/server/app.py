@@ -34,6 +34,7 @@ from .admin import AdminServer
 from .config import ServerConfig, StateConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
 from .proxy import ProxyServer
+from .proxy_metrics import register_proxy_metrics
 
 RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
 RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
@@ -55,6 +56,7 @@ class Server:
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
+        register_proxy_metrics(self.proxy, self.registry)
         self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
         self.stopping = asyncio.Event()
         self._reloading: asyncio.Future[bool] | None = None

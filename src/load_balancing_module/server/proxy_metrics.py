@@ -1,0 +1,41 @@
+"""Prometheus families of the proxy itself (the module's are in :mod:`..metrics`), read at scrape time.
+
+- ``omnixan_lb_resource_exhaustion_total{where}``: accepts (``accept``) and connects to backends
+  (``connect``) that failed because this host was out of descriptors or memory (EMFILE, ENFILE,
+  ENOBUFS, ENOMEM); never counted against a backend.
+- ``omnixan_lb_upstream_stale_connections_total``: pooled connections found closed by their backend,
+  or idle for nearly its keep-alive timeout, when about to be reused (a new one was opened).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+if TYPE_CHECKING:
+    from .proxy import ProxyServer
+
+
+class ProxyCollector(Collector):
+    def __init__(self, proxy: ProxyServer) -> None:
+        self.proxy = proxy
+
+    def collect(self) -> Iterator[Metric]:
+        exhaustion = CounterMetricFamily("omnixan_lb_resource_exhaustion",
+                                         "Accepts and connects that failed for lack of descriptors or memory here.",
+                                         labels=["where"])  # fmt: skip
+        for where, count in self.proxy.exhausted.items():
+            exhaustion.add_metric([where], count)
+        yield exhaustion
+        yield CounterMetricFamily("omnixan_lb_upstream_stale_connections",
+                                  "Pooled connections to backends found closed or too old when about to be reused.",
+                                  value=self.proxy.pool.stale)  # fmt: skip
+
+
+def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:
+    collector = ProxyCollector(proxy)
+    registry.register(collector)
+    return collector
