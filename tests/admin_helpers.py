@@ -71,6 +71,8 @@ class Live:
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if body is None and method in ("POST", "PUT", "PATCH"):  # the admin API takes JSON only
+            kwargs["headers"] = {"Content-Type": "application/json"}
         async with self.session.request(method, self.admin + path, **kwargs) as response:
             return response.status, await response.json()
 

@@ -108,7 +108,8 @@ async def test_backends_added_and_removed_through_the_api_take_effect_at_once(en
 async def test_bad_input_names_the_field_and_changes_nothing(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")]) as live:
         before = await live.api("GET", "/distribution")
-        async with live.session.post(live.admin + "/backends", data=b"{not json") as response:
+        async with live.session.post(live.admin + "/backends", data=b"{not json",
+                                     headers={"Content-Type": "application/json"}) as response:  # fmt: skip
             assert response.status == 400
             assert (await response.json())["field"] == "body"
         cases: list[tuple[str, str, object, str]] = [

@@ -51,8 +51,11 @@ def check(path: str | None) -> int:
     if not path:
         print("omnixan-lb check: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
         return 2
+    from .server.admin import admin_token
+
     try:
         config = load_config(path)
+        admin_token(config.admin)  # the listener serve would refuse to open: an open admin API off loopback
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)

@@ -372,6 +372,26 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+# Answers every operation may get from the admin listener's guards (admin.py).
+GUARDS = {
+    "403": _error("an Origin other than the admin's own (a page of another site)"),
+    "421": _error("a Host that is not a name of this listener (DNS rebinding); see admin.allowed_hosts"),
+}
+WRONG_TYPE = {"415": _error("a body that is not Content-Type: application/json")}
+
+
+def _guarded(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each operation with the guards' answers added (path-level entries such as parameters kept)."""
+    return {path: {key: _with_guards(key, item) for key, item in entries.items()} for path, entries in paths.items()}
+
+
+def _with_guards(method: str, item: Any) -> Any:
+    if not isinstance(item, dict) or "responses" not in item:
+        return item
+    extra = {**GUARDS, **(WRONG_TYPE if method in ("post", "put", "patch") else {})}
+    return {**item, "responses": {**item["responses"], **extra}}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     return {
@@ -383,6 +403,6 @@ def openapi_document() -> dict[str, Any]:
             "(the value of the variable named by admin.token_env) to every operation but the public ones.",
         },
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": _guarded(PATHS),
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
