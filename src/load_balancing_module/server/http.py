@@ -190,6 +190,13 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
         raise HttpError(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
         raise HttpError(405, "CONNECT is not supported by this proxy")
+    authority = None
+    if target[:1] != b"/":
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise HttpError(400, "the request target * is for OPTIONS only")
+        else:
+            authority, target = _absolute_form(target)
     info = RequestInfo(method, target, version == "1.1", keep_alive)
     kept = info.headers
     hosts = 0
@@ -201,6 +208,9 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     for name, value in headers:
         what = _action(name, _REQUEST_SPELLINGS)
         if what == _KEEP:
+            if b"_" in name:  # X_Forwarded_For: a backend that folds _ into - would take it for its own
+                rewritten = True
+                continue
             kept.append((name, value))
             continue
         if what in _FORWARDED_AS_IS:
@@ -253,6 +263,12 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
                 info.cookie_session = _affinity_cookie(value)
         elif what == _EXPECT and value.lower() == b"100-continue":
             info.expect_continue = True
+    if authority is not None:  # RFC 9112 3.2.2: the target's authority replaces Host
+        info.host = authority
+        info.headers = [(n, v) for n, v in kept if n.lower() != b"host"]
+        info.headers.append((b"Host", authority))
+        hosts = 1
+        rewritten = True
     info.has_body = info.chunked or bool(info.content_length)
     if info.chunked:
         if info.content_length is not None:
@@ -307,9 +323,28 @@ def _valid_host(host: bytes) -> bool:
     return True
 
 
+# Connection may not make these hop-by-hop: the proxy needs them end to end (it writes the framing).
+_NOT_NAMEABLE = frozenset({b"close", b"keep-alive", b"upgrade", b"host", b"content-length", b"transfer-encoding"})
+
+
+def _absolute_form(target: bytes) -> tuple[bytes, bytes]:
+    """``http://authority/path?q`` -> (authority, ``/path?q``); 400 for anything else."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise HttpError(400, "the request target must start with / (or be an http:// or https:// URL)")
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    if not authority or b"@" in authority or not _HOST.fullmatch(authority):
+        raise HttpError(400, "invalid authority in the request target")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
+
+
 def _drop_named(info: RequestInfo, connection: list[bytes]) -> None:
-    """Remove the headers that ``Connection`` names (they are hop-by-hop too)."""
-    named = {t for t in connection if t not in (b"close", b"keep-alive", b"upgrade")}
+    """Remove the headers that ``Connection`` names (they are hop-by-hop too), but never Host or
+    the framing headers: a client must not be able to strip those on their way to the backend."""
+    named = {t for t in connection if t not in _NOT_NAMEABLE}
     if named:
         info.headers = [(n, v) for n, v in info.headers if n.lower() not in named]
 

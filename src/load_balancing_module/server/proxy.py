@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 # LINGER_SECONDS, and at most LINGER_MAX seconds (NGINX's lingering_timeout and lingering_time).
 LINGER_SECONDS: Final = 1.0
 LINGER_MAX: Final = 30.0
+CHUNK_LINE_LIMIT: Final = 4096  # bytes of chunk-size line (size, extensions, CRLFs) allowed per chunk
 MAX_PIPELINE: Final = 32  # requests queued on one connection; more are not read
 # What a client connection is doing, for its timeouts.
 _IDLE: Final = 0
@@ -105,6 +106,14 @@ def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None,
     _set(request, "__pydantic_extra__", None)
     _set(request, "__pydantic_private__", None)
     return request
+
+
+def _request_parser(protocol: object) -> HttpRequestParser:
+    """llhttp, strict, but for spaces between a chunk size and its ``;`` (RFC 9112 7.1.1 allows
+    them): the proxy re-encodes chunks, so no backend ever reads the client's own framing."""
+    parser = HttpRequestParser(protocol)
+    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    return parser
 
 
 class _Alarm:
@@ -320,7 +329,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.peer = "127.0.0.1"
-        self.parser = HttpRequestParser(self)
+        self.parser = _request_parser(self)
         self.cycles: deque[RequestCycle] = deque()  # cycles[0] is being answered
         self.closing = False  # no further request is read on this connection
         self.lost = False
@@ -345,6 +354,8 @@ class ClientConnection(asyncio.Protocol):
         self._raw_bytes = 0
         self._mid_chunk = False  # a message ended earlier in the chunk being parsed
         self._head_at_start = False  # the head being parsed began the chunk it started in
+        self._framing = 0  # bytes of chunked framing read for the body being received
+        self._chunks = 0  # its chunks so far
         self._now = 0.0  # the loop's time when the chunk being parsed arrived
         # timeouts
         self._state = _HEAD
@@ -433,6 +444,9 @@ class ClientConnection(asyncio.Protocol):
         if raw is not None:
             raw.append(data)
             self._raw_bytes += len(data)
+        receiving = self._receiving
+        if receiving is not None and receiving.info.chunked:
+            self._framing += len(data)  # on_body takes the data back out: what stays is framing
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -444,6 +458,16 @@ class ClientConnection(asyncio.Protocol):
         else:
             if self._raw is not None and self._raw_bytes > self.server.max_header_bytes:
                 self._parse_error(HttpError(431, "request head too large"))
+            elif self._receiving is not None and self._framing > self._framing_allowed():
+                self._parse_error(HttpError(400, f"chunk extensions longer than {CHUNK_LINE_LIMIT} bytes a chunk"))
+
+    def _framing_allowed(self) -> int:
+        """Chunked framing (size lines with their extensions, trailers) a body may have had so far:
+        llhttp reads extensions without a callback, so they are bounded by what they add up to."""
+        return CHUNK_LINE_LIMIT * (self._chunks + 1) + self.server.max_header_bytes
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_message_begin(self) -> None:
         if self._synthetic:
@@ -490,6 +514,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._in_head = False
         raw, self._raw = self._raw, None
+        if raw is not None:
+            self._check_head_size(raw)
         parser = self.parser
         upgrade = parser.should_upgrade()
         info = inspect_request(parser.get_method(), self._url, parser.get_http_version(), self._headers,
@@ -512,6 +538,7 @@ class ClientConnection(asyncio.Protocol):
         if info.has_body:
             self._arm(now + server.idle_timeout)
         self._receiving = cycle
+        self._framing = self._chunks = 0
         self.cycles.append(cycle)
         server.in_flight += 1
         if len(self.cycles) == 1:
@@ -519,7 +546,22 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pause(_BY_PIPELINE)
 
+    def _check_head_size(self, raw: list[bytes]) -> None:
+        """``max_header_bytes`` for the head as it came, whitespace llhttp drops included, however it
+        was split: the bytes from the head's start (or from the first whole read it spans, when it
+        began after another message in a read) to its blank line. Only a head whose reads hold more
+        than the limit is measured, so the common case costs one comparison."""
+        limit = self.server.max_header_bytes
+        pieces = raw if self._head_at_start else raw[1:]
+        if sum(len(piece) for piece in pieces) <= limit:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        end = data.find(b"\r\n\r\n")  # not found: the blank line began in the unmeasured first read
+        if end + 4 > limit:
+            raise HttpError(431, "request head too large")
+
     def on_body(self, body: bytes) -> None:
+        self._framing -= len(body)
         cycle = self._receiving
         if cycle is not None:
             self._body_at = self._now
@@ -573,7 +615,7 @@ class ClientConnection(asyncio.Protocol):
         if not cycle.body_done:
             # An upgrade the proxy ignores, with a body: llhttp stopped at the head. Read the body
             # (and what follows) with a fresh parser primed by a head with the same framing.
-            self.parser = HttpRequestParser(self)
+            self.parser = _request_parser(self)
             self._synthetic = True
             try:
                 self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n%s\r\n" % request_framing(cycle.info))
