@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import pytest
 import uvloop
@@ -34,7 +35,29 @@ def untouched(proxy: ProxyHarness, index: int = 0) -> None:
     assert backend.in_flight == 0
 
 
-class EarlyAnswer:
+B = TypeVar("B", bound="ScriptedBackend")
+
+
+class ScriptedBackend:
+    """A plain asyncio server on 127.0.0.1 whose ``_serve`` plays one scripted backend."""
+
+    port = 0
+    _server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: B) -> B:
+        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+class EarlyAnswer(ScriptedBackend):
     """A backend that reads a request head, answers at once and closes without reading the body
     (so the kernel resets the connection: the unread body is still in its buffer)."""
 
@@ -55,15 +78,6 @@ class EarlyAnswer:
             self.answered += 1
             await writer.drain()
         writer.close()
-
-    async def __aenter__(self) -> EarlyAnswer:
-        self._server = await asyncio.start_server(self._serve, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
 
 
 async def post_big(port: int, body_size: int, *, chunked: bool = False) -> tuple[int, bytes]:
@@ -286,7 +300,7 @@ async def test_half_open_with_its_trial_in_flight_answers_503_at_once() -> None:
         assert (await trial.read_response()).status == 200
 
 
-class ClosingOnReuse:
+class ClosingOnReuse(ScriptedBackend):
     """A backend whose keep-alive timeout runs out just as the proxy reuses the connection: it
     answers the first request on each connection and closes the connection, without a word, when
     the next one arrives (as a backend does that closed the idle socket that instant)."""
@@ -311,15 +325,6 @@ class ClosingOnReuse:
             await writer.drain()
             await reader.readuntil(b"\r\n\r\n")  # the next request: hang up on it
         writer.transport.abort()
-
-    async def __aenter__(self) -> ClosingOnReuse:
-        self._server = await asyncio.start_server(self._serve, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
