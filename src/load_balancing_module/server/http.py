@@ -191,7 +191,7 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     if method == b"CONNECT":
         raise HttpError(405, "CONNECT is not supported by this proxy")
     authority = None
-    if target[:1] != b"/":
+    if not target or target[0] != 0x2F:  # not "/": asterisk- or absolute-form
         if target == b"*":
             if method != b"OPTIONS":
                 raise HttpError(400, "the request target * is for OPTIONS only")

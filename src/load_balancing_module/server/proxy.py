@@ -514,7 +514,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._in_head = False
         raw, self._raw = self._raw, None
-        if raw is not None:
+        if raw is not None and self._raw_bytes > self.server.max_header_bytes:
             self._check_head_size(raw)
         parser = self.parser
         upgrade = parser.should_upgrade()
@@ -549,12 +549,10 @@ class ClientConnection(asyncio.Protocol):
     def _check_head_size(self, raw: list[bytes]) -> None:
         """``max_header_bytes`` for the head as it came, whitespace llhttp drops included, however it
         was split: the bytes from the head's start (or from the first whole read it spans, when it
-        began after another message in a read) to its blank line. Only a head whose reads hold more
-        than the limit is measured, so the common case costs one comparison."""
+        began after another message in a read) to its blank line. Called only when the reads it
+        spans hold more than the limit (``_raw_bytes``), so the common case costs one comparison."""
         limit = self.server.max_header_bytes
         pieces = raw if self._head_at_start else raw[1:]
-        if sum(len(piece) for piece in pieces) <= limit:
-            return
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         end = data.find(b"\r\n\r\n")  # not found: the blank line began in the unmeasured first read
         if end + 4 > limit:

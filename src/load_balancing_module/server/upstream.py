@@ -303,7 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
             raise UpstreamProtocolError(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
-        if len(name) == 10 and name.lower() == b"keep-alive":
+        if len(name) == 10 and name[0] | 0x20 == 0x6B and name.lower() == b"keep-alive":  # not Connection
             self.pool.learn_keep_alive(self.key, value)
         self._response.add(name, value)
 
