@@ -34,6 +34,8 @@ async def test_token_is_required_except_for_health_metrics_openapi_and_dashboard
                    ("POST", "/backends/x/drain"), ("GET", "/algorithm")]  # fmt: skip
         for method, path in guarded:
             for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
+                if method in ("POST", "PUT"):  # the Content-Type a change needs first (415 otherwise)
+                    headers = {**(headers or {}), "Content-Type": "application/json"}
                 status, got, body = await status_of(method, live.admin + path, headers)
                 assert status == 401, (method, path, headers)
                 assert got["WWW-Authenticate"].startswith("Bearer")
@@ -108,7 +110,8 @@ async def test_backends_added_and_removed_through_the_api_take_effect_at_once(en
 async def test_bad_input_names_the_field_and_changes_nothing(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")]) as live:
         before = await live.api("GET", "/distribution")
-        async with live.session.post(live.admin + "/backends", data=b"{not json") as response:
+        async with live.session.post(live.admin + "/backends", data=b"{not json",
+                                     headers={"Content-Type": "application/json"}) as response:  # fmt: skip
             assert response.status == 400
             assert (await response.json())["field"] == "body"
         cases: list[tuple[str, str, object, str]] = [

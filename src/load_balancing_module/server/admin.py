@@ -10,32 +10,39 @@ Routes (the JSON API's handlers are in :mod:`.admin_api`):
 - ``/backends``, ``/backends/{backend_id}``, ``/backends/{backend_id}/drain``,
   ``/distribution``, ``/algorithm``, ``/execute``: the runtime API.
 
-Everything but health, metrics, the OpenAPI document and the dashboard's
+Every request first passes :class:`~.admin_guard.RequestGuard` (Host 421,
+Origin 403, Content-Type 415: no web page may drive the API, see that module).
+Then everything but health, metrics, the OpenAPI document and the dashboard's
 files needs ``Authorization: Bearer <token>`` when a token is configured
-(compared in constant time); without a token the listener must be on a
-loopback address (:func:`admin_token`).
+(compared in constant time, as digests of the bytes sent); without a token
+the listener must be on a loopback address unless ``admin.allow_unauthenticated``
+(:func:`admin_token`, the rule ``omnixan-lb check`` applies too).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import ipaddress
+import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .._log import log_event
 from ..enums import HealthState
 from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
 from .admin_api import AdminApi, error_response
+from .admin_guard import RequestGuard
 from .config import AdminConfig, parse_address
 from .openapi import openapi_document
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+MAX_BODY_BYTES = 1024**2  # larger bodies get 413
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/"})
 DASHBOARD_FILES = {
     "index.html": "text/html",
@@ -44,25 +51,20 @@ DASHBOARD_FILES = {
 }
 
 
-def admin_token(config: AdminConfig) -> str | None:
-    """The admin token from the environment; refuse a non-loopback listener without one."""
-    token = os.environ.get(config.token_env) if config.token_env else None
-    host, _ = parse_address(config.listen)
-    if not token and not _is_loopback(host):
-        raise ConfigurationError(
-            f"admin.listen: {config.listen} is not a loopback address, and no admin token is set "
-            f"(set the environment variable named by admin.token_env, {config.token_env or 'unset'})"
-        )
-    return token or None
+def admin_token(config: AdminConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The admin token from the environment, after :meth:`AdminConfig.exposure_problem` (raised as a
+    :class:`ConfigurationError`): an admin listener off loopback needs one unless opted out."""
+    token = config.read_token(os.environ if environ is None else environ)
+    problem = config.exposure_problem(token)
+    if problem is not None:
+        raise ConfigurationError(problem)
+    return token
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def token_digest(token: str) -> bytes:
+    """A fixed-length digest of a token's bytes: header values may hold any byte (aiohttp hands
+    them over surrogate-escaped), and ``compare_digest`` wants equal lengths to stay constant-time."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def dashboard_file(name: str) -> bytes:
@@ -77,13 +79,19 @@ class AdminServer:
         self.registry = registry
         self.config = config
         self.token = admin_token(config)
+        if config.open_to_network(self.token):  # only admin.allow_unauthenticated lets it get here
+            log_event("admin_unauthenticated", logging.WARNING, listen=config.listen,
+                      reason="admin.allow_unauthenticated: whoever reaches it controls the balancer")  # fmt: skip
+        self._token_digest = None if self.token is None else token_digest(self.token)
+        self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
         self.api = AdminApi(lb, drain_timeout=drain_timeout)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._files = {name: dashboard_file(name) for name in DASHBOARD_FILES}
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors_as_json, self._authenticate], client_max_size=1024**2)
+        middlewares = [self._errors_as_json, self._guard, self._authenticate]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         router = app.router
         router.add_get("/healthz", self.healthz)
         router.add_get("/metrics", self.metrics)
@@ -115,12 +123,22 @@ class AdminServer:
         return request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/")
 
     @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Host, Origin and Content-Type (:mod:`.admin_guard`): before the token, on every route."""
+        routed = request.match_info.http_exception is None
+        refusal = self.guard.check(request.method, request.path, request.headers, routed=routed)
+        if refusal is not None:
+            return error_response(refusal.status, refusal.message, refusal.field)
+        return await handler(request)
+
+    @web.middleware
     async def _authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = self.token
-        if token is None or self._public(request):
+        expected = self._token_digest
+        if expected is None or self._public(request):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        offered = token_digest(given.strip())
+        if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
             what = "missing" if not given else "wrong"
             response = error_response(401, f"Authorization: a bearer token is required ({what} token)",
                                       "Authorization")  # fmt: skip

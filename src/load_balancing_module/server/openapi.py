@@ -12,6 +12,7 @@ from typing import Any
 from .. import __version__
 from ..enums import CircuitState, HealthState, LoadBalancingAlgorithmType
 from .admin_api import MAX_DRAIN_TIMEOUT
+from .admin_guard import MUTATING, OPEN_TO_ANY_ORIGIN
 
 JSON = "application/json"
 
@@ -372,17 +373,38 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
+MISDIRECTED = _error("the Host header is not a name of this listener (DNS rebinding): see admin.allowed_hosts")
+FOREIGN_ORIGIN = _error("the request comes from another site's page (its Origin is not the admin's own)")
+NOT_JSON_TYPE = _error("a change needs Content-Type: application/json, even with an empty body")
+
+
+def _guarded(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
+    """The operation with the answers of :mod:`.admin_guard`, which come before any handler."""
+    responses = {"421": MISDIRECTED, **operation["responses"]}
+    if (method.upper(), path) not in OPEN_TO_ANY_ORIGIN:
+        responses["403"] = FOREIGN_ORIGIN
+    if method.upper() in MUTATING:
+        responses["415"] = NOT_JSON_TYPE
+    return {**operation, "responses": dict(sorted(responses.items()))}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
+    paths = {
+        path: {key: _guarded(path, key, value) if key != "parameters" else value for key, value in item.items()}
+        for path, item in PATHS.items()
+    }
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "OMNIXAN LB admin API",
             "version": __version__,
             "description": "Runtime control of the load balancer. Send `Authorization: Bearer <token>` "
-            "(the value of the variable named by admin.token_env) to every operation but the public ones.",
+            "(the value of the variable named by admin.token_env) to every operation but the public ones. "
+            "Every request needs a Host that names this listener (421), no foreign Origin (403), and "
+            "POST and PUT need Content-Type: application/json (415): no web page can drive the API.",
         },
         "security": [{"bearer": []}],
-        "paths": PATHS,
+        "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
