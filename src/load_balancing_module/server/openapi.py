@@ -1,7 +1,12 @@
-"""The OpenAPI 3 document of the admin listener, served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 document of the admin listener, served at ``GET /openapi.json``.
 
-Written by hand next to the handlers (:mod:`.admin`, :mod:`.admin_api`); the
-test suite runs schemathesis against a live server to keep the two in step.
+Request bodies that a pydantic model validates (``BackendConfig``,
+``LoadBalancingAlgorithm``, ``DrainRequest``) get the model's own JSON Schema
+(``model_json_schema``; OpenAPI 3.1 schemas are JSON Schema 2020-12, as
+pydantic writes them), so their limits live in one place and the fuzzing uses
+the real ones. The rest (answers, ``/execute``'s open-ended body) is written by
+hand next to the handlers (:mod:`.admin`, :mod:`.admin_api`); the test suite
+runs schemathesis against a live server to keep the two in step.
 """
 
 from __future__ import annotations
@@ -9,9 +14,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from pydantic import BaseModel
+
 from .. import __version__
-from ..enums import CircuitState, HealthState, LoadBalancingAlgorithmType
-from .admin_api import MAX_DRAIN_TIMEOUT
+from ..config import BackendConfig, LoadBalancingAlgorithm
+from ..enums import CircuitState, HealthState
+from .admin_api import MAX_JSON_DEPTH, DrainRequest
 from .admin_guard import MUTATING, OPEN_TO_ANY_ORIGIN
 
 JSON = "application/json"
@@ -29,13 +37,23 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def model_schemas(*models: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """Each model's validation schema, and the schemas it refers to, as components."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
 NUMBER = {"type": "number"}
-MAYBE_NUMBER = {"type": "number", "nullable": True}  # null only where a value is not finite
+MAYBE_NUMBER = {"type": ["number", "null"]}  # null only where a value is not finite
 INTEGER = {"type": "integer"}
 STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 OBJECT = {"type": "object", "additionalProperties": True}
-ALGORITHMS = {"type": "string", "enum": [k.value for k in LoadBalancingAlgorithmType]}
+ALGORITHMS = _ref("LoadBalancingAlgorithmType")
 
 BACKEND_FIELDS: dict[str, dict[str, Any]] = {
     "backend_id": {**STRING, "description": "host:port, with ~2, ~3... for a second backend at one address"},
@@ -69,41 +87,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["error", "field"],
         "properties": {
             "error": {**STRING, "description": "what is wrong, starting with the field's name"},
-            "field": {**STRING, "nullable": True, "description": "the field (path) at fault, if any"},
+            "field": {"type": ["string", "null"], "description": "the field (path) at fault, if any"},
         },
     },
     "Backend": {"type": "object", "required": list(BACKEND_FIELDS), "properties": BACKEND_FIELDS},
-    "BackendConfig": {
-        "type": "object",
-        "required": ["host", "port"],
-        "additionalProperties": False,
-        "properties": {
-            "host": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^[^\s/]+$"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "weight": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1_000_000, "default": 1},
-            "max_connections": {"type": "integer", "minimum": 1, "default": 1000},
-            "quantum_capable": {"type": "boolean", "default": False},
-            "priority": {"type": "integer", "default": 0, "description": "higher tiers are used first"},
-            "metadata": OBJECT,
-            "slow_start_seconds": {"type": "number", "minimum": 0, "default": 0},
-        },
-    },
     "Removed": {
         "type": "object",
         "required": ["backend_id", "removed", "in_flight"],
         "properties": {"backend_id": STRING, "removed": BOOLEAN, "in_flight": INTEGER},
-    },
-    "DrainRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "timeout": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": MAX_DRAIN_TIMEOUT,
-                "description": "seconds to wait for requests in flight (default: drain_timeout)",
-            },
-        },
     },
     "DrainResult": {
         "type": "object",
@@ -147,15 +138,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "backends": {"type": "object", "additionalProperties": _ref("Backend"), "description": "by backend id"},
         },
     },
-    "AlgorithmChoice": {
-        "type": "object",
-        "required": ["algorithm_type"],
-        "additionalProperties": False,
-        "properties": {
-            "algorithm_type": ALGORITHMS,
-            "config": {**OBJECT, "description": "the algorithm's settings (see the README)"},
-        },
-    },
     "Algorithm": {
         "type": "object",
         "required": ["algorithm", "config", "available"],
@@ -189,7 +171,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "result": {"description": "the operation's result (success)"},
             "error": STRING,
             "error_type": STRING,
-            "field": {**STRING, "nullable": True},
+            "field": {"type": ["string", "null"]},
         },
     },
     "Health": {
@@ -203,6 +185,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+SCHEMAS.update(model_schemas(BackendConfig, LoadBalancingAlgorithm, DrainRequest))
+# The model defaults algorithm_type; PUT /algorithm asks for it, so that {} is no silent switch.
+SCHEMAS["LoadBalancingAlgorithm"]["required"] = ["algorithm_type"]
+
 BACKEND_ID = {
     "name": "backend_id",
     "in": "path",
@@ -212,7 +198,10 @@ BACKEND_ID = {
 }
 UNAUTHORIZED = _error("missing or wrong bearer token")
 NOT_FOUND = _error("no backend with this id")
-NOT_JSON = _error("the body is not JSON")
+NOT_JSON = _error(
+    "the body is not JSON the API keeps: not UTF-8, not JSON, a key repeated, nested deeper than "
+    f"{MAX_JSON_DEPTH} levels, a number not finite or an integer over 64 bits, a lone surrogate"
+)
 INVALID = _error("the JSON is wrong: the message and `field` name the field")
 PUBLIC: list[dict[str, list[str]]] = []  # no security requirement
 
@@ -291,7 +280,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "put": {
             "operationId": "setAlgorithm",
             "summary": "Switch algorithm at once",
-            "requestBody": _body(_ref("AlgorithmChoice")),
+            "requestBody": _body(_ref("LoadBalancingAlgorithm")),
             "responses": {
                 "200": _json(_ref("Algorithm"), "switched"),
                 "400": NOT_JSON,
@@ -395,7 +384,7 @@ def openapi_document() -> dict[str, Any]:
         for path, item in PATHS.items()
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "OMNIXAN LB admin API",
             "version": __version__,
