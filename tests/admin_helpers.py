@@ -33,6 +33,10 @@ from load_balancing_module.server.config import load_config
 from servers import AioServer
 
 HOST = "127.0.0.1"
+# Debian's Chromium, driven by Playwright (whose launch gives each browser a fresh temporary profile).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 TOKEN = "test-admin-token-5b0d"
 TOKEN_ENV = "OMNIXAN_LB_TEST_ADMIN_TOKEN"
 
