@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from admin_helpers import TOKEN, Live, RawResponse, SlowBackend, live_server, raw_request
-from load_balancing_module.server.admin_api import MAX_JSON_DEPTH
+from load_balancing_module.server.admin import MAX_BODY_BYTES
+from load_balancing_module.server.admin_api import MAX_JSON_DEPTH, THREAD_PARSE_BYTES
 
 AUTH = ("Authorization", f"Bearer {TOKEN}")
 JSON = ("Content-Type", "application/json")
@@ -35,7 +36,7 @@ def nested(depth: int) -> Any:
     return value
 
 
-BIG_STRING = b'{"host": "' + b"a" * MIB + b'", "port": 80}'
+BIG_STRING = b'{"host": "' + b"a" * MAX_BODY_BYTES + b'", "port": 80}'
 # fmt: off
 HOSTILE: dict[str, tuple[bytes, int]] = {  # body, and the status it must get everywhere
     "100,000 [": (b"[" * 100_000, 400),
@@ -46,7 +47,10 @@ HOSTILE: dict[str, tuple[bytes, int]] = {  # body, and the status it must get ev
     "metadata 300 levels": (json.dumps({"host": "127.0.0.1", "port": 9, "metadata": nested(300)}).encode(), 400),
     "execute, metadata 300 levels": (json.dumps({"operation": "add_backend", "backend": {
         "host": "127.0.0.1", "port": 9, "metadata": nested(300)}}).encode(), 400),
-    "over 1 MiB": (BIG_STRING, 413),
+    "over the limit": (BIG_STRING, 413),
+    "at the limit, parsed in a thread": (b"[" + b"0," * ((MAX_BODY_BYTES - 3) // 2) + b"0]", 422),
+    "over 64 KiB, parsed in a thread, too deep": (
+        b'{"a": ' + b" " * THREAD_PARSE_BYTES + json.dumps(nested(MAX_JSON_DEPTH + 1)).encode() + b"}", 400),
     "4 MiB": (b"[" + b"0," * (2 * MIB) + b"0]", 413),
     "not UTF-8": (b'{"host": "\xff\xfe", "port": 80}', 400),
     "UTF-16": ('{"host": "h", "port": 80}'.encode("utf-16"), 400),

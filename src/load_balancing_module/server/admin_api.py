@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import wraps
 from typing import Any
 from urllib.parse import quote
@@ -152,33 +152,57 @@ def _render(path: JsonPath) -> str:
     return rendered if len(rendered) <= 200 else rendered[:200] + "..."
 
 
+SURROGATE = "a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)"
+
+
 def json_problem(value: Any) -> str | None:
     """What makes a parsed JSON value unfit to keep, naming where it is; ``None`` if nothing does.
 
-    Iterative (no recursion, whatever the depth); stops at the first problem."""
-    stack: list[tuple[Any, int, JsonPath]] = [(value, 0, ())]
+    Iterative (no recursion, whatever the depth); stops at the first problem. Only non-empty
+    containers go on the stack, so a 1 MiB array of scalars is one pass over it."""
+    if type(value) is not dict and type(value) is not list:
+        problem = _scalar_problem(value)
+        return None if problem is None else f"body: {problem}"
+    stack: list[tuple[Any, int, JsonPath]] = [(value, 1, ())]  # a container, its level, its path
     while stack:
-        item, depth, path = stack.pop()
-        kind = type(item)
-        if kind is str:
-            if not item.isascii() and not _is_text(item):
-                return f"{_render(path)}: a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)"
-        elif kind is int:
-            if not -MAX_JSON_INTEGER - 1 <= item <= MAX_JSON_INTEGER:
-                return f"{_render(path)}: integer out of range (more than 64 bits)"
-        elif kind is float:
-            if not math.isfinite(item):
-                return f"{_render(path)}: number out of range (not a finite double)"
-        elif kind is dict or kind is list:
-            if depth >= MAX_JSON_DEPTH:
-                return f"{_render(path)}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
-            if kind is dict:
-                for key, member in item.items():
-                    if not key.isascii() and not _is_text(key):
-                        return f"{_render(path)}: a key holds a lone UTF-16 surrogate (\\uD800-\\uDFFF escape)"
-                    stack.append((member, depth + 1, (path, key)))
-            else:
-                stack.extend((member, depth + 1, (path, i)) for i, member in enumerate(item))
+        item, level, path = stack.pop()
+        if type(item) is dict:
+            for key in item:
+                if not key.isascii() and not _is_text(key):
+                    return f"{_render(path)}: a key holds {SURROGATE}"
+            members: Iterable[tuple[Any, Any]] = item.items()
+        else:
+            members = enumerate(item)
+        for key, member in members:
+            kind = type(member)
+            if kind is dict or kind is list:
+                if level >= MAX_JSON_DEPTH:
+                    return f"{_render((path, key))}: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                if member:
+                    stack.append((member, level + 1, (path, key)))
+            elif kind is str:
+                if not member.isascii() and not _is_text(member):
+                    return f"{_render((path, key))}: a string holds {SURROGATE}"
+            elif kind is int:
+                if not -MAX_JSON_INTEGER - 1 <= member <= MAX_JSON_INTEGER:
+                    return f"{_render((path, key))}: {INTEGER_RANGE}"
+            elif kind is float and not math.isfinite(member):
+                return f"{_render((path, key))}: {FINITE}"
+    return None
+
+
+INTEGER_RANGE = "integer out of range (more than 64 bits)"
+FINITE = "number out of range (not a finite double)"
+
+
+def _scalar_problem(value: Any) -> str | None:
+    kind = type(value)
+    if kind is str and not value.isascii() and not _is_text(value):
+        return f"a string holds {SURROGATE}"
+    if kind is int and not -MAX_JSON_INTEGER - 1 <= value <= MAX_JSON_INTEGER:
+        return INTEGER_RANGE
+    if kind is float and not math.isfinite(value):
+        return FINITE
     return None
 
 
