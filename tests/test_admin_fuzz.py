@@ -172,8 +172,15 @@ BACKEND = st.fixed_dictionaries(
               "max_connections": st.integers(min_value=-1, max_value=2**64), "metadata": VALUES | DEEP,
               "quantum_capable": st.booleans(), "slow_start_seconds": st.floats(min_value=0, max_value=10)},
 )  # fmt: skip
+VALID_BACKEND = st.fixed_dictionaries(  # added, unless its metadata is too deep
+    {"host": st.sampled_from(["127.0.0.1", "10.0.0.7", "backend-1.example", "::1"]),
+     "port": st.integers(min_value=1, max_value=65_535)},
+    optional={"weight": st.floats(min_value=0.001, max_value=1e6), "priority": st.integers(-10, 10),
+              "metadata": st.dictionaries(st.text(max_size=6), VALUES, max_size=3) | DEEP,
+              "quantum_capable": st.booleans()},
+)  # fmt: skip
 NEAR_VALID = {  # bodies each kind of endpoint takes, give or take a field
-    "/backends": BACKEND,
+    "/backends": VALID_BACKEND | BACKEND,
     "/drain": st.fixed_dictionaries({}, optional={"timeout": st.floats(min_value=-1, max_value=0.01) | VALUES}),
     "/algorithm": st.fixed_dictionaries(
         {"algorithm_type": st.sampled_from(["round_robin", "ip_hash", "least_connections", "weighted", "fast"])},
