@@ -63,6 +63,7 @@ def test_a_missing_or_repeated_host_is_misdirected() -> None:
 @pytest.mark.parametrize("origin", [
     "http://evil.example", "null", "http://127.0.0.1:9091", "http://127.0.0.1", "https://evil.example",
     "http://127.0.0.1:9090/", "http://127.0.0.1:9090.evil.example", "ftp://127.0.0.1:9090", "",
+    "https://127.0.0.1:9090",
 ])  # fmt: skip
 def test_a_foreign_origin_is_refused_everywhere_but_the_dashboard_page(origin: str) -> None:
     host = ("Host", "127.0.0.1:9090")
@@ -75,7 +76,7 @@ def test_a_foreign_origin_is_refused_everywhere_but_the_dashboard_page(origin: s
 
 
 def test_the_admins_own_origin_passes() -> None:
-    for origin in ("http://127.0.0.1:9090", "HTTP://127.0.0.1:9090", "https://127.0.0.1:9090"):
+    for origin in ("http://127.0.0.1:9090", "HTTP://127.0.0.1:9090"):
         assert status("GET", "/backends", ("Host", "127.0.0.1:9090"), ("Origin", origin)) is None
     assert status("GET", "/backends", ("Host", "admin.example.com"), ("Origin", "http://admin.example.com")) is None
     assert status("GET", "/backends", ("Host", "127.0.0.1:9090"), ("Origin", "http://127.0.0.1:9090"),

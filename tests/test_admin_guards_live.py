@@ -80,7 +80,8 @@ async def test_only_the_listeners_own_names_are_served_on_every_route(env: Fixtu
 async def test_a_foreign_origin_is_refused_but_for_the_dashboard_page(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")], token=False) as live:
         before = await backend_ids(live)
-        for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "https://evil.example"):
+        own_by_tls = f"https://127.0.0.1:{live.server.admin.port}"  # the listener has no TLS: not its origin
+        for origin in ("http://evil.example", "null", "http://127.0.0.1:1", "https://evil.example", own_by_tls):
             for method, path in routes(live):
                 if (method, path) == ("GET", "/"):
                     continue

@@ -13,9 +13,10 @@ for every route, before authentication:
   (``*.example.com`` covers the names under example.com). A rebound page sends
   its own DNS name; it cannot make the browser send an IP literal or a name
   that resolves to this host without the attacker controlling it.
-- ``Origin``, when sent, must be the admin's own (``http://`` or ``https://``
-  and the request's ``Host``), else 403; only ``GET /`` (the dashboard page,
-  static) is left open to any origin. ``Origin: null`` is foreign.
+- ``Origin``, when sent, must be the admin's own (``http://`` and the
+  request's ``Host``: the listener speaks plain HTTP), else 403; only ``GET /``
+  (the dashboard page, static) is left open to any origin. ``Origin: null`` is
+  foreign.
 - POST, PUT and PATCH need ``Content-Type: application/json`` (parameters
   allowed), even with an empty body, else 415: a cross-site form or ``no-cors``
   fetch can only send text/plain, urlencoded or multipart without a CORS
@@ -125,10 +126,8 @@ class RequestGuard:
 
 
 def same_origin(origin: str, host: str) -> bool:
-    """``origin`` is ``http://`` (or ``https://``, behind a TLS-terminating proxy) and ``host``."""
-    origin = origin.lower()
-    host = host.lower()
-    return origin in (f"http://{host}", f"https://{host}")
+    """``origin`` is ``http://`` and ``host``, case aside."""
+    return origin.lower() == f"http://{host.lower()}"
 
 
 def media_type(content_type: str) -> str:
