@@ -7,12 +7,16 @@
   ports and yields a :class:`Live` with the URLs and an authenticated admin client.
 - :class:`Traffic`: clients that send GET requests through the proxy until stopped,
   counting every answer (bounded in count and time).
+- :func:`raw_request`: one request written byte for byte on a fresh socket (any header bytes,
+  any Host or none), and its :class:`RawResponse`; blocking, for a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +33,10 @@ from load_balancing_module.server.config import load_config
 from servers import AioServer
 
 HOST = "127.0.0.1"
+# Debian's Chromium, driven by Playwright (whose launch gives each browser a fresh temporary profile).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 TOKEN = "test-admin-token-5b0d"
 TOKEN_ENV = "OMNIXAN_LB_TEST_ADMIN_TOKEN"
 
@@ -70,16 +78,18 @@ class Live:
         return f"{HOST}:{backend.port}"
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A call as the dashboard makes it: a change is always sent as application/json."""
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
-        if body is None and method in ("POST", "PUT", "PATCH"):  # the admin API takes JSON only
+        if method in ("POST", "PUT", "PATCH"):
             kwargs["headers"] = {"Content-Type": "application/json"}
         async with self.session.request(method, self.admin + path, **kwargs) as response:
             return response.status, await response.json()
 
 
-def write_config(path: Path, backends: Sequence[SlowBackend], extra: Sequence[str] = ()) -> Path:
-    lines = ['listen: "127.0.0.1:0"', f'admin: {{listen: "127.0.0.1:0", token_env: {TOKEN_ENV}}}',
-             "health_check: {enabled: false}", "access_log: false", "backends:"]  # fmt: skip
+def write_config(path: Path, backends: Sequence[SlowBackend], extra: Sequence[str] = (),
+                 admin: str = f'{{listen: "127.0.0.1:0", token_env: {TOKEN_ENV}}}') -> Path:  # fmt: skip
+    lines = ['listen: "127.0.0.1:0"', f"admin: {admin}", "health_check: {enabled: false}", "access_log: false",
+             "backends:"]  # fmt: skip
     lines += [f"  - {{host: {HOST}, port: {b.port}}}" for b in backends]
     lines += list(extra)
     path.write_text("\n".join(lines) + "\n")
@@ -88,18 +98,25 @@ def write_config(path: Path, backends: Sequence[SlowBackend], extra: Sequence[st
 
 @contextlib.asynccontextmanager
 async def live_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: Sequence[SlowBackend],
-                      extra: Sequence[str] = ()) -> AsyncIterator[Live]:  # fmt: skip
-    """Start the backends and a whole server in front of them; stop everything afterwards."""
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+                      extra: Sequence[str] = (), *, token: bool = True,
+                      admin: str | None = None) -> AsyncIterator[Live]:  # fmt: skip
+    """Start the backends and a whole server in front of them; stop everything afterwards.
+
+    ``token=False``: the admin listener has no token (allowed on loopback), as in the default setup;
+    ``admin``: the config's ``admin`` mapping in YAML flow style, instead of the usual one."""
+    if token:
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    else:
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
     started: list[SlowBackend] = []
     server: Server | None = None
     try:
         for backend in backends:
             started.append(await backend.start())
-        path = write_config(tmp_path / "lb.yaml", started, extra)
+        path = write_config(tmp_path / "lb.yaml", started, extra, *([admin] if admin else []))
         server = Server(path, load_config(path))
         await server.start()
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
         async with aiohttp.ClientSession(headers=headers) as session:
             yield Live(server, started, session)
     finally:
@@ -172,3 +189,54 @@ class Traffic:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # names lowercased
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def cors_headers(self) -> list[str]:
+        return [name for name in self.headers if name.startswith("access-control-")]
+
+
+Header = tuple[str, str | bytes]
+
+
+def raw_request(port: int, method: str, path: str, headers: Sequence[Header] = (), body: bytes = b"", *,
+                host: str | None = "127.0.0.1:{port}", version: str = "1.1",
+                timeout: float = 10.0) -> RawResponse:  # fmt: skip
+    """Send one HTTP request as written (``host``: the Host header, ``{port}`` replaced; None: no
+    Host header; a body gets its Content-Length) on a new connection, and read the answer until the
+    server closes it."""
+    lines = [f"{method} {path} HTTP/{version}".encode()]
+    if host is not None:
+        lines.append(b"Host: " + host.replace("{port}", str(port)).encode("utf-8", "surrogateescape"))
+    lines += [
+        name.encode() + b": " + (value if isinstance(value, bytes) else value.encode()) for name, value in headers
+    ]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}".encode())
+    lines.append(b"Connection: close")
+    data = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused early (413): read the answer
+            sock.sendall(data)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith(("HTTP/1.1 ", "HTTP/1.0 ")), received[:200]
+    got: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        got[name.strip().lower()] = value.strip()
+    length = int(got.get("content-length", len(rest)))
+    return RawResponse(int(status_line.split()[1]), got, rest[:length])

@@ -34,6 +34,8 @@ async def test_token_is_required_except_for_health_metrics_openapi_and_dashboard
                    ("POST", "/backends/x/drain"), ("GET", "/algorithm")]  # fmt: skip
         for method, path in guarded:
             for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
+                if method in ("POST", "PUT"):  # the Content-Type a change needs first (415 otherwise)
+                    headers = {**(headers or {}), "Content-Type": "application/json"}
                 status, got, body = await status_of(method, live.admin + path, headers)
                 assert status == 401, (method, path, headers)
                 assert got["WWW-Authenticate"].startswith("Bearer")

@@ -1,34 +1,54 @@
-"""/openapi.json matches the server: schemathesis runs against two live servers (no 5xx, conforming answers)."""
+"""/openapi.json matches the server: schemathesis runs every operation against live servers (no 5xx,
+conforming answers), and the request bodies' schemas are the pydantic models' own."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from admin_helpers import TOKEN, Live, SlowBackend, live_server
+from load_balancing_module.config import BackendConfig, LoadBalancingAlgorithm
+from load_balancing_module.server.admin_api import DrainRequest
+from load_balancing_module.server.openapi import openapi_document
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-# Every check but positive_data_acceptance: /execute's body is open-ended (each operation
-# has its own parameters), so a body that fits the schema may still be refused with 422.
+# Every check (not_a_server_error among them) but positive_data_acceptance: /execute's body is open-ended
+# (each operation has its own parameters), so a body that fits the schema may still be refused with 422.
 CHECKS = ["--checks", "all", "--exclude-checks", "positive_data_acceptance"]
+METHODS = ("get", "put", "post", "delete", "patch")
+# schemathesis never tests the operation that serves the document it reads; test_openapi_document_is_served
+# covers that one.
+SCHEMA_ITSELF = "GET /openapi.json"
 
 
-async def schemathesis(live: Live, cwd: Path, *selection: str) -> tuple[int, str]:
+def operations() -> set[str]:
+    return {f"{method.upper()} {path}" for path, item in openapi_document()["paths"].items()
+            for method in item if method in METHODS}  # fmt: skip
+
+
+async def schemathesis(live: Live, cwd: Path, *selection: str) -> tuple[int, str, dict[str, bool]]:
+    """Run it; its exit code, its output, and each operation tested (and "Stateful tests") with whether
+    it passed."""
+    junit = cwd / "junit.xml"
     proc = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS), "run", f"{live.admin}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}", *CHECKS,
         "--max-examples", "8", "--seed", "5", "--workers", "1", "--generation-database", "none", "--no-color",
-        "--request-timeout", "5", *selection,
+        "--request-timeout", "5", "--report", "junit", "--report-junit-path", str(junit), *selection,
         cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await proc.communicate()
-    return await proc.wait(), out.decode(errors="replace")
+    tested = {case.attrib["name"]: not any(child.tag in ("failure", "error") for child in case)
+              for case in ET.parse(junit).getroot().iter("testcase")}  # fmt: skip
+    return await proc.wait(), out.decode(errors="replace"), tested
 
 
-async def test_schemathesis_finds_no_server_error_or_mismatch(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+async def test_schemathesis_tests_every_operation_and_finds_no_server_error_or_mismatch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert SCHEMATHESIS.exists(), "schemathesis is a test dependency: pip install -e '.[dev]'"
     extra = ["drain_timeout: 0.5"]
     (tmp_path / "one").mkdir()
@@ -39,13 +59,59 @@ async def test_schemathesis_finds_no_server_error_or_mismatch(tmp_path: Path,
         live_server(tmp_path / "one", monkeypatch, [SlowBackend("a"), SlowBackend("b")], extra) as one,
         live_server(tmp_path / "two", monkeypatch, [SlowBackend("c")], extra) as two,
     ):
-        code1, out1 = await schemathesis(one, tmp_path / "one", "--exclude-operation-id", "drainBackend",
-                                         "--phases", "examples,coverage,fuzzing,stateful")  # fmt: skip
-        code2, out2 = await schemathesis(two, tmp_path / "two", "--phases", "fuzzing,stateful",
-                                         "--include-operation-id", "drainBackend",
-                                         "--include-operation-id", "addBackend",
-                                         "--include-operation-id", "listBackends")  # fmt: skip
+        code1, out1, tested1 = await schemathesis(one, tmp_path / "one", "--exclude-operation-id", "drainBackend",
+                                                  "--phases", "examples,coverage,fuzzing,stateful")  # fmt: skip
+        code2, out2, tested2 = await schemathesis(two, tmp_path / "two", "--phases", "fuzzing,stateful",
+                                                  "--include-operation-id", "drainBackend",
+                                                  "--include-operation-id", "addBackend",
+                                                  "--include-operation-id", "listBackends")  # fmt: skip
     assert code1 == 0, out1
     assert code2 == 0, out2
-    for out, operations in ((out1, 12), (out2, 3)):
-        assert f"Tested: {operations}" in out and " passed" in out, out
+    assert "Specification:    Open API 3.1.0" in out1, out1  # and it loaded and validated the document
+    assert tested1.pop("Stateful tests") and tested2.pop("Stateful tests"), (out1, out2)
+    assert set(tested1) | set(tested2) == operations() - {SCHEMA_ITSELF}, (out1, out2)
+    assert all(tested1.values()) and all(tested2.values()), (tested1, tested2)
+
+
+def test_request_bodies_are_the_models_own_schemas() -> None:
+    """The limits the server checks are the ones the document (and so the fuzzing) uses."""
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    ref = "#/components/schemas/{model}"
+    assert schemas["BackendConfig"] == BackendConfig.model_json_schema(ref_template=ref)
+    assert schemas["DrainRequest"] == DrainRequest.model_json_schema(ref_template=ref)
+    algorithm = LoadBalancingAlgorithm.model_json_schema(ref_template=ref)
+    assert schemas["LoadBalancingAlgorithmType"] == algorithm.pop("$defs")["LoadBalancingAlgorithmType"]
+    assert schemas["LoadBalancingAlgorithm"] == {**algorithm, "required": ["algorithm_type"]}
+    bodies = {
+        f"{method.upper()} {path}": operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in METHODS and "requestBody" in operation
+    }
+    assert bodies == {
+        "POST /backends": "#/components/schemas/BackendConfig",
+        "PUT /algorithm": "#/components/schemas/LoadBalancingAlgorithm",
+        "POST /backends/{backend_id}/drain": "#/components/schemas/DrainRequest",
+        "POST /execute": "#/components/schemas/ExecuteRequest",
+    }
+    assert {ref.rpartition("/")[2] for ref in refs(document)} <= set(schemas)  # every reference resolves
+
+
+def refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [r for key, value in node.items() for r in ([value] if key == "$ref" else refs(value))]
+    if isinstance(node, list):
+        return [r for value in node for r in refs(value)]
+    return []
+
+
+def test_every_operation_lists_the_guards_answers() -> None:
+    for path, item in openapi_document()["paths"].items():
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            responses = operation["responses"]
+            assert "421" in responses, (method, path)
+            assert ("403" in responses) == ((method, path) != ("get", "/")), (method, path)
+            assert ("415" in responses) == (method in ("post", "put", "patch")), (method, path)

@@ -12,11 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from admin_helpers import TOKEN, SlowBackend, Traffic, live_server, until
+from admin_helpers import CHROMIUM, CHROMIUM_ARGS, TOKEN, SlowBackend, Traffic, live_server, until
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
 # The README's picture: rewritten only when asked (OMNIXAN_SCREENSHOT=1), so a test run leaves the tree clean.
 README_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "img" / "dashboard.png"
 

@@ -51,15 +51,22 @@ def check(path: str | None) -> int:
     if not path:
         print("omnixan-lb check: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
         return 2
-    from .server.admin import admin_token
-
     try:
         config = load_config(path)
-        admin_token(config.admin)  # the listener serve would refuse to open: an open admin API off loopback
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)
         return 2
+    # The rule `serve` applies at start (admin_token), with the token this environment would give it.
+    token = config.admin.read_token(os.environ)
+    problem = config.admin.exposure_problem(token)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    if config.admin.open_to_network(token):
+        print(f"warning: admin.listen: {config.admin.listen} serves the admin API to other hosts without a "
+              "token (admin.allow_unauthenticated: true): whoever reaches it controls the balancer",
+              file=sys.stderr)  # fmt: skip
     print(f"{path}: ok ({len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value})")
     return 0
 

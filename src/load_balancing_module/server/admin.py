@@ -10,32 +10,22 @@ Routes (the JSON API's handlers are in :mod:`.admin_api`):
 - ``/backends``, ``/backends/{backend_id}``, ``/backends/{backend_id}/drain``,
   ``/distribution``, ``/algorithm``, ``/execute``: the runtime API.
 
-Everything but health, metrics, the OpenAPI document and the dashboard's
+Every request first passes :class:`~.admin_guard.RequestGuard` (Host 421,
+Origin 403, Content-Type 415: no web page may drive the API, see that module).
+Then everything but health, metrics, the OpenAPI document and the dashboard's
 files needs ``Authorization: Bearer <token>`` when a token is configured
-(compared in constant time); without a token the listener must be on a
-loopback address (:func:`admin_token`), unless ``admin.allow_unauthenticated``.
-
-No web page may reach the API, whatever the browser it runs in can connect to
-(the admin listener is often on the operator's own machine):
-
-- the ``Host`` must be one of the listener's own names (an IP literal,
-  ``localhost``, the host of ``admin.listen``, or one of ``admin.allowed_hosts``),
-  else 421: a page whose DNS name was rebound to 127.0.0.1 sends its own name;
-- a request with an ``Origin`` other than the admin's own is refused (403), but
-  for the dashboard page itself;
-- POST, PUT and PATCH need ``Content-Type: application/json`` (415), which no
-  cross-site form or ``no-cors`` fetch can send without a CORS preflight, and no
-  preflight is ever answered with CORS headers.
+(compared in constant time, as digests of the bytes sent); without a token
+the listener must be on a loopback address unless ``admin.allow_unauthenticated``
+(:func:`admin_token`, the rule ``omnixan-lb check`` applies too).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 
 from aiohttp import web
@@ -46,11 +36,15 @@ from ..enums import HealthState
 from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
 from .admin_api import AdminApi, error_response
+from .admin_guard import RequestGuard
 from .config import AdminConfig, parse_address
 from .openapi import openapi_document
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# Larger bodies get 413. Four times the largest real one (a backend whose metadata is 64 KiB of JSON),
+# and small enough that the worst body of this size holds the event loop ~20 ms while parsed.
+MAX_BODY_BYTES = 256 * 1024
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/"})
 DASHBOARD_FILES = {
     "index.html": "text/html",
@@ -59,60 +53,20 @@ DASHBOARD_FILES = {
 }
 
 
-MUTATING = frozenset({"POST", "PUT", "PATCH"})
+def admin_token(config: AdminConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The admin token from the environment, after :meth:`AdminConfig.exposure_problem` (raised as a
+    :class:`ConfigurationError`): an admin listener off loopback needs one unless opted out."""
+    token = config.read_token(os.environ if environ is None else environ)
+    problem = config.exposure_problem(token)
+    if problem is not None:
+        raise ConfigurationError(problem)
+    return token
 
 
-def admin_token(config: AdminConfig) -> str | None:
-    """The admin token from the environment; refuse a non-loopback listener without one unless
-    ``admin.allow_unauthenticated`` says so (``omnixan-lb check`` and ``serve`` both ask this)."""
-    token = os.environ.get(config.token_env) if config.token_env else None
-    host, _ = parse_address(config.listen)
-    if not token and not _is_loopback(host) and not config.allow_unauthenticated:
-        raise ConfigurationError(
-            f"admin.listen: {config.listen} is not a loopback address, and no admin token is set "
-            f"(set the environment variable named by admin.token_env, {config.token_env or 'unset'}, "
-            "or, to run the admin API open on purpose, admin.allow_unauthenticated: true)"
-        )
-    return token or None
-
-
-def host_name(host: str) -> str:
-    """The name part of a ``Host`` value, lowercased: without the port, IPv6 brackets kept off."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, sep, port = host.rpartition(":")
-    return name if sep and port.isdigit() else host
-
-
-def allowed_host(host: str, listen_host: str, allowed: list[str]) -> bool:
-    """Whether ``host`` (a Host header) names this listener; see the module docstring."""
-    name = host_name(host)
-    if name in ("localhost", listen_host.lower()) or not name:
-        return True
-    try:
-        ipaddress.ip_address(name)
-        return True  # a rebinding page cannot make the browser send an IP literal as its Host
-    except ValueError:
-        pass
-    for pattern in allowed:
-        pattern = pattern.lower()
-        if name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])):
-            return True
-    return False
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _digest(token: bytes) -> bytes:
-    return hashlib.sha256(token).digest()
+def token_digest(token: str) -> bytes:
+    """A fixed-length digest of a token's bytes: header values may hold any byte (aiohttp hands
+    them over surrogate-escaped), and ``compare_digest`` wants equal lengths to stay constant-time."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def dashboard_file(name: str) -> bytes:
@@ -127,23 +81,19 @@ class AdminServer:
         self.registry = registry
         self.config = config
         self.token = admin_token(config)
-        self._token_digest = None if self.token is None else _digest(self.token.encode())
-        self._listen_host = parse_address(config.listen)[0]
-        if self.token is None and not _is_loopback(self._listen_host):
-            log_event(
-                "admin_unauthenticated",
-                logging.WARNING,
-                listen=config.listen,
-                reason="allow_unauthenticated and no token: whoever reaches it controls the balancer",
-            )
+        if config.open_to_network(self.token):  # only admin.allow_unauthenticated lets it get here
+            log_event("admin_unauthenticated", logging.WARNING, listen=config.listen,
+                      reason="admin.allow_unauthenticated: whoever reaches it controls the balancer")  # fmt: skip
+        self._token_digest = None if self.token is None else token_digest(self.token)
+        self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
         self.api = AdminApi(lb, drain_timeout=drain_timeout)
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._files = {name: dashboard_file(name) for name in DASHBOARD_FILES}
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors_as_json, self._same_site, self._authenticate, self._json_only],
-                              client_max_size=1024**2)  # fmt: skip
+        middlewares = [self._errors_as_json, self._guard, self._authenticate]
+        app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         router = app.router
         router.add_get("/healthz", self.healthz)
         router.add_get("/metrics", self.metrics)
@@ -175,27 +125,12 @@ class AdminServer:
         return request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/")
 
     @web.middleware
-    async def _same_site(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Host and Origin: a page of another site, or one rebound to this address, gets nothing."""
-        host = request.headers.get("Host", "")
-        if not allowed_host(host, self._listen_host, self.config.allowed_hosts):
-            return error_response(421, f"Host: {host_name(host)[:100]!r} is not a name of this admin listener "
-                                       "(add it to admin.allowed_hosts)", "Host")  # fmt: skip
-        origin = request.headers.get("Origin")
-        dashboard_page = request.method in ("GET", "HEAD") and request.path == "/"
-        if origin is not None and origin.lower() != f"http://{host.lower()}" and not dashboard_page:
-            return error_response(403, f"Origin: requests from {origin[:100]!r} are refused "
-                                           "(only the admin's own pages may call it)", "Origin")  # fmt: skip
-        return await handler(request)
-
-    @web.middleware
-    async def _json_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """A change needs ``Content-Type: application/json``: no cross-site form or ``no-cors`` fetch
-        can send that without a CORS preflight, which is never granted."""
-        unrouted = request.match_info.http_exception is not None  # 404/405 from the router say more
-        if request.method in MUTATING and request.content_type != "application/json" and not unrouted:
-            return error_response(415, f"Content-Type: must be application/json, not {request.content_type!r}",
-                                  "Content-Type")  # fmt: skip
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Host, Origin and Content-Type (:mod:`.admin_guard`): before the token, on every route."""
+        routed = request.match_info.http_exception is None
+        refusal = self.guard.check(request.method, request.path, request.headers, routed=routed)
+        if refusal is not None:
+            return error_response(refusal.status, refusal.message, refusal.field)
         return await handler(request)
 
     @web.middleware
@@ -204,10 +139,8 @@ class AdminServer:
         if expected is None or self._public(request):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # Header values may hold any byte (aiohttp hands them over surrogate-escaped): compare
-        # fixed-length digests of the raw bytes, in constant time.
-        offered = _digest(given.strip().encode("utf-8", "surrogateescape"))
-        if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
+        offered = token_digest(given.strip())
+        if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
             what = "missing" if not given else "wrong"
             response = error_response(401, f"Authorization: a bearer token is required ({what} token)",
                                       "Authorization")  # fmt: skip

@@ -52,8 +52,10 @@ class Limits(_Model):
 class AdminConfig(_Model):
     listen: str = "127.0.0.1:9090"
     token_env: str | None = "OMNIXAN_ADMIN_TOKEN"
-    # Host header values accepted besides the listener's own address and localhost (DNS rebinding).
-    allowed_hosts: list[str] = Field(default_factory=list)
+    # Host names the admin API answers to besides IP literals, localhost and the host of `listen`:
+    # a page whose DNS name was rebound to this address sends its own name, and gets 421.
+    # `*.example.com` matches every name under example.com (not example.com itself).
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=1000)
     # The explicit opt-out that lets the admin API listen on a non-loopback address without a token.
     allow_unauthenticated: bool = False
 
@@ -62,6 +64,73 @@ class AdminConfig(_Model):
     def _listen(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        names = []
+        for i, name in enumerate(value):
+            try:
+                names.append(cls.host_pattern(name))
+            except ValueError as exc:
+                raise ValueError(f"entry {i}: {exc}") from None
+        return names
+
+    @staticmethod
+    def host_pattern(value: str) -> str:
+        """An IP literal, a DNS name (RFC 1123), or ``*.`` and a name of two labels or more (never a
+        whole top-level domain); lowercased, without a final dot."""
+        name = value.strip().lower().removesuffix(".")
+        try:
+            return str(ipaddress.ip_address(name))
+        except ValueError:
+            pass
+        wildcard = name.startswith("*.")
+        labels = name.removeprefix("*.").split(".")
+        if len(name) > 253 or not all(re.fullmatch(r"(?!-)[a-z0-9-]{1,63}(?<!-)", label) for label in labels):
+            raise ValueError(f"{value!r} is not a host name such as admin.example.com or *.example.com "
+                             "(no scheme, no port)")  # fmt: skip
+        if wildcard and len(labels) < 2:
+            raise ValueError(f"{value!r} would match a whole top-level domain: name a domain of your own")
+        return name
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of ``listen`` (an IPv6 literal without its brackets)."""
+        return parse_address(self.listen)[0]
+
+    @property
+    def on_loopback(self) -> bool:
+        host = self.listen_host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def read_token(self, environ: Mapping[str, str]) -> str | None:
+        """The token from the variable named by ``token_env``; None when unset or empty."""
+        return (environ.get(self.token_env) or None) if self.token_env else None
+
+    def exposure_problem(self, token: str | None) -> str | None:
+        """The one rule ``omnixan-lb check`` and ``serve`` share: an admin API that other hosts can
+        reach needs a token, unless ``allow_unauthenticated`` says it is open on purpose."""
+        if token or self.on_loopback or self.allow_unauthenticated:
+            return None
+        variable = (
+            f"the environment variable {self.token_env}, named by admin.token_env"
+            if self.token_env
+            else "admin.token_env (it is null) to the environment variable that holds the token"
+        )
+        return (
+            f"admin.listen: {self.listen} is not a loopback address, and no admin token is set (set "
+            f"{variable}; or, to serve the admin API open on purpose, admin.allow_unauthenticated: true)"
+        )
+
+    def open_to_network(self, token: str | None) -> bool:
+        """Served to other hosts without a token: allowed by ``allow_unauthenticated``, worth a warning."""
+        return not token and not self.on_loopback
 
 
 def check_state_url(value: str) -> str:

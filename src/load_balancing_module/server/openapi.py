@@ -1,7 +1,12 @@
-"""The OpenAPI 3 document of the admin listener, served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 document of the admin listener, served at ``GET /openapi.json``.
 
-Written by hand next to the handlers (:mod:`.admin`, :mod:`.admin_api`); the
-test suite runs schemathesis against a live server to keep the two in step.
+Request bodies that a pydantic model validates (``BackendConfig``,
+``LoadBalancingAlgorithm``, ``DrainRequest``) get the model's own JSON Schema
+(``model_json_schema``; OpenAPI 3.1 schemas are JSON Schema 2020-12, as
+pydantic writes them), so their limits live in one place and the fuzzing uses
+the real ones. The rest (answers, ``/execute``'s open-ended body) is written by
+hand next to the handlers (:mod:`.admin`, :mod:`.admin_api`); the test suite
+runs schemathesis against a live server to keep the two in step.
 """
 
 from __future__ import annotations
@@ -9,9 +14,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from pydantic import BaseModel
+
 from .. import __version__
-from ..enums import CircuitState, HealthState, LoadBalancingAlgorithmType
-from .admin_api import MAX_DRAIN_TIMEOUT
+from ..config import BackendConfig, LoadBalancingAlgorithm
+from ..enums import CircuitState, HealthState
+from .admin_api import MAX_JSON_DEPTH, DrainRequest
+from .admin_guard import MUTATING, OPEN_TO_ANY_ORIGIN
 
 JSON = "application/json"
 
@@ -28,13 +37,23 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def model_schemas(*models: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """Each model's validation schema, and the schemas it refers to, as components."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
 NUMBER = {"type": "number"}
-MAYBE_NUMBER = {"type": "number", "nullable": True}  # null only where a value is not finite
+MAYBE_NUMBER = {"type": ["number", "null"]}  # null only where a value is not finite
 INTEGER = {"type": "integer"}
 STRING = {"type": "string"}
 BOOLEAN = {"type": "boolean"}
 OBJECT = {"type": "object", "additionalProperties": True}
-ALGORITHMS = {"type": "string", "enum": [k.value for k in LoadBalancingAlgorithmType]}
+ALGORITHMS = _ref("LoadBalancingAlgorithmType")
 
 BACKEND_FIELDS: dict[str, dict[str, Any]] = {
     "backend_id": {**STRING, "description": "host:port, with ~2, ~3... for a second backend at one address"},
@@ -68,41 +87,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["error", "field"],
         "properties": {
             "error": {**STRING, "description": "what is wrong, starting with the field's name"},
-            "field": {**STRING, "nullable": True, "description": "the field (path) at fault, if any"},
+            "field": {"type": ["string", "null"], "description": "the field (path) at fault, if any"},
         },
     },
     "Backend": {"type": "object", "required": list(BACKEND_FIELDS), "properties": BACKEND_FIELDS},
-    "BackendConfig": {
-        "type": "object",
-        "required": ["host", "port"],
-        "additionalProperties": False,
-        "properties": {
-            "host": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": r"^[^\s/]+$"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "weight": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1_000_000, "default": 1},
-            "max_connections": {"type": "integer", "minimum": 1, "default": 1000},
-            "quantum_capable": {"type": "boolean", "default": False},
-            "priority": {"type": "integer", "default": 0, "description": "higher tiers are used first"},
-            "metadata": OBJECT,
-            "slow_start_seconds": {"type": "number", "minimum": 0, "default": 0},
-        },
-    },
     "Removed": {
         "type": "object",
         "required": ["backend_id", "removed", "in_flight"],
         "properties": {"backend_id": STRING, "removed": BOOLEAN, "in_flight": INTEGER},
-    },
-    "DrainRequest": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "timeout": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": MAX_DRAIN_TIMEOUT,
-                "description": "seconds to wait for requests in flight (default: drain_timeout)",
-            },
-        },
     },
     "DrainResult": {
         "type": "object",
@@ -146,15 +138,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "backends": {"type": "object", "additionalProperties": _ref("Backend"), "description": "by backend id"},
         },
     },
-    "AlgorithmChoice": {
-        "type": "object",
-        "required": ["algorithm_type"],
-        "additionalProperties": False,
-        "properties": {
-            "algorithm_type": ALGORITHMS,
-            "config": {**OBJECT, "description": "the algorithm's settings (see the README)"},
-        },
-    },
     "Algorithm": {
         "type": "object",
         "required": ["algorithm", "config", "available"],
@@ -188,7 +171,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "result": {"description": "the operation's result (success)"},
             "error": STRING,
             "error_type": STRING,
-            "field": {**STRING, "nullable": True},
+            "field": {"type": ["string", "null"]},
         },
     },
     "Health": {
@@ -202,6 +185,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+SCHEMAS.update(model_schemas(BackendConfig, LoadBalancingAlgorithm, DrainRequest))
+# The model defaults algorithm_type; PUT /algorithm asks for it, so that {} is no silent switch.
+SCHEMAS["LoadBalancingAlgorithm"]["required"] = ["algorithm_type"]
+
 BACKEND_ID = {
     "name": "backend_id",
     "in": "path",
@@ -211,7 +198,10 @@ BACKEND_ID = {
 }
 UNAUTHORIZED = _error("missing or wrong bearer token")
 NOT_FOUND = _error("no backend with this id")
-NOT_JSON = _error("the body is not JSON")
+NOT_JSON = _error(
+    "the body is not JSON the API keeps: not UTF-8, not JSON, a key repeated, nested deeper than "
+    f"{MAX_JSON_DEPTH} levels, a number not finite or an integer over 64 bits, a lone surrogate"
+)
 INVALID = _error("the JSON is wrong: the message and `field` name the field")
 PUBLIC: list[dict[str, list[str]]] = []  # no security requirement
 
@@ -290,7 +280,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "put": {
             "operationId": "setAlgorithm",
             "summary": "Switch algorithm at once",
-            "requestBody": _body(_ref("AlgorithmChoice")),
+            "requestBody": _body(_ref("LoadBalancingAlgorithm")),
             "responses": {
                 "200": _json(_ref("Algorithm"), "switched"),
                 "400": NOT_JSON,
@@ -372,37 +362,38 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 
-# Answers every operation may get from the admin listener's guards (admin.py).
-GUARDS = {
-    "403": _error("an Origin other than the admin's own (a page of another site)"),
-    "421": _error("a Host that is not a name of this listener (DNS rebinding); see admin.allowed_hosts"),
-}
-WRONG_TYPE = {"415": _error("a body that is not Content-Type: application/json")}
+MISDIRECTED = _error("the Host header is not a name of this listener (DNS rebinding): see admin.allowed_hosts")
+FOREIGN_ORIGIN = _error("the request comes from another site's page (its Origin is not the admin's own)")
+NOT_JSON_TYPE = _error("a change needs Content-Type: application/json, even with an empty body")
 
 
-def _guarded(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each operation with the guards' answers added (path-level entries such as parameters kept)."""
-    return {path: {key: _with_guards(key, item) for key, item in entries.items()} for path, entries in paths.items()}
-
-
-def _with_guards(method: str, item: Any) -> Any:
-    if not isinstance(item, dict) or "responses" not in item:
-        return item
-    extra = {**GUARDS, **(WRONG_TYPE if method in ("post", "put", "patch") else {})}
-    return {**item, "responses": {**item["responses"], **extra}}
+def _guarded(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
+    """The operation with the answers of :mod:`.admin_guard`, which come before any handler."""
+    responses = {"421": MISDIRECTED, **operation["responses"]}
+    if (method.upper(), path) not in OPEN_TO_ANY_ORIGIN:
+        responses["403"] = FOREIGN_ORIGIN
+    if method.upper() in MUTATING:
+        responses["415"] = NOT_JSON_TYPE
+    return {**operation, "responses": dict(sorted(responses.items()))}
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
+    paths = {
+        path: {key: _guarded(path, key, value) if key != "parameters" else value for key, value in item.items()}
+        for path, item in PATHS.items()
+    }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "OMNIXAN LB admin API",
             "version": __version__,
             "description": "Runtime control of the load balancer. Send `Authorization: Bearer <token>` "
-            "(the value of the variable named by admin.token_env) to every operation but the public ones.",
+            "(the value of the variable named by admin.token_env) to every operation but the public ones. "
+            "Every request needs a Host that names this listener (421), no foreign Origin (403), and "
+            "POST and PUT need Content-Type: application/json (415): no web page can drive the API.",
         },
         "security": [{"bearer": []}],
-        "paths": _guarded(PATHS),
+        "paths": paths,
         "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

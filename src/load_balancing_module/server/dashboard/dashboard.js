@@ -40,12 +40,16 @@
     return tokenWait;
   }
 
+  // The admin API takes a change only as application/json, even with no body: the type no other
+  // site's page can send without a CORS preflight (which it never grants).
+  const CHANGES = ["POST", "PUT", "PATCH"];
+
   async function api(method, path, body) {
     for (;;) {
       const headers = {};
       const token = sessionStorage.getItem(TOKEN_KEY);
       if (token) headers.Authorization = "Bearer " + token;
-      if (body !== undefined) headers["Content-Type"] = "application/json";
+      if (body !== undefined || CHANGES.includes(method)) headers["Content-Type"] = "application/json";
       const response = await fetch(path, {
         method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
       });
