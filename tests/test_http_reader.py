@@ -16,12 +16,25 @@ on a real socket. The cases:
 
 from __future__ import annotations
 
+import asyncio
+
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from load_balancing_module.server.http import MAX_METHOD
 from load_balancing_module.server.proxy import CHUNK_LINE_LIMIT
-from proxy_helpers import SPLIT_IDS, SPLITS, ProxyHarness, RawBackend, RawClient, feed_split, start_proxy
+from proxy_helpers import (
+    SPLIT_IDS,
+    SPLITS,
+    ProxyHarness,
+    RawBackend,
+    RawClient,
+    connection_of,
+    feed_split,
+    start_proxy,
+)
 
 CHUNKED = b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
 split_sizes = pytest.mark.parametrize("size", SPLITS, ids=SPLIT_IDS)
@@ -223,3 +236,80 @@ async def test_what_the_backend_gets_for_an_unknown_method_parses_as_that_reques
     request = parser.next_event()
     assert isinstance(request, h11.Request) and request.method == b"-BLARGH" and request.target == b"/x"
     assert dict(request.headers)[b"content-length"] == b"2"
+
+
+async def test_the_same_over_the_socket_byte_by_byte() -> None:
+    """The cases above, sent through the socket one byte a write (the kernel may merge some)."""
+    stream = (b"\r\n-BLARGH /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok"
+              + CHUNKED + b"5 ; a = \"b;c\"\r\nhello\r\n0;z\r\nX-T: 1\r\n\r\n"
+              + b"M-SEARCH /m HTTP/1.1\r\nHost: t\r\n\r\n")  # fmt: skip
+    async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
+        for i in range(len(stream)):
+            await client.send(stream[i : i + 1])
+            await asyncio.sleep(0)
+        assert [(await client.read_response()).status for _ in range(3)] == [200] * 3
+    assert [(r.method, r.target) for r in backend.requests] == [(b"-BLARGH", b"/a"), (b"POST", b"/c"),
+                                                                 (b"M-SEARCH", b"/m")]  # fmt: skip
+    assert backend.bodies == [b"ok", b"hello", b""]
+
+
+# -- any valid stream, any split -----------------------------------------------------------------------
+
+TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TOKENS = st.text(TCHAR, min_size=1, max_size=12).map(str.encode)
+BWS = st.sampled_from([b"", b" ", b"\t", b" \t "])
+QUOTED = st.text("ab ;=,\t!#~", max_size=8).map(lambda t: b'"' + t.encode() + b'"') | st.just(b'"a\\"b"')
+EXTENSION = st.tuples(BWS, BWS, TOKENS, st.none() | st.tuples(BWS, BWS, TOKENS | QUOTED)).map(
+    lambda e: e[0] + b";" + e[1] + e[2] + (b"" if e[3] is None else e[3][0] + b"=" + e[3][1] + e[3][2])
+)
+
+
+@st.composite
+def chunk_line(draw: st.DrawFn, size: int) -> bytes:
+    digits = b"%x" % size
+    digits = b"0" * draw(st.integers(0, 3)) + (digits.upper() if draw(st.booleans()) else digits)
+    return digits + b"".join(draw(st.lists(EXTENSION, max_size=3))) + draw(st.sampled_from([b"", b" "])) + b"\r\n"
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[bytes, bytes, bytes, bytes]:
+    """(method, target, request bytes, the body the backend must get)."""
+    method = draw(TOKENS.filter(lambda m: m not in (b"CONNECT", b"HEAD")))
+    target = b"/" + draw(TOKENS)
+    head = method + b" " + target + b" HTTP/1.1\r\nHost: t\r\n"
+    kind = draw(st.sampled_from(["none", "length", "chunked"]))
+    if kind == "none":
+        return method, target, head + b"\r\n", b""
+    if kind == "length":
+        body = draw(st.binary(max_size=40))
+        return method, target, head + b"Content-Length: %d\r\n\r\n" % len(body) + body, body
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=20), max_size=4))
+    framed = b"".join(draw(chunk_line(len(c))) + c + b"\r\n" for c in chunks) + draw(chunk_line(0))
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, t) for i, t in enumerate(draw(st.lists(TOKENS, max_size=2))))
+    return method, target, head + b"Transfer-Encoding: chunked\r\n\r\n" + framed + trailers + b"\r\n", b"".join(chunks)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(requests(), min_size=1, max_size=4), st.lists(st.integers(1, 64), min_size=1, max_size=40))
+def test_any_valid_stream_reaches_the_backend_as_the_same_requests_in_any_split(
+    stream: list[tuple[bytes, bytes, bytes, bytes]], cuts: list[int]
+) -> None:
+    data = b"".join(r[2] for r in stream)
+    pieces, pos = [], 0
+    for cut in cuts * (len(data) // sum(cuts) + 1):
+        if pos >= len(data):
+            break
+        pieces.append(data[pos : pos + cut])
+        pos += cut
+
+    async def scenario() -> RawBackend:
+        async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
+            conn = await connection_of(proxy, client)
+            for piece in pieces:
+                conn.data_received(piece)
+            assert [(await client.read_response()).status for _ in stream] == [200] * len(stream)
+        return backend
+
+    backend = asyncio.run(scenario())
+    assert [(r.method, r.target) for r in backend.requests] == [(r[0], r[1]) for r in stream]
+    assert backend.bodies == [r[3] for r in stream]

@@ -9,6 +9,12 @@ the connection has been answered, its task runs::
     route (lb.route_request) -> upstream connection (pool or connect) -> send head + body
       -> response head: forward it, or retry elsewhere -> stream the body -> lb.complete_request
 
+llhttp is never given the client's stream as it comes: the connection's
+reader (``ClientConnection._feed``) cuts it at the boundaries of every request
+and of its parts, reads each method and each chunk-size line itself, and gives
+llhttp exactly one head, Content-Length body or trailer section at a time; so
+every bound holds in any split of the stream (``docs/http.md``).
+
 Bodies are streamed by callbacks, not by the task: a client body piece goes
 straight to the upstream socket, a response piece straight to the client
 socket. Flow control pauses the reading side whenever the writing side's
@@ -75,7 +81,7 @@ LINGER_SECONDS: Final = 1.0
 LINGER_MAX: Final = 30.0
 CHUNK_LINE_LIMIT: Final = 4096  # bytes of a chunk-size line (size, extensions, CRLF)
 MAX_PIPELINE: Final = 32  # requests queued on one connection; more are not read
-# What a connection's reader expects next (ClientConnection._phase, see _read). The reader cuts the
+# What a connection's reader expects next (ClientConnection._phase, see _feed). The reader cuts the
 # stream at every request's boundaries itself, so that it sees each request line and each chunk-size
 # line before llhttp does, and counts a head (or a trailer section) as the bytes it really is.
 _AT_START: Final = 0  # a request line, after any empty lines
@@ -353,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[Header] = []
         self._in_head = False
         self._method = b""
-        # the reader (see _read)
+        # the reader (see _feed)
         self._phase = _AT_START
         self._pending = b""  # the start of a request line that ended a read before its method did
         self._skip = 0  # bytes of a method llhttp was given "GET" for, still to be skipped
@@ -447,49 +453,46 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        self._now = self.loop.time()  # for everything this read brings
-        try:
-            self._read(data)
-        except HttpParserCallbackError as exc:
-            self._parse_error(exc.__context__ or exc)
-        except HttpParserError as exc:
-            self._parse_error(HttpError(400, f"malformed request: {exc}"))
-        except Exception as exc:  # an HttpError of the reader's, or a fault of the proxy's (500)
-            self._parse_error(exc)
-
-    def _read(self, data: bytes) -> None:
         """Cut ``data`` at the boundaries of requests and of their parts, and hand each part on.
 
         llhttp reads heads, Content-Length bodies and trailer sections, given exactly those bytes;
         the reader itself finds where each ends, reads request methods (llhttp knows a fixed list:
         it is given "GET" for any other) and chunk-size lines (llhttp refuses whitespace the RFC
         allows in extensions). So every bound and every check holds in any split of the stream."""
+        self._now = self.loop.time()  # for everything this read brings
         if self._pending:
             data = self._pending + data
             self._pending = b""
         pos = 0
         end = len(data)
-        while pos < end and not self._discard:
-            phase = self._phase
-            if phase == _AT_START:
-                if not data.startswith(b"GET ", pos):
-                    pos = self._read_start(data, pos)
-                    continue
-                self._method = b"GET"  # most requests: nothing more to read before the head
-                self._phase = _IN_HEAD
-                pos = self._read_head(data, pos)
-            elif phase == _IN_HEAD:
-                pos = self._read_head(data, pos)
-            elif phase == _CHUNK_DATA:
-                pos = self._read_chunk_data(data, pos)
-            elif phase == _IN_LENGTH:
-                pos = self._read_length(data, pos)
-            elif phase == _CHUNK_SIZE:
-                pos = self._read_chunk_size(data, pos)
-            elif phase == _CHUNK_END:
-                pos = self._read_chunk_end(data, pos)
-            else:
-                pos = self._read_trailers(data, pos)
+        try:
+            while pos < end and not self._discard:
+                phase = self._phase
+                if phase == _AT_START:
+                    if not data.startswith(b"GET ", pos):
+                        pos = self._read_start(data, pos)
+                        continue
+                    self._method = b"GET"  # most requests: nothing more to read before the head
+                    self._phase = _IN_HEAD
+                    pos = self._read_head(data, pos)
+                elif phase == _IN_HEAD:
+                    pos = self._read_head(data, pos)
+                elif phase == _CHUNK_DATA:
+                    pos = self._read_chunk_data(data, pos)
+                elif phase == _IN_LENGTH:
+                    pos = self._read_length(data, pos)
+                elif phase == _CHUNK_SIZE:
+                    pos = self._read_chunk_size(data, pos)
+                elif phase == _CHUNK_END:
+                    pos = self._read_chunk_end(data, pos)
+                else:
+                    pos = self._read_trailers(data, pos)
+        except HttpParserCallbackError as exc:
+            self._parse_error(exc.__context__ or exc)
+        except HttpParserError as exc:
+            self._parse_error(HttpError(400, f"malformed request: {exc}"))
+        except Exception as exc:  # an HttpError of the reader's, or a fault of the proxy's (500)
+            self._parse_error(exc)
 
     def _read_start(self, data: bytes, pos: int) -> int:
         """A request line other than ``GET ...`` begins at ``pos``: read its method."""
