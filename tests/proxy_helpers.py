@@ -11,6 +11,8 @@
 - :class:`RawClient`: sends exact bytes and reads responses with a small reader of its
   own (not llhttp, so the proxy is checked by a second implementation).
 - :class:`RssSampler`: the peak growth of this process's resident memory.
+- :func:`feed_split`: bytes handed to the proxy's connection object in exact pieces, each
+  one read (TCP may merge or split what a client sends; this does neither).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from aiohttp import web
 
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule
 from load_balancing_module.server.config import ServerConfig
-from load_balancing_module.server.proxy import ProxyServer
+from load_balancing_module.server.proxy import ClientConnection, ProxyServer
 from servers import AioServer
 
 HOST = "127.0.0.1"
@@ -370,3 +372,31 @@ class RssSampler:
     @property
     def growth(self) -> int:
         return self.peak - self.start
+
+
+SPLITS = [0, 1, 2, 3, 7, 64]  # 0: all at once; else pieces of that many bytes
+SPLIT_IDS = ["whole", "bytes", "by2", "by3", "by7", "by64"]
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data] if size == 0 else [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def connection_of(harness: ProxyHarness, client: RawClient) -> ClientConnection:
+    """The proxy's side of ``client``'s connection (``client`` must be connected)."""
+    assert client.writer is not None
+    port = client.writer.get_extra_info("sockname")[1]
+    for _ in range(400):
+        for conn in harness.proxy.connections:
+            if conn.transport.get_extra_info("peername")[1] == port:
+                return conn
+        await asyncio.sleep(0.005)
+    raise AssertionError("the proxy did not accept the connection")
+
+
+async def feed_split(harness: ProxyHarness, client: RawClient, data: bytes, size: int) -> None:
+    """Hand ``data`` to the proxy's connection for ``client`` as reads of ``size`` bytes (0: one read),
+    exactly: each piece goes to its ``data_received`` in turn. Answers come back on ``client``."""
+    conn = await connection_of(harness, client)
+    for piece in split(data, size):
+        conn.data_received(piece)

@@ -13,8 +13,11 @@ must not forward:
 - ``CONNECT``, and a WebSocket upgrade that carries a body.
 
 llhttp itself (strict, no lenient flags) refuses obs-fold, bare CR or LF,
-control characters in values, ``Transfer-Encoding : chunked``, signed or
-non-numeric lengths and malformed chunk sizes. The proxy never forwards the
+control characters in values, ``Transfer-Encoding : chunked`` and signed or
+non-numeric lengths. Two things llhttp cannot be told are read here instead:
+a request's method (:func:`request_method`: any token, where llhttp knows a
+fixed list) and a chunk-size line (:func:`chunk_size`: optional whitespace
+around ``;`` and ``=``, which llhttp refuses). The proxy never forwards the
 client's framing: it sends its own ``Content-Length`` or re-encodes chunks, so
 whatever framing a backend would have read differently never reaches it.
 """
@@ -132,6 +135,25 @@ _WORKLOADS = {w.value.encode(): w for w in WorkloadType}
 _TOKEN_ID = re.compile(rb"[!-~]{1,%d}" % MAX_ID_LENGTH)  # visible ASCII, no spaces
 _HOST = re.compile(rb"[A-Za-z0-9.\-_~%!$&'()*+,;=:\[\]]*")
 _RAW_TE = re.compile(rb"\ntransfer-encoding:([^\r\n]*)", re.IGNORECASE)
+# RFC 9110 5.6.2: tchar, the characters of a token (a method, a field name, a chunk extension's name).
+_TCHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'  # quoted-string, with quoted-pairs
+# A chunk-size line (RFC 9112 7.1, 7.1.1): 1*HEXDIG, then *( BWS ";" BWS name [ BWS "=" BWS value ] ), CRLF.
+# Whitespace is also let through before the CRLF ("5 " CRLF): the proxy re-encodes every chunk, so
+# no backend reads the client's line. At most 16 significant digits: a size below 2**64. Written so
+# that no part can match what another matches (0+ or a first significant digit...): a line that
+# fails costs one pass, not one per way of splitting it (Python 3.10 has no possessive quantifiers).
+_CHUNK_LINE: Final = re.compile(rb"(0+|0*[1-9A-Fa-f][0-9A-Fa-f]{0,15})"
+                                rb"(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*[ \t]*\r\n"
+                                % (_TOKEN, _TOKEN, _QUOTED))  # fmt: skip
+MAX_METHOD: Final = 32  # bytes; the longest registered method (UPDATEREDIRECTREF) has 17
+# The methods llhttp is given as they came. llhttp knows a fixed list of methods; for any other
+# token it is given "GET" in its place (it reads the rest of a request line the same way for all
+# of these), and the proxy keeps the real one. CONNECT is here for llhttp to read its
+# authority-form target (it is then refused with 405).
+LLHTTP_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
+                                   b"CONNECT"})  # fmt: skip
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
 _CLASSICAL: Final = WorkloadType.CLASSICAL
@@ -294,13 +316,29 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     return info
 
 
-def raw_head(info: RequestInfo, chunk: bytes) -> bytes | None:
-    """The head of a plain request (``info.plain``) as the client sent it, from ``chunk``, which
-    starts with it: the request line and headers, without the blank line. None if it does not fit."""
-    end = chunk.find(b"\r\n\r\n")
-    if end < 0 or not chunk.startswith(info.method):
+def request_method(data: bytes, start: int) -> bytes | None:
+    """The method of the request line that begins at ``data[start]``: any token (RFC 9112 3.1) of at
+    most :data:`MAX_METHOD` bytes. None while what has come could still begin one (no space yet);
+    :class:`HttpError` once it cannot (400; 501 for a longer one, as RFC 9112 3 says)."""
+    space = data.find(b" ", start, start + MAX_METHOD + 1)
+    method = data[start:space] if space >= 0 else data[start : start + MAX_METHOD + 1]
+    if method.translate(None, _TCHARS) or (space == start):  # a byte that is not a token's, or no method
+        raise HttpError(400, "malformed request: invalid method")
+    if space < 0:
+        if len(method) > MAX_METHOD:
+            raise HttpError(501, f"method longer than {MAX_METHOD} bytes")
         return None
-    return chunk[: end + 2]
+    return method
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line, CRLF included; its extensions are checked and dropped (the
+    proxy re-encodes chunks). 400 for anything but the RFC's grammar (whitespace before the CRLF
+    aside): a bare LF or CR, a sign, ``0x``, more than 16 significant digits, a bad extension."""
+    match = _CHUNK_LINE.fullmatch(line)
+    if match is None:
+        raise HttpError(400, "malformed request: invalid chunk-size line")
+    return int(match.group(1), 16)
 
 
 # Host values seen lately that passed _HOST (clients send the same few again and again), and the
@@ -354,9 +392,7 @@ def check_raw_transfer_encoding(raw_head: bytes) -> None:
 
     llhttp drops the whitespace around a value, so a tab or several spaces
     before ``chunked`` (which some servers read differently) only shows in the
-    raw bytes. ``raw_head`` holds the bytes the head arrived in (it may also
-    hold a body before or after it: only a request that itself has a
-    Transfer-Encoding header is checked, so at worst such a request is refused).
+    raw bytes: ``raw_head``, the head exactly as it came.
     """
     for match in _RAW_TE.finditer(raw_head):
         if match.group(1).lower() not in (b" chunked", b"chunked"):

@@ -9,6 +9,12 @@ the connection has been answered, its task runs::
     route (lb.route_request) -> upstream connection (pool or connect) -> send head + body
       -> response head: forward it, or retry elsewhere -> stream the body -> lb.complete_request
 
+llhttp is never given the client's stream as it comes: the connection's
+reader (``ClientConnection._feed``) cuts it at the boundaries of every request
+and of its parts, reads each method and each chunk-size line itself, and gives
+llhttp exactly one head, Content-Length body or trailer section at a time; so
+every bound holds in any split of the stream (``docs/http.md``).
+
 Bodies are streamed by callbacks, not by the task: a client body piece goes
 straight to the upstream socket, a response piece straight to the client
 socket. Flow control pauses the reading side whenever the writing side's
@@ -48,15 +54,17 @@ from .affinity import AffinityCookies
 from .config import ServerConfig, parse_address
 from .cycle import _BY_PIPELINE, RequestCycle
 from .http import (
+    LLHTTP_METHODS,
     Header,
     HttpError,
     RequestInfo,
     TrustedProxies,
     check_raw_transfer_encoding,
+    chunk_size,
     error_response,
     inspect_request,
-    raw_head,
     request_framing,
+    request_method,
 )
 from .listener import Listener, bind
 from .upstream import UpstreamConnection, UpstreamPool
@@ -71,8 +79,18 @@ if TYPE_CHECKING:
 # LINGER_SECONDS, and at most LINGER_MAX seconds (NGINX's lingering_timeout and lingering_time).
 LINGER_SECONDS: Final = 1.0
 LINGER_MAX: Final = 30.0
-CHUNK_LINE_LIMIT: Final = 4096  # bytes of chunk-size line (size, extensions, CRLFs) allowed per chunk
+CHUNK_LINE_LIMIT: Final = 4096  # bytes of a chunk-size line (size, extensions, CRLF)
 MAX_PIPELINE: Final = 32  # requests queued on one connection; more are not read
+# What a connection's reader expects next (ClientConnection._phase, see _feed). The reader cuts the
+# stream at every request's boundaries itself, so that it sees each request line and each chunk-size
+# line before llhttp does, and counts a head (or a trailer section) as the bytes it really is.
+_AT_START: Final = 0  # a request line, after any empty lines
+_IN_HEAD: Final = 1  # a head, given to llhttp up to the blank line found here
+_IN_LENGTH: Final = 2  # a Content-Length body, given to llhttp
+_CHUNK_SIZE: Final = 3  # a chunk-size line, read here (llhttp never sees one)
+_CHUNK_DATA: Final = 4  # a chunk's data, handed on here
+_CHUNK_END: Final = 5  # the CRLF after a chunk's data
+_TRAILERS: Final = 6  # the trailer section, given to llhttp after a last-chunk line "0" of the reader's own
 # What a client connection is doing, for its timeouts.
 _IDLE: Final = 0
 _HEAD: Final = 1
@@ -106,14 +124,6 @@ def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None,
     _set(request, "__pydantic_extra__", None)
     _set(request, "__pydantic_private__", None)
     return request
-
-
-def _request_parser(protocol: object) -> HttpRequestParser:
-    """llhttp, strict, but for spaces between a chunk size and its ``;`` (RFC 9112 7.1.1 allows
-    them): the proxy re-encodes chunks, so no backend ever reads the client's own framing."""
-    parser = HttpRequestParser(protocol)
-    parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
-    return parser
 
 
 class _Alarm:
@@ -329,7 +339,7 @@ class ClientConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.peer = "127.0.0.1"
-        self.parser = _request_parser(self)
+        self.parser = HttpRequestParser(self)
         self.cycles: deque[RequestCycle] = deque()  # cycles[0] is being answered
         self.closing = False  # no further request is read on this connection
         self.lost = False
@@ -347,16 +357,22 @@ class ClientConnection(asyncio.Protocol):
         # the head being parsed
         self._url = b""
         self._headers: list[Header] = []
-        self._head_bytes = 0
         self._in_head = False
-        self._chunk = b""
-        self._raw: list[bytes] | None = None
-        self._raw_bytes = 0
-        self._mid_chunk = False  # a message ended earlier in the chunk being parsed
-        self._head_at_start = False  # the head being parsed began the chunk it started in
-        self._framing = 0  # bytes of chunked framing read for the body being received
-        self._chunks = 0  # its chunks so far
-        self._now = 0.0  # the loop's time when the chunk being parsed arrived
+        self._method = b""
+        # the reader (see _feed)
+        self._phase = _AT_START
+        self._pending = b""  # the start of a request line that ended a read before its method did
+        self._skip = 0  # bytes of a method llhttp was given "GET" for, still to be skipped
+        self._seen = 0  # bytes of the head (or trailer section) in earlier reads
+        self._tail = b""  # their last bytes, up to 3: a blank line may begin in one read and end in the next
+        self._raw: list[bytes] | None = None  # the head's bytes from earlier reads
+        self._data = b""  # the read in which the head ended, from _head_from to _head_to
+        self._head_from = 0
+        self._head_to = 0
+        self._left = 0  # bytes left of a Content-Length body, or of a chunk's data
+        self._line = b""  # a chunk-size line so far
+        self._crlf = 0  # bytes of the CRLF after a chunk's data read so far
+        self._now = 0.0  # the loop's time when the read being parsed arrived
         # timeouts
         self._state = _HEAD
         self._head_deadline = 0.0
@@ -437,37 +453,198 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        """Cut ``data`` at the boundaries of requests and of their parts, and hand each part on.
+
+        llhttp reads heads, Content-Length bodies and trailer sections, given exactly those bytes;
+        the reader itself finds where each ends, reads request methods (llhttp knows a fixed list:
+        it is given "GET" for any other) and chunk-size lines (llhttp refuses whitespace the RFC
+        allows in extensions). So every bound and every check holds in any split of the stream."""
         self._now = self.loop.time()  # for everything this read brings
-        self._chunk = data
-        self._mid_chunk = False
-        raw = self._raw
-        if raw is not None:
-            raw.append(data)
-            self._raw_bytes += len(data)
-        receiving = self._receiving
-        if receiving is not None and receiving.info.chunked:
-            self._framing += len(data)  # on_body takes the data back out: what stays is framing
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        pos = 0
+        end = len(data)
         try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as exc:
-            self._on_upgrade(data[exc.args[0] :])
+            while pos < end and not self._discard:
+                phase = self._phase
+                if phase == _AT_START:
+                    if not data.startswith(b"GET ", pos):
+                        pos = self._read_start(data, pos)
+                        continue
+                    self._method = b"GET"  # most requests: nothing more to read before the head
+                    self._phase = _IN_HEAD
+                    pos = self._read_head(data, pos)
+                elif phase == _IN_HEAD:
+                    pos = self._read_head(data, pos)
+                elif phase == _CHUNK_DATA:
+                    pos = self._read_chunk_data(data, pos)
+                elif phase == _IN_LENGTH:
+                    pos = self._read_length(data, pos)
+                elif phase == _CHUNK_SIZE:
+                    pos = self._read_chunk_size(data, pos)
+                elif phase == _CHUNK_END:
+                    pos = self._read_chunk_end(data, pos)
+                else:
+                    pos = self._read_trailers(data, pos)
         except HttpParserCallbackError as exc:
             self._parse_error(exc.__context__ or exc)
         except HttpParserError as exc:
             self._parse_error(HttpError(400, f"malformed request: {exc}"))
+        except Exception as exc:  # an HttpError of the reader's, or a fault of the proxy's (500)
+            self._parse_error(exc)
+
+    def _read_start(self, data: bytes, pos: int) -> int:
+        """A request line other than ``GET ...`` begins at ``pos``: read its method."""
+        first = data[pos]
+        if first == 13 or first == 10:  # empty lines before a request (RFC 9112 2.2): llhttp skips them
+            stop = pos + 1
+            while stop < len(data) and (data[stop] == 13 or data[stop] == 10):
+                stop += 1
+            self.parser.feed_data(data[pos:stop])
+            return stop
+        method = request_method(data, pos)
+        if method is None:  # the method goes on in the next read
+            self._pending = data[pos:]
+            return len(data)
+        self._method = method
+        if method not in LLHTTP_METHODS:
+            self.parser.feed_data(b"GET")  # llhttp reads the rest of the line as for any method
+            self._skip = len(method)
+        self._phase = _IN_HEAD
+        return pos
+
+    def _read_head(self, data: bytes, pos: int) -> int:
+        """The head from ``pos`` on, to llhttp, up to its blank line: at most ``max_header_bytes``
+        from its first byte to its blank line included, whatever llhttp itself would drop.
+        Between heads, ``_seen`` is 0, ``_tail`` empty and ``_raw`` None."""
+        end = len(data)
+        if self._tail:
+            stop = self._blank_line(data, pos)
         else:
-            if self._raw is not None and self._raw_bytes > self.server.max_header_bytes:
-                self._parse_error(HttpError(431, "request head too large"))
-            elif self._receiving is not None and self._framing > self._framing_allowed():
-                self._parse_error(HttpError(400, f"chunk extensions longer than {CHUNK_LINE_LIMIT} bytes a chunk"))
+            stop = data.find(b"\r\n\r\n", pos)
+            if stop >= 0:
+                stop += 4
+        seen = self._seen
+        if seen + (end if stop < 0 else stop) - pos > self.server.max_header_bytes:
+            raise HttpError(431, "request head too large")
+        skip = self._skip
+        if skip:
+            self._skip = 0
+        if stop < 0:  # the head goes on in the next read
+            piece = data[pos:] if pos else data
+            self._seen = seen + end - pos
+            self._keep_tail(piece)
+            if self._raw is None:
+                self._raw = [piece]
+            else:
+                self._raw.append(piece)
+            self.parser.feed_data(piece[skip:] if skip else piece)
+            return end
+        if seen:
+            self._seen = 0
+            self._tail = b""
+        self._data = data
+        self._head_from = pos
+        self._head_to = stop
+        try:
+            self.parser.feed_data(data if stop == end and not pos and not skip else data[pos + skip : stop])
+        except HttpParserUpgrade:
+            return self._upgraded_at(data, stop)
+        finally:
+            self._data = b""  # a read may be large: not kept beyond its head
+            self._raw = None
+        if self._in_head:  # llhttp did not end the head at its blank line (it never should)
+            raise HttpError(400, "malformed request head")
+        return stop
 
-    def _framing_allowed(self) -> int:
-        """Chunked framing (size lines with their extensions, trailers) a body may have had so far:
-        llhttp reads extensions without a callback, so they are bounded by what they add up to."""
-        return CHUNK_LINE_LIMIT * (self._chunks + 1) + self.server.max_header_bytes
+    def _blank_line(self, data: bytes, pos: int) -> int:
+        """Where the CRLF CRLF that ends a head (or a trailer section) ends, from ``pos`` on, counting
+        the bytes of ``_tail`` before it; -1 if it is not in ``data``."""
+        tail = self._tail
+        if tail:
+            i = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+            if i >= 0:
+                return pos + i + 4 - len(tail)
+        i = data.find(b"\r\n\r\n", pos)
+        return i + 4 if i >= 0 else -1
 
-    def on_chunk_header(self) -> None:
-        self._chunks += 1
+    def _keep_tail(self, piece: bytes) -> None:
+        self._tail = piece[-3:] if len(piece) >= 3 else (self._tail + piece)[-3:]
+
+    def _raw_head(self) -> bytes:
+        """The head being parsed as it came, blank line included."""
+        last = self._data[self._head_from : self._head_to]
+        return last if self._raw is None else b"".join(self._raw) + last
+
+    def _read_length(self, data: bytes, pos: int) -> int:
+        end = len(data)
+        stop = min(end, pos + self._left)
+        self._left -= stop - pos
+        self.parser.feed_data(data if stop == end and not pos else data[pos:stop])
+        return stop
+
+    def _read_chunk_size(self, data: bytes, pos: int) -> int:
+        line = self._line
+        lf = data.find(b"\n", pos, pos + CHUNK_LINE_LIMIT - len(line))
+        if lf < 0:
+            if len(line) + len(data) - pos >= CHUNK_LINE_LIMIT:
+                raise HttpError(400, f"chunk extensions longer than {CHUNK_LINE_LIMIT} bytes (a chunk-size line)")
+            self._line = line + data[pos:]
+            return len(data)
+        self._line = b""
+        size = chunk_size(line + data[pos : lf + 1] if line else data[pos : lf + 1])
+        if size:
+            self._left = size
+            self._phase = _CHUNK_DATA
+        else:  # the last chunk: llhttp reads the trailer section, after a last-chunk line of the reader's
+            self._phase = _TRAILERS
+            self._tail = b"\r\n"  # the blank line that ends an empty trailer section begins with this CRLF
+            self.parser.feed_data(b"0\r\n")
+        return lf + 1
+
+    def _read_chunk_data(self, data: bytes, pos: int) -> int:
+        end = len(data)
+        stop = min(end, pos + self._left)
+        self._left -= stop - pos
+        if not self._left:
+            self._phase = _CHUNK_END
+            self._crlf = 0
+        self.on_body(data if stop == end and not pos else data[pos:stop])
+        return stop
+
+    def _read_chunk_end(self, data: bytes, pos: int) -> int:
+        end = len(data)
+        got = self._crlf
+        while got < 2 and pos < end:
+            if data[pos] != (13 if got == 0 else 10):
+                raise HttpError(400, "malformed request: chunk data not followed by CRLF")
+            pos += 1
+            got += 1
+        self._crlf = got
+        if got == 2:
+            self._phase = _CHUNK_SIZE
+        return pos
+
+    def _read_trailers(self, data: bytes, pos: int) -> int:
+        """The trailer section, to llhttp (which checks its lines), up to its blank line: at most
+        ``max_header_bytes``. Trailers are not forwarded (see ``on_header``)."""
+        end = len(data)
+        stop = self._blank_line(data, pos)
+        if self._seen + (end if stop < 0 else stop) - pos > self.server.max_header_bytes:
+            raise HttpError(431, "request trailers too large")
+        if stop < 0:
+            piece = data[pos:]
+            self._seen += end - pos
+            self._keep_tail(piece)
+            self.parser.feed_data(piece)
+            return end
+        self._seen = 0
+        self._tail = b""
+        self.parser.feed_data(data[pos:stop])
+        if self._phase == _TRAILERS:  # llhttp did not end the message at the blank line (it never should)
+            raise HttpError(400, "malformed request: trailer section")
+        return stop
 
     def on_message_begin(self) -> None:
         if self._synthetic:
@@ -479,14 +656,7 @@ class ClientConnection(asyncio.Protocol):
             raise _Stop
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
         self._in_head = True
-        self._raw = [self._chunk]
-        # A head that starts a chunk counts all of it; one that starts after an earlier message in the
-        # same chunk counts from the next chunk on (its offset is unknown), so a chunk's worth at most is
-        # not counted. Either way an unfinished head is cut off, at the latest by header_timeout.
-        self._raw_bytes = len(self._chunk) if not self._mid_chunk else 0
-        self._head_at_start = not self._mid_chunk
         if self._state != _HEAD:
             self._state = _HEAD
             self._head_deadline = self._now + self.server.header_timeout
@@ -496,34 +666,31 @@ class ClientConnection(asyncio.Protocol):
         if self._synthetic:
             return
         self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self.server.max_header_bytes:
-            raise HttpError(431, "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._synthetic:
-            return
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.server.max_header_bytes:
-            raise HttpError(431, "request head too large" if self._in_head else "request trailers too large")
-        if self._in_head:
+        # The reader has bounded the head. Trailers (after the head) are dropped: none is forwarded,
+        # so none of the fields that must not be trailers (RFC 9110 6.5.1) can reach a backend as one.
+        if self._in_head and not self._synthetic:
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._synthetic:
             return
         self._in_head = False
-        raw, self._raw = self._raw, None
-        if raw is not None and self._raw_bytes > self.server.max_header_bytes:
-            self._check_head_size(raw)
         parser = self.parser
         upgrade = parser.should_upgrade()
-        info = inspect_request(parser.get_method(), self._url, parser.get_http_version(), self._headers,
+        info = inspect_request(self._method, self._url, parser.get_http_version(), self._headers,
                                keep_alive=parser.should_keep_alive(), upgrade=upgrade)  # fmt: skip
-        if info.chunked and raw is not None:
-            check_raw_transfer_encoding(raw[0] if len(raw) == 1 else b"".join(raw))
-        elif info.plain and self._head_at_start and raw is not None and len(raw) == 1:
-            info.raw_head = raw_head(info, raw[0])  # the head began this chunk and ended in it
+        if info.chunked:
+            check_raw_transfer_encoding(self._raw_head())
+            self._phase = _CHUNK_SIZE
+            self._line = b""
+        elif info.content_length:
+            self._phase = _IN_LENGTH
+            self._left = info.content_length
+        elif info.plain and self._raw is None and not self._head_from:
+            # The head is the start of this read (the usual case): it is sent on as it came.
+            info.raw_head = self._data[: self._head_to - 2]
         server = self.server
         limit = server.max_body_bytes
         if limit and info.content_length is not None and info.content_length > limit:
@@ -538,7 +705,6 @@ class ClientConnection(asyncio.Protocol):
         if info.has_body:
             self._arm(now + server.idle_timeout)
         self._receiving = cycle
-        self._framing = self._chunks = 0
         self.cycles.append(cycle)
         server.in_flight += 1
         if len(self.cycles) == 1:
@@ -546,20 +712,7 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pause(_BY_PIPELINE)
 
-    def _check_head_size(self, raw: list[bytes]) -> None:
-        """``max_header_bytes`` for the head as it came, whitespace llhttp drops included, however it
-        was split: the bytes from the head's start (or from the first whole read it spans, when it
-        began after another message in a read) to its blank line. Called only when the reads it
-        spans hold more than the limit (``_raw_bytes``), so the common case costs one comparison."""
-        limit = self.server.max_header_bytes
-        pieces = raw if self._head_at_start else raw[1:]
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        end = data.find(b"\r\n\r\n")  # not found: the blank line began in the unmeasured first read
-        if end + 4 > limit:
-            raise HttpError(431, "request head too large")
-
     def on_body(self, body: bytes) -> None:
-        self._framing -= len(body)
         cycle = self._receiving
         if cycle is not None:
             self._body_at = self._now
@@ -571,7 +724,7 @@ class ClientConnection(asyncio.Protocol):
         if self._reframe:
             self._reframe = False  # llhttp ends an upgrade request at its head; the body follows
             return
-        self._mid_chunk = True
+        self._phase = _AT_START
         cycle, self._receiving = self._receiving, None
         if self._state != _HEAD:
             self._state = _WAIT
@@ -600,27 +753,28 @@ class ClientConnection(asyncio.Protocol):
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
         return RequestCycle(self, info, request, info.request_id, seq, prefer, cookie, now)
 
-    def _on_upgrade(self, rest: bytes) -> None:
+    def _upgraded_at(self, data: bytes, stop: int) -> int:
+        """llhttp stopped at the end of an upgrade request's head, at ``data[stop]``: where the
+        reader goes on (the end of ``data`` when the rest is not HTTP)."""
         cycle = self.cycles[-1] if self.cycles else None
         if cycle is None or cycle.finished:
             self._discard = True
-            return
+            return len(data)
         if cycle.info.websocket:
             self._upgraded = cycle  # nothing more is HTTP on this connection
-            if rest:
-                cycle.early_data(rest)
-            return
+            if stop < len(data):
+                cycle.early_data(data[stop:])
+            return len(data)
         if not cycle.body_done:
             # An upgrade the proxy ignores, with a body: llhttp stopped at the head. Read the body
             # (and what follows) with a fresh parser primed by a head with the same framing.
-            self.parser = _request_parser(self)
+            self.parser = HttpRequestParser(self)
             self._synthetic = True
             try:
                 self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n%s\r\n" % request_framing(cycle.info))
             finally:
                 self._synthetic = False
-        if rest:
-            self._feed(rest)
+        return stop
 
     def _parse_error(self, exc: BaseException) -> None:
         if isinstance(exc, _Stop):
