@@ -9,8 +9,11 @@ of its own (``redis_prefix``) and only the keys under it are deleted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -60,6 +63,119 @@ def start_private_server() -> tuple[subprocess.Popen[bytes], str]:
             pytest.fail(f"redis-server on port {port} did not start")
         time.sleep(0.02)
     return proc, url
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own, which the test may freeze (SIGSTOP) and thaw."""
+
+    def __init__(self) -> None:
+        self.proc, self.url = start_private_server()
+
+    def stop(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def cont(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        self.cont()  # a stopped process does not act on SIGTERM
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A private Redis (see :class:`PrivateRedis`), thawed and stopped after the test whatever happened."""
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class Relay:
+    """A TCP relay in front of the real Redis that the test can cut (connections closed and refused)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        self.up = False
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        assert self._server is not None
+        self._server.close()
+
+
+class HoldingRelay:
+    """A TCP relay in front of a Redis. Connections opened while ``holding`` is set get no replies
+    until :meth:`release`: a call on such a connection hangs while calls on others are answered."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.holding = False
+        self.port = 0
+        self._released = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                if hold:
+                    await self._released.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hold = self.holding
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer, False), self._pipe(up_reader, writer, hold))
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def __aenter__(self) -> HoldingRelay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+        for writer in self._writers:
+            writer.close()
+        assert self._server is not None
+        self._server.close()
 
 
 @pytest.fixture(scope="session")

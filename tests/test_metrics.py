@@ -116,3 +116,18 @@ async def test_state_changes_are_logged_as_structured_events(caplog: pytest.LogC
     assert events["backend_removed"]["backend_id"] == a
     assert any("circuit_state_changed backend_id=a.test:80 old=closed new=open" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+async def test_sessions_evicted_to_stay_within_max_sessions_are_exported() -> None:
+    lb = LoadBalancingModule(
+        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False), session_affinity=True, max_sessions=5),
+        clock=FakeClock(),
+    )
+    registry = CollectorRegistry()
+    register_metrics(lb, registry)
+    await lb.add_backend(BackendConfig(host="a.test", port=80))
+    assert samples(registry)[("omnixan_lb_sessions_evicted_total", ())] == 0
+    for i in range(12):  # a client inventing a session id per request
+        await lb.complete_request(await lb.route_request(Request(session_id=f"s{i}")), success=True)
+    assert samples(registry)[("omnixan_lb_sessions_evicted_total", ())] == 7
+    assert (await lb.get_load_distribution()).active_sessions == 5

@@ -22,7 +22,7 @@ import redis.asyncio
 
 from load_balancing_module import FakeClock
 from load_balancing_module.state.redis import RedisStore, redact
-from redis_helpers import MakeStore, Now, keys_under, on_port
+from redis_helpers import MakeStore, Now, Relay, keys_under, on_port
 
 IP = "203.0.113.7"
 
@@ -33,48 +33,6 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
-
-
-class Relay:
-    """A TCP relay in front of the real Redis that the test can cut (connections closed and refused)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.up = True
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in self._writers:
-            writer.close()
-        self._writers.clear()
-
-    async def __aenter__(self) -> Relay:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.cut()
-        assert self._server is not None
-        self._server.close()
 
 
 @contextlib.asynccontextmanager
@@ -218,11 +176,17 @@ async def test_every_key_is_under_the_prefix_and_expires(make_store: MakeStore, 
     await store.record_attempt("198.51.100.9", 1, 30.0)
     await store.record_attempt("198.51.100.9", 1, 30.0)  # blocked
     await store.bind_session("s1", "a:1", 120.0)
+    await store.bind_session("s2", "a:1", 120.0)
+    assert await store.get_session("s1", 120.0) == "a:1"  # looked up again: protected
+    await store.shared_secret("affinity")
     ttls = keys_under(redis_url, redis_prefix)
-    assert set(ttls) == {f"bucket:{IP}", f"flood:{IP}", "block:198.51.100.9", "session:s1", "sessions"}
+    assert set(ttls) == {f"bucket:{IP}", f"flood:{IP}", "block:198.51.100.9", "session:s1", "session:s2",
+                         "sessions", "sessions:probation", "secret:affinity"}  # fmt: skip
+    assert ttls.pop("secret:affinity") == -1  # the one key without a TTL: one per name, never per client
     assert all(ttl > 0 for ttl in ttls.values()), ttls
     assert 30_000 - 1000 < ttls["block:198.51.100.9"] <= 30_000
     assert 119_000 < ttls["session:s1"] <= 120_000 and 119_000 < ttls["sessions"] <= 120_000
+    assert 119_000 < ttls["sessions:probation"] <= 120_000
     assert ttls[f"flood:{IP}"] <= 2000 and ttls[f"bucket:{IP}"] <= 1100  # 0.1 s to refill, plus 1 s
 
 

@@ -126,7 +126,7 @@ class LoadBalancerCollector(Collector):
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
         yield CounterMetricFamily("omnixan_lb_sessions_evicted",
-                                  "Sticky sessions dropped to keep the session store within max_sessions.",
+                                  "Live sticky sessions evicted to keep the session store within max_sessions.",
                                   value=lb.store.evicted_sessions)  # fmt: skip
         yield from self._store()
 
@@ -138,7 +138,7 @@ class LoadBalancerCollector(Collector):
         yield CounterMetricFamily("omnixan_lb_state_store_errors", "Calls to the shared state store that failed.",
                                   value=errors)  # fmt: skip
         yield CounterMetricFamily("omnixan_lb_state_store_fallbacks",
-                                  "State operations answered by the fail-open policy (store failing or backing off).",
+                                  "State operations answered by the fail-open policy (down, in doubt or backing off).",
                                   value=fallbacks)  # fmt: skip
         yield GaugeMetricFamily("omnixan_lb_state_store_up", "1 while the shared state store answers.",
                                 value=1 if available else 0)  # fmt: skip

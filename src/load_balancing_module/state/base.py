@@ -9,9 +9,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+DEFAULT_MAX_SESSIONS = 100_000
+PROBATION_SHARE = 0.2  # of max_sessions, kept for sessions bound and not looked up again (yet)
+
+
+def protected_room(max_sessions: int) -> int:
+    """How many sessions the protected segment (sessions looked up again) may hold: all but
+    probation's share, so that a new binding always finds room in probation."""
+    return max_sessions - max(1, int(max_sessions * PROBATION_SHARE))
+
 
 class StateStore(ABC):
-    evicted_sessions = 0  # sessions dropped to keep the store within max_sessions (a count)
+    evicted_sessions = 0  # live sessions dropped to keep the store within max_sessions (a count)
 
     @abstractmethod
     async def get_session(self, session_id: str, ttl: float) -> str | None:
@@ -44,8 +53,9 @@ class StateStore(ABC):
 
     @abstractmethod
     async def shared_secret(self, name: str) -> bytes:
-        """32 random bytes named ``name``, the same for every balancer sharing this store
-        (the key that signs affinity cookies)."""
+        """A random key named ``name`` (32 bytes), the same for every balancer sharing this store
+        (the key that signs affinity cookies). Ask again now and then: a shared store may answer
+        with another key than before (see :class:`~.redis.RedisStore`)."""
 
     async def close(self) -> None:  # noqa: B027 - optional
         """Release connections, if any."""

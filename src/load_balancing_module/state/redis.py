@@ -8,13 +8,18 @@ Keys live under ``prefix`` and carry Redis TTLs, so nothing grows without bound.
 
 When Redis is unreachable or errors, the store fails open: the rate limit and
 the flood check admit the request, sessions are unsticky (no binding found,
-bindings not saved). After a failure it does not try Redis again for
-``retry_interval`` seconds (then one call probes it), so an outage costs at most
-one ``timeout`` per interval instead of one per request; and while a call has
-gone unanswered for ``doubt_after`` seconds (Redis answers in well under a
-millisecond), other calls fail open at once rather than wait behind it, so a
-hung Redis costs only the calls already on their way their timeout. Sessions
-are capped at ``max_sessions`` (the soonest to expire go first). See docs/state.md.
+bindings not saved). A breaker keeps Redis's trouble off the request path:
+
+- in doubt: while a call has gone unanswered for ``doubt_after`` seconds (Redis
+  answers in well under a millisecond), every new call fails open at once
+  instead of queueing behind it, until that call answers (then normal again) or
+  fails (then the back-off); so a hung Redis costs its ``timeout`` only to the
+  calls already on their way;
+- back-off: after a failure the store does not try Redis for ``retry_interval``
+  seconds; then one call probes it while the others keep failing open.
+
+Sessions are a segmented LRU capped at ``max_sessions``, as in the memory store
+(a probation and a protected sorted set). See docs/state.md.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._log import log_event
 from ..clock import Clock, SystemClock
-from .base import StateStore
+from .base import DEFAULT_MAX_SESSIONS, StateStore, protected_room
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -40,10 +45,14 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "omnixan:"
 DEFAULT_TIMEOUT = 0.25  # seconds for a connect and for a reply; Redis answers in well under 1 ms on a LAN
 RETRY_INTERVAL = 1.0  # seconds without trying Redis after a failure
-# A call still unanswered after this long is in doubt: while it is, every other call fails open at
-# once instead of queueing behind it for the whole timeout (Redis answers in well under 1 ms).
+# Redis is in doubt when a call has gone unanswered this long and no call was answered for as long:
+# while it is, every other call fails open at once instead of queueing behind it for the whole
+# timeout. Redis answers in well under 1 ms on a LAN. 50 ms is far above that, above this process's
+# own longest event-loop stalls (about 7 ms during a reload) and above a cold start (50 concurrent
+# first calls, each opening its connection, got their first answer after 14 to 20 ms here), so it
+# trips on a hung or failing Redis, not on ordinary latency or a busy balancer.
 DOUBT_AFTER = 0.05
-DEFAULT_MAX_SESSIONS = 100_000
+SECRET_BYTES = 32
 LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
 
 # ARGV "now": the injected time, or "" for the Redis server's clock. Numbers go back as
@@ -55,8 +64,27 @@ local function now(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function num(x) return string.format('%.17g', x) end
-local function keep_index(key, ms)  -- the session index outlives its longest session, no longer
+local function keep_index(key, ms)  -- a session index outlives its longest session, no longer
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+local STEP, PURGE_STEP = 100, 10000
+-- The protected segment's least recently used over its room move to probation (scores kept).
+local function demote(protected, probation, room, ms)
+  local over = redis.call('ZCARD', protected) - room
+  if over <= 0 then return end
+  local moved = redis.call('ZPOPMIN', protected, math.min(over, STEP))
+  for i = 1, #moved, 2 do redis.call('ZADD', probation, moved[i + 1], moved[i]) end
+  keep_index(probation, ms)
+end
+-- The n soonest to expire of an index go, with their keys. Returns how many went, how many were live.
+local function evict(index, n, t, prefix)
+  local gone = redis.call('ZPOPMIN', index, n)
+  local live = 0
+  for i = 1, #gone, 2 do
+    redis.call('DEL', prefix .. gone[i])
+    if tonumber(gone[i + 1]) > t then live = live + 1 end
+  end
+  return #gone / 2, live
 end
 """
 
@@ -98,7 +126,13 @@ redis.call('PEXPIRE', KEYS[2], 2000)
 return {'0', 0}
 """
 
-# KEYS: session, index. ARGV: ttl, now, session id. Returns the bound backend id, or nil.
+# Sessions: a segmented LRU in two sorted sets scored by expiry (the least recently used expire
+# first): <prefix>sessions:probation holds sessions bound and not looked up since, <prefix>sessions
+# the protected ones, looked up again. Each script demotes or evicts at most STEP sessions, so a
+# lowered max_sessions is caught up with over later calls instead of in one long script.
+
+# KEYS: session, protected, probation. ARGV: ttl, now, session id, protected room.
+# Returns the bound backend id, or nil. A hit moves the session to the protected segment.
 _GET_SESSION = """
 local ttl, t = tonumber(ARGV[1]), now(ARGV[2])
 local s = redis.call('HMGET', KEYS[1], 'backend', 'expires')
@@ -106,40 +140,69 @@ if not s[1] then return false end
 if tonumber(s[2]) <= t then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
   return false
 end
-local ms = math.ceil(ttl * 1000)
-redis.call('HSET', KEYS[1], 'expires', num(t + ttl))
+local ms, expires = math.ceil(ttl * 1000), num(t + ttl)
+redis.call('HSET', KEYS[1], 'expires', expires)
 redis.call('PEXPIRE', KEYS[1], ms)
-redis.call('ZADD', KEYS[2], num(t + ttl), ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[2], expires, ARGV[3])
 keep_index(KEYS[2], ms)
+demote(KEYS[2], KEYS[3], tonumber(ARGV[4]), ms)
 return s[1]
 """
 
-# KEYS: session, index. ARGV: backend id, ttl, now, session id, max sessions, session key prefix.
-# Over max sessions, the soonest to expire (the least recently used) go. Returns how many went.
+# KEYS: session, protected, probation. ARGV: backend id, ttl, now, session id, max sessions,
+# protected room, session key prefix. A new binding enters probation; a rebind of a protected
+# session stays protected. Over max sessions, probation's soonest to expire go (then, only while
+# a lowered max is caught up with, the protected segment's). Returns how many live sessions went.
 _BIND_SESSION = """
 local ttl, t = tonumber(ARGV[2]), now(ARGV[3])
-local ms = math.ceil(ttl * 1000)
-redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'expires', num(t + ttl))
+local ms, expires = math.ceil(ttl * 1000), num(t + ttl)
+redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'expires', expires)
 redis.call('PEXPIRE', KEYS[1], ms)
-redis.call('ZADD', KEYS[2], num(t + ttl), ARGV[4])
-keep_index(KEYS[2], ms)
-local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+  redis.call('ZADD', KEYS[2], expires, ARGV[4])
+  keep_index(KEYS[2], ms)
+  return 0
+end
+redis.call('ZADD', KEYS[3], expires, ARGV[4])
+keep_index(KEYS[3], ms)
+demote(KEYS[2], KEYS[3], tonumber(ARGV[6]), ms)
+local over = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[5])
 if over <= 0 then return 0 end
-local gone = redis.call('ZPOPMIN', KEYS[2], over)
-for i = 1, #gone, 2 do redis.call('DEL', ARGV[6] .. gone[i]) end
-return #gone / 2
+over = math.min(over, STEP)
+local popped, live = evict(KEYS[3], over, t, ARGV[7])
+if popped < over then
+  local _, more = evict(KEYS[2], over - popped, t, ARGV[7])
+  live = live + more
+end
+return live
 """
 
-# KEYS: index. ARGV: now. Live sessions are those whose expiry is after now: O(log n).
+# KEYS: protected, probation. ARGV: now. Live sessions are those whose expiry is after now: O(log n).
 _SESSION_COUNT = """
-return redis.call('ZCOUNT', KEYS[1], '(' .. num(now(ARGV[1])), '+inf')
+local after = '(' .. num(now(ARGV[1]))
+return redis.call('ZCOUNT', KEYS[1], after, '+inf') + redis.call('ZCOUNT', KEYS[2], after, '+inf')
 """
 
-# KEYS: index. ARGV: now. Drops the index entries of expired sessions; their keys expire by TTL.
+# KEYS: protected, probation. ARGV: now. Drops the index entries of expired sessions (the lowest
+# scores), at most PURGE_STEP per index a call; their keys expire by TTL. Returns how many went.
 _PURGE = """
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now(ARGV[1])))
+local t, removed = num(now(ARGV[1])), 0
+for i = 1, 2 do
+  local n = math.min(redis.call('ZCOUNT', KEYS[i], '-inf', t), PURGE_STEP)
+  if n > 0 then removed = removed + redis.call('ZREMRANGEBYRANK', KEYS[i], 0, n - 1) end
+end
+return removed
+"""
+
+# KEYS: secret. ARGV: the key to store if there is none (hex). Returns the stored one: the first
+# balancer to ask sets it, and a key lost with a Redis restart is set again by the next to ask.
+_SHARED_SECRET = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
 """
 
 
@@ -160,10 +223,14 @@ class RedisStore(StateStore):
     or a ``redis.asyncio.Redis`` client you own (Sentinel's ``master_for``, custom TLS...).
     ``timeout`` bounds each connect and each reply, in seconds. ``now`` (seconds, any epoch,
     the same for every balancer) replaces the Redis server's clock, for tests. ``clock`` times
-    the back-off after a failure.
+    the breaker (doubt and back-off). ``doubt_after``: seconds a call may go unanswered before
+    the others stop waiting for Redis. ``max_sessions``: the sessions kept (the whole fleet's:
+    the bound is on Redis).
 
-    ``errors`` counts Redis calls that failed; ``fallbacks`` counts operations answered by the
-    failure policy (failed or skipped during the back-off); ``available`` is False during an outage.
+    ``errors`` counts Redis calls that failed (or were cancelled while in doubt); ``fallbacks``
+    counts operations answered by the failure policy (failed, or skipped while in doubt or
+    backing off); ``available`` is False during an outage; ``evicted_sessions`` counts the live
+    sessions this balancer's binds evicted.
     """
 
     def __init__(
@@ -179,9 +246,12 @@ class RedisStore(StateStore):
         now: Callable[[], float] | None = None,
         clock: Clock | None = None,
     ) -> None:
-        if timeout <= 0 or retry_interval < 0 or log_interval < 0:
+        if timeout <= 0 or retry_interval < 0 or log_interval < 0 or doubt_after < 0:
             raise ValueError(f"RedisStore: timeout must be > 0 and the intervals >= 0 (timeout={timeout}, "
-                             f"retry_interval={retry_interval}, log_interval={log_interval})")  # fmt: skip
+                             f"retry_interval={retry_interval}, log_interval={log_interval}, "
+                             f"doubt_after={doubt_after})")  # fmt: skip
+        if max_sessions < 1:
+            raise ValueError(f"RedisStore: max_sessions must be >= 1, got {max_sessions}")
         from redis.exceptions import RedisError  # here, not at import: redis costs ~50 ms to load
 
         self.prefix = prefix
@@ -191,20 +261,24 @@ class RedisStore(StateStore):
         self.retry_interval = retry_interval
         self.doubt_after = doubt_after
         self.max_sessions = max_sessions
+        self._protected_room = protected_room(max_sessions)
         self.evicted_sessions = 0
         self._pending: dict[int, float] = {}  # calls on their way, oldest first: when each began
+        self._answered_at = float("-inf")  # when a call last got its answer
         self._call_seq = 0
-        self._secrets: dict[str, bytes] = {}
+        self._secrets: dict[str, bytes] = {}  # the last key Redis gave, or this process's own meanwhile
+        self._local_secrets: set[str] = set()  # names whose key is this process's own (Redis did not answer)
         self.log_interval = log_interval
         # Redis errors, and what an interrupted socket may raise before redis-py wraps it.
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
-        self._index = f"{prefix}sessions"
+        self._sessions = (f"{prefix}sessions", f"{prefix}sessions:probation")  # protected, probation
         self._take = self._script(_TAKE_TOKEN)
         self._attempt = self._script(_RECORD_ATTEMPT)
         self._get = self._script(_GET_SESSION)
         self._bind = self._script(_BIND_SESSION)
         self._count = self._script(_SESSION_COUNT)
         self._purge = self._script(_PURGE)
+        self._secret = self._script(_SHARED_SECRET)
         self.errors = 0
         self.fallbacks = 0
         self._down_since: float | None = None
@@ -220,24 +294,22 @@ class RedisStore(StateStore):
     # -- the StateStore interface ----------------------------------------------------
 
     async def get_session(self, session_id: str, ttl: float) -> str | None:
-        keys = (f"{self.prefix}session:{session_id}", self._index)
-        ok, backend = await self._eval("get_session", self._get, keys, (ttl, self._time(), session_id))
+        keys = (f"{self.prefix}session:{session_id}", *self._sessions)
+        args = (ttl, self._time(), session_id, self._protected_room)
+        ok, backend = await self._eval("get_session", self._get, keys, args)
         return _text(backend) if ok and backend is not None else None
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
-        keys = (f"{self.prefix}session:{session_id}", self._index)
-        ok, evicted = await self._eval(
-            "bind_session",
-            self._bind,
-            keys,
-            (backend_id, ttl, self._time(), session_id, self.max_sessions, f"{self.prefix}session:"),
-        )
+        keys = (f"{self.prefix}session:{session_id}", *self._sessions)
+        args = (backend_id, ttl, self._time(), session_id, self.max_sessions, self._protected_room,
+                f"{self.prefix}session:")  # fmt: skip
+        ok, evicted = await self._eval("bind_session", self._bind, keys, args)
         if ok and evicted:
             self.evicted_sessions += int(evicted)
 
     async def session_count(self) -> int:
-        """Live sessions, from the index (a sorted set by expiry): O(log n). 0 while Redis is down."""
-        ok, count = await self._eval("session_count", self._count, (self._index,), (self._time(),))
+        """Live sessions, from the two indexes (sorted sets by expiry): O(log n). 0 while Redis is down."""
+        ok, count = await self._eval("session_count", self._count, self._sessions, (self._time(),))
         return int(count) if ok else 0
 
     async def take_token(self, key: str, rate: float, burst: int) -> float:
@@ -255,35 +327,38 @@ class RedisStore(StateStore):
         return float(_text(reply[0])), bool(reply[1])
 
     async def purge_expired(self) -> int:
-        """Drop expired sessions from the session index; return how many.
+        """Drop expired sessions from the session indexes (at most 10,000 from each a call); return how many.
 
         Buckets, flood counters, blocks and the session keys themselves are expired by
         Redis (their TTLs), so they are not counted here."""
-        ok, removed = await self._eval("purge_expired", self._purge, (self._index,), (self._time(),))
+        ok, removed = await self._eval("purge_expired", self._purge, self._sessions, (self._time(),))
         return int(removed) if ok else 0
 
     async def shared_secret(self, name: str) -> bytes:
-        """The key ``name`` that every balancer on this Redis shares: the first to ask sets it
-        (``SET NX``). If Redis does not answer, a key of this process's own, logged; it is asked
-        for again next time."""
-        known = self._secrets.get(name)
-        if known is not None:
-            return known
-        key = f"{self.prefix}secret:{name}"
-        fresh = secrets.token_hex(32)
-        ok, _ = await self._call("shared_secret", lambda: self._client.set(key, fresh, nx=True))
-        value = None
-        if ok:
-            ok, value = await self._call("shared_secret", lambda: self._client.get(key))
-        try:
-            secret = bytes.fromhex(_text(value)) if ok and value is not None else b""
-        except ValueError:  # not a key this store wrote
-            secret = b""
-        if len(secret) < 16:
-            log_event("shared_secret_local", logging.WARNING, name=name, reason="no usable key in the state store")
-            return bytes.fromhex(fresh)
-        self._secrets[name] = secret
-        return secret
+        """The key ``name`` that every balancer on this Redis shares, in one round trip: the first
+        to ask stores it (``SET NX``), the others read it. Each call offers the key this store
+        knows (or a new random one), so a key lost with a Redis restart without persistence is set
+        again by the next balancer to ask, to the one the fleet had. If Redis does not answer (or
+        holds no usable key), a key of this process's own, logged once and kept until Redis answers.
+        Ask again now and then (a timer, not every request: this is a Redis call)."""
+        offer = self._secrets.get(name)
+        if offer is None:
+            offer = secrets.token_bytes(SECRET_BYTES)
+        ok, value = await self._eval("shared_secret", self._secret, (f"{self.prefix}secret:{name}",), (offer.hex(),))
+        shared = _secret(value) if ok else None
+        if shared is None:
+            if name not in self._local_secrets:
+                self._local_secrets.add(name)
+                reason = "the state store did not answer" if not ok else "the state store holds no usable key"
+                log_event("shared_secret_local", logging.WARNING, name=name, reason=reason,
+                          key=f"{self.prefix}secret:{name}")  # fmt: skip
+            self._secrets[name] = offer
+            return offer
+        if name in self._local_secrets:
+            self._local_secrets.discard(name)
+            log_event("shared_secret_shared", name=name, same_as_local=shared == offer)
+        self._secrets[name] = shared
+        return shared
 
     async def ping(self) -> bool:
         """Whether Redis answers now (through the same failure policy as every operation)."""
@@ -313,33 +388,54 @@ class RedisStore(StateStore):
             self.fallbacks += 1
             return False, None
         self._call_seq = seq = self._call_seq + 1
-        self._pending[seq] = self._clock.monotonic()
+        self._pending[seq] = began = self._clock.monotonic()
         try:
             reply = await request()
         except self._errors as exc:
             self._failed(op, exc)
             return False, None
+        except asyncio.CancelledError:
+            # A caller's deadline ended a call that was in doubt: as good as a timeout. Without
+            # this, callers with deadlines shorter than ``timeout`` would clear the doubt each
+            # time and let the next batch of calls queue behind a hung Redis again.
+            if self._silent_since(began):
+                self._failed(op, TimeoutError(f"cancelled after {self.doubt_after} s unanswered"), answered=False)
+            raise
         finally:
             del self._pending[seq]
             if probe:  # even when cancelled: a stuck probe flag would keep the store failing open
                 self._probing = False
-        self._succeeded()
+        self._answered_at = self._clock.monotonic()
+        if self._down_since is not None:
+            self._succeeded()
         return True, reply
 
     def _may_try(self) -> bool | None:
-        """None: do not try Redis (back-off); False: a normal call; True: the probe after an outage."""
+        """None: do not try Redis (in doubt, or backing off); False: a normal call; True: the probe after an outage."""
         if self._down_since is None:
-            if self._pending and self._clock.monotonic() - next(iter(self._pending.values())) > self.doubt_after:
-                return None  # a call is in doubt (Redis is usually sub-millisecond): do not pile up behind it
+            if self._pending and self._in_doubt():
+                return None  # Redis is silent (it is usually sub-millisecond): do not pile up behind it
             return False
         if self._probing or self._clock.monotonic() < self._retry_at:
             return None
         self._probing = True  # one call tries Redis again; the others keep failing open meanwhile
         return True
 
-    def _failed(self, op: str, exc: BaseException) -> None:
+    def _in_doubt(self) -> bool:
+        return self._silent_since(next(iter(self._pending.values())))  # the oldest call on its way
+
+    def _silent_since(self, began: float) -> bool:
+        """A call that began at ``began`` has gone unanswered for ``doubt_after``, and no call was
+        answered meanwhile. The second half keeps a busy balancer (replies read late, but read), a
+        burst of calls opening connections, or one slow script, from counting as a silent Redis."""
+        now = self._clock.monotonic()
+        return now - began > self.doubt_after and now - self._answered_at > self.doubt_after
+
+    def _failed(self, op: str, exc: BaseException, *, answered: bool = True) -> None:
+        """A call failed: back off. ``answered``: its operation got the fail-open answer (a fallback)."""
         self.errors += 1
-        self.fallbacks += 1
+        if answered:
+            self.fallbacks += 1
         now = self._clock.monotonic()
         self._retry_at = now + self.retry_interval
         if self._down_since is None:
@@ -352,11 +448,12 @@ class RedisStore(StateStore):
                       seconds=round(now - self._down_since, 1), errors=self.errors, error=repr(exc))  # fmt: skip
 
     def _succeeded(self) -> None:
-        if self._down_since is not None:
-            seconds = self._clock.monotonic() - self._down_since
-            self._down_since = None
-            log_event("state_store_recovered", store="redis", url=redact(self.url), seconds=round(seconds, 1),
-                      errors=self.errors)  # fmt: skip
+        """The first answer after an outage."""
+        assert self._down_since is not None
+        seconds = self._clock.monotonic() - self._down_since
+        self._down_since = None
+        log_event("state_store_recovered", store="redis", url=redact(self.url), seconds=round(seconds, 1),
+                  errors=self.errors)  # fmt: skip
 
 
 def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
@@ -375,6 +472,17 @@ def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
     client = Redis.from_url(target, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
                             retry=retry, client_name="omnixan-lb")  # fmt: skip
     return client, True, target
+
+
+def _secret(value: Any) -> bytes | None:
+    """A key as stored by :meth:`RedisStore.shared_secret` (hex, at least 16 bytes), or None."""
+    if value is None:
+        return None
+    try:
+        secret = bytes.fromhex(_text(value))
+    except ValueError:  # not a key this store wrote
+        return None
+    return secret if len(secret) >= 16 else None
 
 
 def _text(value: Any) -> str:
