@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 import pytest
+import redis.asyncio
 
 from load_balancing_module import FakeClock
 from load_balancing_module.state import RedisStore
@@ -153,6 +154,31 @@ async def test_a_slow_call_is_no_doubt_while_other_calls_are_answered(redis_url:
             assert await reaches_redis(store, "d") and store.errors == 0
         finally:
             await store.close()
+
+
+async def test_more_calls_at_once_than_connections_fail_open_without_counting_redis_as_down(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """redis-py's pool raises at once when it is out of connections (100 by default since redis-py
+    8): the calls beyond it fail open, and a healthy Redis is not taken for a failing one (which
+    would fail everything open for retry_interval)."""
+    client = redis.asyncio.Redis.from_url(redis_url, max_connections=5)
+    store = RedisStore(client, prefix=redis_prefix, clock=FakeClock())
+    try:
+        waits = await asyncio.gather(*(store.take_token("shared", 0.001, 100) for _ in range(20)))
+        assert waits == [0.0] * 20
+        assert (store.fallbacks, store.errors, store.available) == (15, 0, True)  # 5 went, one a connection
+        assert await reaches_redis(store, "after")
+        assert await store.take_token("shared", 0.001, 100) == 0.0
+        assert await store.take_token("shared", 0.001, 100) == 0.0 and store.fallbacks == 15
+    finally:
+        await store.close()
+        await client.aclose()
+    own = RedisStore(redis_url)
+    try:
+        assert own._client.connection_pool.max_connections == 100  # explicit, whatever redis-py's default
+    finally:
+        await own.close()
 
 
 async def test_a_frozen_redis_costs_its_timeout_only_to_the_calls_on_their_way(private_redis: PrivateRedis) -> None:

@@ -53,6 +53,10 @@ RETRY_INTERVAL = 1.0  # seconds without trying Redis after a failure
 # trips on a hung or failing Redis, not on ordinary latency or a busy balancer.
 DOUBT_AFTER = 0.05
 SECRET_BYTES = 32
+# Connections in the pool of a client the store makes (redis-py 8's default, explicit because earlier
+# versions allow 2**31): as many calls may be on their way at once. Redis answers a call in well under
+# a millisecond, so that is tens of thousands of calls a second; a call beyond it fails open at once.
+MAX_CONNECTIONS = 100
 LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
 
 # ARGV "now": the injected time, or "" for the Redis server's clock. Numbers go back as
@@ -228,9 +232,9 @@ class RedisStore(StateStore):
     the bound is on Redis).
 
     ``errors`` counts Redis calls that failed (or were cancelled while in doubt); ``fallbacks``
-    counts operations answered by the failure policy (failed, or skipped while in doubt or
-    backing off); ``available`` is False during an outage; ``evicted_sessions`` counts the live
-    sessions this balancer's binds evicted.
+    counts operations answered by the failure policy (failed, or skipped while in doubt, backing
+    off, or with every connection of the client's pool on its way); ``available`` is False during
+    an outage; ``evicted_sessions`` counts the live sessions this balancer's binds evicted.
     """
 
     def __init__(
@@ -264,6 +268,9 @@ class RedisStore(StateStore):
         self._protected_room = protected_room(max_sessions)
         self.evicted_sessions = 0
         self._pending: dict[int, float] = {}  # calls on their way, oldest first: when each began
+        # No more calls on their way than the pool has connections: redis-py's pool raises at once
+        # when it is out of them, which would count a healthy Redis as failing.
+        self._max_pending = self._client.connection_pool.max_connections
         self._answered_at = float("-inf")  # when a call last got its answer
         self._call_seq = 0
         self._secrets: dict[str, bytes] = {}  # the last key Redis gave, or this process's own meanwhile
@@ -413,8 +420,8 @@ class RedisStore(StateStore):
     def _may_try(self) -> bool | None:
         """None: do not try Redis (in doubt, or backing off); False: a normal call; True: the probe after an outage."""
         if self._down_since is None:
-            if self._pending and self._in_doubt():
-                return None  # Redis is silent (it is usually sub-millisecond): do not pile up behind it
+            if self._pending and (len(self._pending) >= self._max_pending or self._in_doubt()):
+                return None  # every connection busy, or Redis silent (it is usually sub-millisecond)
             return False
         if self._probing or self._clock.monotonic() < self._retry_at:
             return None
@@ -470,7 +477,7 @@ def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
     # pool), none on a timeout: a hung Redis then costs one ``timeout``, not several.
     retry = Retry(NoBackoff(), 1, (RedisConnectionError,))
     client = Redis.from_url(target, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
-                            retry=retry, client_name="omnixan-lb")  # fmt: skip
+                            retry=retry, client_name="omnixan-lb", max_connections=MAX_CONNECTIONS)  # fmt: skip
     return client, True, target
 
 
