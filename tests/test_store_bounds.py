@@ -8,6 +8,7 @@ checks the memory store's upkeep does not walk the whole store (CPU time, with a
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -286,3 +287,69 @@ async def test_redis_store_defaults() -> None:
         assert (store.max_sessions, store.doubt_after, store.evicted_sessions, store.fallbacks) == (100_000, 0.05, 0, 0)
     finally:
         await store.close()
+
+
+# -- ``python tests/test_store_bounds.py``: the memory figures in docs/state.md ----------------------------
+
+
+def session_ids(kind: str, count: int) -> list[str]:
+    if kind == "32 hex digits":
+        return [f"{i:032x}" for i in range(count)]
+    filler = "a" if kind == "512 ASCII characters" else "\U0001f600"
+    return [(str(i) + filler * 512)[:512] for i in range(count)]
+
+
+KINDS = ("32 hex digits", "512 ASCII characters", "512 characters outside the BMP")
+
+
+async def memory_store_bytes(kind: str, count: int = 100_000) -> float:
+    """Bytes per session held by a MemoryStore (tracemalloc), half of them looked up again."""
+    import tracemalloc
+
+    ids = session_ids(kind, count)  # made before measuring: a client's ids are the store's to keep only
+    store = MemoryStore(FakeClock(), max_sessions=count)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i, session in enumerate(ids):
+            await store.bind_session(session, "backend-1.example:8080", 3600)
+            if i % 2:
+                await store.get_session(session, 3600)
+        used = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    return (used + sum(map(sys.getsizeof, ids))) / count
+
+
+async def redis_store_bytes(kind: str, count: int = 20_000) -> float:
+    """Bytes per session in Redis (growth of used_memory), half of them looked up again."""
+    from redis_helpers import PrivateRedis
+
+    server = PrivateRedis()
+    store = RedisStore(server.url, max_sessions=count)
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            base = int(client.info("memory")["used_memory"])
+            for i, session in enumerate(session_ids(kind, count)):
+                await store.bind_session(session, "backend-1.example:8080", 3600)
+                if i % 2:
+                    await store.get_session(session, 3600)
+            return (int(client.info("memory")["used_memory"]) - base) / count
+    finally:
+        await store.close()
+        server.close()
+
+
+async def report() -> None:
+    for kind in KINDS:
+        per = await memory_store_bytes(kind)
+        print(f"MemoryStore, {kind}: {per:.0f} bytes a session, {per * 100_000 / 1e6:.0f} MB at 100,000")
+    for kind in KINDS:
+        per = await redis_store_bytes(kind)
+        print(f"RedisStore, {kind}: {per:.0f} bytes a session, {per * 100_000 / 1e6:.0f} MB at 100,000")
+
+
+if __name__ == "__main__":
+    import asyncio
+
+    asyncio.run(report())
