@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..algorithms import ALGORITHMS
-from ..config import BackendConfig, LoadBalancingModuleConfig, _Model
+from ..config import BackendConfig, LoadBalancingModuleConfig, _Model, check_host
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
@@ -47,6 +47,15 @@ class Limits(_Model):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     header_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float = Field(default=60.0, gt=0)
+
+
+def _dns_name(value: str) -> bool:
+    """Dot-separated RFC 1123 labels (the rule a backend's host follows), so no IPv6 literal."""
+    try:
+        check_host(value)
+    except ValueError:
+        return False
+    return ":" not in value
 
 
 class AdminConfig(_Model):
@@ -85,12 +94,11 @@ class AdminConfig(_Model):
             return str(ipaddress.ip_address(name))
         except ValueError:
             pass
-        wildcard = name.startswith("*.")
-        labels = name.removeprefix("*.").split(".")
-        if len(name) > 253 or not all(re.fullmatch(r"(?!-)[a-z0-9-]{1,63}(?<!-)", label) for label in labels):
+        base = name.removeprefix("*.")
+        if len(name) > 253 or not _dns_name(base):
             raise ValueError(f"{value!r} is not a host name such as admin.example.com or *.example.com "
                              "(no scheme, no port)")  # fmt: skip
-        if wildcard and len(labels) < 2:
+        if base != name and "." not in base:
             raise ValueError(f"{value!r} would match a whole top-level domain: name a domain of your own")
         return name
 
