@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 import typing
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -188,25 +190,28 @@ def lb_file(path: Path, backends: int, extra: str = "") -> Path:
     return path
 
 
-async def test_a_bad_reload_applies_nothing(tmp_path: Path) -> None:
-    path = lb_file(tmp_path / "lb.yaml", 3)
+@contextlib.asynccontextmanager
+async def serving(path: Path) -> AsyncIterator[tuple[Server, Path]]:
+    """A whole server started from ``path``, shut down afterwards."""
     server = Server(path, load_config(path))
     await server.start()
     try:
+        yield server, path
+    finally:
+        await server.shutdown()
+
+
+async def test_a_bad_reload_applies_nothing(tmp_path: Path) -> None:
+    async with serving(lb_file(tmp_path / "lb.yaml", 3)) as (server, path):
         lb_file(path, 5, "request_timeout: .inf\n")  # two more backends, and one bad value
         assert not await server.reload()
         assert len(server.lb.backends) == 3 and server.config.request_timeout == 30
         lb_file(path, 5, BOMB.replace("a: &a", "zz: &a"))
         assert not await server.reload()
         assert len(server.lb.backends) == 3
-    finally:
-        await server.shutdown()
 
 
 async def test_a_reload_to_1000_backends_never_stalls_the_loop(tmp_path: Path) -> None:
-    path = lb_file(tmp_path / "lb.yaml", 2)
-    server = Server(path, load_config(path))
-    await server.start()
     loop = asyncio.get_running_loop()
     worst = 0.0
     ticking = True
@@ -218,7 +223,7 @@ async def test_a_reload_to_1000_backends_never_stalls_the_loop(tmp_path: Path) -
             await asyncio.sleep(0.002)
             worst = max(worst, loop.time() - before - 0.002)
 
-    try:
+    async with serving(lb_file(tmp_path / "lb.yaml", 2)) as (server, path):
         lb_file(path, 1000)
         ticker = asyncio.create_task(tick())
         await asyncio.sleep(0.01)
@@ -228,15 +233,10 @@ async def test_a_reload_to_1000_backends_never_stalls_the_loop(tmp_path: Path) -
         assert len(server.lb.backends) == 1000
         print(f"worst loop lag during the reload: {worst * 1000:.1f} ms")
         assert worst < 0.1, f"the loop stalled {worst * 1000:.0f} ms"
-    finally:
-        await server.shutdown()
 
 
 async def test_reloads_asked_for_during_a_reload_are_coalesced(tmp_path: Path) -> None:
-    path = lb_file(tmp_path / "lb.yaml", 2)
-    server = Server(path, load_config(path))
-    await server.start()
-    try:
+    async with serving(lb_file(tmp_path / "lb.yaml", 2)) as (server, path):
         lb_file(path, 300)
         first = asyncio.create_task(server.reload())
         await asyncio.sleep(0)
@@ -244,5 +244,3 @@ async def test_reloads_asked_for_during_a_reload_are_coalesced(tmp_path: Path) -
         others = [asyncio.create_task(server.reload()) for _ in range(5)]
         assert all(await asyncio.gather(first, *others))
         assert len(server.lb.backends) == 4
-    finally:
-        await server.shutdown()
