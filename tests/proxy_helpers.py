@@ -30,8 +30,9 @@ import h11
 from aiohttp import web
 
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule
+from load_balancing_module.server.client import ClientConnection
 from load_balancing_module.server.config import ServerConfig
-from load_balancing_module.server.proxy import ClientConnection, ProxyServer
+from load_balancing_module.server.proxy import ProxyServer
 from servers import AioServer
 
 HOST = "127.0.0.1"

@@ -239,7 +239,8 @@ async def test_a_response_the_client_stops_reading_is_not_the_backends_failure()
         for _ in range(2):
             client = proxy.client()
             await client.send(get("/stream"))  # and never read
-            await until(lambda: proxy.proxy.in_flight == 0, timeout=5)
+            await until(lambda: proxy.proxy.in_flight == 1)  # the request is in
+            await until(lambda: proxy.proxy.in_flight == 0, timeout=5)  # the client's write timeout ends it
             await client.close()
         untouched(proxy)
 

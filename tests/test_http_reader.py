@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from load_balancing_module.server.http import MAX_METHOD
-from load_balancing_module.server.proxy import CHUNK_LINE_LIMIT
+from load_balancing_module.server.reader import CHUNK_LINE_LIMIT
 from proxy_helpers import (
     SPLIT_IDS,
     SPLITS,

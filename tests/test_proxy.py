@@ -268,7 +268,7 @@ async def test_a_backend_that_stops_reading_pauses_the_client() -> None:
                 sent += len(chunk)
 
         uploading = asyncio.create_task(upload())
-        await until(lambda: any(c._paused for c in proxy.proxy.connections))  # the backend reads nothing
+        await until(lambda: any(c.flow.reading_paused for c in proxy.proxy.connections))  # the backend reads nothing
         await asyncio.sleep(0.05)  # time enough to go on if nothing held the client back
         assert proxy_buffered(proxy) < MB
         assert sent < total and not uploading.done()

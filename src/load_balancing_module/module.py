@@ -173,6 +173,24 @@ class LoadBalancingModule:
         """Runtime state of every backend, by id (read-only use)."""
         return self.router.backends
 
+    @property
+    def backend_count(self) -> int:
+        """How many backends routing knows."""
+        return len(self.router.backends)
+
+    def retry_allowed(self) -> bool:
+        """The retry budget admits one more retry of a request a backend may have received."""
+        return self.retry_budget.allows(self.router.in_flight)
+
+    def begin_retry(self, *, budgeted: bool) -> None:
+        """Count a retry; a ``budgeted`` one holds a unit of the retry budget until :meth:`end_retry`."""
+        self.counters["retries"] += 1
+        if budgeted:
+            self.retry_budget.active += 1
+
+    def end_retry(self) -> None:
+        self.retry_budget.active -= 1
+
     # -- routing -----------------------------------------------------------------
 
     def route_now(self, request: Request, prefer: str | None = None) -> RouteResult | None:

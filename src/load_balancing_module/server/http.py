@@ -24,112 +24,36 @@ whatever framing a backend would have read differently never reaches it.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import re
 from collections.abc import Iterable, Sequence
-from http import HTTPStatus
 from typing import Final
 
 from ..enums import WorkloadType
-
-Header = tuple[bytes, bytes]
+from .headers import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    COOKIE,
+    DROP,
+    EXPECT,
+    FORWARDED_AS_IS,
+    FORWARDED_FOR,
+    FORWARDED_HOST,
+    FORWARDED_PROTO,
+    HOST_HEADER,
+    KEEP,
+    REQUEST_ID,
+    REQUEST_SPELLINGS,
+    SESSION_ID,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    WORKLOAD,
+    Header,
+    action,
+    tokens,
+)
 
 AFFINITY_COOKIE = b"OMNIXAN_AFFINITY"
 MAX_ID_LENGTH = 512  # Request.request_id and Request.session_id allow no more
-
-# Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction;
-# so is every ``Proxy-*`` header and every header that ``Connection`` names.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
-
-# What the proxy does with a header, by name: most are forwarded (_KEEP); see _REQUEST_ACTIONS
-# and _RESPONSE_ACTIONS for the others, and _action for how a name is looked up.
-_DROP: Final = 0
-_KEEP: Final = 1
-_CONTENT_LENGTH: Final = 2
-_TRANSFER_ENCODING: Final = 3
-_HOST_HEADER: Final = 4
-_CONNECTION: Final = 5
-_UPGRADE: Final = 6
-_FORWARDED_FOR: Final = 7
-_FORWARDED_PROTO: Final = 8
-_FORWARDED_HOST: Final = 9
-_REQUEST_ID: Final = 10
-_SESSION_ID: Final = 11
-_WORKLOAD: Final = 12
-_COOKIE: Final = 13
-_EXPECT: Final = 14
-_HOPS = {b"connection": _CONNECTION, b"keep-alive": _DROP, b"te": _DROP, b"trailer": _DROP,
-         b"transfer-encoding": _TRANSFER_ENCODING, b"upgrade": _UPGRADE}  # fmt: skip
-assert set(_HOPS) == HOP_BY_HOP
-_REQUEST_ACTIONS = {
-    **_HOPS, b"content-length": _CONTENT_LENGTH, b"host": _HOST_HEADER, b"x-forwarded-for": _FORWARDED_FOR,
-    b"x-forwarded-proto": _FORWARDED_PROTO, b"x-forwarded-host": _FORWARDED_HOST, b"x-request-id": _REQUEST_ID,
-    b"x-session-id": _SESSION_ID, b"x-workload-type": _WORKLOAD, b"cookie": _COOKIE, b"expect": _EXPECT,
-}  # fmt: skip
-# Response: hop-by-hop ones, X-Request-ID (the proxy sends its own) and Content-Length (it writes the framing).
-_RESPONSE_ACTIONS = {**_HOPS, b"x-request-id": _DROP, b"content-length": _CONTENT_LENGTH}
-# Headers forwarded as they came, besides the unknown ones. Not Expect: the proxy answers
-# "100-continue" itself and sends the body with the head, so a backend has nothing to expect.
-_FORWARDED_AS_IS: Final = (_HOST_HEADER, _SESSION_ID, _WORKLOAD, _COOKIE)
-
-
-def _casings(name: bytes) -> list[bytes]:
-    """A lowercase header name as it is usually written: Title-Case, and with ``ID``."""
-    title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
-    return list(dict.fromkeys((title, title.replace(b"-Id", b"-ID"))))
-
-
-def _shape(name: bytes) -> int:
-    """A header name's first letter (in either case) and length (up to 31), as one number."""
-    n = len(name)
-    return (name[0] | 0x20) * 32 + (n if n < 32 else 31)
-
-
-Spellings = tuple[tuple[bytes, int], ...]
-
-
-def _spellings(actions: dict[bytes, int]) -> list[Spellings | None]:
-    """By shape: the names of ``actions`` of that shape, as usually written, then in lowercase
-    (for :func:`_action`); ``()`` for the shapes of ``Proxy-*``; None for every other shape."""
-    by_shape: dict[int, list[tuple[bytes, int]]] = {}
-    for name, action in actions.items():
-        by_shape.setdefault(_shape(name), []).extend((c, action) for c in _casings(name))
-    for name, action in actions.items():
-        by_shape[_shape(name)].append((name, action))
-    table: list[Spellings | None] = [None] * (256 * 32)
-    for length in range(len(b"proxy-"), 32):
-        table[_shape(b"p" * length)] = ()
-    for shape, spellings in by_shape.items():
-        table[shape] = tuple(spellings)
-    return table
-
-
-_REQUEST_SPELLINGS: Final = _spellings(_REQUEST_ACTIONS)
-_RESPONSE_SPELLINGS: Final = _spellings(_RESPONSE_ACTIONS)
-
-
-def _action(name: bytes, spellings: list[Spellings | None]) -> int:
-    """What to do with header ``name``: its action whatever its case, _DROP for ``Proxy-*``, else _KEEP.
-
-    A name of a shape (first letter, length) that no special name has, most of them, is _KEEP at
-    once; otherwise it is compared with the few names of its shape, as usually written and then,
-    lowercased, in lowercase: no hashing, and no lowercasing for a usual spelling."""
-    n = len(name)
-    if n == 0:
-        return _KEEP
-    candidates = spellings[(name[0] | 0x20) * 32 + (n if n < 32 else 31)]  # _shape(name), inlined
-    if candidates is None:
-        return _KEEP
-    for spelling, action in candidates:
-        if name == spelling:
-            return action
-    key = name.lower()
-    for spelling, action in candidates:
-        if key == spelling:
-            return action
-    return _DROP if key.startswith(b"proxy-") else _KEEP
-
 
 _WORKLOADS = {w.value.encode(): w for w in WorkloadType}
 _TOKEN_ID = re.compile(rb"[!-~]{1,%d}" % MAX_ID_LENGTH)  # visible ASCII, no spaces
@@ -154,7 +78,6 @@ MAX_METHOD: Final = 32  # bytes; the longest registered method (UPDATEREDIRECTRE
 # authority-form target (it is then refused with 405).
 LLHTTP_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
                                    b"CONNECT"})  # fmt: skip
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
 _CLASSICAL: Final = WorkloadType.CLASSICAL
 
@@ -228,62 +151,62 @@ def inspect_request(method: bytes, target: bytes, version: str, headers: Sequenc
     forwarded_for: list[bytes] | None = None
     rewritten = False  # a header is dropped or rewritten on the way
     for name, value in headers:
-        what = _action(name, _REQUEST_SPELLINGS)
-        if what == _KEEP:
+        what = action(name, REQUEST_SPELLINGS)
+        if what == KEEP:
             if b"_" in name:  # X_Forwarded_For: a backend that folds _ into - would take it for its own
                 rewritten = True
                 continue
             kept.append((name, value))
             continue
-        if what in _FORWARDED_AS_IS:
+        if what in FORWARDED_AS_IS:
             kept.append((name, value))
         else:
             rewritten = True
-        if what == _DROP:
+        if what == DROP:
             continue
-        if what == _HOST_HEADER:
+        if what == HOST_HEADER:
             hosts += 1
             info.host = value
-        elif what == _CONTENT_LENGTH:
+        elif what == CONTENT_LENGTH:
             if not value.isdigit() or len(value) > 18:
                 raise HttpError(400, "invalid Content-Length")
             length = int(value)
             if info.content_length is not None and info.content_length != length:
                 raise HttpError(400, "conflicting Content-Length headers")
             info.content_length = length
-        elif what == _TRANSFER_ENCODING:
+        elif what == TRANSFER_ENCODING:
             if info.chunked:
                 raise HttpError(400, "more than one Transfer-Encoding header")
             if value.lower() != b"chunked":
                 raise HttpError(400, "Transfer-Encoding other than 'chunked' is not accepted")
             info.chunked = True
-        elif what == _CONNECTION:
-            connection = _tokens(value) if connection is None else connection + _tokens(value)
-        elif what == _UPGRADE:
-            upgrade_tokens = _tokens(value) if upgrade_tokens is None else upgrade_tokens + _tokens(value)
-        elif what == _FORWARDED_FOR:
+        elif what == CONNECTION:
+            connection = tokens(value) if connection is None else connection + tokens(value)
+        elif what == UPGRADE:
+            upgrade_tokens = tokens(value) if upgrade_tokens is None else upgrade_tokens + tokens(value)
+        elif what == FORWARDED_FOR:
             forwarded_for = [value] if forwarded_for is None else [*forwarded_for, value]
-        elif what == _FORWARDED_PROTO:
+        elif what == FORWARDED_PROTO:
             info.forwarded_proto = value
-        elif what == _FORWARDED_HOST:
+        elif what == FORWARDED_HOST:
             info.forwarded_host = value
-        elif what == _REQUEST_ID:
+        elif what == REQUEST_ID:
             if _TOKEN_ID.fullmatch(value):
                 info.request_id = value.decode("ascii")
-        elif what == _SESSION_ID:
+        elif what == SESSION_ID:
             if not _TOKEN_ID.fullmatch(value):
                 raise HttpError(400, f"X-Session-ID must be 1 to {MAX_ID_LENGTH} visible ASCII characters")
             info.session_id = value.decode("ascii")
-        elif what == _WORKLOAD:
+        elif what == WORKLOAD:
             workload = _WORKLOADS.get(value.strip().lower())
             if workload is None:
                 choices = ", ".join(w.value for w in WorkloadType)
                 raise HttpError(400, f"X-Workload-Type must be one of: {choices}")
             info.workload = workload
-        elif what == _COOKIE:
+        elif what == COOKIE:
             if info.cookie_session is None:
                 info.cookie_session = _affinity_cookie(value)
-        elif what == _EXPECT and value.lower() == b"100-continue":
+        elif what == EXPECT and value.lower() == b"100-continue":
             info.expect_continue = True
     if authority is not None:  # RFC 9112 3.2.2: the target's authority replaces Host
         info.host = authority
@@ -399,10 +322,6 @@ def check_raw_transfer_encoding(raw_head: bytes) -> None:
             raise HttpError(400, "obfuscated Transfer-Encoding header")
 
 
-def _tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
-
-
 def _affinity_cookie(value: bytes) -> str | None:
     for part in value.split(b";"):
         name, _, cookie = part.strip().partition(b"=")
@@ -440,140 +359,3 @@ def request_framing(info: RequestInfo) -> bytes:
     if info.content_length is not None:
         return b"Content-Length: %d\r\n" % info.content_length
     return b""
-
-
-class UpstreamProtocolError(Exception):
-    """A backend's response the proxy will not forward."""
-
-
-class ResponseInfo:
-    """An upstream response head, built header by header as the parser reports them.
-
-    ``parts`` holds the status line and every end-to-end header, ready to be
-    joined: :func:`response_head` adds the proxy's lines and the blank line.
-    A header the proxy refuses sets ``error`` (read when the head is complete).
-    """
-
-    __slots__ = ("status", "parts", "content_length", "chunked", "upgrade", "error", "_connection")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.parts: list[bytes] = [b"", b"", b"\r\n"]  # the status line: set by complete()
-        self.content_length: bytes | None = None
-        self.chunked = False
-        self.upgrade: bytes | None = None
-        self.error: str | None = None
-        self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
-
-    def add(self, name: bytes, value: bytes) -> None:
-        what = _action(name, _RESPONSE_SPELLINGS)
-        if what == _KEEP:
-            parts = self.parts
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
-        elif what == _CONTENT_LENGTH:
-            self.content_length = value
-        elif what == _CONNECTION:
-            if value != b"keep-alive" and value != b"close":  # the usual values name no header
-                named = [t for t in _tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
-                self._connection = named if self._connection is None else self._connection + named
-        elif what == _TRANSFER_ENCODING:
-            if value.lower() != b"chunked" or self.chunked:
-                self.error = f"backend sent Transfer-Encoding {value!r}"
-            self.chunked = True
-        elif what == _UPGRADE:
-            self.upgrade = value
-
-    def complete(self, status: int, reason: bytes) -> None:
-        """The head is complete: set the status line, drop the headers that Connection names."""
-        self.status = status
-        prefix = _STATUS_PREFIX.get(status)
-        parts = self.parts
-        parts[0] = prefix if prefix is not None else b"HTTP/1.1 %d " % status
-        parts[1] = reason
-        if self._connection:
-            named = set(self._connection)
-            kept = parts[:3]
-            for i in range(3, len(parts), 4):
-                if parts[i].lower() not in named:
-                    kept += parts[i : i + 4]
-            self.parts = kept
-
-
-_STATUS_PREFIX: Final = {status: b"HTTP/1.1 %d " % status for status in range(100, 600)}
-
-
-def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
-    """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines.
-
-    Made once per response: it uses up ``info.parts``."""
-    parts = info.parts
-    parts.extend(extra)
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def error_response(status: int, message: str, request_id: str | None, *, close: bool,
-                   retry_after: int | None = None, extra: Iterable[bytes] = ()) -> bytes:  # fmt: skip
-    """A complete response of the proxy itself, with a JSON body ``{"error": ..., "request_id": ...}``."""
-    body = json.dumps({"error": message, "request_id": request_id}).encode()
-    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-             % (status, _REASONS.get(status, b"Error"), len(body))]  # fmt: skip
-    if request_id is not None:
-        parts.append(b"X-Request-ID: %s\r\n" % request_id.encode())
-    if retry_after is not None:
-        parts.append(b"Retry-After: %d\r\n" % retry_after)
-    parts.extend(extra)
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts += (b"\r\n", body)
-    return b"".join(parts)
-
-
-def bodiless(method: bytes, status: int) -> bool:
-    """True if a response to ``method`` with ``status`` has no body whatever its headers say."""
-    return method == b"HEAD" or status < 200 or status in (204, 304)
-
-
-class TrustedProxies:
-    """The ``trusted_proxies`` networks, and the client IP a request came from.
-
-    The client is the TCP peer, or, when the peer is trusted, the right-most
-    ``X-Forwarded-For`` entry that is not trusted. An entry that is not an IP
-    address ends the walk: the last address before it is used.
-    """
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.networks)
-
-    def trusts(self, ip: str) -> bool:
-        known = self._cache.get(ip)
-        if known is None:
-            try:
-                address = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            known = any(address in net for net in self.networks)
-            if len(self._cache) >= 4096:
-                self._cache.clear()
-            self._cache[ip] = known
-        return known
-
-    def client_ip(self, peer: str, forwarded_for: bytes | None) -> str:
-        if not forwarded_for or not self.networks or not self.trusts(peer):
-            return peer
-        client = peer
-        for entry in reversed(forwarded_for.split(b",")):
-            try:
-                client = str(ipaddress.ip_address(entry.strip().decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
-                break
-            if not self.trusts(client):
-                break
-        return client

@@ -2,9 +2,9 @@
 
 An :class:`UpstreamConnection` is an ``asyncio.Protocol`` with an llhttp
 response parser. While it serves one exchange it reports everything to that
-exchange's :class:`UpstreamSink` (the request cycle of :mod:`.proxy`): the
+exchange's :class:`UpstreamSink` (:class:`.relay.Relay`): the
 response head, body pieces, the end, a lost connection, and write-buffer
-pressure (``pause_writing``/``resume_writing``), so the cycle can pause the
+pressure (``pause_writing``/``resume_writing``), so the exchange can pause the
 client that feeds it. After a ``101 Switching Protocols`` the connection is a
 raw tunnel and every byte goes to :meth:`UpstreamSink.upstream_tunnel`.
 
@@ -16,7 +16,7 @@ written at that moment is lost: so a connection is not reused once it has been
 idle for nearly the backend's timeout (learned from ``Keep-Alive: timeout=N``),
 one idle for a while is checked for an end of stream before it is handed out,
 and an exchange on a reused connection that ends before any byte of a response
-is tried again on a fresh one (see ``cycle.py``).
+is tried again on a fresh one (see ``relay.py``, ``upstream_lost``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from .http import ResponseInfo, UpstreamProtocolError
+from .response import ResponseInfo, UpstreamProtocolError
 
 IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128

@@ -1,0 +1,136 @@
+"""What every client connection and every exchange of a proxy shares, and its one owner.
+
+A :class:`ProxyContext` holds the library module, the upstream pool, the
+settings taken from the current config (a reload assigns a new config: the
+requests in flight keep the deadlines they started with), the request-id
+generator, the access log, the count of exchanges in flight (which ``drain``
+waits on) and the count of the proxy's own resource exhaustion. The
+:class:`~.proxy.ProxyServer` makes one and hands it to every connection; the
+connections and exchanges read it and change it only through its methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING, Final, Protocol
+
+from .._log import log_event
+from .accesslog import AccessLog
+from .affinity import AffinityCookies
+from .config import ServerConfig
+from .trusted import TrustedProxies
+from .upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from ..module import LoadBalancingModule
+
+# After an answer that closes the connection while the client may still be sending (an error, an
+# early answer before its body), read and drop what it sends, so that a close with unread input
+# (a reset) cannot destroy the answer before the client has read it: until it has been quiet for
+# LINGER_SECONDS (NGINX's lingering_timeout).
+LINGER_SECONDS: Final = 1.0
+
+
+class Connection(Protocol):
+    """What the proxy does with a client connection as a whole."""
+
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+class ProxyContext:
+    """The settings and shared services of one proxy (see the module docstring)."""
+
+    def __init__(self, lb: LoadBalancingModule, config: ServerConfig, access_logger: logging.Logger) -> None:
+        self.lb = lb
+        self.pool = UpstreamPool()
+        self._access_logger = access_logger
+        self.draining = False
+        self.connections: set[Connection] = set()  # the open client connections
+        self.in_flight = 0  # exchanges begun and not finished, on every connection
+        self._drained: asyncio.Future[None] | None = None
+        self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
+        self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
+        self._rid_seq = 0
+        self.affinity: AffinityCookies | None = None  # made at start (its key may come from the store)
+        # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
+        self.exhausted = {"accept": 0, "connect": 0}
+        self._exhausted_logged_at = -math.inf
+        self.linger_seconds = LINGER_SECONDS
+        self.configure(config)
+
+    def configure(self, config: ServerConfig) -> None:
+        """Take limits, timeouts, retries, trusted proxies, affinity and the access log switch from
+        ``config``; what is in flight keeps the deadlines it started with."""
+        self.config = config
+        limits = config.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes  # 0: no limit (as NGINX's client_max_body_size 0)
+        self.header_timeout = limits.header_timeout
+        self.idle_timeout = limits.idle_timeout
+        self.request_timeout = config.request_timeout
+        self.connect_timeout = config.upstream.connect_timeout
+        self.pool.idle_timeout = config.upstream.idle_timeout
+        self.pool.max_idle = config.upstream.max_idle_per_backend
+        self.max_retries = config.max_retries
+        self.sticky = config.session_affinity
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
+
+    # -- exchanges in flight ------------------------------------------------------------------
+
+    def exchange_begun(self) -> None:
+        self.in_flight += 1
+
+    def exchange_ended(self) -> None:
+        """After an exchange ended: wake :meth:`wait_drained` once nothing is left."""
+        self.in_flight -= 1
+        drained = self._drained
+        if self.in_flight == 0 and drained is not None and not drained.done():
+            drained.set_result(None)
+
+    async def wait_drained(self, timeout: float) -> None:
+        """Until no exchange is in flight, or ``timeout`` seconds."""
+        if self.in_flight:
+            self._drained = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+
+    # -- request ids ---------------------------------------------------------------------------
+
+    def new_request_id(self) -> str:
+        return self.request_id_of(self.next_request_seq())
+
+    def next_request_seq(self) -> int:
+        """The sequence number of a new generated request id (formatted only when needed)."""
+        self._rid_seq += 1
+        return self._rid_seq
+
+    def request_id_of(self, seq: int) -> str:
+        return self._rid_prefix + str(seq)  # "<10 hex digits>-<decimal sequence>"
+
+    # -- the proxy's own troubles, the access log -------------------------------------------------
+
+    def note_exhaustion(self, where: str, exc: OSError) -> None:
+        """Count the proxy's own resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM); log it at most
+        once a second, so that a flood of it does not become a flood of log lines."""
+        self.exhausted[where] += 1
+        now = self.lb.clock.monotonic()
+        if now - self._exhausted_logged_at >= 1.0:
+            self._exhausted_logged_at = now
+            log_event("proxy_out_of_resources", logging.ERROR, where=where, error=exc.strerror or repr(exc),
+                      errno=exc.errno, count=self.exhausted[where])  # fmt: skip
+
+    def log(self, *, request_id: str | None, client_ip: str | None, method: bytes | None, target: bytes | None,
+            status: int, backend_id: str | None = None, attempts: int = 0, upstream_ms: float | None = None,
+            total_ms: float = 0.0) -> None:  # fmt: skip
+        access = self.access
+        if access is None or not access.enabled():
+            return
+        path = None if target is None else target.partition(b"?")[0].decode("latin-1")
+        access.emit(request_id=request_id, client_ip=client_ip, method=None if method is None else method.decode(),
+                    path=path, status=status, backend_id=backend_id, attempts=attempts, upstream_ms=upstream_ms,
+                    total_ms=total_ms)  # fmt: skip

@@ -1,0 +1,449 @@
+"""One request/response exchange of the proxy: route, forward, stream back, retry.
+
+An :class:`Exchange` moves through the phases of :mod:`.phase`, one method per
+transition. There is one path: the common request (routed at once, a pooled
+connection) takes the same transitions as any other, only without waiting; a
+transition that must wait (a free slot, a new connection, a back-off) runs one
+small task that makes the next transition when it is done. A retry is the
+transition ``SETTLING -> BACKOFF -> ROUTING``, not a second code path. What the
+backend's response does (head, body, end, loss, timeouts) is in :mod:`.relay`,
+the base class.
+
+The exchange reads and changes its client connection only through the
+:class:`~.relay.ClientSide` methods, and the library only through its data-plane
+surface (``route_now``, ``route_request``, ``route_retry``, ``complete_now``,
+``abandon_request``, ``backoff``, ``retry_allowed``, ``begin_retry``, ``end_retry``,
+``backend_count``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+from .._log import log_event
+from ..config import Request
+from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
+from ..models import RouteResult
+from .attempt import CLIENT_GONE, Failure, connect_failure
+from .flow import BY_BACKLOG
+from .http import HttpError, RequestInfo
+from .outbound import RequestHead
+from .phase import ON_UPSTREAM, Phase
+from .relay import ClientSide, Relay
+from .upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from ..backend import Backend
+    from .context import ProxyContext
+
+RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
+BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
+# A request body is read up to this size before a backend is chosen (as NGINX's request buffering
+# and HAProxy's http-buffer-request do): a slow client then holds no backend slot, a small body
+# reaches the backend whole or not at all (bad chunked framing is refused before any byte goes
+# out), and a backend answering early cannot race the body. Larger bodies stream from there on.
+BUFFER_LIMIT: Final = BACKLOG_LIMIT
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Exchange(Relay):
+    """One request: its routing, its tries on backends, and its answer."""
+
+    __slots__ = ("request", "started", "task", "tried", "attempts", "retries", "budgeted", "first_attempt_at")
+
+    def __init__(
+        self,
+        conn: ClientSide,
+        ctx: ProxyContext,
+        info: RequestInfo,
+        request: Request,
+        request_id: str | None,
+        rid_seq: int,
+        prefer: str | None,
+        cookie: bool,
+        now: float,
+    ) -> None:
+        """``request_id``: the client's; when None, the proxy's, number ``rid_seq``; ``now``: the
+        loop's time when the head was complete."""
+        super().__init__(conn, ctx, info, RequestHead(ctx, info, request_id, rid_seq), now + ctx.request_timeout,
+                         prefer, cookie)  # fmt: skip
+        self.request = request
+        self.started = now
+        self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
+        self.tried: list[Backend] = []
+        self.attempts = 0
+        self.retries = 0
+        self.budgeted = False  # this retry holds a unit of the library's retry budget
+        self.first_attempt_at: float | None = None
+
+    # -- QUEUED -> BUFFERING | ROUTING ------------------------------------------------------------
+
+    def start(self) -> None:
+        """The exchange is first in line on its connection: read its body, or route it now."""
+        if self.phase is not Phase.QUEUED:
+            return
+        if self.body_done:
+            self._guarded(self._route)
+            return
+        # What the same read brings of the body comes first: then a "100 Continue" is only sent to
+        # a client that really waits for it.
+        self.phase = Phase.BUFFERING
+        self.loop.call_soon(self._guarded, self._wait_for_body)
+
+    def _wait_for_body(self) -> None:
+        if self.phase is not Phase.BUFFERING:
+            return
+        if self.body_done or self.backlog_bytes >= BUFFER_LIMIT:
+            self._route()
+        elif self.info.expect_continue and self.info.http11:
+            self.conn.write(CONTINUE)  # the client waits for this before it sends the body
+
+    def _body_buffered(self) -> None:
+        """The whole body, or :data:`BUFFER_LIMIT` bytes of it, are in (a client that stalls before
+        meets the connection's body timeout, 408)."""
+        if self.phase is Phase.BUFFERING:
+            self._guarded(self._route)
+
+    # -- ROUTING -> CONNECTING | SENT ---------------------------------------------------------------
+
+    def _route(self) -> None:
+        self.phase = Phase.ROUTING
+        route = self.lb.route_now(self.request, self.prefer)
+        if route is None:  # a limit, a session or a queue to consult: a task waits for the library
+            self._spawn(self._route_later())
+        else:
+            self._routed(route)
+
+    async def _route_later(self) -> None:
+        try:
+            route = await self.lb.route_request(self.request, self.prefer)
+        except RateLimitExceededError as exc:
+            self._answer(HttpError(429, "rate limit exceeded", retry_after=max(1, math.ceil(exc.retry_after))))
+        except RequestTimeoutError:
+            self._answer(HttpError(504, "no backend could take the request in time"))
+        except BackendUnavailableError as exc:
+            self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
+        else:
+            self._routed(route)
+            return
+        self._finish()
+
+    def _routed(self, route: RouteResult) -> None:
+        self.route = route
+        self.attempts += 1
+        self.tried.append(route.backend)
+        self._connect(route, fresh=False)
+
+    def _connect(self, route: RouteResult, *, fresh: bool) -> None:
+        """A pooled connection to ``route``'s backend (unless ``fresh``), else a new one."""
+        now = self.loop.time()
+        self.attempt_at = now
+        if self.first_attempt_at is None:
+            self.first_attempt_at = now
+        self.head_ms = None
+        up = None if fresh else self.ctx.pool.take(route.backend_id, now)
+        if up is not None:
+            self._send(route, up)
+            return
+        self.phase = Phase.CONNECTING
+        self._spawn(self._connect_later(route, max(0.0, min(self.ctx.connect_timeout, self.deadline - now))))
+
+    async def _connect_later(self, route: RouteResult, timeout: float) -> None:
+        pool = self.ctx.pool
+        try:
+            up = await asyncio.wait_for(pool.connect(route.backend_id, route.host, route.port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            failure = connect_failure(self.ctx, route, exc, timeout)
+            failure.retry = failure.backend_fault and self._may_retry(never_sent=True)
+            self.phase = Phase.SETTLING
+            self._settle(failure)
+            return
+        if self.phase is not Phase.CONNECTING or self.conn.lost:  # the client went as it connected
+            pool.release(up, reusable=True)
+            return
+        self._send(route, up)
+
+    # -- SENT -----------------------------------------------------------------------------------------
+
+    def _send(self, route: RouteResult, up: UpstreamConnection) -> None:
+        """Send the request on ``up``; the upstream's callbacks bring the outcome."""
+        self.phase = Phase.SENT
+        self.upstream = up
+        up.begin(self, head_request=self.info.method == b"HEAD")
+        self._send_request(up, route)
+        if self.conn.write_paused:
+            up.pause_reading()
+        when = self.deadline if self.body_done else self.attempt_at + self.ctx.request_timeout
+        self.timer_at = when
+        self.conn.watch(when)
+
+    def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
+        head = self.head.for_backend(self.conn, route)
+        info = self.info
+        if info.websocket:  # bytes the client sent early wait for the 101
+            up.write(head)
+            return
+        if not self.backlog and not info.chunked:
+            if self.body_done:  # the whole request: with the batch at the end of the loop's turn
+                up.write_later(head)
+            else:
+                up.write(head)
+            self.conn.resume_reading(BY_BACKLOG)
+            return
+        parts = [head]
+        if info.chunked:
+            for piece in self.backlog:
+                parts += (b"%x\r\n" % len(piece), piece, b"\r\n")
+            if self.body_done:
+                parts.append(b"0\r\n\r\n")
+        else:
+            parts.extend(self.backlog)
+        up.writelines(parts)
+        self.backlog = []
+        self.backlog_bytes = 0
+        self.conn.resume_reading(BY_BACKLOG)
+
+    # -- SETTLING: the one place a try's outcome is acted on -----------------------------------------
+
+    def _settle(self, outcome: Failure | None, now: float | None = None) -> None:
+        """SETTLING -> DONE | CONNECTING | BACKOFF. ``now``: the loop's time, when just read."""
+        if self.phase is not Phase.SETTLING:
+            return
+        try:
+            failure = self._end_attempt(outcome)
+            if failure is None or failure is CLIENT_GONE or self.responded or self.conn.lost:
+                self._finish(now)
+            elif failure.stale:  # the same try on a fresh connection, with the slot it holds
+                assert self.route is not None
+                self._connect(self.route, fresh=True)
+            elif not failure.retry:
+                self._answer(self._failure_answer(failure))
+                self._finish()
+            else:
+                self._retry(failure)
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _end_attempt(self, failure: Failure | None) -> Failure | None:
+        """Release the backend's slot with the try's result: only the backend's own failures count."""
+        self.timer_at = None
+        if self.budgeted:
+            self.budgeted = False
+            self.lb.end_retry()
+        route = self.route
+        if route is None:
+            return failure
+        if failure is not None and not failure.backend_fault:
+            if not failure.stale:  # a stale connection's try goes on, with the slot it holds
+                self.lb.abandon_request(route)
+            return failure
+        success = failure is None and self.status < 500
+        latency = self.head_ms if self.head_ms is not None else (self.loop.time() - self.attempt_at) * 1000.0
+        self.lb.complete_now(route, success=success, latency_ms=latency)
+        return failure
+
+    # -- BACKOFF -> ROUTING ----------------------------------------------------------------------------
+
+    def _retry(self, failure: Failure) -> None:
+        self.retries += 1
+        self.budgeted = not failure.never_sent  # a backend may have done work: counted against the budget
+        self.lb.begin_retry(budgeted=self.budgeted)
+        route = self.route
+        log_event("proxy_retry", logging.DEBUG, request_id=self.request_id, retry=self.retries,
+                  failed_backend=None if route is None else route.backend_id, error=failure.message)  # fmt: skip
+        self.phase = Phase.BACKOFF
+        delay = min(self.lb.backoff(self.retries), max(0.0, self.deadline - self.loop.time()))
+        self._spawn(self._retry_later(delay, failure))
+
+    async def _retry_later(self, delay: float, failure: Failure) -> None:
+        lb = self.lb
+        await lb.clock.sleep(delay)
+        self.phase = Phase.ROUTING
+        started = lb.clock.monotonic() - (self.loop.time() - self.started)
+        try:
+            route = await lb.route_retry(self.request, self.tried, attempt=self.attempts + 1, started=started)
+        except RequestTimeoutError:
+            self._answer(HttpError(504, "no backend could take the request in time"))
+        except BackendUnavailableError:
+            self._answer(self._failure_answer(failure))
+        else:
+            self._routed(route)
+            return
+        self._finish()
+
+    # -- the steps that wait ------------------------------------------------------------------------
+
+    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
+        self.task = self.loop.create_task(self._run(step))
+
+    async def _run(self, step: Coroutine[Any, Any, None]) -> None:
+        try:
+            await step
+        except asyncio.CancelledError:
+            self._stop()  # cancelled from outside (the loop closing): the exchange ends here
+            raise
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _guarded(self, transition: Callable[[], None]) -> None:
+        """Run a transition that starts from a callback (not a task): a fault of the proxy's ends
+        the exchange with a 500, never the connection's reader."""
+        try:
+            transition()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
+        if self.phase is Phase.DONE:
+            return
+        self._abort_attempt()
+        if self.route is not None:
+            self.lb.abandon_request(self.route)
+        if not self.responded:
+            self.keep_alive = False
+            self._answer(HttpError(500, "internal error of the proxy"))
+        else:
+            self.conn.abort()
+        self._finish()
+
+    # -- the client side (called by ClientConnection) ---------------------------------------------
+
+    def client_body(self, data: bytes) -> None:
+        size = len(data)
+        total = self.body_bytes = self.body_bytes + size
+        limit = self.ctx.max_body_bytes
+        if limit and total > limit:
+            raise HttpError(413, f"request body larger than {limit} bytes")
+        retained = self.retained
+        if retained is not None:
+            if total <= RETAIN_LIMIT:
+                retained.append(data)
+            else:
+                self.retained = None
+        if self.response_done or self.body_refused:
+            return  # answered already: the rest of the body is dropped
+        up = self.upstream
+        if up is not None and self.phase is not Phase.TUNNEL:  # the head went out: the body follows it
+            if self.info.chunked:
+                up.writelines([b"%x\r\n" % size, data, b"\r\n"])
+            else:
+                up.write(data)
+            return
+        self.backlog.append(data)
+        self.backlog_bytes += size
+        if self.backlog_bytes >= BUFFER_LIMIT:
+            self._body_buffered()
+            if self.backlog_bytes > BACKLOG_LIMIT:
+                self.conn.pause_reading(BY_BACKLOG)
+
+    def client_done(self) -> None:
+        self.body_done = True
+        if not self.info.has_body:
+            return
+        self.deadline = max(self.deadline, self.loop.time() + self.ctx.request_timeout)
+        if self.upstream is not None and self.info.chunked and not self.body_refused:
+            self.upstream.write(b"0\r\n\r\n")
+        self._body_buffered()
+
+    def early_data(self, data: bytes) -> None:
+        """Bytes after a WebSocket upgrade request, before the backend's 101."""
+        if self.phase is Phase.TUNNEL and self.upstream is not None:
+            self.upstream.write(data)
+            return
+        self.backlog.append(data)
+        self.backlog_bytes += len(data)
+        if self.backlog_bytes > BACKLOG_LIMIT:
+            self.conn.pause_reading(BY_BACKLOG)
+
+    def client_failed(self, error: HttpError) -> None:
+        """The client's request went wrong after the exchange started (body too large, stalled, malformed)."""
+        self.keep_alive = False
+        if self.phase is Phase.DONE:
+            return
+        if not self.responded:
+            self._answer(error)
+        else:
+            self.conn.abort()
+        self._stop()
+
+    def client_lost(self) -> None:
+        if self.phase is Phase.DONE:
+            return
+        if not self.responded:
+            self.status = 499  # as NGINX logs a request whose client went away
+        self.keep_alive = False
+        self._stop()
+
+    def discard(self) -> None:
+        """The connection closes before this queued exchange's turn: it ends without a word."""
+        self.phase = Phase.DONE
+
+    def _stop(self) -> None:
+        """The client ended the exchange: whatever it was doing stops, and no backend is blamed."""
+        phase = self.phase
+        if phase in ON_UPSTREAM:
+            self._abort_attempt()
+            self._resolve(None if phase is Phase.TUNNEL else CLIENT_GONE)  # a tunnel ends when either side closes
+        elif phase is not Phase.SETTLING and phase is not Phase.DONE:  # nothing out: it ends now
+            task = self.task
+            if task is not None and not task.done():
+                task.cancel()
+            if self.route is not None:
+                self.lb.abandon_request(self.route)
+            self._finish()
+
+    # -- decisions ----------------------------------------------------------------------------------
+
+    def _may_retry(self, *, never_sent: bool) -> bool:
+        """Whether a failed try may go to another backend: never once the client has part of an
+        answer; a request a backend may have received only if it is idempotent, its body is still
+        held and the library's retry budget allows it."""
+        if self.responded or self.retries >= self.ctx.max_retries or self.conn.lost or self.phase is Phase.DONE:
+            return False
+        if len(self.tried) >= self.lb.backend_count:
+            return False  # every backend was tried: the last answer stands
+        if not never_sent:
+            if not self.info.idempotent or self.retained is None:
+                return False
+            if not self.lb.retry_allowed():
+                return False
+        return self.loop.time() < self.deadline
+
+    def _failure_answer(self, failure: Failure) -> HttpError:
+        """The proxy's answer when a try's failure ends the request: 504 once the deadline has run
+        out (the client waited ``request_timeout`` for nothing), else the failure's own status."""
+        if failure.status == 502 and self.loop.time() >= self.deadline:
+            timeout = self.ctx.request_timeout
+            return HttpError(504, f"no backend answered within {timeout:g} s ({failure.message})")
+        return HttpError(failure.status, failure.message, retry_after=1 if failure.status == 503 else None)
+
+    # -- the end --------------------------------------------------------------------------------------
+
+    def _finish(self, now: float | None = None) -> None:
+        if self.phase is Phase.DONE:
+            return
+        self.phase = Phase.DONE
+        self.timer_at = None
+        if self.budgeted:
+            self.budgeted = False
+            self.lb.end_retry()
+        ctx = self.ctx
+        if now is None:
+            now = self.loop.time()
+        route = self.route
+        if ctx.access is not None:  # building the log call's arguments costs: only when logging
+            first = self.first_attempt_at
+            end = self.upstream_end
+            ctx.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
+                    target=self.info.target, status=self.status or 499,
+                    backend_id=None if route is None else route.backend_id, attempts=self.attempts,
+                    upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
+                    total_ms=(now - self.started) * 1000.0)  # fmt: skip
+        self.lb.request_stats.record("none" if route is None else route.backend_id, self.status or 499,
+                                     now - self.started)  # fmt: skip
+        self.conn.exchange_done(self, now)

@@ -1,0 +1,118 @@
+"""The response side of the proxy's HTTP rules: a backend's response head, and the proxy's own answers.
+
+:class:`ResponseInfo` collects a backend's head header by header (the
+upstream parser's callbacks), dropping hop-by-hop headers and refusing
+framing the proxy will not forward; :func:`response_head` writes it for the
+client with the proxy's lines; :func:`error_response` is a complete answer of
+the proxy itself (a JSON body naming the error and the request id).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Final
+
+from .headers import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    KEEP,
+    RESPONSE_SPELLINGS,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    action,
+    tokens,
+)
+
+REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class UpstreamProtocolError(Exception):
+    """A backend's response the proxy will not forward."""
+
+
+class ResponseInfo:
+    """An upstream response head, built header by header as the parser reports them.
+
+    ``parts`` holds the status line and every end-to-end header, ready to be
+    joined: :func:`response_head` adds the proxy's lines and the blank line.
+    A header the proxy refuses sets ``error`` (read when the head is complete).
+    """
+
+    __slots__ = ("status", "parts", "content_length", "chunked", "upgrade", "error", "_connection")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.parts: list[bytes] = [b"", b"", b"\r\n"]  # the status line: set by complete()
+        self.content_length: bytes | None = None
+        self.chunked = False
+        self.upgrade: bytes | None = None
+        self.error: str | None = None
+        self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
+
+    def add(self, name: bytes, value: bytes) -> None:
+        what = action(name, RESPONSE_SPELLINGS)
+        if what == KEEP:
+            parts = self.parts
+            parts.append(name)
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
+        elif what == CONTENT_LENGTH:
+            self.content_length = value
+        elif what == CONNECTION:
+            if value != b"keep-alive" and value != b"close":  # the usual values name no header
+                named = [t for t in tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
+                self._connection = named if self._connection is None else self._connection + named
+        elif what == TRANSFER_ENCODING:
+            if value.lower() != b"chunked" or self.chunked:
+                self.error = f"backend sent Transfer-Encoding {value!r}"
+            self.chunked = True
+        elif what == UPGRADE:
+            self.upgrade = value
+
+    def complete(self, status: int, reason: bytes) -> None:
+        """The head is complete: set the status line, drop the headers that Connection names."""
+        self.status = status
+        prefix = _STATUS_PREFIX.get(status)
+        parts = self.parts
+        parts[0] = prefix if prefix is not None else b"HTTP/1.1 %d " % status
+        parts[1] = reason
+        if self._connection:
+            named = set(self._connection)
+            kept = parts[:3]
+            for i in range(3, len(parts), 4):
+                if parts[i].lower() not in named:
+                    kept += parts[i : i + 4]
+            self.parts = kept
+
+
+_STATUS_PREFIX: Final = {status: b"HTTP/1.1 %d " % status for status in range(100, 600)}
+
+
+def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
+    """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines.
+
+    Made once per response: it uses up ``info.parts``."""
+    parts = info.parts
+    parts.extend(extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def error_response(status: int, message: str, request_id: str | None, *, close: bool,
+                   retry_after: int | None = None, extra: Iterable[bytes] = ()) -> bytes:  # fmt: skip
+    """A complete response of the proxy itself, with a JSON body ``{"error": ..., "request_id": ...}``."""
+    body = json.dumps({"error": message, "request_id": request_id}).encode()
+    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+             % (status, REASONS.get(status, b"Error"), len(body))]  # fmt: skip
+    if request_id is not None:
+        parts.append(b"X-Request-ID: %s\r\n" % request_id.encode())
+    if retry_after is not None:
+        parts.append(b"Retry-After: %d\r\n" % retry_after)
+    parts.extend(extra)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
