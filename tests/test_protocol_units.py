@@ -24,7 +24,7 @@ from load_balancing_module.server.exchange import Exchange
 from load_balancing_module.server.flow import BY_BACKLOG, BY_PIPELINE, BY_UPSTREAM, FlowControl
 from load_balancing_module.server.http import HttpError, RequestInfo
 from load_balancing_module.server.phase import Phase
-from load_balancing_module.server.reader import RequestReader
+from load_balancing_module.server.reader import RequestReader, RequestSink
 from load_balancing_module.server.upstream import UpstreamConnection
 
 SPLITS = [0, 1, 2, 3, 7]
@@ -86,7 +86,7 @@ class FakeTransport:
 # -- the reader -------------------------------------------------------------------------------
 
 
-class Events:
+class Events(RequestSink):
     """A RequestSink that records what the reader reports."""
 
     def __init__(self) -> None:

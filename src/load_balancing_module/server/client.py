@@ -31,7 +31,7 @@ from .flow import BY_PIPELINE, FlowControl
 from .http import HttpError, RequestInfo
 from .phase import Phase
 from .reader import RequestReader
-from .relay import Relay
+from .relay import ClientSide, Relay
 from .response import error_response
 from .timers import Alarm
 
@@ -70,7 +70,7 @@ def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None)
     return request
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(ClientSide):
     """One client's TCP connection: reads requests, queues them, writes their answers in order."""
 
     def __init__(self, ctx: ProxyContext) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from .._log import log_event
@@ -87,12 +87,12 @@ class Exchange(Relay):
         if self.phase is not Phase.QUEUED:
             return
         if self.body_done:
-            self._guarded(self._route)
+            self._route()
             return
         # What the same read brings of the body comes first: then a "100 Continue" is only sent to
         # a client that really waits for it.
         self.phase = Phase.BUFFERING
-        self.loop.call_soon(self._guarded, self._wait_for_body)
+        self.loop.call_soon(self._wait_for_body)
 
     def _wait_for_body(self) -> None:
         if self.phase is not Phase.BUFFERING:
@@ -106,17 +106,22 @@ class Exchange(Relay):
         """The whole body, or :data:`BUFFER_LIMIT` bytes of it, are in (a client that stalls before
         meets the connection's body timeout, 408)."""
         if self.phase is Phase.BUFFERING:
-            self._guarded(self._route)
+            self._route()
 
     # -- ROUTING -> CONNECTING | SENT ---------------------------------------------------------------
 
     def _route(self) -> None:
+        """Route now, or in a task when the library must wait. Entered from callbacks (the reader's,
+        the loop's): a fault of the proxy's ends the exchange with a 500, never the caller."""
         self.phase = Phase.ROUTING
-        route = self.lb.route_now(self.request, self.prefer)
-        if route is None:  # a limit, a session or a queue to consult: a task waits for the library
-            self._spawn(self._route_later())
-        else:
-            self._routed(route)
+        try:
+            route = self.lb.route_now(self.request, self.prefer)
+            if route is None:  # a limit, a session or a queue to consult: a task waits for the library
+                self._spawn(self._route_later())
+            else:
+                self._routed(route)
+        except Exception as exc:
+            self._internal_error(exc)
 
     async def _route_later(self) -> None:
         try:
@@ -182,7 +187,8 @@ class Exchange(Relay):
         self.conn.watch(when)
 
     def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
-        head = self.head.for_backend(self.conn, route)
+        conn = self.conn
+        head = self.head.for_backend(route, conn.peer, conn.forwarded_lines())
         info = self.info
         if info.websocket:  # bytes the client sent early wait for the 101
             up.write(head)
@@ -286,14 +292,6 @@ class Exchange(Relay):
         except asyncio.CancelledError:
             self._stop()  # cancelled from outside (the loop closing): the exchange ends here
             raise
-        except Exception as exc:
-            self._internal_error(exc)
-
-    def _guarded(self, transition: Callable[[], None]) -> None:
-        """Run a transition that starts from a callback (not a task): a fault of the proxy's ends
-        the exchange with a 500, never the connection's reader."""
-        try:
-            transition()
         except Exception as exc:
             self._internal_error(exc)
 

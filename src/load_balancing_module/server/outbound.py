@@ -7,21 +7,13 @@ the proxy's, formatted only when needed) and its own framing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .http import RequestInfo, request_framing, request_head
 
 if TYPE_CHECKING:
     from ..models import RouteResult
     from .context import ProxyContext
-
-
-class Peer(Protocol):
-    """What the head needs of the client connection."""
-
-    peer: str
-
-    def forwarded_lines(self) -> bytes: ...
 
 
 class RequestHead:
@@ -56,25 +48,26 @@ class RequestHead:
             self._line = line
         return line
 
-    def for_backend(self, client: Peer, route: RouteResult) -> bytes:
-        """The head to send to ``route``'s backend."""
+    def for_backend(self, route: RouteResult, peer: str, forwarded: bytes) -> bytes:
+        """The head to send to ``route``'s backend, for a client at ``peer``; ``forwarded``: the
+        connection's own X-Forwarded lines, for a request that brought none."""
         head = self._head
         if head is None:
-            head = self._head = self._build(client)
+            head = self._head = self._build(peer, forwarded)
         if self._info.host is None:  # HTTP/1.0 without Host: HTTP/1.1 upstream needs one, the backend's own
             host = f"[{route.host}]" if ":" in route.host else route.host
             head = head.replace(b"\r\n", b"\r\nHost: %s:%d\r\n" % (host.encode(), route.port), 1)
         return head
 
-    def _build(self, client: Peer) -> bytes:
+    def _build(self, peer: str, forwarded: bytes) -> bytes:
         info = self._info
         trusted = self._ctx.trusted
-        trusts_peer = bool(trusted.networks) and trusted.trusts(client.peer)
+        trusts_peer = bool(trusted.networks) and trusted.trusts(peer)
         if info.forwarded_for is None and info.forwarded_proto is None:
-            extra = [client.forwarded_lines()]
+            extra = [forwarded]
         else:
-            peer = client.peer.encode()
-            forwarded_for = peer if info.forwarded_for is None else info.forwarded_for + b", " + peer
+            address = peer.encode()
+            forwarded_for = address if info.forwarded_for is None else info.forwarded_for + b", " + address
             proto = info.forwarded_proto if trusts_peer and info.forwarded_proto else b"http"
             extra = [b"X-Forwarded-For: ", forwarded_for, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n"]
         host = info.forwarded_host if trusts_peer and info.forwarded_host else info.host

@@ -11,7 +11,8 @@ split of the stream (``docs/http.md``). What it reads goes to its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -30,6 +31,14 @@ from .http import (
 if TYPE_CHECKING:
     from .context import ProxyContext
 
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # a plain install has no mypy_extensions: the decorator only speaks to the compiler
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
+
 CHUNK_LINE_LIMIT: Final = 4096  # bytes of a chunk-size line (size, extensions, CRLF)
 # What the reader expects next (RequestReader._phase). It sees each request line and each chunk-size
 # line before llhttp does, and counts a head (or a trailer section) as the bytes it really is.
@@ -42,25 +51,35 @@ _CHUNK_END: Final = 5  # the CRLF after a chunk's data
 _TRAILERS: Final = 6  # the trailer section, given to llhttp after a last-chunk line "0" of the reader's own
 
 
-class RequestSink(Protocol):
-    """What a reader reports, in order, for each request (the client connection)."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # a test's recording sink
+class RequestSink(asyncio.Protocol):
+    """What a reader reports, in order, for each request: the client connection.
+
+    A base class rather than a Protocol: the compiled build then calls these methods directly,
+    not by name."""
 
     def message_begun(self) -> bool:
         """A request line begins; False: read nothing more on this connection."""
+        raise NotImplementedError
 
     def head_received(self, info: RequestInfo, upgrade: bool) -> None:
         """The head is complete and checked; ``upgrade``: llhttp saw an Upgrade request."""
+        raise NotImplementedError
 
-    def body_received(self, data: bytes) -> None: ...
+    def body_received(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def message_done(self) -> None: ...
+    def message_done(self) -> None:
+        raise NotImplementedError
 
     def upgraded_at(self, data: bytes, stop: int) -> int:
         """llhttp stopped at the end of an upgrade request's head, at ``data[stop]``: where the
         reader goes on (the end of ``data`` when the rest is not HTTP)."""
+        raise NotImplementedError
 
     def read_failed(self, exc: BaseException) -> None:
         """The stream broke a rule (an :class:`HttpError`), or the proxy failed reading it."""
+        raise NotImplementedError
 
 
 class _Stop(Exception):

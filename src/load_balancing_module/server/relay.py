@@ -13,13 +13,14 @@ write-buffer pressure, and the backend's deadlines. A try's outcome goes to
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .attempt import Failure
 from .flow import BY_BACKLOG, BY_UPSTREAM
 from .http import HttpError, RequestInfo
 from .outbound import RequestHead
 from .phase import ON_UPSTREAM, Phase
+from .reader import RequestSink
 from .response import ResponseInfo, error_response, response_head
 from .upstream import UpstreamConnection, UpstreamSink
 
@@ -29,28 +30,61 @@ if TYPE_CHECKING:
     from .context import ProxyContext
 
 
-class ClientSide(Protocol):
-    """What an exchange may read and do of its client connection (:class:`.client.ClientConnection`)."""
+class ClientSide(RequestSink):
+    """What an exchange may read and do of its client connection (:class:`.client.ClientConnection`).
+
+    A base class rather than a Protocol, as :class:`.reader.RequestSink` (its own base, for the
+    compiled build allows one chain of bases): the compiled build calls these directly."""
 
     loop: asyncio.AbstractEventLoop
     peer: str
     lost: bool
 
     @property
-    def closing(self) -> bool: ...
+    def closing(self) -> bool:
+        """No further request is read on this connection."""
+        raise NotImplementedError
+
     @property
-    def write_paused(self) -> bool: ...
-    def write(self, data: bytes) -> None: ...
-    def cork(self) -> None: ...
-    def uncork(self) -> None: ...
-    def pause_reading(self, reason: int) -> None: ...
-    def resume_reading(self, reason: int) -> None: ...
-    def watch(self, when: float) -> None: ...
-    def forwarded_lines(self) -> bytes: ...
-    def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def exchange_done(self, exchange: Relay, now: float) -> None: ...
+    def write_paused(self) -> bool:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def cork(self) -> None:
+        """Collect writes until :meth:`uncork` (one send for what one upstream read brings)."""
+        raise NotImplementedError
+
+    def uncork(self) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading from the client for ``reason`` (a bit of :mod:`.flow`)."""
+        raise NotImplementedError
+
+    def resume_reading(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def watch(self, when: float) -> None:
+        """Have :meth:`Relay.on_timer` called at ``when`` at the latest."""
+        raise NotImplementedError
+
+    def forwarded_lines(self) -> bytes:
+        raise NotImplementedError
+
+    def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def exchange_done(self, exchange: Relay, now: float) -> None:
+        """``exchange`` has ended: start the next one, or close."""
+        raise NotImplementedError
 
 
 class Relay(UpstreamSink):
