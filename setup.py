@@ -30,6 +30,7 @@ COMPILED = [
     "src/load_balancing_module/retry.py",
     "src/load_balancing_module/algorithms/__init__.py",
     "src/load_balancing_module/algorithms/_heap.py",
+    "src/load_balancing_module/algorithms/_place.py",
     "src/load_balancing_module/algorithms/_winner_tree.py",
     "src/load_balancing_module/algorithms/_rotation.py",
     "src/load_balancing_module/algorithms/_sampling.py",
