@@ -21,15 +21,29 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict
 
 from .clock import Clock
 from .config import BackendConfig, HealthCheckConfig
 from .enums import HealthState
-from .models import HealthStatus
 
 Probe = Callable[[BackendConfig], Awaitable[object]]
 """A custom probe: awaited with the backend's config; raising or returning
 ``False`` is a failure, anything else a pass."""
+
+
+class HealthStatus(BaseModel):
+    """The outcome of the latest health probe of one backend."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backend_id: str
+    status: HealthState
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    latency_ms: float | None = None
+    checked_at: float | None = None  # wall-clock seconds since the epoch
+    error: str | None = None
 
 
 class ProbeFailed(Exception):

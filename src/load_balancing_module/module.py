@@ -319,9 +319,7 @@ class LoadBalancingModule:
             backend.breaker.on_failure()
             backend.breaker_quiet = backend.breaker.quiet
         backend.record_latency(latency_ms, success, now)
-        tier = backend.tier
-        if tier is not None and tier.observes_latency:
-            tier.algorithm.observe(backend, latency_ms, now)
+        self.router.observe(backend, latency_ms, now)
         self.router.release(backend)
 
     def abandon_request(self, result: RouteResult) -> None:
@@ -459,9 +457,7 @@ class LoadBalancingModule:
         now = self.clock.monotonic()
         old = backend.health.state
         new = backend.health.record(error is None, latency, self.clock.time(), error)
-        tier = backend.tier
-        if latency is not None and tier is not None and tier.observes_latency:
-            tier.algorithm.observe(backend, latency, now)
+        if latency is not None and self.router.observe(backend, latency, now):
             self.router.refresh(backend)
         if new is old:
             return
