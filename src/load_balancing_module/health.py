@@ -10,6 +10,9 @@ A probe either passes (returning its latency) or raises. The
 - UNHEALTHY -> HEALTHY (or DEGRADED) after ``healthy_threshold`` consecutive
   passing probes; DEGRADED -> HEALTHY after ``healthy_threshold`` consecutive
   fast passing probes.
+
+:class:`HealthStatus` is the tracker's account of the latest probe, the
+answer of ``LoadBalancingModule.health_check``.
 """
 
 from __future__ import annotations

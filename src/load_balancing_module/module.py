@@ -2,7 +2,11 @@
 
 It wires the policies together: rate limiting and flood blocking, sticky
 sessions, the routing core (:mod:`.router`), circuit breakers, active health
-checks, retries, slow start, metrics and the integration hooks.
+checks, retries, slow start, metrics and the integration hooks. Each concern
+with state or a loop of its own is an object in its own module that the
+facade builds and owns (:mod:`.calls`, :mod:`.limiter`, :mod:`.probing`,
+:mod:`.slow_start`, :mod:`.draining`, :mod:`.hooks`, :mod:`.operations`);
+front ends use the named data-plane surface listed in docs/library.md.
 """
 
 from __future__ import annotations
@@ -373,7 +377,7 @@ class LoadBalancingModule:
         unavailable, probes_not_run."""
         return dict(self.counters)
 
-    # -- breakers, slow start ------------------------------------------------------
+    # -- breakers ------------------------------------------------------------------
 
     def _on_circuit_change(self, backend: Backend, old: CircuitState, new: CircuitState) -> None:
         log_event("circuit_state_changed", logging.WARNING if new is CircuitState.OPEN else logging.INFO,
