@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
 def test_the_demo_answers_every_request_while_a_backend_dies_and_draws_the_chart(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "omnixan-lb"
-    chart = tmp_path / "demo.png"
+    chart = tmp_path / "demo.svg"
     done = subprocess.run([str(exe), "demo", "--output", str(chart)], capture_output=True, text=True, timeout=60,
                           check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -20,4 +21,5 @@ def test_the_demo_answers_every_request_while_a_backend_dies_and_draws_the_chart
     assert answered > 500 and failed == 0
     fast = re.search(r"^  fast\s+\S+\s+(\w+)", done.stdout, re.M)
     assert fast is not None and fast.group(1) == "unhealthy"  # the stopped backend was found out
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bars = [e for e in ET.parse(chart).getroot().iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "bar"]
+    assert len(bars) == 4  # one per backend

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from load_balancing_module.algorithms._heap import Heap, LazyHeap, claim
+from load_balancing_module.algorithms._heap import LazyHeap
+from load_balancing_module.algorithms._place import Heap, claim
 from load_balancing_module.algorithms._winner_tree import WinnerTree
 from test_rotation import BACKENDS
 

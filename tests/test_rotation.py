@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule, LoadBalancingModuleConfig
-from load_balancing_module.algorithms._heap import claim
+from load_balancing_module.algorithms._place import claim
 from load_balancing_module.algorithms._rotation import Rotation
 from load_balancing_module.backend import Backend
 

@@ -361,7 +361,7 @@ def siblings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_auto_scaling_integration_example(siblings: Path) -> None:
     lb_module = LoadBalancingModule(quiet_config())
     local = await run_async_snippet(AUTO_SCALING, {"lb_module": lb_module})
-    assert lb_module._scalers == [local["auto_scaler"]]
+    assert lb_module._hooks.scalers == [local["auto_scaler"]]
 
 
 async def test_redundant_deployment_integration_example(siblings: Path) -> None:

@@ -1,4 +1,4 @@
-"""Runtime state of one backend, and the priority tier it belongs to.
+"""Runtime state of one backend.
 
 Everything here is mutated only on the event loop thread by the module; the
 algorithms read it. ``rank`` sums up what a pick needs to know:
@@ -16,7 +16,6 @@ from .enums import CircuitState, HealthState
 from .stats import LatencyWindow
 
 if TYPE_CHECKING:
-    from .algorithms.base import Algorithm
     from .health import HealthTracker
 
 HEALTHY_RANK: Final = 0
@@ -45,7 +44,7 @@ class Backend(LatencyWindow):
         self.limit = config.max_connections  # slots now: the breaker may lower it
         self.rank: int | None = None
         self.base_rank: int | None = None  # the rank when a slot is free
-        self.tier: Tier | None = None
+        self.tier: object = None  # the router's Tier that holds the backend (router.py), None once removed
         self.effective_weight = config.weight
         self.total = 0
         # The tier's algorithm's place for this backend in its heap or rotation (see
@@ -105,51 +104,3 @@ class Backend(LatencyWindow):
 
     def __repr__(self) -> str:
         return f"<Backend {self.id} {self.key} in_flight={self.in_flight} rank={self.rank}>"
-
-
-class Tier:
-    """The backends of one priority, with counts of free members per class.
-
-    ``free[c]`` and ``healthy_free[c]`` count members with a free slot, where
-    ``c`` is 1 for quantum-capable and 0 for classical backends.
-    """
-
-    __slots__ = ("priority", "members", "algorithm", "load_aware", "observes_latency", "free", "healthy_free",
-                 "in_flight", "dirty")  # fmt: skip
-
-    def __init__(self, priority: int, algorithm: Algorithm) -> None:
-        self.priority = priority
-        self.members: list[Backend] = []
-        self.algorithm = algorithm
-        self.load_aware = True
-        self.observes_latency = False
-        self.use(algorithm)
-        self.free = [0, 0]
-        self.healthy_free = [0, 0]
-        self.in_flight = 0
-        self.dirty = True
-
-    def use(self, algorithm: Algorithm) -> None:
-        self.algorithm = algorithm
-        algorithm.tier = self
-        # Copied here so the hot path reads one attribute: algorithms whose keys ignore
-        # load need no update when a slot is taken, and only some read latency.
-        self.load_aware = algorithm.load_aware
-        self.observes_latency = algorithm.observes_latency
-        self.dirty = True
-
-    @property
-    def free_total(self) -> int:
-        return self.free[0] + self.free[1]
-
-    @property
-    def healthy_free_total(self) -> int:
-        return self.healthy_free[0] + self.healthy_free[1]
-
-    def count(self, backend: Backend, rank: int | None, delta: int) -> None:
-        if rank is None:
-            return
-        c = 1 if backend.quantum else 0
-        self.free[c] += delta
-        if rank == HEALTHY_RANK:
-            self.healthy_free[c] += delta

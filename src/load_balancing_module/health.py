@@ -10,6 +10,9 @@ A probe either passes (returning its latency) or raises. The
 - UNHEALTHY -> HEALTHY (or DEGRADED) after ``healthy_threshold`` consecutive
   passing probes; DEGRADED -> HEALTHY after ``healthy_threshold`` consecutive
   fast passing probes.
+
+:class:`HealthStatus` is the tracker's account of the latest probe, the
+answer of ``LoadBalancingModule.health_check``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,29 @@ import inspect
 from collections.abc import Awaitable, Callable
 
 import aiohttp
+from pydantic import BaseModel, ConfigDict
 
 from .clock import Clock
 from .config import BackendConfig, HealthCheckConfig
 from .enums import HealthState
-from .models import HealthStatus
 
 Probe = Callable[[BackendConfig], Awaitable[object]]
 """A custom probe: awaited with the backend's config; raising or returning
 ``False`` is a failure, anything else a pass."""
+
+
+class HealthStatus(BaseModel):
+    """The outcome of the latest health probe of one backend."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backend_id: str
+    status: HealthState
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    latency_ms: float | None = None
+    checked_at: float | None = None  # wall-clock seconds since the epoch
+    error: str | None = None
 
 
 class ProbeFailed(Exception):

@@ -1,7 +1,7 @@
 """Prometheus exposition of the module's state, read at scrape time.
 
 The hot path only bumps plain Python counters (the backends' counts,
-``module.counters``, ``module.request_stats``); this collector turns them
+the module's counters, ``module.request_stats``); this collector turns them
 into metric families when Prometheus scrapes, so a request never touches a
 ``prometheus_client`` object. Every name starts with ``omnixan_lb_``, counters
 end in ``_total``, durations are in seconds (the Prometheus conventions).
@@ -110,6 +110,7 @@ class LoadBalancerCollector(Collector):
 
     def _totals(self) -> Iterator[Metric]:
         lb = self.module
+        counts = lb.counts()
         for name, key, text in (
             ("omnixan_lb_rate_limited", "rate_limited", "Requests refused by the per-client rate limit."),
             ("omnixan_lb_ddos_blocked", "ddos_blocked", "Requests refused from clients blocked for flooding."),
@@ -122,7 +123,7 @@ class LoadBalancerCollector(Collector):
                 "Health probes this host could not make (out of descriptors or memory); not counted against backends.",
             ),
         ):
-            yield CounterMetricFamily(name, text, value=lb.counters[key])
+            yield CounterMetricFamily(name, text, value=counts[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
         yield CounterMetricFamily("omnixan_lb_sessions_evicted",

@@ -1,4 +1,8 @@
-"""Results handed back to callers: routing results, health, distribution."""
+"""Results handed back to callers: routing results, health, distribution, drains.
+
+``RouteResult`` (:mod:`.route`) and ``HealthStatus`` (:mod:`.health`) are defined beside the
+code that makes them and gathered here: this module stands above both.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .enums import HealthState, LoadBalancingAlgorithmType
+from .enums import LoadBalancingAlgorithmType
+from .health import HealthStatus
 from .route import RouteResult
 
 __all__ = ["DrainResult", "HealthStatus", "LoadDistribution", "RouteResult"]
-
-
-class HealthStatus(BaseModel):
-    """The outcome of the latest health probe of one backend."""
-
-    model_config = ConfigDict(frozen=True)
-
-    backend_id: str
-    status: HealthState
-    consecutive_failures: int = 0
-    consecutive_successes: int = 0
-    latency_ms: float | None = None
-    checked_at: float | None = None  # wall-clock seconds since the epoch
-    error: str | None = None
 
 
 class LoadDistribution(BaseModel):

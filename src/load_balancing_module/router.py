@@ -19,11 +19,37 @@ from itertools import count
 
 from ._log import log_event
 from .algorithms import AlgorithmFactory
-from .backend import Backend, Tier
+from .algorithms.base import Algorithm, TierCounts
+from .backend import Backend
 from .clock import Clock
 from .config import Request
 from .enums import CircuitState, HealthState
 from .exceptions import BackendUnavailableError, CircuitBreakerOpenError, RequestTimeoutError
+
+
+class Tier(TierCounts):
+    """The backends of one priority, their algorithm, and the counts of free members it reads."""
+
+    __slots__ = ("priority", "members", "algorithm", "load_aware", "observes_latency", "dirty")
+
+    def __init__(self, priority: int, algorithm: Algorithm) -> None:
+        super().__init__()
+        self.priority = priority
+        self.members: list[Backend] = []
+        self.algorithm = algorithm
+        self.load_aware = True
+        self.observes_latency = False
+        self.dirty = True
+        self.use(algorithm)
+
+    def use(self, algorithm: Algorithm) -> None:
+        self.algorithm = algorithm
+        algorithm.tier = self
+        # Copied here so the hot path reads one attribute: algorithms whose keys ignore
+        # load need no update when a slot is taken, and only some read latency.
+        self.load_aware = algorithm.load_aware
+        self.observes_latency = algorithm.observes_latency
+        self.dirty = True
 
 
 class _Waiter:
@@ -71,7 +97,7 @@ class Router:
         backend.removed = True
         self.refresh(backend)
         tier = backend.tier
-        if tier is not None:
+        if isinstance(tier, Tier):
             tier.members.remove(backend)
             tier.in_flight -= backend.in_flight
             backend.tier = None
@@ -107,17 +133,28 @@ class Router:
         tier = backend.tier
         if rank != backend.rank:
             self._set_rank(backend, rank)
-        elif tier is not None and not tier.dirty:
+        elif isinstance(tier, Tier) and not tier.dirty:
             tier.algorithm.update(backend)
 
     def _set_rank(self, backend: Backend, rank: int | None) -> None:
         tier = backend.tier
-        if tier is not None:
-            tier.count(backend, backend.rank, -1)
-            tier.count(backend, rank, 1)
+        if not isinstance(tier, Tier):
+            backend.rank = rank
+            return
+        tier.count(backend, backend.rank, -1)
+        tier.count(backend, rank, 1)
         backend.rank = rank
-        if tier is not None and not tier.dirty:
+        if not tier.dirty:
             tier.algorithm.update(backend)
+
+    def observe(self, backend: Backend, latency_ms: float, now: float) -> bool:
+        """Hand a latency sample of ``backend`` (a completion or a passing probe) to its tier's
+        algorithm if it reads latency; return whether it did."""
+        tier = backend.tier
+        if isinstance(tier, Tier) and tier.observes_latency:
+            tier.algorithm.observe(backend, latency_ms, now)
+            return True
+        return False
 
     # take/release run twice per request: only in_flight changed, so compare it with the limit.
 
@@ -125,7 +162,7 @@ class Router:
         backend.in_flight += 1
         self.in_flight += 1
         tier = backend.tier
-        if tier is not None:
+        if isinstance(tier, Tier):
             tier.in_flight += 1
             if backend.in_flight >= backend.limit:
                 if backend.rank is not None:
@@ -137,7 +174,7 @@ class Router:
         backend.in_flight -= 1
         self.in_flight -= 1
         tier = backend.tier
-        if tier is not None:
+        if isinstance(tier, Tier):
             tier.in_flight -= 1
             if backend.rank is None:
                 if backend.base_rank is not None and backend.in_flight < backend.limit:

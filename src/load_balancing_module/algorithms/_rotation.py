@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from ..backend import Backend
-from ._heap import leave
+from ._place import leave
 
 _SHIFT: Final = 5  # 32 places per bitmap word
 _LOW: Final = 31

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Final, cast
 
 from ..backend import Backend
-from ._heap import claim
+from ._place import claim
 from ._rotation import Rotation
 
 MAX_CLASSES: Final = 16

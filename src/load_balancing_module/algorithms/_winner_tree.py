@@ -28,7 +28,7 @@ from librt.vecs import vec
 from mypy_extensions import i64
 
 from ..backend import Backend
-from ._heap import Heap, leave
+from ._place import Heap, leave
 
 _SEQ_BITS: Final = 56  # an order is (rank << 56 | seq, key): 2**56 changes last centuries
 _OUT: Final = 2 << _SEQ_BITS  # the order of an empty slot: after every member's (rank 0 HEALTHY, 1 DEGRADED)

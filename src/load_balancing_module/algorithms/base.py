@@ -21,11 +21,43 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..backend import Backend, Tier
+from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
+
+
+class TierCounts:
+    """What an algorithm reads of the tier that owns it: counts of members with a free slot.
+
+    ``free[c]`` and ``healthy_free[c]`` count members with a free slot, where
+    ``c`` is 1 for quantum-capable and 0 for classical backends; ``in_flight``
+    sums the members' requests in flight. The router's ``Tier`` keeps them.
+    """
+
+    __slots__ = ("free", "healthy_free", "in_flight")
+
+    def __init__(self) -> None:
+        self.free = [0, 0]
+        self.healthy_free = [0, 0]
+        self.in_flight = 0
+
+    @property
+    def free_total(self) -> int:
+        return self.free[0] + self.free[1]
+
+    @property
+    def healthy_free_total(self) -> int:
+        return self.healthy_free[0] + self.healthy_free[1]
+
+    def count(self, backend: Backend, rank: int | None, delta: int) -> None:
+        if rank is None:
+            return
+        c = 1 if backend.quantum else 0
+        self.free[c] += delta
+        if rank == HEALTHY_RANK:
+            self.healthy_free[c] += delta
 
 
 class Algorithm(ABC):
@@ -46,7 +78,7 @@ class Algorithm(ABC):
         self.settings = settings
         self.rng = rng
         self.clock = clock
-        self.tier: Tier | None = None  # set by the tier that owns this instance
+        self.tier: TierCounts | None = None  # set by the tier that owns this instance
 
     def healthy_free(self, klass: int | None = None) -> int:
         """How many HEALTHY members of the tier (of ``klass``) have a free slot."""

@@ -21,7 +21,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import claim, new_heap
+from ._heap import new_heap
+from ._place import claim
 from ._sampling import best_of_k, check_choice_count
 from .base import Algorithm
 

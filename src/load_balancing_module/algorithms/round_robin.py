@@ -17,7 +17,7 @@ from ..backend import Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import claim
+from ._place import claim
 from ._rotation import Rotation
 from .base import Algorithm
 

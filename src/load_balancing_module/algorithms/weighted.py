@@ -34,7 +34,8 @@ from ..backend import HEALTHY_RANK, Backend
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
-from ._heap import claim, new_heap
+from ._heap import new_heap
+from ._place import claim
 from ._weight_classes import MAX_CLASSES, WeightClasses
 from .base import Algorithm
 

@@ -1,4 +1,8 @@
-"""The ``omnixan-lb`` command line."""
+"""The ``omnixan-lb`` command line: serve, check, demo, status.
+
+Nothing of the library imports this package: ``import load_balancing_module``
+loads none of it, nor the server, nor ``rich``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .exceptions import ConfigurationError
+from .. import __version__
+from ..exceptions import ConfigurationError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
     demo = sub.add_parser("demo", help="run the proxy on real local backends with real traffic")
-    demo.add_argument("--output", default="omnixan-lb-demo.png", help="where to write the chart (PNG)")
+    demo.add_argument("--output", default="omnixan-lb-demo.svg", help="where to write the chart (SVG)")
     demo.add_argument("--library", action="store_true", help="show the library alone (LoadBalancingModule.call)")
     check = sub.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     serve = sub.add_parser("serve", help="run the reverse proxy")
@@ -40,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_kind() -> str:
     """Which build is installed: the request path compiled by mypyc (setup.py) or pure Python."""
-    from .server import proxy
+    from ..server import proxy
 
     return "compiled with mypyc" if not proxy.__file__.endswith(".py") else "pure Python"
 
 
 def check(path: str | None) -> int:
-    from .server.config import load_config
+    from ..server.config import load_config
 
     if not path:
         print("omnixan-lb check: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
@@ -83,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             print("omnixan-lb serve: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
             return 2
-        from .server.app import run
-        from .server.logs import setup_logging
+        from ..server.app import run
+        from ..server.logs import setup_logging
 
         setup_logging(args.log_level)
         return run(args.config)
@@ -95,16 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--interval must be > 0")
         return status(args.admin, args.token, watch=args.watch, as_json=args.json, interval=args.interval)
     if args.command == "demo" and args.library:
-        from .demo import main as library_demo
+        from .demo_library import main as library_demo
 
         return library_demo()
     if args.command == "demo":
-        from .server.demo import main as proxy_demo
+        from .demo_proxy import main as proxy_demo
 
         return proxy_demo(args.output)
     parser.print_help()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from .config import (
+from ..config import (
     BackendConfig,
     HealthCheckConfig,
     LoadBalancingAlgorithm,
     LoadBalancingModuleConfig,
     Request,
 )
-from .enums import LoadBalancingAlgorithmType
-from .exceptions import RoutingError
-from .models import RouteResult
-from .module import LoadBalancingModule
+from ..enums import LoadBalancingAlgorithmType
+from ..exceptions import RoutingError
+from ..models import RouteResult
+from ..module import LoadBalancingModule
 
 
 @dataclass
@@ -130,7 +130,7 @@ async def run_demo(requests_per_phase: int = 300) -> int:
             ok, failed = await _traffic(lb, session, requests_per_phase, concurrency=8)
             await stop
             await asyncio.sleep(1.2)  # let the health checks see it
-            print(f"least_latency with a dead backend: {ok} ok, {failed} failed (retries: {lb.counters['retries']})")
+            print(f"least_latency with a dead backend: {ok} ok, {failed} failed (retries: {lb.counts()['retries']})")
             await _print_distribution(lb, names)
     finally:
         for backend in backends:

@@ -4,7 +4,7 @@ Starts four HTTP backends on 127.0.0.1 (fast, medium, slow, and a
 quantum-capable one), the proxy and the admin listener on free ports, sends
 real HTTP traffic through the proxy in three phases with a progress line,
 stops one backend in the last phase to show failover, prints the load
-distribution as a table and leaves a PNG bar chart of it.
+distribution as a table and leaves an SVG bar chart of it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import aiohttp
 
-from ..chart import bar_chart
-from ..demo import DemoBackend
 from ..enums import LoadBalancingAlgorithmType
-from .app import Server
-from .config import load_config
+from ..server.app import Server
+from ..server.config import load_config
+from .chart import bar_chart
+from .demo_library import DemoBackend
 
 
 @dataclass
@@ -101,7 +101,7 @@ async def run_demo(output: Path) -> int:
             await server.shutdown()
             for backend in backends:
                 await backend.stop()
-    print(f"\n{tally.ok} requests answered, {tally.failed} failed; proxy retries: {server.lb.counters['retries']}\n")
+    print(f"\n{tally.ok} requests answered, {tally.failed} failed; proxy retries: {server.lb.counts()['retries']}\n")
     print(f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'failed':>6} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'share':>6}")  # fmt: skip
     for backend_id, b in dist.backends.items():
@@ -119,6 +119,6 @@ async def _stop_later(backend: DemoBackend, delay: float) -> None:
     await backend.stop()
 
 
-def main(output: str = "omnixan-lb-demo.png") -> int:
+def main(output: str = "omnixan-lb-demo.svg") -> int:
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     return asyncio.run(run_demo(Path(output)))

@@ -1,0 +1,27 @@
+"""The library stands apart from its front ends: importing it loads neither the CLI nor the server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _modules_after(statement: str) -> list[str]:
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return list(json.loads(done.stdout))
+
+
+def test_importing_the_library_loads_no_cli_server_or_rich() -> None:
+    loaded = _modules_after("import load_balancing_module")
+    assert "load_balancing_module.module" in loaded  # the check sees the package's modules
+    front = [m for m in loaded if m.startswith(("load_balancing_module.cli", "load_balancing_module.server"))]
+    assert front == []
+    assert not [m for m in loaded if m == "rich" or m.startswith("rich.")]
+
+
+def test_the_cli_is_its_own_package() -> None:
+    loaded = _modules_after("import load_balancing_module.cli")
+    assert "load_balancing_module.cli" in loaded
+    assert "load_balancing_module.cli.demo_proxy" not in loaded  # each command loads what it needs when run
