@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 from ..health import LOCAL_ERRNOS
 
 if TYPE_CHECKING:
-    from ..models import RouteResult
+    from ..route import RouteResult
     from .context import ProxyContext
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .._log import log_event
 from ..config import Request
 from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
-from ..models import RouteResult
+from ..route import RouteResult
 from .attempt import CLIENT_GONE, Failure, connect_failure
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .http import RequestInfo, request_framing, request_head
 
 if TYPE_CHECKING:
-    from ..models import RouteResult
+    from ..route import RouteResult
     from .context import ProxyContext
 
 

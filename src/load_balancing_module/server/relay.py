@@ -25,8 +25,8 @@ from .response import ResponseInfo, error_response, response_head
 from .upstream import UpstreamConnection, UpstreamSink
 
 if TYPE_CHECKING:
-    from ..models import RouteResult
     from ..module import LoadBalancingModule
+    from ..route import RouteResult
     from .context import ProxyContext
 
 
