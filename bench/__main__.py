@@ -63,8 +63,13 @@ def run_routing(args: argparse.Namespace) -> dict[str, Any]:
     routing.plot(raw, str(args.img))
     with tempfile.TemporaryDirectory(prefix="omnixan-routing-") as tmp:
         out = Path(tmp) / "compiled.json"
-        command = [sys.executable, str(Path(__file__).parent / "routing.py"), "--json", str(out),
-                   *(["--quick"] if args.quick else [])]  # fmt: skip
+        command = [
+            sys.executable,
+            str(Path(__file__).parent / "routing.py"),
+            "--json",
+            str(out),
+            *(["--quick"] if args.quick else []),
+        ]
         print("\nthe compiled build:", flush=True)
         subprocess.run(command, env=proxy.compiled_env(), check=True)
         raw["compiled"] = json.loads(out.read_text())
@@ -92,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs of everything (figures not for publication)")
     parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--skip", action="append", choices=PARTS, default=[], help="skip this part (repeatable)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="run nothing; rewrite the document from the saved results")  # fmt: skip
+    parser.add_argument(
+        "--render-only", action="store_true", help="run nothing; rewrite the document from the saved results"
+    )
     parser.add_argument("--proxy-reps", type=int, default=3, help="wrk runs per proxy cell (default 3)")
     parser.add_argument("--proxy-duration", type=int, default=8, help="seconds per wrk run (default 8)")
     parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file to write (default docs/benchmarks.md)")
@@ -126,14 +132,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     each = ", ".join(f"{p} {s:.0f} s" for p, s in timings.items())
     suite_file = args.img / "suite.json"
     if set(chosen) == set(PARTS):  # a full run: what the header states until the next one
-        full = {"command": suite_command, "machine": describe_machine(info), "finished_at": now_utc(),
-                "minutes": total / 60, "parts": each}  # fmt: skip
+        full = {
+            "command": suite_command,
+            "machine": describe_machine(info),
+            "finished_at": now_utc(),
+            "minutes": total / 60,
+            "parts": each,
+        }
         suite_file.write_text(json.dumps(full, indent=1), encoding="utf-8")
     summary = ""
     if suite_file.exists():
         full = json.loads(suite_file.read_text(encoding="utf-8"))
-        summary = (f"Last full run: `{full['command']}` on {full['machine']}, {full['finished_at']}: "
-                   f"{full['minutes']:.1f} minutes ({full['parts']}).")  # fmt: skip
+        summary = (
+            f"Last full run: `{full['command']}` on {full['machine']}, {full['finished_at']}: "
+            f"{full['minutes']:.1f} minutes ({full['parts']})."
+        )
     if chosen and set(chosen) != set(PARTS):
         summary += f" Then `{suite_command}` re-ran {', '.join(chosen)} ({now_utc()})."
     quick = [p for p, r in parts.items() if r.get("quick")]

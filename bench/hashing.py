@@ -127,11 +127,13 @@ def measure(n: int, keys: Sequence[str], key_hashes: np.ndarray[Any, np.dtype[np
     cold_s = time_build(base, cold=True)
     rebuild_s = time_build(removed, cold=False)
     points = default_points(n)
-    rings = {"base": build_ring(base, points),
-             "removed": build_ring(removed, default_points(n - 1, current=points)),
-             "added": build_ring(added, default_points(n + 1, current=points)),
-             # what a count that follows N by the unit would do (the code before the sticky default)
-             "added_unsticky": build_ring(added, default_points(n + 1))}  # fmt: skip
+    rings = {
+        "base": build_ring(base, points),
+        "removed": build_ring(removed, default_points(n - 1, current=points)),
+        "added": build_ring(added, default_points(n + 1, current=points)),
+        # what a count that follows N by the unit would do (the code before the sticky default)
+        "added_unsticky": build_ring(added, default_points(n + 1)),
+    }
     owners = {state: owners_of(ring, key_hashes) for state, ring in rings.items()}
     total = len(key_hashes)
     moved_removed = owners["base"] != owners["removed"]
@@ -192,9 +194,11 @@ def run(sizes: Sequence[int] = SIZES, keys_count: int = KEYS, progress: bool = T
         r = measure(n, keys, key_hashes)
         results.append(r)
         if progress:
-            print(f"  N={n:<5} moved on remove {r['moved_on_remove']:.4f} (1/N {r['minimum_remove']:.4f}), "
-                  f"on add {r['moved_on_add']:.4f}; keys max/mean {r['keys_max_over_mean']:.3f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"  N={n:<5} moved on remove {r['moved_on_remove']:.4f} (1/N {r['minimum_remove']:.4f}), "
+                f"on add {r['moved_on_add']:.4f}; keys max/mean {r['keys_max_over_mean']:.3f}",
+                flush=True,
+            )
     return {
         "machine": machine_info(),
         "command": command_line(),
@@ -207,16 +211,20 @@ def run(sizes: Sequence[int] = SIZES, keys_count: int = KEYS, progress: bool = T
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'N':>6} {'points/N':>8} {'moved -1':>9} {'moved +1':>9} {'1/N':>7} {'extra':>6} "
-             f"{'keys max/mean':>13} {'space max/mean':>14} {'space min/mean':>14} {'build ms':>9} "
-             f"{'rebuild ms':>10} {'lookup us':>9} {'hash us':>7}"]  # fmt: skip
+    lines = [
+        f"{'N':>6} {'points/N':>8} {'moved -1':>9} {'moved +1':>9} {'1/N':>7} {'extra':>6} "
+        f"{'keys max/mean':>13} {'space max/mean':>14} {'space min/mean':>14} {'build ms':>9} "
+        f"{'rebuild ms':>10} {'lookup us':>9} {'hash us':>7}"
+    ]
     for r in results["results"]:
-        lines.append(f"{r['backends']:>6,} {r['points_per_backend']:>8} {r['moved_on_remove']:>9.4f} "
-                     f"{r['moved_on_add']:>9.4f} {r['minimum_remove']:>7.4f} "
-                     f"{r['extra_moved_remove'] + r['extra_moved_add']:>6} {r['keys_max_over_mean']:>13.3f} "
-                     f"{r['space_max_over_mean']:>14.3f} {r['space_min_over_mean']:>14.3f} "
-                     f"{r['build_cold_ms']:>9.1f} {r['rebuild_after_removal_ms']:>10.1f} "
-                     f"{r['lookup_us']:>9.2f} {r['hash_us']:>7.2f}")  # fmt: skip
+        lines.append(
+            f"{r['backends']:>6,} {r['points_per_backend']:>8} {r['moved_on_remove']:>9.4f} "
+            f"{r['moved_on_add']:>9.4f} {r['minimum_remove']:>7.4f} "
+            f"{r['extra_moved_remove'] + r['extra_moved_add']:>6} {r['keys_max_over_mean']:>13.3f} "
+            f"{r['space_max_over_mean']:>14.3f} {r['space_min_over_mean']:>14.3f} "
+            f"{r['build_cold_ms']:>9.1f} {r['rebuild_after_removal_ms']:>10.1f} "
+            f"{r['lookup_us']:>9.2f} {r['hash_us']:>7.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -224,8 +232,10 @@ def print_report(results: dict[str, Any]) -> None:
     info = results["machine"]
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, {info['python']}, {info['kernel']}")
     print(f"command: {results['command']}")
-    print(f"{results['keys']:,} keys, hashed once in {results['key_hashing_s']:.1f} s; "
-          f"all sizes in {results['wall_s']:.0f} s\n")  # fmt: skip
+    print(
+        f"{results['keys']:,} keys, hashed once in {results['key_hashing_s']:.1f} s; "
+        f"all sizes in {results['wall_s']:.0f} s\n"
+    )
     print(table(results))
     print("\nmoved -1 / +1: share of keys whose owner changed when one member left / joined; 1/N: the minimum;")
     print("extra: keys moved between two members that both stayed (should be 0); space: share of the hash space;")
@@ -246,10 +256,12 @@ def plot(results: dict[str, Any], outdir: str | Path) -> list[str]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
     labels = [f"N={r['backends']:,}" for r in rows]
     xs = range(len(rows))
-    left.bar([x - 0.2 for x in xs], [r["moved_on_remove"] * r["backends"] for r in rows], 0.4,
-             label="one member removed")  # fmt: skip
-    left.bar([x + 0.2 for x in xs], [r["moved_on_add"] * (r["backends"] + 1) for r in rows], 0.4,
-             label="one member added")  # fmt: skip
+    left.bar(
+        [x - 0.2 for x in xs], [r["moved_on_remove"] * r["backends"] for r in rows], 0.4, label="one member removed"
+    )
+    left.bar(
+        [x + 0.2 for x in xs], [r["moved_on_add"] * (r["backends"] + 1) for r in rows], 0.4, label="one member added"
+    )
     left.axhline(1.0, color="black", linewidth=0.8, label="minimum (1/N)")
     left.set_xticks(list(xs))
     left.set_xticklabels(labels)

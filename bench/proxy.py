@@ -199,8 +199,9 @@ def start_nginx(procs: Processes, workdir: Path, name: str, body: str, cpu: int)
     d = workdir / name
     d.mkdir()
     (d / "nginx.conf").write_text(NGINX_MAIN.format(dir=d, body=body))
-    return procs.start(["nginx", "-c", str(d / "nginx.conf")], cpu, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)  # fmt: skip
+    return procs.start(
+        ["nginx", "-c", str(d / "nginx.conf")], cpu, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def start_haproxy(procs: Processes, workdir: Path, cpu: int) -> subprocess.Popen[bytes]:
@@ -245,19 +246,23 @@ def compiled_env() -> dict[str, str]:
     exe = str(Path(sys.executable).parent / "omnixan-lb")
     done = subprocess.run([exe, "version"], env=env, capture_output=True, text=True, check=False)
     if "compiled with mypyc" not in done.stdout:
-        raise SystemExit(f"no compiled build in {COMPILED_SRC} ({done.stdout.strip() or done.stderr.strip()}): "
-                         "run `make compiled` first")  # fmt: skip
+        raise SystemExit(
+            f"no compiled build in {COMPILED_SRC} ({done.stdout.strip() or done.stderr.strip()}): "
+            "run `make compiled` first"
+        )
     return env
 
 
-def start_omnixan(procs: Processes, workdir: Path, port: int, admin: int, access_log: bool,
-                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+def start_omnixan(
+    procs: Processes, workdir: Path, port: int, admin: int, access_log: bool, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     path = workdir / f"omnixan-{port}.yaml"
     path.write_text(omnixan_config(port, admin, BACKEND_PORTS, access_log))
     log = open(workdir / f"omnixan-{port}.log", "wb")  # noqa: SIM115 - kept open for the process's life
     exe = str(Path(sys.executable).parent / "omnixan-lb")
-    return procs.start([exe, "serve", "--config", str(path), "--log-level", "warning"], 0, stdout=log, stderr=log,
-                       env=env)  # fmt: skip
+    return procs.start(
+        [exe, "serve", "--config", str(path), "--log-level", "warning"], 0, stdout=log, stderr=log, env=env
+    )
 
 
 @dataclass
@@ -275,10 +280,21 @@ class Sample:
 
 def wrk(port: int, connections: int, duration: int) -> Sample:
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         f"http://127.0.0.1:{port}/"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            f"http://127.0.0.1:{port}/",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
@@ -296,15 +312,33 @@ TARGETS = ("direct", "nginx", "haproxy", "omnixan", "omnixan+log", "omnixan-py")
 BASELINE = "nginx"
 
 
-def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200),
-        progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run(
+    reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200), progress: bool = True
+) -> dict[str, Any]:
     """Start everything, measure every target alternating, stop what was started; JSON-serialisable."""
     ensure_tools()
     env = compiled_env()
-    ports = {"direct": BACKEND_PORTS[0], "nginx": NGINX_PORT, "haproxy": HAPROXY_PORT, "omnixan": OMNIXAN_PORT,
-             "omnixan+log": OMNIXAN_LOG_PORT, "omnixan-py": OMNIXAN_PY_PORT}  # fmt: skip
-    check_free([*BACKEND_PORTS, NGINX_PORT, HAPROXY_PORT, OMNIXAN_PORT, OMNIXAN_ADMIN, OMNIXAN_LOG_PORT,
-                OMNIXAN_LOG_ADMIN, OMNIXAN_PY_PORT, OMNIXAN_PY_ADMIN])  # fmt: skip
+    ports = {
+        "direct": BACKEND_PORTS[0],
+        "nginx": NGINX_PORT,
+        "haproxy": HAPROXY_PORT,
+        "omnixan": OMNIXAN_PORT,
+        "omnixan+log": OMNIXAN_LOG_PORT,
+        "omnixan-py": OMNIXAN_PY_PORT,
+    }
+    check_free(
+        [
+            *BACKEND_PORTS,
+            NGINX_PORT,
+            HAPROXY_PORT,
+            OMNIXAN_PORT,
+            OMNIXAN_ADMIN,
+            OMNIXAN_LOG_PORT,
+            OMNIXAN_LOG_ADMIN,
+            OMNIXAN_PY_PORT,
+            OMNIXAN_PY_ADMIN,
+        ]
+    )
     procs = Processes()
     pids: dict[str, int | None] = {"direct": None}
     samples: dict[str, dict[int, list[Sample]]] = {name: {} for name in TARGETS}
@@ -316,8 +350,9 @@ def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200)
             for port in BACKEND_PORTS:
                 start_nginx(procs, workdir, f"backend-{port}", BACKEND_BODY.format(port=port), cpu=1)
             servers = " ".join(f"server 127.0.0.1:{p};" for p in BACKEND_PORTS)
-            pids["nginx"] = start_nginx(procs, workdir, "proxy", PROXY_BODY.format(servers=servers, port=NGINX_PORT),
-                                        cpu=0).pid  # fmt: skip
+            pids["nginx"] = start_nginx(
+                procs, workdir, "proxy", PROXY_BODY.format(servers=servers, port=NGINX_PORT), cpu=0
+            ).pid
             pids["haproxy"] = start_haproxy(procs, workdir, cpu=0).pid
             pids["omnixan"] = start_omnixan(procs, workdir, OMNIXAN_PORT, OMNIXAN_ADMIN, False, env).pid
             pids["omnixan+log"] = start_omnixan(procs, workdir, OMNIXAN_LOG_PORT, OMNIXAN_LOG_ADMIN, True, env).pid
@@ -337,9 +372,12 @@ def run(reps: int = 3, duration: int = 8, connections: Sequence[int] = (50, 200)
                         samples[name].setdefault(conns, []).append(sample)
                         if progress:
                             cpu = sample.cpu_per_10k
-                            print(f"  rep {rep + 1} c={conns:<3} {name:<12} {sample.rps:>9.0f} req/s  "
-                                  f"p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms  "
-                                  f"cpu {'-' if cpu is None else f'{cpu:.2f}'} s/10k", flush=True)  # fmt: skip
+                            print(
+                                f"  rep {rep + 1} c={conns:<3} {name:<12} {sample.rps:>9.0f} req/s  "
+                                f"p50 {sample.p50_ms:6.2f} ms  p99 {sample.p99_ms:6.2f} ms  "
+                                f"cpu {'-' if cpu is None else f'{cpu:.2f}'} s/10k",
+                                flush=True,
+                            )
         finally:
             procs.stop_all()
     rows = summarise(samples, connections)
@@ -385,14 +423,18 @@ def summarise(samples: dict[str, dict[int, list[Sample]]], connections: Sequence
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = [f"{'target':<13} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU s/10k':>10} "
-             f"{'rps/nginx':>10} {'p99/nginx':>10} {'CPU/nginx':>10}"]  # fmt: skip
+    lines = [
+        f"{'target':<13} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU s/10k':>10} "
+        f"{'rps/nginx':>10} {'p99/nginx':>10} {'CPU/nginx':>10}"
+    ]
     for r in results["rows"]:
         cpu = "-" if r["cpu_s_per_10k"] is None else f"{r['cpu_s_per_10k']:.3f}"
         ratio = "-" if r.get("cpu_ratio") is None else f"{r['cpu_ratio']:.2f}"
-        lines.append(f"{r['target']:<13} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} "
-                     f"{r['p99_ms']:>8.2f} {cpu:>10} {r.get('rps_ratio', math.nan):>10.2f} "
-                     f"{r.get('p99_ratio', math.nan):>10.2f} {ratio:>10}")  # fmt: skip
+        lines.append(
+            f"{r['target']:<13} {r['connections']:>5} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} "
+            f"{r['p99_ms']:>8.2f} {cpu:>10} {r.get('rps_ratio', math.nan):>10.2f} "
+            f"{r.get('p99_ratio', math.nan):>10.2f} {ratio:>10}"
+        )
     return "\n".join(lines)
 
 
@@ -401,8 +443,10 @@ def print_report(results: dict[str, Any]) -> None:
     print()
     print(f"machine:  {info['cpu']}, {info['cores']} cores, {info['python']}, {info['kernel']}")
     print(f"command:  {results['command']}")
-    print(f"wrk:      1 thread, {settings['duration_s']} s per run, {settings['reps']} runs per cell (median shown), "
-          "alternating")  # fmt: skip
+    print(
+        f"wrk:      1 thread, {settings['duration_s']} s per run, {settings['reps']} runs per cell (median shown), "
+        "alternating"
+    )
     print(f"pinning:  {results['pinning']}")
     print("CPU:      utime + stime of the proxy (and its children) per 10,000 requests; '-' = no proxy")
     print()

@@ -74,8 +74,12 @@ def instructions(build: str, workdir: Path, requests: int) -> int:
     config.write_text(P.omnixan_config(PORT, ADMIN, BACKENDS, access_log=False))
     out = workdir / f"callgrind.{build}.{requests}"
     args, env = _command(build, config)
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         P.wait_port(PORT, timeout=180)
         asyncio.run(_client(200))
@@ -98,8 +102,12 @@ def instructions(build: str, workdir: Path, requests: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--only", choices=("reference", "omnixan-py", "omnixan"), nargs="+",
-                        default=["reference", "omnixan-py", "omnixan"])  # fmt: skip
+    parser.add_argument(
+        "--only",
+        choices=("reference", "omnixan-py", "omnixan"),
+        nargs="+",
+        default=["reference", "omnixan-py", "omnixan"],
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")

@@ -135,11 +135,14 @@ def render_simulation(res: dict[str, Any]) -> str:
     out = [SIM_INTRO.format(**settings), provenance(res), ""]
     rows = simulate.ratio_rows(res)
     out.append("### The key figure: p99 against the oracle in the slow-backend scenarios\n")
-    out.append(f"Aim: LEAST_LATENCY and LEAST_CONNECTIONS within {simulate.AIM:g}x the oracle's p99; "
-               "ROUND_ROBIN for contrast. The table has every algorithm, and the p99.9 ratio too.\n")  # fmt: skip
+    out.append(
+        f"Aim: LEAST_LATENCY and LEAST_CONNECTIONS within {simulate.AIM:g}x the oracle's p99; "
+        "ROUND_ROBIN for contrast. The table has every algorithm, and the p99.9 ratio too.\n"
+    )
     out.append(f"![p99 relative to the oracle]({IMG}/sim-p99-ratio.png)\n")
-    cases = sorted({(r["scenario"], r["load"]) for r in rows},
-                   key=lambda c: (simulate.SLOW_SCENARIOS.index(c[0]), c[1]))  # fmt: skip
+    cases = sorted(
+        {(r["scenario"], r["load"]) for r in rows}, key=lambda c: (simulate.SLOW_SCENARIOS.index(c[0]), c[1])
+    )
     policies = [p for p in simulate.POLICIES if p != simulate.ORACLE]
     table_rows = []
     for policy in policies:
@@ -155,16 +158,23 @@ def render_simulation(res: dict[str, Any]) -> str:
         r for r in rows if r["policy"] in ("least_latency", "least_connections") and r["p99_ratio"] > simulate.AIM
     ]
     if misses:
-        listed = ", ".join(f"`{r['policy']}` in {r['scenario']} at {r['load']:.0%} ({r['p99_ratio']:.2f}x)"
-                           for r in misses)  # fmt: skip
+        listed = ", ".join(
+            f"`{r['policy']}` in {r['scenario']} at {r['load']:.0%} ({r['p99_ratio']:.2f}x)" for r in misses
+        )
         out.append(f"**Aim missed:** {listed}.\n")
     else:
-        out.append("**Aim met:** LEAST_LATENCY and LEAST_CONNECTIONS are within "
-                   f"{simulate.AIM:g}x the oracle's p99 in every slow-backend case.\n")  # fmt: skip
-    out.append(SIM_CAUSES.format(lc_share=_slow_share(res, "least_connections"),
-                                 oracle_share=_slow_share(res, simulate.ORACLE),
-                                 ll_share=_slow_share(res, "least_latency"),
-                                 emulation=settings["emulation_factor"]))  # fmt: skip
+        out.append(
+            "**Aim met:** LEAST_LATENCY and LEAST_CONNECTIONS are within "
+            f"{simulate.AIM:g}x the oracle's p99 in every slow-backend case.\n"
+        )
+    out.append(
+        SIM_CAUSES.format(
+            lc_share=_slow_share(res, "least_connections"),
+            oracle_share=_slow_share(res, simulate.ORACLE),
+            ll_share=_slow_share(res, "least_latency"),
+            emulation=settings["emulation_factor"],
+        )
+    )
     for scenario in res["scenarios"]:
         out.append(f"### {scenario['title']}\n")
         out.append(f"Capacity {scenario['capacity_rps']:.0f} requests/s (slowest phase).\n")
@@ -174,10 +184,36 @@ def render_simulation(res: dict[str, Any]) -> str:
             if r["scenario"] != scenario["name"]:
                 continue
             share = " ".join(f"{s * 100:.1f}" for s in r["share"])
-            body.append([f"{r['load']:.0%}", f"`{r['policy']}`", _ms(r["p50_ms"]), _ms(r["p99_ms"]), _ms(r["p999_ms"]),
-                         f"{r['timed_out']:,}", f"{r['failed']:,}", str(r["circuits_opened"]), share])  # fmt: skip
-        out.append(md_table(["load", "policy", "p50 ms", "p99 ms", "p99.9 ms", "timed out", "failed", "opened",
-                             "share per backend, %"], body, "llrrrrrrl"))  # fmt: skip
+            body.append(
+                [
+                    f"{r['load']:.0%}",
+                    f"`{r['policy']}`",
+                    _ms(r["p50_ms"]),
+                    _ms(r["p99_ms"]),
+                    _ms(r["p999_ms"]),
+                    f"{r['timed_out']:,}",
+                    f"{r['failed']:,}",
+                    str(r["circuits_opened"]),
+                    share,
+                ]
+            )
+        out.append(
+            md_table(
+                [
+                    "load",
+                    "policy",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "timed out",
+                    "failed",
+                    "opened",
+                    "share per backend, %",
+                ],
+                body,
+                "llrrrrrrl",
+            )
+        )
         out.append("")
     return "\n".join(out)
 
@@ -232,37 +268,69 @@ spread.
 
 def render_hashing(res: dict[str, Any]) -> str:
     n_max = max(r["backends"] for r in res["results"])
-    out = [HASH_INTRO.format(keys=res["keys"], n_max=n_max, noise=100 / math.sqrt(res["keys"] / n_max),
-                             lookups=res.get("lookups", min(res["keys"], 200_000))), provenance(res), ""]  # fmt: skip
+    out = [
+        HASH_INTRO.format(
+            keys=res["keys"],
+            n_max=n_max,
+            noise=100 / math.sqrt(res["keys"] / n_max),
+            lookups=res.get("lookups", min(res["keys"], 200_000)),
+        ),
+        provenance(res),
+        "",
+    ]
     out.append(f"![keys moved and load spread]({IMG}/hashing.png)\n")
     body = []
     for r in res["results"]:
-        body.append([f"{r['backends']:,}", str(r["points_per_backend"]), f"{r['moved_on_remove'] * 100:.3f} %",
-                     f"{r['moved_on_add'] * 100:.3f} %", f"{100 / r['backends']:.3f} %",
-                     f"{r['extra_moved_remove'] + r['extra_moved_add']:,}", f"{r['keys_max_over_mean']:.3f}",
-                     f"{r['space_max_over_mean']:.3f} / {r['space_min_over_mean']:.3f}",
-                     f"{r['build_cold_ms']:.0f} / {r['rebuild_after_removal_ms']:.0f}",
-                     f"{r['lookup_us']:.2f} / {r['hash_us']:.2f}"])  # fmt: skip
-    headers = ["N", "points each", "moved -1", "moved +1", "1/N", "extra", "keys max/mean",
-               "space max / min over mean", "build ms cold / rebuild", "lookup / hash, us"]  # fmt: skip
+        body.append(
+            [
+                f"{r['backends']:,}",
+                str(r["points_per_backend"]),
+                f"{r['moved_on_remove'] * 100:.3f} %",
+                f"{r['moved_on_add'] * 100:.3f} %",
+                f"{100 / r['backends']:.3f} %",
+                f"{r['extra_moved_remove'] + r['extra_moved_add']:,}",
+                f"{r['keys_max_over_mean']:.3f}",
+                f"{r['space_max_over_mean']:.3f} / {r['space_min_over_mean']:.3f}",
+                f"{r['build_cold_ms']:.0f} / {r['rebuild_after_removal_ms']:.0f}",
+                f"{r['lookup_us']:.2f} / {r['hash_us']:.2f}",
+            ]
+        )
+    headers = [
+        "N",
+        "points each",
+        "moved -1",
+        "moved +1",
+        "1/N",
+        "extra",
+        "keys max/mean",
+        "space max / min over mean",
+        "build ms cold / rebuild",
+        "lookup / hash, us",
+    ]
     out.append(md_table(headers, body))
     out.append("")
     for r in res["results"]:
         if r["extra_moved_add"] or r["extra_moved_remove"]:
-            out.append(f"**More keys move than needed at N = {r['backends']:,}**: adding one member moved "
-                       f"{r['moved_on_add'] * 100:.2f} % of the keys, {r['extra_moved_add']:,} of them between "
-                       "members that both stayed.\n")  # fmt: skip
+            out.append(
+                f"**More keys move than needed at N = {r['backends']:,}**: adding one member moved "
+                f"{r['moved_on_add'] * 100:.2f} % of the keys, {r['extra_moved_add']:,} of them between "
+                "members that both stayed.\n"
+            )
         unsticky = r.get("moved_on_add_unsticky")
         if unsticky is not None and unsticky > r["moved_on_add"] * 1.5:
-            out.append(f"At N = {r['backends']:,} a point count that followed 160,000 / N by the unit (the "
-                       f"code before the sticky default) would have moved {unsticky * 100:.2f} % of the keys "
-                       f"on that addition instead of {r['moved_on_add'] * 100:.2f} %: every member would lose "
-                       "a point and its arc go to a neighbour. The sticky default keeps the count until the "
-                       "tier doubles or halves.\n")  # fmt: skip
+            out.append(
+                f"At N = {r['backends']:,} a point count that followed 160,000 / N by the unit (the "
+                f"code before the sticky default) would have moved {unsticky * 100:.2f} % of the keys "
+                f"on that addition instead of {r['moved_on_add'] * 100:.2f} %: every member would lose "
+                "a point and its arc go to a neighbour. The sticky default keeps the count until the "
+                "tier doubles or halves.\n"
+            )
     rows = res["results"]
     worst = max(rows, key=lambda r: r["space_max_over_mean"])
-    std = ", ".join(f"{r['space_stdev_over_mean'] * 100:.1f} % at N = {r['backends']:,} ({r['points_per_backend']} "
-                    "points)" for r in rows)  # fmt: skip
+    std = ", ".join(
+        f"{r['space_stdev_over_mean'] * 100:.1f} % at N = {r['backends']:,} ({r['points_per_backend']} points)"
+        for r in rows
+    )
     out.append(HASH_MAGLEV.format(std=std, worst=f"{worst['space_max_over_mean']:.2f}x", worst_n=worst["backends"]))
     return "\n".join(out)
 
@@ -298,20 +366,34 @@ docstring) are steadier still. The load average is printed with the run.
 
 def render_routing(res: dict[str, Any]) -> str:
     settings = res["settings"]
-    out = [ROUTING_INTRO.format(batches=settings["batches"], batch=settings["batch"], warmup=settings["warmup"],
-                                overhead=res["harness_overhead_us"]), provenance(res)]  # fmt: skip
+    out = [
+        ROUTING_INTRO.format(
+            batches=settings["batches"],
+            batch=settings["batch"],
+            warmup=settings["warmup"],
+            overhead=res["harness_overhead_us"],
+        ),
+        provenance(res),
+    ]
     load = res["machine"].get("load_average")
     load_end = res["machine"].get("load_average_end")
     if load and load_end:
-        out.append(f"Load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in load)} at start, "
-                   f"{' '.join(f'{x:.2f}' for x in load_end)} at end.")  # fmt: skip
+        out.append(
+            f"Load average (1/5/15 min): {' '.join(f'{x:.2f}' for x in load)} at start, "
+            f"{' '.join(f'{x:.2f}' for x in load_end)} at end."
+        )
     out.append("")
     out.append(f"![routing cost against backends]({IMG}/routing-cost.png)\n")
     out.append("The default build (pure Python; the plot shows it):\n")
     by_algorithm = _routing_table(res, out)
-    out.append("Build cost (first pick after adding the backends, which builds the structures), ms: "
-               + "; ".join(f"`{a}` " + ", ".join(f"{n:,}: {c['first_pick_ms']:.1f}" for n, c in cases.items())
-                           for a, cases in by_algorithm.items()) + ".\n")  # fmt: skip
+    out.append(
+        "Build cost (first pick after adding the backends, which builds the structures), ms: "
+        + "; ".join(
+            f"`{a}` " + ", ".join(f"{n:,}: {c['first_pick_ms']:.1f}" for n, c in cases.items())
+            for a, cases in by_algorithm.items()
+        )
+        + ".\n"
+    )
     compiled = res.get("compiled")
     if compiled:
         out.append(ROUTING_COMPILED.format(overhead=compiled["harness_overhead_us"]))
@@ -386,30 +468,61 @@ behind HAProxy there, not something this run measures.
 def render_proxy(res: dict[str, Any]) -> str:
     settings = res["settings"]
     versions = "; ".join(res.get("versions", {}).values()) or "not recorded"
-    out = [PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
-           provenance(res), ""]  # fmt: skip
+    out = [
+        PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
+        provenance(res),
+        "",
+    ]
     body = []
     for r in res["rows"]:
         cpu = "-" if r["cpu_s_per_10k"] is None else f"{r['cpu_s_per_10k']:.3f}"
-        body.append([r["target"], str(r["connections"]), f"{r['rps']:,.0f}", f"{r['p50_ms']:.2f}",
-                     f"{r['p99_ms']:.2f}", cpu, _ratio(r.get("rps_ratio")), _ratio(r.get("p99_ratio")),
-                     _ratio(r.get("cpu_ratio"))])  # fmt: skip
-    out.append(md_table(["target", "conns", "req/s", "p50 ms", "p99 ms", "CPU s/10k", "req/s / nginx",
-                         "p99 / nginx", "CPU / nginx"], body))  # fmt: skip
+        body.append(
+            [
+                r["target"],
+                str(r["connections"]),
+                f"{r['rps']:,.0f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                cpu,
+                _ratio(r.get("rps_ratio")),
+                _ratio(r.get("p99_ratio")),
+                _ratio(r.get("cpu_ratio")),
+            ]
+        )
+    out.append(
+        md_table(
+            [
+                "target",
+                "conns",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "CPU s/10k",
+                "req/s / nginx",
+                "p99 / nginx",
+                "CPU / nginx",
+            ],
+            body,
+        )
+    )
     out.append("")
     at50 = {r["target"]: r for r in res["rows"] if r["connections"] == min(settings["connections"])}
     if "omnixan" in at50 and "haproxy" in at50 and at50["omnixan"].get("cpu_ratio"):
         o, h = at50["omnixan"], at50["haproxy"]
         met = o["rps_ratio"] >= 0.5 and o["p99_ratio"] <= 2.5
-        out.append(f"At {o['connections']} connections omnixan-lb serves {o['rps_ratio']:.2f}x nginx's requests/s "
-                   f"(HAProxy {h['rps_ratio']:.2f}x) and spends {o['cpu_ratio']:.1f}x nginx's CPU per request "
-                   f"(HAProxy {_ratio(h.get('cpu_ratio'))}x). Issue 3's bar (0.5x throughput, p99 at most 2.5x "
-                   f"nginx's at 50 connections) is {'met' if met else 'not met'} by the compiled build.")  # fmt: skip
+        out.append(
+            f"At {o['connections']} connections omnixan-lb serves {o['rps_ratio']:.2f}x nginx's requests/s "
+            f"(HAProxy {h['rps_ratio']:.2f}x) and spends {o['cpu_ratio']:.1f}x nginx's CPU per request "
+            f"(HAProxy {_ratio(h.get('cpu_ratio'))}x). Issue 3's bar (0.5x throughput, p99 at most 2.5x "
+            f"nginx's at 50 connections) is {'met' if met else 'not met'} by the compiled build."
+        )
         py = at50.get("omnixan-py")
         if py is not None:
-            out.append(f"The pure-Python build serves {py['rps_ratio']:.2f}x nginx's requests/s with "
-                       f"{_ratio(py.get('cpu_ratio'))}x its CPU per request. Where the rest of the time goes "
-                       "is in docs/performance.md.\n")  # fmt: skip
+            out.append(
+                f"The pure-Python build serves {py['rps_ratio']:.2f}x nginx's requests/s with "
+                f"{_ratio(py.get('cpu_ratio'))}x its CPU per request. Where the rest of the time goes "
+                "is in docs/performance.md.\n"
+            )
     return "\n".join(out)
 
 
@@ -440,8 +553,12 @@ then rendered from their last saved results, `docs/img/bench/*.json`).
 
 def render(parts: dict[str, dict[str, Any]], summary: str) -> str:
     sections = [HEADER.format(summary=summary)]
-    renderers = {"simulate": render_simulation, "hashing": render_hashing, "routing": render_routing,
-                 "proxy": render_proxy}  # fmt: skip
+    renderers = {
+        "simulate": render_simulation,
+        "hashing": render_hashing,
+        "routing": render_routing,
+        "proxy": render_proxy,
+    }
     for name, renderer in renderers.items():
         if name in parts:
             sections.append(renderer(parts[name]))

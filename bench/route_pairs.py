@@ -38,8 +38,9 @@ async def run(kind: str, backends: int, pairs: int) -> None:
     )
     lb = LoadBalancingModule(config, rng=random.Random(1))
     for i in range(backends):
-        await lb.add_backend(BackendConfig(host="127.0.0.1", port=10000 + i, weight=1 + i % 3,
-                                           quantum_capable=i % 4 == 0))  # fmt: skip
+        await lb.add_backend(
+            BackendConfig(host="127.0.0.1", port=10000 + i, weight=1 + i % 3, quantum_capable=i % 4 == 0)
+        )
     requests = [Request(client_ip=f"10.{i // 256}.{i % 256}.1") for i in range(1000)]
     rng = random.Random(2)
     latencies = [rng.lognormvariate(3.0, 0.5) for _ in range(4096)]

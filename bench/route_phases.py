@@ -47,8 +47,10 @@ async def run(kind: LoadBalancingAlgorithmType, backends: int, modules: int, exp
         for lb, source, in_flight in loops:
             await routing.run_pairs(lb.route_request, lb.complete_request, source, in_flight, pairs)
         us = (time.perf_counter() - t0) / (pairs * modules) * 1e6
-        print(f"{kind.value} at {backends:,} backends, {phase:<12}: {us:.2f} us a pair "
-              f"({modules} modules x {pairs:,} pairs after {explore:,} + {routing.IN_FLIGHT})")  # fmt: skip
+        print(
+            f"{kind.value} at {backends:,} backends, {phase:<12}: {us:.2f} us a pair "
+            f"({modules} modules x {pairs:,} pairs after {explore:,} + {routing.IN_FLIGHT})"
+        )
 
 
 def main() -> None:

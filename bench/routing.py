@@ -182,16 +182,18 @@ Route = Callable[[Request], Awaitable[RouteResult]]
 Complete = Callable[..., Awaitable[None]]
 
 
-async def run_pairs(route: Route, complete: Complete, plan: Iterator[Step],
-                    in_flight: deque[RouteResult], n: int) -> None:  # fmt: skip
+async def run_pairs(
+    route: Route, complete: Complete, plan: Iterator[Step], in_flight: deque[RouteResult], n: int
+) -> None:
     """``n`` pairs: route a new request, complete the oldest one in flight."""
     for request, success, latency_ms in islice(plan, n):
         in_flight.append(await route(request))
         await complete(in_flight.popleft(), success=success, latency_ms=latency_ms)
 
 
-async def time_batch(route: Route, complete: Complete, plan: Iterator[Step],
-                     in_flight: deque[RouteResult], size: int) -> tuple[float, float]:  # fmt: skip
+async def time_batch(
+    route: Route, complete: Complete, plan: Iterator[Step], in_flight: deque[RouteResult], size: int
+) -> tuple[float, float]:
     """One batch: per-pair wall time and per-pair thread CPU time, in microseconds."""
     t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
     await run_pairs(route, complete, plan, in_flight, size)
@@ -205,9 +207,13 @@ def warmup_pairs(settings: Settings, backends: int) -> int:
     return max(settings.warmup, WARMUP_PER_BACKEND * backends)
 
 
-async def prepare(kind: LoadBalancingAlgorithmType, configs: Sequence[BackendConfig],
-                  plan: Sequence[Step], settings: Settings,
-                  case: Case) -> tuple[LoadBalancingModule, Iterator[Step], deque[RouteResult]]:  # fmt: skip
+async def prepare(
+    kind: LoadBalancingAlgorithmType,
+    configs: Sequence[BackendConfig],
+    plan: Sequence[Step],
+    settings: Settings,
+    case: Case,
+) -> tuple[LoadBalancingModule, Iterator[Step], deque[RouteResult]]:
     """Build the module, fill the in-flight window and warm up."""
     t0 = time.perf_counter()
     lb = await make_module(kind, configs)
@@ -234,8 +240,12 @@ async def finish(lb: LoadBalancingModule, in_flight: deque[RouteResult], case: C
     await lb.shutdown()
 
 
-async def measure(kind: LoadBalancingAlgorithmType, configs: dict[int, Sequence[BackendConfig]],
-                  plan: Sequence[Step], settings: Settings) -> dict[int, Case]:  # fmt: skip
+async def measure(
+    kind: LoadBalancingAlgorithmType,
+    configs: dict[int, Sequence[BackendConfig]],
+    plan: Sequence[Step],
+    settings: Settings,
+) -> dict[int, Case]:
     """Every size of one algorithm, with their batches interleaved.
 
     All sizes are built and warmed first; then each round times one batch of
@@ -276,8 +286,9 @@ async def harness_overhead(plan: Sequence[Step], settings: Settings) -> float:
     source = cycle(plan)
     in_flight: deque[RouteResult] = deque([dummy] * IN_FLIGHT)
     await run_pairs(route, complete, source, in_flight, settings.warmup)
-    return statistics.median([(await time_batch(route, complete, source, in_flight, settings.batch))[0]
-                              for _ in range(settings.batches)])  # fmt: skip
+    return statistics.median(
+        [(await time_batch(route, complete, source, in_flight, settings.batch))[0] for _ in range(settings.batches)]
+    )
 
 
 # -- reporting --------------------------------------------------------------------
@@ -318,9 +329,11 @@ def print_header(info: dict[str, Any], timing: str) -> None:
     print(f"python:   {info['python']}, event loop {info['event_loop']} ({loop}), gc {'on' if info['gc'] else 'off'}")
     print(f"load:     {' '.join(f'{x:.2f}' for x in info['load_average'])} (1/5/15 min load average at start)")
     print(f"command:  {command()}")
-    print(f"workload: {IN_FLIGHT} in flight, {POOL} client IPs, {QUANTUM_SHARE:.0%} quantum workloads, "
-          f"1/{QUANTUM_EVERY} backends quantum-capable, weights 1-3, {FAILURE_RATE:.0%} failures, "
-          f"latency log-normal median {LATENCY_MEDIAN_MS:g} ms")  # fmt: skip
+    print(
+        f"workload: {IN_FLIGHT} in flight, {POOL} client IPs, {QUANTUM_SHARE:.0%} quantum workloads, "
+        f"1/{QUANTUM_EVERY} backends quantum-capable, weights 1-3, {FAILURE_RATE:.0%} failures, "
+        f"latency log-normal median {LATENCY_MEDIAN_MS:g} ms"
+    )
     print(f"timing:   {timing}")
     print(flush=True)
 
@@ -346,8 +359,10 @@ def print_table(results: dict[str, dict[int, Case]], sizes: Sequence[int]) -> No
         ratio, mark = verdict(cases)
         ratio_s = f"{ratio:.2f}" if ratio is not None else "-"
         print(f"{algo:<18}" + "".join(f"{cell:>18}" for cell in cells) + f"{ratio_s:>9}  {mark}")
-    print(f"\nbar: median <= {BAR_US_AT_1000:g} us per pair at 1,000 backends and "
-          f"10,000-backend cost <= {BAR_RATIO:g} x the 10-backend cost")  # fmt: skip
+    print(
+        f"\nbar: median <= {BAR_US_AT_1000:g} us per pair at 1,000 backends and "
+        f"10,000-backend cost <= {BAR_RATIO:g} x the 10-backend cost"
+    )
 
 
 def print_details(results: dict[str, dict[int, Case]]) -> None:
@@ -378,13 +393,17 @@ def parse_algorithm(name: str) -> LoadBalancingAlgorithmType:
     raise argparse.ArgumentTypeError(f"unknown algorithm {name!r}; choose from {choices}")
 
 
-async def collect(settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType] | None = None,
-                  sizes: Sequence[int] | None = None) -> tuple[dict[str, Any], dict[str, dict[int, Case]]]:  # fmt: skip
+async def collect(
+    settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType] | None = None, sizes: Sequence[int] | None = None
+) -> tuple[dict[str, Any], dict[str, dict[int, Case]]]:
     """Measure every algorithm at every size; the raw results (JSON-serialisable) and the cases."""
     info = machine()
-    print_header(info, f"max({settings.warmup}, {WARMUP_PER_BACKEND} x backends) warm-up pairs, then "
-                       f"{settings.batches} rounds of one {settings.batch}-pair batch per size (interleaved);\n"
-                       "          median batch (fastest batch), microseconds per route+complete pair")  # fmt: skip
+    print_header(
+        info,
+        f"max({settings.warmup}, {WARMUP_PER_BACKEND} x backends) warm-up pairs, then "
+        f"{settings.batches} rounds of one {settings.batch}-pair batch per size (interleaved);\n"
+        "          median batch (fastest batch), microseconds per route+complete pair",
+    )
     rng = random.Random(42)
     plan = build_plan(rng, build_requests(rng))
     overhead = await harness_overhead(plan, settings)
@@ -398,8 +417,10 @@ async def collect(settings: Settings, kinds: Sequence[LoadBalancingAlgorithmType
         print(f"  measured {kind.value:<18} {figures}", flush=True)
         gc.collect()
     info["load_average_end"] = os.getloadavg()
-    print(f"\n(all cases in {time.perf_counter() - started:.0f} s; load average now "
-          f"{' '.join(f'{x:.2f}' for x in info['load_average_end'])})\n")  # fmt: skip
+    print(
+        f"\n(all cases in {time.perf_counter() - started:.0f} s; load average now "
+        f"{' '.join(f'{x:.2f}' for x in info['load_average_end'])})\n"
+    )
     raw = {
         "machine": info,
         "command": command(),
@@ -456,8 +477,13 @@ def plot(raw: dict[str, Any], outdir: str) -> str:
         xs = [c["backends"] for c in cases]
         line = ax.plot(xs, [c["median_us"] for c in cases], marker="o", label=algorithm)[0]
         ax.plot(xs, [c["min_us"] for c in cases], linestyle=":", color=line.get_color(), linewidth=1)
-    ax.axhline(raw["harness_overhead_us"], color="grey", linewidth=0.8, linestyle="--",
-               label="harness overhead (no-op route/complete)")  # fmt: skip
+    ax.axhline(
+        raw["harness_overhead_us"],
+        color="grey",
+        linewidth=0.8,
+        linestyle="--",
+        label="harness overhead (no-op route/complete)",
+    )
     ax.set_xscale("log")
     ax.set_ylim(bottom=0)
     ax.set_xlabel("backends in the tier (log)")
@@ -466,8 +492,10 @@ def plot(raw: dict[str, Any], outdir: str) -> str:
     ax.legend(fontsize=8, ncol=2)
     ax.grid(True, linewidth=0.3)
     info = raw["machine"]
-    caption = (f"{raw['command']}\n{info['cpu']}, {info['cores']} cores, {info['python']}, "
-               f"{info['platform']}, {info['event_loop']}")  # fmt: skip
+    caption = (
+        f"{raw['command']}\n{info['cpu']}, {info['cores']} cores, {info['python']}, "
+        f"{info['platform']}, {info['event_loop']}"
+    )
     fig.text(0.01, 0.005, caption, fontsize=6.5, family="monospace", va="bottom")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out / "routing-cost.png", dpi=110)
@@ -477,8 +505,11 @@ def plot(raw: dict[str, Any], outdir: str) -> str:
 
 async def run_profile(kind: LoadBalancingAlgorithmType, n: int, settings: Settings, top: int) -> None:
     info = machine()
-    print_header(info, f"{warmup_pairs(settings, n)} warm-up pairs, then {settings.batches} x {settings.batch} pairs "
-                       "under cProfile, sorted by tottime")  # fmt: skip
+    print_header(
+        info,
+        f"{warmup_pairs(settings, n)} warm-up pairs, then {settings.batches} x {settings.batch} pairs "
+        "under cProfile, sorted by tottime",
+    )
     rng = random.Random(42)
     plan = build_plan(rng, build_requests(rng))
     case = Case(kind.value, n, [])
@@ -493,8 +524,10 @@ async def run_profile(kind: LoadBalancingAlgorithmType, n: int, settings: Settin
     pairs = settings.batches * settings.batch
     elapsed_us = (time.perf_counter_ns() - t0) / 1000.0
     await finish(lb, in_flight, case)
-    print(f"profile of {kind.value} at {n:,} backends: {pairs:,} pairs, "
-          f"{elapsed_us / pairs:.2f} us per pair under cProfile (inflated by the profiler)\n")  # fmt: skip
+    print(
+        f"profile of {kind.value} at {n:,} backends: {pairs:,} pairs, "
+        f"{elapsed_us / pairs:.2f} us per pair under cProfile (inflated by the profiler)\n"
+    )
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats(pstats.SortKey.TIME).print_stats(top)
@@ -502,18 +535,29 @@ async def run_profile(kind: LoadBalancingAlgorithmType, n: int, settings: Settin
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer, smaller batches (a smoke run)")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results as JSON")
     parser.add_argument("--plot", metavar="DIR", help="also write routing-cost.png to DIR (needs matplotlib)")
-    parser.add_argument("--profile", nargs=2, metavar=("ALGO", "N"),
-                        help="cProfile the timed loop of ALGO at N backends; print the top functions")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        nargs=2,
+        metavar=("ALGO", "N"),
+        help="cProfile the timed loop of ALGO at N backends; print the top functions",
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile (default 25)")
-    parser.add_argument("--algorithm", dest="algorithms", action="append", type=parse_algorithm,
-                        help="measure only this algorithm (repeatable)")  # fmt: skip
-    parser.add_argument("--size", dest="sizes", action="append", type=int,
-                        help="measure only this many backends (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--algorithm",
+        dest="algorithms",
+        action="append",
+        type=parse_algorithm,
+        help="measure only this algorithm (repeatable)",
+    )
+    parser.add_argument(
+        "--size", dest="sizes", action="append", type=int, help="measure only this many backends (repeatable)"
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     if args.profile:

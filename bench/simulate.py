@@ -381,8 +381,13 @@ def run_oracle(scenario: Scenario, load: float, traffic: Traffic, settings: Sett
     return outcome
 
 
-def run(settings: Settings, scenarios: Sequence[str] | None = None, policies: Sequence[str] | None = None,
-        loads: Sequence[float] = LOADS, progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run(
+    settings: Settings,
+    scenarios: Sequence[str] | None = None,
+    policies: Sequence[str] | None = None,
+    loads: Sequence[float] = LOADS,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Every scenario x load x policy; returns a JSON-serialisable result."""
     chosen = [s for s in SCENARIOS if not scenarios or s.name in scenarios]
     # Circuits open by the hundred here; their WARNING events would drown the tables.
@@ -401,9 +406,12 @@ def run(settings: Settings, scenarios: Sequence[str] | None = None, policies: Se
                 summary = outcome.summary()
                 results.append(summary)
                 if progress:
-                    print(f"  {scenario.name:<14} {load:.0%} {policy:<18} p99 {summary['p99_ms']:8.1f} ms  "
-                          f"timed out {outcome.timed_out:>5}  failed {outcome.failed:>5}  "
-                          f"({outcome.wall_s:.1f} s)", flush=True)  # fmt: skip
+                    print(
+                        f"  {scenario.name:<14} {load:.0%} {policy:<18} p99 {summary['p99_ms']:8.1f} ms  "
+                        f"timed out {outcome.timed_out:>5}  failed {outcome.failed:>5}  "
+                        f"({outcome.wall_s:.1f} s)",
+                        flush=True,
+                    )
     return {
         "machine": machine_info(),
         "command": command_line(),
@@ -449,23 +457,33 @@ def ratio_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             for policy in POLICIES[:-1]:
                 r = find(results, scenario, load, policy)
                 if r is not None:
-                    rows.append({"scenario": scenario, "load": load, "policy": policy,
-                                 "p99_ratio": r["p99_ms"] / oracle["p99_ms"],
-                                 "p999_ratio": r["p999_ms"] / oracle["p999_ms"]})  # fmt: skip
+                    rows.append(
+                        {
+                            "scenario": scenario,
+                            "load": load,
+                            "policy": policy,
+                            "p99_ratio": r["p99_ms"] / oracle["p99_ms"],
+                            "p999_ratio": r["p999_ms"] / oracle["p999_ms"],
+                        }
+                    )
     return rows
 
 
 def table(results: dict[str, Any], scenario: str) -> str:
     """A plain-text table of one scenario (both loads)."""
-    lines = [f"{'load':>4} {'policy':<18} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'timed out':>10} "
-             f"{'failed':>7} {'opened':>6}  share per backend (%)"]  # fmt: skip
+    lines = [
+        f"{'load':>4} {'policy':<18} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'timed out':>10} "
+        f"{'failed':>7} {'opened':>6}  share per backend (%)"
+    ]
     for r in results["results"]:
         if r["scenario"] != scenario:
             continue
         share = " ".join(f"{s * 100:4.1f}" for s in r["share"])
-        lines.append(f"{r['load']:>4.0%} {r['policy']:<18} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-                     f"{r['p999_ms']:>9.1f} {r['timed_out']:>10} {r['failed']:>7} {r['circuits_opened']:>6}  "
-                     f"{share}")  # fmt: skip
+        lines.append(
+            f"{r['load']:>4.0%} {r['policy']:<18} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{r['p999_ms']:>9.1f} {r['timed_out']:>10} {r['failed']:>7} {r['circuits_opened']:>6}  "
+            f"{share}"
+        )
     return "\n".join(lines)
 
 
@@ -474,19 +492,24 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"\nmachine: {info['cpu']}, {info['cores']} cores, {info['python']}, {info['kernel']}")
     print(f"command: {results['command']}")
     settings = results["settings"]
-    print(f"{settings['duration_s']:g} simulated s per case, seed {settings['seed']}, "
-          f"client timeout {settings['timeout_s']:g} s; all cases in {results['wall_s']:.0f} s\n")  # fmt: skip
+    print(
+        f"{settings['duration_s']:g} simulated s per case, seed {settings['seed']}, "
+        f"client timeout {settings['timeout_s']:g} s; all cases in {results['wall_s']:.0f} s\n"
+    )
     for s in results["scenarios"]:
         print(f"{s['title']} (capacity {s['capacity_rps']:.0f} req/s)")
         print(table(results, s["name"]))
         print()
     rows = ratio_rows(results)
     if rows:
-        print(f"p99 / oracle p99 in the slow-backend scenarios (aim for least_latency and least_connections: "
-              f"<= {AIM:g}):")  # fmt: skip
+        print(
+            f"p99 / oracle p99 in the slow-backend scenarios (aim for least_latency and least_connections: <= {AIM:g}):"
+        )
         for row in rows:
-            print(f"  {row['scenario']:<14} {row['load']:.0%} {row['policy']:<18} {row['p99_ratio']:6.2f}  "
-                  f"(p99.9: {row['p999_ratio']:.2f})")  # fmt: skip
+            print(
+                f"  {row['scenario']:<14} {row['load']:.0%} {row['policy']:<18} {row['p99_ratio']:6.2f}  "
+                f"(p99.9: {row['p999_ratio']:.2f})"
+            )
 
 
 def plot(results: dict[str, Any], outdir: str | Path) -> list[str]:
@@ -542,8 +565,9 @@ def plot(results: dict[str, Any], outdir: str | Path) -> list[str]:
         for k, policy in enumerate(shown):
             values = []
             for scenario, load in cases:
-                match = [r["p99_ratio"] for r in rows if (r["scenario"], r["load"], r["policy"]) ==
-                         (scenario, load, policy)]  # fmt: skip
+                match = [
+                    r["p99_ratio"] for r in rows if (r["scenario"], r["load"], r["policy"]) == (scenario, load, policy)
+                ]
                 values.append(match[0] if match else math.nan)
             xs = [i + (k - (len(shown) - 1) / 2) * width for i in range(len(cases))]
             bars = ax.bar(xs, values, width, label=policy)

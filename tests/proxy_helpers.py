@@ -81,8 +81,9 @@ _harness_seq = 0
 
 
 @contextlib.asynccontextmanager
-async def start_proxy(backends: Sequence[int | BackendConfig | dict[str, Any]], *,
-                      config: ServerConfig | None = None, **fields: Any) -> AsyncIterator[ProxyHarness]:  # fmt: skip
+async def start_proxy(
+    backends: Sequence[int | BackendConfig | dict[str, Any]], *, config: ServerConfig | None = None, **fields: Any
+) -> AsyncIterator[ProxyHarness]:
     """A module and a proxy in front of ``backends`` (ports on 127.0.0.1, or backend configs)."""
     global _harness_seq
     _harness_seq += 1
@@ -126,8 +127,15 @@ class AioBackend(AioServer):
         async for chunk in request.content.iter_any():
             size += len(chunk)
         headers = [[k.decode(), v.decode("latin-1")] for k, v in request.raw_headers]
-        return web.json_response({"backend": self.name, "method": request.method, "path": request.path_qs,
-                                  "headers": headers, "body_size": size})  # fmt: skip
+        return web.json_response(
+            {
+                "backend": self.name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": headers,
+                "body_size": size,
+            }
+        )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path))

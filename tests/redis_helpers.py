@@ -50,11 +50,16 @@ def free_port() -> int:
 def start_private_server() -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("these tests need a Redis server: install one (Debian: apt-get install redis-server; "
-                    ".ci/run does it) or set OMNIXAN_TEST_REDIS_URL=redis://host:port/db")  # fmt: skip
+        pytest.fail(
+            "these tests need a Redis server: install one (Debian: apt-get install redis-server; "
+            ".ci/run does it) or set OMNIXAN_TEST_REDIS_URL=redis://host:port/db"
+        )
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + START_TIMEOUT
     while not answers(url):

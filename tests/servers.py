@@ -84,8 +84,9 @@ class TcpListener:
     async def __aenter__(self) -> TcpListener:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:  # fmt: skip
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stop()
 
 
@@ -163,8 +164,16 @@ class HttpServer(AioServer):
         self.answers: dict[str, Answer] = {}
         self.requests: list[str] = []
 
-    def answer(self, path: str, status: int = 200, *, delay: float = 0.0, body_delay: float = 0.0,
-               headers: dict[str, str] | None = None, body: bytes = b"ok") -> None:  # fmt: skip
+    def answer(
+        self,
+        path: str,
+        status: int = 200,
+        *,
+        delay: float = 0.0,
+        body_delay: float = 0.0,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"ok",
+    ) -> None:
         self.answers[path] = Answer(status, delay, body_delay, dict(headers or {}), body)
 
     def hits(self, path: str) -> int:

@@ -19,8 +19,19 @@ def test_a_cookie_names_its_backend_and_only_under_its_key() -> None:
     assert cookies.set_cookie("10.0.0.5:8080") is line  # made once per backend
 
 
-@pytest.mark.parametrize("forged", ["", "abc", ".", "MTAuMC4wLjU6ODA4MA.", "MTAuMC4wLjU6ODA4MA.AAAAAAAAAAAAAAAAAAAAAA",
-                                    "!!!.!!!", "\u00e9.\u00e9", "a" * 600])  # fmt: skip
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "",
+        "abc",
+        ".",
+        "MTAuMC4wLjU6ODA4MA.",
+        "MTAuMC4wLjU6ODA4MA.AAAAAAAAAAAAAAAAAAAAAA",
+        "!!!.!!!",
+        "\u00e9.\u00e9",
+        "a" * 600,
+    ],
+)
 def test_a_forged_or_broken_cookie_names_no_backend(forged: str) -> None:
     assert AffinityCookies(KEY).backend_of(forged) is None
 

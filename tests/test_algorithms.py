@@ -81,8 +81,9 @@ async def hold(lb: LoadBalancingModule, client: str | None = None, **request: An
     return await lb.route_request(Request(client_ip=client or ip(), **request))
 
 
-async def visit(lb: LoadBalancingModule, client: str | None = None, latency_ms: float = LATENCY_MS,
-                **request: Any) -> str:  # fmt: skip
+async def visit(
+    lb: LoadBalancingModule, client: str | None = None, latency_ms: float = LATENCY_MS, **request: Any
+) -> str:
     """Route one request and complete it at once; return the backend's name."""
     result = await hold(lb, client, **request)
     await lb.complete_request(result, success=True, latency_ms=latency_ms)
@@ -158,8 +159,10 @@ class TestContract:
     async def test_highest_priority_tier_first_lower_tier_is_failover(
         self, algorithm: Any, make_lb: MakeLB, probes: Probes
     ) -> None:
-        lb = await make_lb(algorithm, [backend("c", priority=0), backend("a", priority=10),
-                                       backend("b", priority=10), backend("d", priority=0)])  # fmt: skip
+        lb = await make_lb(
+            algorithm,
+            [backend("c", priority=0), backend("a", priority=10), backend("b", priority=10), backend("d", priority=0)],
+        )
         assert set(await mixed(lb, 40)) == {"a", "b"}
         await probes.set(lb, bid("a"), HealthState.UNHEALTHY)
         await probes.set(lb, bid("b"), HealthState.UNHEALTHY)
@@ -170,8 +173,10 @@ class TestContract:
     async def test_degraded_only_when_no_healthy_candidate_left_in_tier(
         self, algorithm: Any, make_lb: MakeLB, probes: Probes
     ) -> None:
-        lb = await make_lb(algorithm, [backend("a", priority=1), backend("b", priority=1),
-                                       backend("c", priority=1), backend("d", priority=0)])  # fmt: skip
+        lb = await make_lb(
+            algorithm,
+            [backend("a", priority=1), backend("b", priority=1), backend("c", priority=1), backend("d", priority=0)],
+        )
         await probes.set(lb, bid("b"), HealthState.DEGRADED)
         assert set(await mixed(lb, 40)) == {"a", "c"}
         await probes.set(lb, bid("a"), HealthState.UNHEALTHY)
@@ -655,11 +660,12 @@ async def test_least_latency_tries_backend_without_data_but_does_not_flood_it(ma
     await complete_all(lb, [first, *more])
 
 
-@pytest.mark.parametrize(("members", "configured", "choices"), [(64, None, 0), (1000, None, 0), (200, 0, 0),
-                                                                  (3, 2, 2), (100, 3, 3)])  # fmt: skip
-async def test_least_latency_is_exact_unless_choice_count_asks_to_sample(make_lb: MakeLB, members: int,
-                                                                          configured: int | None,
-                                                                          choices: int) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("members", "configured", "choices"), [(64, None, 0), (1000, None, 0), (200, 0, 0), (3, 2, 2), (100, 3, 3)]
+)
+async def test_least_latency_is_exact_unless_choice_count_asks_to_sample(
+    make_lb: MakeLB, members: int, configured: int | None, choices: int
+) -> None:
     names = [f"m{i}" for i in range(members)]
     algorithm_config = {} if configured is None else {"choice_count": configured}
     lb = await make_lb(LL, [backend(n) for n in names], algorithm_config=algorithm_config, seed=3)
@@ -694,8 +700,12 @@ QUANTUM_TYPES = [t for t in WorkloadType if t is not WorkloadType.CLASSICAL]
 async def test_quantum_aware_samples_when_asked_and_keeps_the_class_rules(make_lb: MakeLB) -> None:
     # 100 members, 20 quantum-capable; choice_count 2: two random members of the class are compared.
     names = [f"m{i}" for i in range(100)]
-    lb = await make_lb(QA, [backend(n, quantum_capable=i % 5 == 0) for i, n in enumerate(names)],
-                       algorithm_config={"choice_count": 2}, seed=4)  # fmt: skip
+    lb = await make_lb(
+        QA,
+        [backend(n, quantum_capable=i % 5 == 0) for i, n in enumerate(names)],
+        algorithm_config={"choice_count": 2},
+        seed=4,
+    )
     quantum = {n for i, n in enumerate(names) if i % 5 == 0}
     held = [await hold(lb, workload_type=WorkloadType.QUANTUM_ML) for _ in range(40)]
     assert lb.router.tiers[0].algorithm._choices == 2  # type: ignore[attr-defined]
@@ -710,9 +720,15 @@ async def test_quantum_aware_samples_when_asked_and_keeps_the_class_rules(make_l
 async def test_quantum_workload_goes_only_to_quantum_backends_across_tiers(
     workload: WorkloadType, make_lb: MakeLB
 ) -> None:
-    lb = await make_lb(QA, [backend("c1", priority=5), backend("c2", priority=5),
-                            backend("q1", priority=0, quantum_capable=True),
-                            backend("q2", priority=0, quantum_capable=True)])  # fmt: skip
+    lb = await make_lb(
+        QA,
+        [
+            backend("c1", priority=5),
+            backend("c2", priority=5),
+            backend("q1", priority=0, quantum_capable=True),
+            backend("q2", priority=0, quantum_capable=True),
+        ],
+    )
     held = await holds(lb, 20, workload_type=workload)  # held: load does not tempt it away
     assert set(map(name, held)) == {"q1", "q2"}
     assert set(await mixed(lb, 20)) == {"c1", "c2"}  # classical: top tier as usual
@@ -726,8 +742,14 @@ async def test_quantum_workload_falls_back_when_no_quantum_candidate(make_lb: Ma
 
 
 async def test_classical_workload_avoids_quantum_backends_until_no_classical_left(make_lb: MakeLB) -> None:
-    lb = await make_lb(QA, [backend("c", max_connections=5), backend("q", quantum_capable=True),
-                            backend("c-low", priority=-1, max_connections=2)])  # fmt: skip
+    lb = await make_lb(
+        QA,
+        [
+            backend("c", max_connections=5),
+            backend("q", quantum_capable=True),
+            backend("c-low", priority=-1, max_connections=2),
+        ],
+    )
     held = await holds(lb, 10)
     # Classical members first, in any tier; the quantum one only when none is left.
     assert [name(r) for r in held] == ["c"] * 5 + ["c-low"] * 2 + ["q"] * 3
@@ -836,8 +858,9 @@ async def test_ip_hash_balance_factor_keeps_clients_home_when_not_busy(make_lb: 
 
 
 async def test_ip_hash_balance_factor_honours_weight(make_lb: MakeLB) -> None:
-    lb = await make_lb(IP_HASH, [backend("big", weight=3), *(backend(n) for n in "abcd")],
-                       algorithm_config={"balance_factor": 1.25})  # fmt: skip
+    lb = await make_lb(
+        IP_HASH, [backend("big", weight=3), *(backend(n) for n in "abcd")], algorithm_config={"balance_factor": 1.25}
+    )
     held = [await hold(lb) for _ in range(140)]
     loads = in_flight(lb)
     # "big" holds 3 of the 7 weight units: about 60 of 140, and no member is far above its share.

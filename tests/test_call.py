@@ -201,8 +201,14 @@ def test_retry_budget_arithmetic() -> None:
 
 
 async def test_retry_budget_caps_concurrent_retries() -> None:
-    lb, clock = await make_lb(n=4, max_retries=3, retry_budget_percent=0, retry_budget_min_concurrency=2,
-                              retry_backoff_base=5.0, retry_backoff_max=5.0)  # fmt: skip
+    lb, clock = await make_lb(
+        n=4,
+        max_retries=3,
+        retry_budget_percent=0,
+        retry_budget_min_concurrency=2,
+        retry_backoff_base=5.0,
+        retry_backoff_max=5.0,
+    )
     tries: list[int] = []
 
     async def fn(result: RouteResult) -> None:

@@ -22,10 +22,15 @@ from load_balancing_module.server.app import Server
 from load_balancing_module.server.config import ServerConfig, load_config
 from load_balancing_module.server.document import MAX_ALIASES, MAX_DEPTH
 
-BOMB = "\n".join([
-    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
-    *(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
-]) + "\n"  # fmt: skip
+BOMB = (
+    "\n".join(
+        [
+            'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+            *(f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
+        ]
+    )
+    + "\n"
+)
 
 
 def float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -54,8 +59,14 @@ def nested(path: str, value: Any) -> dict[str, Any]:
 
 
 def test_the_float_fields_are_enumerated() -> None:
-    assert {"request_timeout", "limits.header_timeout", "circuit_breaker.timeout", "rate_limit.requests_per_second",
-            "upstream.connect_timeout", "backends[0].weight"} <= set(FLOATS)  # fmt: skip
+    assert {
+        "request_timeout",
+        "limits.header_timeout",
+        "circuit_breaker.timeout",
+        "rate_limit.requests_per_second",
+        "upstream.connect_timeout",
+        "backends[0].weight",
+    } <= set(FLOATS)
 
 
 @pytest.mark.parametrize("path", FLOATS)
@@ -86,19 +97,41 @@ def test_algorithm_settings_refuse_non_finite_numbers() -> None:
         ALGORITHMS[LoadBalancingAlgorithmType.LEAST_LATENCY].parse({"decay_seconds": float("inf")})
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "2001:db8::5", "backend-1.test", "a", "svc.internal",
-                                  "x" * 63 + ".test", ".".join(["abc"] * 63)])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "::1",
+        "2001:db8::5",
+        "backend-1.test",
+        "a",
+        "svc.internal",
+        "x" * 63 + ".test",
+        ".".join(["abc"] * 63),
+    ],
+)
 def test_valid_hosts(host: str) -> None:
     assert BackendConfig(host=host, port=80).host == host
 
 
-@pytest.mark.parametrize(("host", "why"), [
-    ("svc..internal", "empty label"), ("svc.internal.", "empty label"), (".svc", "empty label"),
-    ("a\x00b", "not an IP address or a host name"), ("a b", "not an IP"), ("x" * 64 + ".test", "not an IP"),
-    ("-lead.test", "not an IP"), ("trail-.test", "not an IP"), ("under_score.test", "not an IP"),
-    ("[::1]", "not an IP"), ("10.0.0.1/8", "not an IP"), ("h\u00e9.test", "not an IP"),
-    (".".join(["abcd"] * 60), "at most 253"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("svc..internal", "empty label"),
+        ("svc.internal.", "empty label"),
+        (".svc", "empty label"),
+        ("a\x00b", "not an IP address or a host name"),
+        ("a b", "not an IP"),
+        ("x" * 64 + ".test", "not an IP"),
+        ("-lead.test", "not an IP"),
+        ("trail-.test", "not an IP"),
+        ("under_score.test", "not an IP"),
+        ("[::1]", "not an IP"),
+        ("10.0.0.1/8", "not an IP"),
+        ("h\u00e9.test", "not an IP"),
+        (".".join(["abcd"] * 60), "at most 253"),
+    ],
+)
 def test_invalid_hosts_are_refused_saying_why(host: str, why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         BackendConfig(host=host, port=80)
@@ -113,8 +146,13 @@ def deep(levels: int) -> dict[str, Any]:
 
 def test_metadata_bounds_at_the_model() -> None:
     BackendConfig(host="a.test", port=80, metadata=deep(MAX_METADATA_DEPTH))
-    for bad, why in [(deep(MAX_METADATA_DEPTH + 1), "nested deeper"), ({"x": "y" * MAX_METADATA_BYTES}, "bytes"),
-                     ({"x": float("nan")}, "finite"), ({"x": {1, 2}}, "JSON"), ({"x": b"raw"}, "JSON")]:  # fmt: skip
+    for bad, why in [
+        (deep(MAX_METADATA_DEPTH + 1), "nested deeper"),
+        ({"x": "y" * MAX_METADATA_BYTES}, "bytes"),
+        ({"x": float("nan")}, "finite"),
+        ({"x": {1, 2}}, "JSON"),
+        ({"x": b"raw"}, "JSON"),
+    ]:
         with pytest.raises(ValidationError, match=why):
             BackendConfig(host="a.test", port=80, metadata=bad)
         with pytest.raises(ValidationError, match=why):
@@ -125,8 +163,9 @@ async def test_metadata_bounds_through_the_library_and_execute() -> None:
     lb = LoadBalancingModule(LoadBalancingModuleConfig())
     with pytest.raises(ValueError, match="nested deeper"):
         await lb.add_backend({"host": "a.test", "port": 80, "metadata": deep(255)})
-    outcome = await lb.execute({"operation": "add_backend", "backend": {"host": "a.test", "port": 80,
-                                                                        "metadata": deep(255)}})  # fmt: skip
+    outcome = await lb.execute(
+        {"operation": "add_backend", "backend": {"host": "a.test", "port": 80, "metadata": deep(255)}}
+    )
     assert outcome["status"] == "error" and "nested deeper" in outcome["error"]
     assert not lb.backends  # nothing half-added
     distribution = await lb.get_load_distribution()
@@ -139,14 +178,17 @@ def write(tmp_path: Path, text: str, name: str = "lb.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    (BOMB, "aliases copy more than"),
-    ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", f"nested more than {MAX_DEPTH} levels"),
-    ("x: &x {a: 1}\n" + "".join(f"y{i}: *x\n" for i in range(MAX_ALIASES + 1)), f"more than {MAX_ALIASES} aliases"),
-    ('listen: "127.0.0.1:1"\nbackends: []\nlisten: "127.0.0.1:2"\n', "line 3: duplicate key 'listen' (first at"),
-    ("backends: [{host: a.test, port: 1, port: 2}]\n", "duplicate key 'port'"),
-    ("a: [\n", "line 2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BOMB, "aliases copy more than"),
+        ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", f"nested more than {MAX_DEPTH} levels"),
+        ("x: &x {a: 1}\n" + "".join(f"y{i}: *x\n" for i in range(MAX_ALIASES + 1)), f"more than {MAX_ALIASES} aliases"),
+        ('listen: "127.0.0.1:1"\nbackends: []\nlisten: "127.0.0.1:2"\n', "line 3: duplicate key 'listen' (first at"),
+        ("backends: [{host: a.test, port: 1, port: 2}]\n", "duplicate key 'port'"),
+        ("a: [\n", "line 2"),
+    ],
+)
 def test_hostile_yaml_is_refused_in_one_line_at_once(tmp_path: Path, text: str, message: str) -> None:
     started = time.monotonic()
     with pytest.raises(ConfigurationError) as caught:
@@ -183,8 +225,13 @@ def test_check_refuses_an_alias_bomb_in_one_line_without_a_traceback(tmp_path: P
 
 
 def lb_file(path: Path, backends: int, extra: str = "") -> Path:
-    lines = ['listen: "127.0.0.1:0"', 'admin: {listen: "127.0.0.1:0", token_env: null}',
-             "health_check: {enabled: false}", "access_log: false", "backends:"]  # fmt: skip
+    lines = [
+        'listen: "127.0.0.1:0"',
+        'admin: {listen: "127.0.0.1:0", token_env: null}',
+        "health_check: {enabled: false}",
+        "access_log: false",
+        "backends:",
+    ]
     lines += [f"  - {{host: 127.0.0.1, port: {10000 + i}}}" for i in range(backends)]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path

@@ -12,8 +12,9 @@ from pathlib import Path
 def test_the_demo_answers_every_request_while_a_backend_dies_and_draws_the_chart(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "omnixan-lb"
     chart = tmp_path / "demo.svg"
-    done = subprocess.run([str(exe), "demo", "--output", str(chart)], capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [str(exe), "demo", "--output", str(chart)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     summary = re.search(r"^(\d+) requests answered, (\d+) failed; proxy retries: (\d+)$", done.stdout, re.M)
     assert summary is not None, done.stdout

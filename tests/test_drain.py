@@ -54,8 +54,9 @@ async def test_drain_without_requests_in_flight_is_immediate(make_lb: MakeLB) ->
     assert list(lb.backends) == ["a.test:80"]
 
 
-async def test_drain_timeout_removes_the_backend_and_late_completions_pass(make_lb: MakeLB,
-                                                                           fake_clock: FakeClock) -> None:  # fmt: skip
+async def test_drain_timeout_removes_the_backend_and_late_completions_pass(
+    make_lb: MakeLB, fake_clock: FakeClock
+) -> None:
     lb = await make_lb("round_robin", [A, B])
     stuck = await lb.route_request(Request())
     assert stuck.backend_id == "a.test:80"

@@ -73,8 +73,10 @@ class EarlyAnswer(ScriptedBackend):
             if self.read_first:
                 await reader.readexactly(self.read_first)
             body = b'{"error": "too large"}'
-            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            )
             self.answered += 1
             await writer.drain()
         writer.close()
@@ -134,8 +136,9 @@ EARLY = pytest.mark.parametrize(
 
 
 @EARLY
-async def test_an_early_answer_before_a_large_body_is_forwarded_and_not_a_failure(chunked: bool,
-                                                                                  read_first: int) -> None:  # fmt: skip
+async def test_an_early_answer_before_a_large_body_is_forwarded_and_not_a_failure(
+    chunked: bool, read_first: int
+) -> None:
     await early_answers(chunked, read_first)
 
 
@@ -190,8 +193,9 @@ async def test_a_client_protocol_error_mid_stream_is_not_the_backends_failure() 
         for _ in range(4):
             client = proxy.client()
             big = b"a" * 70_000  # past the part read before routing: the request is streaming
-            await client.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n"
-                              % (len(big), big))  # fmt: skip
+            await client.send(
+                b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(big), big)
+            )
             await until(lambda: backend.received.endswith(b"a\r\n"))
             await client.send(b"zz\r\n")
             assert (await client.read_response()).status == 400
@@ -234,8 +238,10 @@ async def test_a_response_the_client_stops_reading_is_not_the_backends_failure()
                 await response.write(b"z" * 65536)
         return response
 
-    async with AioBackend(handler=endless) as backend, start_proxy([backend.port], circuit_breaker=BREAKER,
-                                                                   limits=FAST) as proxy:  # fmt: skip
+    async with (
+        AioBackend(handler=endless) as backend,
+        start_proxy([backend.port], circuit_breaker=BREAKER, limits=FAST) as proxy,
+    ):
         for _ in range(2):
             client = proxy.client()
             await client.send(get("/stream"))  # and never read
@@ -260,8 +266,10 @@ async def test_a_backend_that_gives_up_on_a_client_not_reading_is_not_blamed() -
             request.transport.abort()
         return response
 
-    async with AioBackend(handler=impatient) as backend, start_proxy([backend.port], circuit_breaker=BREAKER,
-                                                                     limits={"idle_timeout": 5}) as proxy:  # fmt: skip
+    async with (
+        AioBackend(handler=impatient) as backend,
+        start_proxy([backend.port], circuit_breaker=BREAKER, limits={"idle_timeout": 5}) as proxy,
+    ):
         for _ in range(3):
             client = proxy.client()
             await client.send(get("/stream"))
@@ -286,8 +294,10 @@ async def test_requests_cut_off_by_a_drain_are_not_the_backends_failure() -> Non
 
 async def test_half_open_with_its_trial_in_flight_answers_503_at_once() -> None:
     breaker = CircuitBreakerConfig(failure_threshold=1, success_threshold=1, timeout=0.05, half_open_max_calls=1)
-    async with AioBackend(handler=slow) as backend, start_proxy([backend.port], circuit_breaker=breaker,
-                                                                request_timeout=30) as proxy:  # fmt: skip
+    async with (
+        AioBackend(handler=slow) as backend,
+        start_proxy([backend.port], circuit_breaker=breaker, request_timeout=30) as proxy,
+    ):
         only = proxy.lb.backends[proxy.backend_ids[0]]
         only.breaker.on_failure()  # as if a request had failed: OPEN for 50 ms
         await asyncio.sleep(0.06)
@@ -417,8 +427,10 @@ async def test_a_hung_backend_costs_one_connect_timeout_then_another_backend_ans
 
 
 async def test_a_connect_cut_short_by_the_deadline_is_a_504_and_not_counted() -> None:
-    async with hung_backend() as hung, start_proxy([hung], request_timeout=0.3,
-                                                   upstream={"connect_timeout": 2}) as proxy:  # fmt: skip
+    async with (
+        hung_backend() as hung,
+        start_proxy([hung], request_timeout=0.3, upstream={"connect_timeout": 2}) as proxy,
+    ):
         client = proxy.client()
         response = await client.request(get("/"))
         assert response.status == 504

@@ -14,8 +14,9 @@ from load_balancing_module import FakeClock, HealthCheckConfig, LoadBalancingMod
 def make_lb() -> LoadBalancingModule:
     return LoadBalancingModule(
         LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False)),
-        clock=FakeClock(), rng=random.Random(9),
-    )  # fmt: skip
+        clock=FakeClock(),
+        rng=random.Random(9),
+    )
 
 
 async def ok(lb: LoadBalancingModule, params: dict[str, Any]) -> Any:
@@ -36,8 +37,13 @@ async def test_every_operation_round_trip() -> None:
     assert done == {"request_id": "q1", "completed": True}
     dist = await ok(lb, {"operation": "get_load_distribution"})
     assert dist["total_requests"] == 1 and dist["backends"][routed["backend_id"]]["failed_requests"] == 1
-    algo = await ok(lb, {"operation": "configure_algorithm", "algorithm": {"algorithm_type": "least_connections",
-                                                                          "config": {"choice_count": 2}}})  # fmt: skip
+    algo = await ok(
+        lb,
+        {
+            "operation": "configure_algorithm",
+            "algorithm": {"algorithm_type": "least_connections", "config": {"choice_count": 2}},
+        },
+    )
     assert algo == {"algorithm": "least_connections", "config": {"choice_count": 2}}
     await ok(lb, {"operation": "configure_algorithm", "algorithm": "weighted"})
     removed = await ok(lb, {"operation": "remove_backend", "backend_id": backend_id})
@@ -59,12 +65,16 @@ async def test_every_operation_round_trip() -> None:
         ({"operation": "route_request", "request": {}}, "BackendUnavailableError", "no backend"),
         ({"operation": "complete_request", "request_id": "never"}, "ConfigurationError", "never"),
         ({"operation": "configure_algorithm", "algorithm": "fastest"}, "AlgorithmError", "fastest"),
-        ({"operation": "configure_algorithm", "algorithm": {"algorithm_type": "ip_hash", "config": {"x": 1}}},
-         "AlgorithmError", "unknown config key"),
+        (
+            {"operation": "configure_algorithm", "algorithm": {"algorithm_type": "ip_hash", "config": {"x": 1}}},
+            "AlgorithmError",
+            "unknown config key",
+        ),
     ],
-)  # fmt: skip
-async def test_bad_input_is_an_error_answer_not_an_exception(params: dict[str, Any], error_type: str,
-                                                             text: str) -> None:  # fmt: skip
+)
+async def test_bad_input_is_an_error_answer_not_an_exception(
+    params: dict[str, Any], error_type: str, text: str
+) -> None:
     lb = make_lb()
     answer = await lb.execute(params)
     assert answer["status"] == "error"

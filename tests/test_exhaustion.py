@@ -35,18 +35,27 @@ async def test_descriptor_exhaustion_marks_no_backend_unhealthy(tmp_path: Path) 
     backends = [await Backend(name).start() for name in ("a", "b")]
     port, admin = free_port(), free_port()
     path = tmp_path / "lb.yaml"
-    path.write_text("\n".join([
-        f'listen: "127.0.0.1:{port}"',
-        f'admin: {{listen: "127.0.0.1:{admin}", token_env: null}}',
-        "health_check: {interval: 0.05, timeout: 0.5, unhealthy_threshold: 2}",
-        "circuit_breaker: {failure_threshold: 2}",
-        "limits: {header_timeout: 5}",
-        "backends:",
-        *(f"  - {{host: 127.0.0.1, port: {b.port}}}" for b in backends),
-    ]) + "\n")  # fmt: skip
+    path.write_text(
+        "\n".join(
+            [
+                f'listen: "127.0.0.1:{port}"',
+                f'admin: {{listen: "127.0.0.1:{admin}", token_env: null}}',
+                "health_check: {interval: 0.05, timeout: 0.5, unhealthy_threshold: 2}",
+                "circuit_breaker: {failure_threshold: 2}",
+                "limits: {header_timeout: 5}",
+                "backends:",
+                *(f"  - {{host: 127.0.0.1, port: {b.port}}}" for b in backends),
+            ]
+        )
+        + "\n"
+    )
     exe = Path(sys.executable).parent / "omnixan-lb"
-    proc = subprocess.Popen([str(exe), "serve", "--config", str(path)], stderr=subprocess.PIPE,
-                            env={**os.environ}, preexec_fn=limit_descriptors)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+        preexec_fn=limit_descriptors,
+    )
     flood: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 10

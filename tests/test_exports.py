@@ -17,13 +17,32 @@ from load_balancing_module import (
 
 PROMISED = {
     # seed examples
-    "LoadBalancingModule", "LoadBalancingModuleConfig", "LoadBalancingAlgorithm", "LoadBalancingAlgorithmType",
-    "BackendConfig", "Request", "WorkloadType", "HealthCheckConfig", "CircuitBreakerConfig", "RateLimitConfig",
+    "LoadBalancingModule",
+    "LoadBalancingModuleConfig",
+    "LoadBalancingAlgorithm",
+    "LoadBalancingAlgorithmType",
+    "BackendConfig",
+    "Request",
+    "WorkloadType",
+    "HealthCheckConfig",
+    "CircuitBreakerConfig",
+    "RateLimitConfig",
     # contract
-    "RouteResult", "HealthStatus", "HealthState", "LoadDistribution", "CircuitState",
-    "LoadBalancingError", "RoutingError", "BackendUnavailableError", "AlgorithmError", "CircuitBreakerOpenError",
-    "BackendNotFoundError", "ConfigurationError", "RateLimitExceededError", "RequestTimeoutError",
-}  # fmt: skip
+    "RouteResult",
+    "HealthStatus",
+    "HealthState",
+    "LoadDistribution",
+    "CircuitState",
+    "LoadBalancingError",
+    "RoutingError",
+    "BackendUnavailableError",
+    "AlgorithmError",
+    "CircuitBreakerOpenError",
+    "BackendNotFoundError",
+    "ConfigurationError",
+    "RateLimitExceededError",
+    "RequestTimeoutError",
+}
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -60,7 +79,13 @@ def test_enum_values_are_lower_case_names() -> None:
             assert member.value == member.name.lower()
             assert member == member.value and str(member) == member.value
     assert {m.name for m in LoadBalancingAlgorithmType} >= {
-        "ROUND_ROBIN", "LEAST_CONNECTIONS", "WEIGHTED", "QUANTUM_AWARE", "IP_HASH", "LEAST_LATENCY"}  # fmt: skip
+        "ROUND_ROBIN",
+        "LEAST_CONNECTIONS",
+        "WEIGHTED",
+        "QUANTUM_AWARE",
+        "IP_HASH",
+        "LEAST_LATENCY",
+    }
     assert [w for w in WorkloadType if not w.is_quantum] == [WorkloadType.CLASSICAL]
 
 

@@ -35,8 +35,11 @@ BREAKER = CircuitBreakerConfig(failure_threshold=1, success_threshold=1, timeout
 
 def make_lb() -> tuple[LoadBalancingModule, FakeClock]:
     clock = FakeClock()
-    config = LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False, unhealthy_threshold=1),
-                                       circuit_breaker=BREAKER, request_timeout=30)  # fmt: skip
+    config = LoadBalancingModuleConfig(
+        health_check=HealthCheckConfig(enabled=False, unhealthy_threshold=1),
+        circuit_breaker=BREAKER,
+        request_timeout=30,
+    )
     return LoadBalancingModule(config, clock=clock, rng=random.Random(5)), clock
 
 

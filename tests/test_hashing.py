@@ -37,8 +37,9 @@ class Member:
 @cache
 def client_ips(n: int = 100_000) -> tuple[str, ...]:
     rng = random.Random(2024)
-    return tuple(f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
-                 for _ in range(n))  # fmt: skip
+    return tuple(
+        f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}" for _ in range(n)
+    )
 
 
 def members(n: int, weight: float = 1.0, prefix: str = "10.1.0") -> list[Member]:

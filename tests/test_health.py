@@ -51,8 +51,9 @@ async def make_lb() -> AsyncIterator[Factory]:
     """Build an initialized module; every one is shut down after the test."""
     made: list[LoadBalancingModule] = []
 
-    async def factory(start: bool = True, probe: Any = None, clock: Any = None, rng: Any = None,
-                      **health: Any) -> LoadBalancingModule:  # fmt: skip
+    async def factory(
+        start: bool = True, probe: Any = None, clock: Any = None, rng: Any = None, **health: Any
+    ) -> LoadBalancingModule:
         config = LoadBalancingModuleConfig(health_check=HealthCheckConfig(**{**MANUAL, **health}))
         lb = LoadBalancingModule(config, probe=probe, clock=clock, rng=rng)
         made.append(lb)
@@ -363,8 +364,7 @@ async def test_degraded_state_machine(make_lb: Factory) -> None:
 async def test_routing_skips_unhealthy_and_degraded_only_as_a_fallback(make_lb: Factory) -> None:
     clock = FakeClock()
     probes = Probes(clock)
-    lb = await make_lb(clock=clock, probe=probes, unhealthy_threshold=1, healthy_threshold=1,
-                       degraded_latency_ms=100)  # fmt: skip
+    lb = await make_lb(clock=clock, probe=probes, unhealthy_threshold=1, healthy_threshold=1, degraded_latency_ms=100)
     a = await lb.add_backend(BackendConfig(host=HOST, port=9001))
     b = await lb.add_backend(BackendConfig(host=HOST, port=9002))
     assert await route_counts(lb, 10) == {a: 5, b: 5}
@@ -396,8 +396,15 @@ async def test_background_probes_every_interval_with_jitter_not_in_lockstep(make
     clock = FakeClock()
     probes = Probes(clock)
     interval, jitter = 10.0, 0.2
-    lb = await make_lb(start=False, clock=clock, rng=random.Random(20240611), probe=probes, enabled=True,
-                       interval=interval, jitter=jitter)  # fmt: skip
+    lb = await make_lb(
+        start=False,
+        clock=clock,
+        rng=random.Random(20240611),
+        probe=probes,
+        enabled=True,
+        interval=interval,
+        jitter=jitter,
+    )
     ports = [9001, 9002, 9003, 9004]
     for port in ports:
         await lb.add_backend(BackendConfig(host=HOST, port=port))
@@ -429,8 +436,15 @@ async def test_background_probes_every_interval_with_jitter_not_in_lockstep(make
 async def test_background_probes_drive_the_thresholds(make_lb: Factory) -> None:
     clock = FakeClock()
     probes = Probes(clock)
-    lb = await make_lb(clock=clock, rng=random.Random(1), probe=probes, enabled=True, interval=5.0,
-                       unhealthy_threshold=3, healthy_threshold=2)  # fmt: skip
+    lb = await make_lb(
+        clock=clock,
+        rng=random.Random(1),
+        probe=probes,
+        enabled=True,
+        interval=5.0,
+        unhealthy_threshold=3,
+        healthy_threshold=2,
+    )
     bid = await lb.add_backend(BackendConfig(host=HOST, port=9001))
     probes.ok[9001] = False
 
@@ -678,8 +692,9 @@ async def test_stopped_backend_is_taken_out_and_brought_back_when_restarted(make
         server.answer("/work", 200, body=b"done")
     a, b = servers
     deployment = Deployment([BackendConfig(host=HOST, port=a.port), BackendConfig(host=HOST, port=b.port)])
-    lb = await make_lb(start=False, enabled=True, type="http", interval=0.02, timeout=0.2,
-                       unhealthy_threshold=2, healthy_threshold=2)  # fmt: skip
+    lb = await make_lb(
+        start=False, enabled=True, type="http", interval=0.02, timeout=0.2, unhealthy_threshold=2, healthy_threshold=2
+    )
     try:
         async with aiohttp.ClientSession() as client:
 

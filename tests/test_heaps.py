@@ -36,8 +36,13 @@ def test_long_random_runs_keep_the_order(kind: type[Heap]) -> None:
     keys = [0.0, 0.5, 1.0, 2.0, -math.inf, 1e300]
     for _ in range(100):
         members = rng.choice([3, 9, 41])
-        check(kind, [(rng.randrange(members), rng.choice([0, 1, None]), rng.choice(keys), rng.random() < 0.2)
-                     for _ in range(200)])  # fmt: skip
+        check(
+            kind,
+            [
+                (rng.randrange(members), rng.choice([0, 1, None]), rng.choice(keys), rng.random() < 0.2)
+                for _ in range(200)
+            ],
+        )
 
 
 def check(kind: type[Heap], ops: list[Op]) -> None:

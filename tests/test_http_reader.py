@@ -65,8 +65,9 @@ async def refused(data: bytes, size: int, status: int = 400, **limits: int) -> s
 
 
 @split_sizes
-@pytest.mark.parametrize("method", [b"-BLARGH", b"FOO", b"get", b"M-SEARCH", b"PROPFIND", b"X_Y.Z~1!",
-                                    b"A" * MAX_METHOD])  # fmt: skip
+@pytest.mark.parametrize(
+    "method", [b"-BLARGH", b"FOO", b"get", b"M-SEARCH", b"PROPFIND", b"X_Y.Z~1!", b"A" * MAX_METHOD]
+)
 async def test_any_token_is_a_method_and_is_forwarded_as_it_came(method: bytes, size: int) -> None:
     request = method + b" /m?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n"
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
@@ -78,25 +79,33 @@ async def test_any_token_is_a_method_and_is_forwarded_as_it_came(method: bytes, 
 
 @split_sizes
 async def test_methods_llhttp_does_not_know_keep_pipelining_and_bodies_in_place(size: int) -> None:
-    stream = (b"FOO /1 HTTP/1.1\r\nHost: t\r\n\r\n"
-              b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n"
-              b"-BLARGH /3 HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nGET /x HTTP"
-              b"\r\n\r\nBAR /4 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"4\r\nFOO \r\n0\r\n\r\n"
-              b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")  # fmt: skip
+    stream = (
+        b"FOO /1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"-BLARGH /3 HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nGET /x HTTP"
+        b"\r\n\r\nBAR /4 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nFOO \r\n0\r\n\r\n"
+        b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         assert await answers(proxy, client, stream, size, count=5) == [200] * 5
     assert [(r.method, r.target) for r in backend.requests] == [
-        (b"FOO", b"/1"), (b"GET", b"/2"), (b"-BLARGH", b"/3"), (b"BAR", b"/4"), (b"OPTIONS", b"*")]  # fmt: skip
+        (b"FOO", b"/1"),
+        (b"GET", b"/2"),
+        (b"-BLARGH", b"/3"),
+        (b"BAR", b"/4"),
+        (b"OPTIONS", b"*"),
+    ]
     assert backend.bodies == [b"", b"", b"GET /x HTTP", b"FOO ", b""]
 
 
 @split_sizes
 async def test_an_ignored_upgrade_with_an_unknown_method_keeps_its_body_and_what_follows(size: int) -> None:
     body = b"BAZ /smuggled HTTP/1.1\r\n\r\n"
-    stream = (b"FOO /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-              + b"QUX /next HTTP/1.1\r\nHost: t\r\n\r\n")  # fmt: skip
+    stream = (
+        b"FOO /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body) + b"QUX /next HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         assert await answers(proxy, client, stream, size, count=2) == [200, 200]
     assert [(r.method, r.target) for r in backend.requests] == [(b"FOO", b"/h2c"), (b"QUX", b"/next")]
@@ -104,10 +113,18 @@ async def test_an_ignored_upgrade_with_an_unknown_method_keeps_its_body_and_what
 
 
 @split_sizes
-@pytest.mark.parametrize(("start", "status"), [(b"A" * (MAX_METHOD + 1) + b" / HTTP/1.1", 501),
-                                               (b"A" * (MAX_METHOD + 1), 501), (b"G(T / HTTP/1.1", 400),
-                                               (b" GET / HTTP/1.1", 400), (b"GET\t/ HTTP/1.1", 400),
-                                               (b"G\x00T / HTTP/1.1", 400), (b"GE\r\nT / HTTP/1.1", 400)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("start", "status"),
+    [
+        (b"A" * (MAX_METHOD + 1) + b" / HTTP/1.1", 501),
+        (b"A" * (MAX_METHOD + 1), 501),
+        (b"G(T / HTTP/1.1", 400),
+        (b" GET / HTTP/1.1", 400),
+        (b"GET\t/ HTTP/1.1", 400),
+        (b"G\x00T / HTTP/1.1", 400),
+        (b"GE\r\nT / HTTP/1.1", 400),
+    ],
+)
 async def test_a_method_that_is_not_a_token_or_too_long_is_refused(start: bytes, status: int, size: int) -> None:
     await refused(start + b"\r\nHost: t\r\n\r\n", size, status)
 
@@ -123,9 +140,20 @@ async def test_connect_is_still_refused_with_405() -> None:
 @split_sizes
 @pytest.mark.parametrize(
     "line",
-    [b"5; name=value", b"5;name = value", b"5;name= value", b"5 ; name = value", b"5\t;\tname\t=\tvalue",
-     b'5; name = "a; b=\\"c\\""', b"5;a;b;c=d", b"5;a = b ;c", b"0005;x", b"5 ; name=value ", b"5"],
-)  # fmt: skip
+    [
+        b"5; name=value",
+        b"5;name = value",
+        b"5;name= value",
+        b"5 ; name = value",
+        b"5\t;\tname\t=\tvalue",
+        b'5; name = "a; b=\\"c\\""',
+        b"5;a;b;c=d",
+        b"5;a = b ;c",
+        b"0005;x",
+        b"5 ; name=value ",
+        b"5",
+    ],
+)
 async def test_chunk_extensions_with_whitespace_where_the_rfc_allows_it_are_accepted(line: bytes, size: int) -> None:
     request = CHUNKED + line + b'\r\nhello\r\n6;last = 1\r\n world\r\n0 ; end = "x"\r\n\r\n'
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
@@ -240,16 +268,22 @@ async def test_what_the_backend_gets_for_an_unknown_method_parses_as_that_reques
 
 async def test_the_same_over_the_socket_byte_by_byte() -> None:
     """The cases above, sent through the socket one byte a write (the kernel may merge some)."""
-    stream = (b"\r\n-BLARGH /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok"
-              + CHUNKED + b"5 ; a = \"b;c\"\r\nhello\r\n0;z\r\nX-T: 1\r\n\r\n"
-              + b"M-SEARCH /m HTTP/1.1\r\nHost: t\r\n\r\n")  # fmt: skip
+    stream = (
+        b"\r\n-BLARGH /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok"
+        + CHUNKED
+        + b'5 ; a = "b;c"\r\nhello\r\n0;z\r\nX-T: 1\r\n\r\n'
+        + b"M-SEARCH /m HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         for i in range(len(stream)):
             await client.send(stream[i : i + 1])
             await asyncio.sleep(0)
         assert [(await client.read_response()).status for _ in range(3)] == [200] * 3
-    assert [(r.method, r.target) for r in backend.requests] == [(b"-BLARGH", b"/a"), (b"POST", b"/c"),
-                                                                 (b"M-SEARCH", b"/m")]  # fmt: skip
+    assert [(r.method, r.target) for r in backend.requests] == [
+        (b"-BLARGH", b"/a"),
+        (b"POST", b"/c"),
+        (b"M-SEARCH", b"/m"),
+    ]
     assert backend.bodies == [b"ok", b"hello", b""]
 
 

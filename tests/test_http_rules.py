@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from load_balancing_module.server import headers, http, response
 
-TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~", min_size=1,
-                max_size=40).map(str.encode)  # fmt: skip
-SPECIAL = st.sampled_from(sorted({*headers.REQUEST_ACTIONS, *headers.RESPONSE_ACTIONS, b"proxy-authorization",
-                                  b"proxy-", b"proxyx"}))  # fmt: skip
+TOKEN = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~", min_size=1, max_size=40
+).map(str.encode)
+SPECIAL = st.sampled_from(
+    sorted({*headers.REQUEST_ACTIONS, *headers.RESPONSE_ACTIONS, b"proxy-authorization", b"proxy-", b"proxyx"})
+)
 
 
 def expected(name: bytes, actions: dict[bytes, int]) -> int:
@@ -33,9 +35,16 @@ def test_a_header_is_classified_as_its_lowercased_name_says(name: bytes) -> None
 
 def test_response_heads_keep_end_to_end_headers_and_drop_what_connection_names() -> None:
     info = response.ResponseInfo()
-    for name, value in [(b"Server", b"x"), (b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"),
-                        (b"Content-Length", b"2"), (b"Keep-Alive", b"timeout=5"), (b"X-Request-ID", b"theirs"),
-                        (b"Proxy-Authenticate", b"Basic"), (b"ETag", b'"a"')]:  # fmt: skip
+    for name, value in [
+        (b"Server", b"x"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"X-Hop", b"1"),
+        (b"Content-Length", b"2"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"X-Request-ID", b"theirs"),
+        (b"Proxy-Authenticate", b"Basic"),
+        (b"ETag", b'"a"'),
+    ]:
         info.add(name, value)
     info.complete(200, b"OK")
     head = response.response_head(info, [b"X-Request-ID: ours\r\n"])
@@ -114,18 +123,42 @@ EXTENSIONS = st.lists(st.tuples(BWS, BWS, TOKEN, st.none() | st.tuples(BWS, BWS,
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(0, 4), st.booleans(), EXTENSIONS, st.sampled_from([b"", b" "]))
-def test_a_chunk_size_line_of_the_rfcs_grammar_gives_its_size(size: int, zeros: int, upper: bool, exts: bytes,
-                                                                end: bytes) -> None:  # fmt: skip
+def test_a_chunk_size_line_of_the_rfcs_grammar_gives_its_size(
+    size: int, zeros: int, upper: bool, exts: bytes, end: bytes
+) -> None:
     digits = b"%X" % size if upper else b"%x" % size
     assert http.chunk_size(b"0" * zeros + digits + exts + end + b"\r\n") == size
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"\r\n", b"5", b"5\n", b"5\r", b"5\r\r\n", b"5\n\r\n", b"+5\r\n", b"-5\r\n", b"0x5\r\n", b"5 5\r\n", b"g\r\n",
-     b"1" + b"0" * 16 + b"\r\n", b"5;\r\n", b"5;;a\r\n", b"5;a=\r\n", b"5;a b\r\n", b"5;a=b c\r\n", b'5;a="b\r\n',
-     b'5;a="\x01"\r\n', b"5;a=b\x00\r\n", b"5;a\r\nX", b"5 ;a=b;\r\n", b"5,a\r\n", b'5;a="\\\r\n'],
-)  # fmt: skip
+    [
+        b"\r\n",
+        b"5",
+        b"5\n",
+        b"5\r",
+        b"5\r\r\n",
+        b"5\n\r\n",
+        b"+5\r\n",
+        b"-5\r\n",
+        b"0x5\r\n",
+        b"5 5\r\n",
+        b"g\r\n",
+        b"1" + b"0" * 16 + b"\r\n",
+        b"5;\r\n",
+        b"5;;a\r\n",
+        b"5;a=\r\n",
+        b"5;a b\r\n",
+        b"5;a=b c\r\n",
+        b'5;a="b\r\n',
+        b'5;a="\x01"\r\n',
+        b"5;a=b\x00\r\n",
+        b"5;a\r\nX",
+        b"5 ;a=b;\r\n",
+        b"5,a\r\n",
+        b'5;a="\\\r\n',
+    ],
+)
 def test_a_chunk_size_line_outside_the_grammar_is_refused(line: bytes) -> None:
     with pytest.raises(http.HttpError) as refused:
         http.chunk_size(line)

@@ -38,8 +38,9 @@ def pieces(data: bytes, how: str) -> list[bytes]:
 @pytest.mark.parametrize("how", SPLITS)
 async def test_an_absolute_form_target_replaces_host(how: str) -> None:
     async with AioBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
-        await send_split(client, pieces(b"GET http://other.example:8080/x?y=1 HTTP/1.1\r\nHost: client.test\r\n\r\n",
-                                        how))  # fmt: skip
+        await send_split(
+            client, pieces(b"GET http://other.example:8080/x?y=1 HTTP/1.1\r\nHost: client.test\r\n\r\n", how)
+        )
         answer = (await client.read_response()).json()
         headers = {k.lower(): v for k, v in answer["headers"]}
         assert answer["path"] == "/x?y=1" and headers["host"] == "other.example:8080"
@@ -65,8 +66,9 @@ async def test_an_asterisk_target_is_for_options_only() -> None:
 
 async def test_header_names_with_underscores_are_dropped() -> None:
     async with AioBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
-        response = await client.request(b"GET / HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 6.6.6.6\r\n"
-                                        b"X_Real_IP: 6.6.6.6\r\nX-Kept: yes\r\n\r\n")  # fmt: skip
+        response = await client.request(
+            b"GET / HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX-Kept: yes\r\n\r\n"
+        )
         names = [k.lower() for k, _ in response.json()["headers"]]
         assert "x-kept" in names and not any("_" in n for n in names)
         assert "6.6.6.6" not in str(response.json()["headers"])
@@ -118,8 +120,11 @@ async def test_chunk_extensions_with_optional_whitespace_are_accepted(body: byte
 
 
 @pytest.mark.parametrize("how", SPLITS)
-@pytest.mark.parametrize("bad", [b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n",
-                                 b"5\nhello\r\n0\r\n\r\n"], ids=["size", "no-crlf", "negative", "bare-lf"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [b"zz\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n", b"5\nhello\r\n0\r\n\r\n"],
+    ids=["size", "no-crlf", "negative", "bare-lf"],
+)
 async def test_invalid_chunked_framing_is_refused_and_reaches_no_backend(bad: bytes, how: str) -> None:
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         await send_split(client, pieces(CHUNKED_HEAD + bad, how))

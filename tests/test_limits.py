@@ -67,10 +67,12 @@ async def test_sustained_rate_is_the_configured_rate() -> None:
 async def test_disabled_rate_limit_lets_everything_through() -> None:
     clock = FakeClock()
     lb = LoadBalancingModule(
-        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False),
-                                  rate_limit=RateLimitConfig(enabled=False, requests_per_second=1, burst_size=1)),
+        LoadBalancingModuleConfig(
+            health_check=HealthCheckConfig(enabled=False),
+            rate_limit=RateLimitConfig(enabled=False, requests_per_second=1, burst_size=1),
+        ),
         clock=clock,
-    )  # fmt: skip
+    )
     await lb.add_backend(BackendConfig(host="a.test", port=80))
     for _ in range(50):
         await hit(lb, "10.0.0.4")

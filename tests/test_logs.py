@@ -60,8 +60,17 @@ def test_the_access_log_writes_the_same_line_directly_or_through_a_record() -> N
     from load_balancing_module.clock import FakeClock
     from load_balancing_module.server.accesslog import AccessLog
 
-    fields = {"request_id": "r-1", "client_ip": "10.0.0.1", "method": "GET", "path": '/a"b', "status": 200,
-              "backend_id": "127.0.0.1:1", "attempts": 1, "upstream_ms": 1.25, "total_ms": 2.5}  # fmt: skip
+    fields = {
+        "request_id": "r-1",
+        "client_ip": "10.0.0.1",
+        "method": "GET",
+        "path": '/a"b',
+        "status": 200,
+        "backend_id": "127.0.0.1:1",
+        "attempts": 1,
+        "upstream_ms": 1.25,
+        "total_ms": 2.5,
+    }
     lines = []
     for direct in (True, False):
         logger = logging.getLogger(f"test.access.{direct}")

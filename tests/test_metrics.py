@@ -36,11 +36,14 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str
 async def test_values_move_with_traffic() -> None:
     clock = FakeClock()
     lb = LoadBalancingModule(
-        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False),
-                                  circuit_breaker=CircuitBreakerConfig(failure_threshold=2),
-                                  rate_limit=RateLimitConfig(enabled=True, requests_per_second=1, burst_size=3)),
-        clock=clock, rng=random.Random(1),
-    )  # fmt: skip
+        LoadBalancingModuleConfig(
+            health_check=HealthCheckConfig(enabled=False),
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=2),
+            rate_limit=RateLimitConfig(enabled=True, requests_per_second=1, burst_size=3),
+        ),
+        clock=clock,
+        rng=random.Random(1),
+    )
     registry = CollectorRegistry()
     register_metrics(lb, registry)
     a = await lb.add_backend(BackendConfig(host="a.test", port=80))
@@ -99,11 +102,13 @@ def test_request_stats_histogram_follows_prometheus_conventions() -> None:
 async def test_state_changes_are_logged_as_structured_events(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="load_balancing_module")
     lb = LoadBalancingModule(
-        LoadBalancingModuleConfig(health_check=HealthCheckConfig(enabled=False),
-                                  circuit_breaker=CircuitBreakerConfig(failure_threshold=1),
-                                  rate_limit=RateLimitConfig(enabled=True, ddos_threshold=1, burst_size=5)),
+        LoadBalancingModuleConfig(
+            health_check=HealthCheckConfig(enabled=False),
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=1),
+            rate_limit=RateLimitConfig(enabled=True, ddos_threshold=1, burst_size=5),
+        ),
         clock=FakeClock(),
-    )  # fmt: skip
+    )
     a = await lb.add_backend(BackendConfig(host="a.test", port=80))
     await lb.complete_request(await lb.route_request(Request(client_ip="10.0.0.9")), success=False)
     with pytest.raises(RateLimitExceededError):
@@ -114,8 +119,9 @@ async def test_state_changes_are_logged_as_structured_events(caplog: pytest.LogC
     assert events["circuit_state_changed"] == {"backend_id": a, "old": "closed", "new": "open"}
     assert events["client_blocked"]["client_ip"] == "10.0.0.9"
     assert events["backend_removed"]["backend_id"] == a
-    assert any("circuit_state_changed backend_id=a.test:80 old=closed new=open" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "circuit_state_changed backend_id=a.test:80 old=closed new=open" in r.getMessage() for r in caplog.records
+    )
 
 
 async def test_sessions_evicted_to_stay_within_max_sessions_are_exported() -> None:

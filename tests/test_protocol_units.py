@@ -118,8 +118,13 @@ class Events(RequestSink):
 
 def context(**fields: Any) -> ProxyContext:
     """A proxy context (its module is never initialised: nothing is routed)."""
-    config = ServerConfig(listen="127.0.0.1:0", health_check=HealthCheckConfig(enabled=False),
-                          retry_backoff_base=0, retry_backoff_max=0, **fields)  # fmt: skip
+    config = ServerConfig(
+        listen="127.0.0.1:0",
+        health_check=HealthCheckConfig(enabled=False),
+        retry_backoff_base=0,
+        retry_backoff_max=0,
+        **fields,
+    )
     return ProxyContext(LoadBalancingModule(config.module_config()), config, logging.getLogger("test.protocol"))
 
 
@@ -133,10 +138,12 @@ def read(data: bytes, size: int, *, max_header_bytes: int = 8192) -> Events:
 
 @pytest.mark.parametrize("size", SPLITS, ids=SPLIT_IDS)
 def test_the_reader_reports_each_request_its_body_and_its_end_in_any_split(size: int) -> None:
-    stream = (b"\r\nGET /a HTTP/1.1\r\nHost: t\r\n\r\n"
-              b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
-              b"PURGE /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"3 ; ext = \"v\"\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n")  # fmt: skip
+    stream = (
+        b"\r\nGET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        b"PURGE /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'3 ; ext = "v"\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: 1\r\n\r\n'
+    )
     events = read(stream, size)
     assert not events.errors
     assert [(h.method, h.target) for h in events.heads] == [(b"GET", b"/a"), (b"POST", b"/b"), (b"PURGE", b"/c")]

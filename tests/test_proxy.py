@@ -106,8 +106,10 @@ async def test_every_method_round_trips_with_chunked_bodies_both_ways(method: st
 
 async def test_a_chunked_request_body_reaches_the_backend_in_the_proxys_own_framing() -> None:
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
-        request = (b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                   b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")  # fmt: skip
+        request = (
+            b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
         response = await client.request(request)
         assert response.status == 200 and response.body == b"raw"
     assert backend.bodies == [b"hello world"]
@@ -450,8 +452,9 @@ async def test_a_plain_request_goes_upstream_as_the_client_wrote_it() -> None:
     assert [line.split(b":")[0] for line in head[len(PLAIN_HEAD) :].split(b"\r\n") if line] == PROXY_LINES
 
 
-@pytest.mark.parametrize("shape", ["leading empty line", "second in one read", "a hop-by-hop header",
-                                   "head in two reads"])  # fmt: skip
+@pytest.mark.parametrize(
+    "shape", ["leading empty line", "second in one read", "a hop-by-hop header", "head in two reads"]
+)
 async def test_other_requests_are_rebuilt_from_their_parsed_headers(shape: str) -> None:
     rebuilt = b"GET /a?b=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: spaced\r\nCookie: x=1\r\n"  # leading OWS dropped
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
@@ -478,21 +481,41 @@ async def test_other_requests_are_rebuilt_from_their_parsed_headers(shape: str) 
 
 async def test_hop_by_hop_headers_are_removed_from_the_request() -> None:
     async with AioBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
-        response = await client.request(get(
-            "/", "Connection: keep-alive, X-Secret-Hop", "X-Secret-Hop: 1", "Keep-Alive: timeout=5", "TE: trailers",
-            "Trailer: X-T", "Upgrade: something", "Proxy-Authorization: Basic eA==", "Proxy-Connection: keep-alive",
-            "X-End-To-End: kept"))  # fmt: skip
+        response = await client.request(
+            get(
+                "/",
+                "Connection: keep-alive, X-Secret-Hop",
+                "X-Secret-Hop: 1",
+                "Keep-Alive: timeout=5",
+                "TE: trailers",
+                "Trailer: X-T",
+                "Upgrade: something",
+                "Proxy-Authorization: Basic eA==",
+                "Proxy-Connection: keep-alive",
+                "X-End-To-End: kept",
+            )
+        )
         headers = header_map(echoed(response.body))
-    for name in ("connection", "x-secret-hop", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization",
-                 "proxy-connection"):  # fmt: skip
+    for name in (
+        "connection",
+        "x-secret-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ):
         assert name not in headers, name
     assert headers["x-end-to-end"] == ["kept"]
 
 
 async def test_hop_by_hop_headers_are_removed_from_the_response() -> None:
-    reply = (b"HTTP/1.1 200 OK\r\nConnection: X-Backend-Hop\r\nX-Backend-Hop: 1\r\nKeep-Alive: timeout=9\r\n"
-             b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n"
-             b"Content-Length: 2\r\n\r\nok")  # fmt: skip
+    reply = (
+        b"HTTP/1.1 200 OK\r\nConnection: X-Backend-Hop\r\nX-Backend-Hop: 1\r\nKeep-Alive: timeout=9\r\n"
+        b"Proxy-Authenticate: Basic\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
     async with RawBackend(reply=reply) as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         response = await client.request(get())
     names = {name.lower() for name, _ in response.headers}
@@ -535,8 +558,9 @@ async def test_session_affinity_by_cookie_and_by_header() -> None:
         for _ in range(6):
             response = await client.request(get("/", f"Cookie: theme=dark; {session}"))
             assert echoed(response.body)["backend"] == owner and response.header("Set-Cookie") is None
-        by_header = {echoed((await client.request(get("/", "X-Session-ID: user-42"))).body)["backend"]
-                     for _ in range(6)}  # fmt: skip
+        by_header = {
+            echoed((await client.request(get("/", "X-Session-ID: user-42"))).body)["backend"] for _ in range(6)
+        }
         assert len(by_header) == 1
         unsticky = {echoed((await client.request(get())).body)["backend"] for _ in range(4)}
         assert unsticky == {"a", "b"}  # each request without a session gets a new one
@@ -637,9 +661,14 @@ async def test_unreachable_backends_are_502_after_trying_each() -> None:
 
 @pytest.mark.parametrize(
     "request_bytes",
-    [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n",
-     b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"],
-)  # fmt: skip
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ],
+)
 async def test_malformed_requests_are_400_and_the_connection_closed(request_bytes: bytes) -> None:
     async with AioBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         response = await client.request(request_bytes)
@@ -864,8 +893,18 @@ async def test_the_access_log_has_one_json_line_per_request() -> None:
         await client.request(b"BAD\r\n\r\n")
     assert len(proxy.access.lines) == 2
     line = json.loads(proxy.access.lines[0])
-    assert set(line) == {"time", "request_id", "client_ip", "method", "path", "status", "backend_id", "attempts",
-                         "upstream_ms", "total_ms"}  # fmt: skip
+    assert set(line) == {
+        "time",
+        "request_id",
+        "client_ip",
+        "method",
+        "path",
+        "status",
+        "backend_id",
+        "attempts",
+        "upstream_ms",
+        "total_ms",
+    }
     assert line["request_id"] == "log-1" and line["method"] == "GET" and line["path"] == "/path/x"
     assert line["status"] == 200 and line["backend_id"] == proxy.backend_ids[0] and line["attempts"] == 1
     assert line["client_ip"] == "127.0.0.1" and line["time"].endswith("Z")
@@ -946,8 +985,9 @@ def test_the_proxy_runs_on_uvloop() -> None:
             async with http.post(f"{proxy.url}/u", data=b"u" * (3 * MB)) as response:
                 assert echoed(await response.read())["body_size"] == 3 * MB
             async with proxy.client() as client:
-                response = await client.request(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                                b"3\r\nabc\r\n0\r\n\r\n")  # fmt: skip
+                response = await client.request(
+                    b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                )
                 assert echoed(response.body)["body_size"] == 3
                 assert (await client.request(b"NOPE\r\n\r\n")).status == 400
 

@@ -147,8 +147,10 @@ async def test_a_bad_chunk_arriving_after_the_body_streamed_leaves_only_the_prox
 
 async def test_an_ignored_upgrade_keeps_its_body_as_a_body() -> None:
     # llhttp reads no body after an Upgrade request; the proxy must not read it as a new request.
-    h2c = (b"POST /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-           b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: %d\r\n\r\n%s") % (len(SMUGGLED), SMUGGLED)  # fmt: skip
+    h2c = (
+        b"POST /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: %d\r\n\r\n%s"
+    ) % (len(SMUGGLED), SMUGGLED)
     async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
         assert (await client.request(h2c)).status == 200
         assert (await client.request(get("/next"))).status == 200  # the connection goes on as HTTP/1.1

@@ -183,10 +183,25 @@ async def test_distribution_has_every_documented_field() -> None:
     assert dist.requests_per_second == pytest.approx(1.0)  # 10 requests in the last 10 s
     info = dist.backends[a]
     expected = {
-        "host", "port", "weight", "priority", "quantum_capable", "active_connections", "total_requests",
-        "successful_requests", "failed_requests", "requests_per_second", "avg_latency_ms", "p50_latency_ms",
-        "p95_latency_ms", "p99_latency_ms", "error_rate", "health_status", "circuit_state", "load_fraction",
-    }  # fmt: skip
+        "host",
+        "port",
+        "weight",
+        "priority",
+        "quantum_capable",
+        "active_connections",
+        "total_requests",
+        "successful_requests",
+        "failed_requests",
+        "requests_per_second",
+        "avg_latency_ms",
+        "p50_latency_ms",
+        "p95_latency_ms",
+        "p99_latency_ms",
+        "error_rate",
+        "health_status",
+        "circuit_state",
+        "load_fraction",
+    }
     assert expected <= set(info)
     assert (info["weight"], info["priority"], info["quantum_capable"]) == (2.0, 3, True)
     assert (info["successful_requests"], info["failed_requests"]) == (9, 1)

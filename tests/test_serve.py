@@ -53,8 +53,12 @@ class Backend:
 
 
 def write_config(path: Path, backends: list[Backend], **extra: str) -> Path:
-    lines = ['listen: "127.0.0.1:0"', 'admin: {listen: "127.0.0.1:0", token_env: null}',
-             "health_check: {enabled: false}", "backends:"]  # fmt: skip
+    lines = [
+        'listen: "127.0.0.1:0"',
+        'admin: {listen: "127.0.0.1:0", token_env: null}',
+        "health_check: {enabled: false}",
+        "backends:",
+    ]
     lines += [f"  - {{host: 127.0.0.1, port: {b.port}}}" for b in backends]
     lines += [f"{key}: {value}" for key, value in extra.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -74,8 +78,7 @@ async def get(port: int, path: str = "/") -> tuple[int, str]:
         return response.status, await response.text()
 
 
-async def test_serves_through_the_proxy_with_admin_health_and_metrics(tmp_path: Path,
-                                                                      backends: list[Backend]) -> None:  # fmt: skip
+async def test_serves_through_the_proxy_with_admin_health_and_metrics(tmp_path: Path, backends: list[Backend]) -> None:
     path = write_config(tmp_path / "lb.yaml", backends[:2])
     server = Server(path, load_config(path))
     await server.start()
@@ -92,8 +95,9 @@ async def test_serves_through_the_proxy_with_admin_health_and_metrics(tmp_path: 
         await server.shutdown()
 
 
-async def test_reload_applies_backend_changes_without_dropping_requests(tmp_path: Path,
-                                                                        backends: list[Backend]) -> None:  # fmt: skip
+async def test_reload_applies_backend_changes_without_dropping_requests(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
     path = write_config(tmp_path / "lb.yaml", backends[:2])
     server = Server(path, load_config(path))
     await server.start()
@@ -147,8 +151,9 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path, bac
     path = write_config(tmp_path / "lb.yaml", backends)
     path.write_text(path.read_text().replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{port}"', 1))
     exe = Path(sys.executable).parent / "omnixan-lb"
-    proc = subprocess.Popen([str(exe), "serve", "--config", str(path), "--log-level", "warning"],
-                            stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--config", str(path), "--log-level", "warning"], stderr=subprocess.PIPE, env={**os.environ}
+    )
     try:
         deadline = time.monotonic() + 10
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:

@@ -22,9 +22,11 @@ from load_balancing_module import (
 async def make_lb(affinity: bool = True, ttl: float = 100) -> tuple[LoadBalancingModule, FakeClock, list[str]]:
     clock = FakeClock()
     config = LoadBalancingModuleConfig(
-        health_check=HealthCheckConfig(enabled=False), session_affinity=affinity, session_ttl=ttl,
+        health_check=HealthCheckConfig(enabled=False),
+        session_affinity=affinity,
+        session_ttl=ttl,
         algorithm=LoadBalancingAlgorithm(algorithm_type=LoadBalancingAlgorithmType.ROUND_ROBIN),
-    )  # fmt: skip
+    )
     lb = LoadBalancingModule(config, clock=clock, rng=random.Random(5))
     ids = [await lb.add_backend(BackendConfig(host=f"s{i}.test", port=80)) for i in range(3)]
     return lb, clock, ids

@@ -86,8 +86,9 @@ async def test_taking_is_atomic_across_stores_and_concurrent_calls(make_store: M
     assert sum(1 for w in waits if w == 0.0) == 20
 
 
-async def test_without_an_injected_time_the_redis_servers_clock_is_used(make_store: MakeStore, redis_url: str,
-                                                                        redis_prefix: str) -> None:  # fmt: skip
+async def test_without_an_injected_time_the_redis_servers_clock_is_used(
+    make_store: MakeStore, redis_url: str, redis_prefix: str
+) -> None:
     store = await make_store()
     assert await store.take_token(IP, 1.0, 1) == 0.0
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
@@ -168,8 +169,9 @@ async def test_purge_drops_expired_sessions_from_the_index(make_store: MakeStore
     assert await store.purge_expired() == 0
 
 
-async def test_every_key_is_under_the_prefix_and_expires(make_store: MakeStore, redis_url: str,
-                                                         redis_prefix: str) -> None:  # fmt: skip
+async def test_every_key_is_under_the_prefix_and_expires(
+    make_store: MakeStore, redis_url: str, redis_prefix: str
+) -> None:
     store = await make_store(now=Now())
     await store.take_token(IP, 10.0, 5)
     await store.record_attempt(IP, 100, 10.0)
@@ -180,8 +182,16 @@ async def test_every_key_is_under_the_prefix_and_expires(make_store: MakeStore, 
     assert await store.get_session("s1", 120.0) == "a:1"  # looked up again: protected
     await store.shared_secret("affinity")
     ttls = keys_under(redis_url, redis_prefix)
-    assert set(ttls) == {f"bucket:{IP}", f"flood:{IP}", "block:198.51.100.9", "session:s1", "session:s2",
-                         "sessions", "sessions:probation", "secret:affinity"}  # fmt: skip
+    assert set(ttls) == {
+        f"bucket:{IP}",
+        f"flood:{IP}",
+        "block:198.51.100.9",
+        "session:s1",
+        "session:s2",
+        "sessions",
+        "sessions:probation",
+        "secret:affinity",
+    }
     assert ttls.pop("secret:affinity") == -1  # the one key without a TTL: one per name, never per client
     assert all(ttl > 0 for ttl in ttls.values()), ttls
     assert 30_000 - 1000 < ttls["block:198.51.100.9"] <= 30_000
@@ -278,8 +288,9 @@ async def test_a_hung_redis_costs_one_timeout(caplog: pytest.LogCaptureFixture) 
         assert store.errors == 1
 
 
-async def test_the_store_recovers_when_redis_comes_back(redis_url: str, redis_prefix: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+async def test_the_store_recovers_when_redis_comes_back(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="load_balancing_module")
     clock = FakeClock()
     async with Relay(port_of(redis_url)) as relay:

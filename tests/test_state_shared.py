@@ -106,8 +106,9 @@ async def test_one_token_bucket_limits_a_client_across_balancers(make_store: Mak
 
 async def test_a_flood_block_from_one_balancer_applies_to_the_other(make_store: MakeStore) -> None:
     now = Now(1_000_000.0)
-    limits = RateLimitConfig(enabled=True, requests_per_second=1000, burst_size=1000, ddos_threshold=3,
-                             ddos_block_seconds=30)  # fmt: skip
+    limits = RateLimitConfig(
+        enabled=True, requests_per_second=1000, burst_size=1000, ddos_threshold=3, ddos_block_seconds=30
+    )
     one = await balancer(await make_store(now=now), rate_limit=limits)
     two = await balancer(await make_store(now=now), rate_limit=limits)
     for lb in (one, two, one):
@@ -150,8 +151,14 @@ def shared(url: str, prefix: str) -> str:
 
 
 def write_config(path: Path, backends: list[AioBackend], state: str, *extra: str) -> Path:
-    lines = ['listen: "127.0.0.1:0"', 'admin: {listen: "127.0.0.1:0", token_env: null}',
-             "health_check: {enabled: false}", "session_affinity: true", f"state: {state}", "backends:"]  # fmt: skip
+    lines = [
+        'listen: "127.0.0.1:0"',
+        'admin: {listen: "127.0.0.1:0", token_env: null}',
+        "health_check: {enabled: false}",
+        "session_affinity: true",
+        f"state: {state}",
+        "backends:",
+    ]
     lines += [f"  - {{host: 127.0.0.1, port: {b.port}}}" for b in backends]
     path.write_text("\n".join([*lines, *extra]) + "\n")
     return path
@@ -188,8 +195,9 @@ async def sticky_across(first_port: int, second_port: int) -> None:
         assert [(await fetch(second_port, cookie))[0] for _ in range(3)] == [name] * 3
 
 
-async def test_two_servers_share_sticky_sessions_through_redis(tmp_path: Path, named_backends: list[AioBackend],
-                                                               redis_url: str, redis_prefix: str) -> None:  # fmt: skip
+async def test_two_servers_share_sticky_sessions_through_redis(
+    tmp_path: Path, named_backends: list[AioBackend], redis_url: str, redis_prefix: str
+) -> None:
     paths = [write_config(tmp_path / f"lb{i}.yaml", named_backends, shared(redis_url, redis_prefix)) for i in (1, 2)]
     servers = [Server(path, load_config(path)) for path in paths]
     for server in servers:
@@ -203,9 +211,12 @@ async def test_two_servers_share_sticky_sessions_through_redis(tmp_path: Path, n
 
 
 async def test_a_reload_that_changes_state_keeps_the_running_store(
-    tmp_path: Path, named_backends: list[AioBackend], redis_url: str, redis_prefix: str,
+    tmp_path: Path,
+    named_backends: list[AioBackend],
+    redis_url: str,
+    redis_prefix: str,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     path = write_config(tmp_path / "lb.yaml", named_backends, shared(redis_url, redis_prefix))
     server = Server(path, load_config(path))
     await server.start()
@@ -224,8 +235,9 @@ async def test_a_reload_that_changes_state_keeps_the_running_store(
         await server.shutdown()
 
 
-async def test_shutdown_closes_the_store(tmp_path: Path, named_backends: list[AioBackend], redis_url: str,
-                                         redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+async def test_shutdown_closes_the_store(
+    tmp_path: Path, named_backends: list[AioBackend], redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_config(tmp_path / "lb.yaml", named_backends, shared(redis_url, redis_prefix))
     server = Server(path, load_config(path))
     assert server.store is not None
@@ -243,8 +255,9 @@ async def test_shutdown_closes_the_store(tmp_path: Path, named_backends: list[Ai
     assert closed == [True]
 
 
-async def test_a_server_starts_and_serves_while_redis_is_down(tmp_path: Path, named_backends: list[AioBackend],
-                                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+async def test_a_server_starts_and_serves_while_redis_is_down(
+    tmp_path: Path, named_backends: list[AioBackend], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="load_balancing_module")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -255,8 +268,12 @@ async def test_a_server_starts_and_serves_while_redis_is_down(tmp_path: Path, na
             answers = [await fetch(server.proxy.port, "same-cookie") for _ in range(3)]
             assert sorted(name for name, _ in answers) == ["a", "b", "c"]  # served, unsticky
             text = generate_latest(server.registry).decode()
-            metrics = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-                       if s.name.startswith("omnixan_lb_state_store")}  # fmt: skip
+            metrics = {
+                s.name: s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+                if s.name.startswith("omnixan_lb_state_store")
+            }
             assert metrics["omnixan_lb_state_store_up"] == 0
             assert metrics["omnixan_lb_state_store_errors_total"] >= 1
             assert metrics["omnixan_lb_state_store_fallbacks_total"] >= metrics["omnixan_lb_state_store_errors_total"]
@@ -290,16 +307,25 @@ async def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_two_serve_processes_share_sticky_sessions(tmp_path: Path, named_backends: list[AioBackend],
-                                                         redis_url: str, redis_prefix: str,
-                                                         processes: list[subprocess.Popen[bytes]]) -> None:  # fmt: skip
+async def test_two_serve_processes_share_sticky_sessions(
+    tmp_path: Path,
+    named_backends: list[AioBackend],
+    redis_url: str,
+    redis_prefix: str,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
     exe = Path(sys.executable).parent / "omnixan-lb"
     ports = [free_port(), free_port()]
     for i, port in enumerate(ports):
         path = write_config(tmp_path / f"lb{i}.yaml", named_backends, shared(redis_url, redis_prefix))
         path.write_text(path.read_text().replace('listen: "127.0.0.1:0"', f'listen: "127.0.0.1:{port}"', 1))
-        processes.append(subprocess.Popen([str(exe), "serve", "--config", str(path), "--log-level", "warning"],
-                                          stderr=subprocess.PIPE, env={**os.environ}))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [str(exe), "serve", "--config", str(path), "--log-level", "warning"],
+                stderr=subprocess.PIPE,
+                env={**os.environ},
+            )
+        )
     for port, proc in zip(ports, processes, strict=True):
         await wait_for_port(port, proc)
     await sticky_across(ports[0], ports[1])

@@ -19,8 +19,9 @@ EXE = Path(sys.executable).parent / "omnixan-lb"
 
 async def status(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(str(EXE), "status", *args, stdout=pipe, stderr=pipe,
-                                                env={**os.environ, **(env or {})})  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        str(EXE), "status", *args, stdout=pipe, stderr=pipe, env={**os.environ, **(env or {})}
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 20)
     return await proc.wait(), out.decode(), err.decode()
 
@@ -59,9 +60,19 @@ async def test_table_json_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 async def test_watch_redraws_until_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async with live_server(tmp_path, monkeypatch, [SlowBackend("a")]) as live:
-        proc = await asyncio.create_subprocess_exec(str(EXE), "status", "--admin", live.admin, "--token", TOKEN,
-                                                    "--watch", "--interval", "0.05", stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            str(EXE),
+            "status",
+            "--admin",
+            live.admin,
+            "--token",
+            TOKEN,
+            "--watch",
+            "--interval",
+            "0.05",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         assert proc.stdout is not None
         try:
             seen: list[str] = []

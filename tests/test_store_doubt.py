@@ -238,8 +238,10 @@ async def measure(seconds: float = 1.5, every: float = 0.001) -> str:
     n = len(waits)
     slow = sum(w >= 0.1 for w in waits)
     p50, p99, worst = (waits[n // 2] * 1e3, waits[int(n * 0.99)] * 1e3, waits[-1] * 1e3)
-    return (f"{n} calls in {seconds} s; waited >= 0.1 s: {slow}; p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-            f"max {worst:.1f} ms; errors {store.errors}")  # fmt: skip
+    return (
+        f"{n} calls in {seconds} s; waited >= 0.1 s: {slow}; p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {worst:.1f} ms; errors {store.errors}"
+    )
 
 
 if __name__ == "__main__":

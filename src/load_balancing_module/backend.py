@@ -28,15 +28,46 @@ class Backend(LatencyWindow):
     # 10,000 backends, most of a backend's state is out of the cache when it is picked): the
     # slot counts, the algorithm's fields (lb_*, latency_*) and the outcome counters.
     __slots__ = (
-        "in_flight", "limit", "rank", "base_rank", "tier", "effective_weight", "total",
-        "lb_owner", "lb_in", "lb_index", "lb_rank", "lb_key", "latency_cost", "latency_stamp", "latency_samples",
-        "successful", "breaker_quiet", "quantum", "score_ms", "score_samples", "lb_seq", "lb_group",
-        "failed", "breaker", "excluded", "removed", "id", "config", "host", "port", "priority", "key",
-        "joined_at", "health", "__weakref__",
-    )  # fmt: skip
+        "in_flight",
+        "limit",
+        "rank",
+        "base_rank",
+        "tier",
+        "effective_weight",
+        "total",
+        "lb_owner",
+        "lb_in",
+        "lb_index",
+        "lb_rank",
+        "lb_key",
+        "latency_cost",
+        "latency_stamp",
+        "latency_samples",
+        "successful",
+        "breaker_quiet",
+        "quantum",
+        "score_ms",
+        "score_samples",
+        "lb_seq",
+        "lb_group",
+        "failed",
+        "breaker",
+        "excluded",
+        "removed",
+        "id",
+        "config",
+        "host",
+        "port",
+        "priority",
+        "key",
+        "joined_at",
+        "health",
+        "__weakref__",
+    )
 
-    def __init__(self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker,
-                 *, now: float) -> None:  # fmt: skip
+    def __init__(
+        self, backend_id: str, config: BackendConfig, breaker: CircuitBreaker, health: HealthTracker, *, now: float
+    ) -> None:
         # In the order of __slots__ (the compiled build lays the fields out in this order,
         # after LatencyWindow's).
         super().__init__()

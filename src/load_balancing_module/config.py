@@ -45,8 +45,10 @@ def check_host(value: str) -> str:
         if not label:
             raise ValueError(f"{value!r} has an empty label (two dots, or a dot at an end)")
         if not _LABEL.fullmatch(label):
-            raise ValueError(f"{value[:80]!r} is not an IP address or a host name (labels of 1 to 63 letters, "
-                             "digits and inner hyphens)")  # fmt: skip
+            raise ValueError(
+                f"{value[:80]!r} is not an IP address or a host name (labels of 1 to 63 letters, "
+                "digits and inner hyphens)"
+            )
     return value
 
 
@@ -72,8 +74,9 @@ def _check_json(value: Any, depth: int) -> None:
         if not math.isfinite(value):
             raise ValueError("numbers must be finite")
     elif value is not None and not isinstance(value, (str, int, bool)):
-        raise ValueError(f"values must be JSON (string, number, boolean, null, list, object), "
-                         f"not {type(value).__name__}")  # fmt: skip
+        raise ValueError(
+            f"values must be JSON (string, number, boolean, null, list, object), not {type(value).__name__}"
+        )
 
 
 class BackendConfig(_Model):

@@ -56,11 +56,16 @@ class LoadBalancerCollector(Collector):
         yield from self._totals()
 
     def _requests(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("omnixan_lb_requests", "Client requests answered, by backend and status class.",
-                                       labels=["backend", "code_class"])  # fmt: skip
-        duration = HistogramMetricFamily("omnixan_lb_request_duration_seconds",
-                                         "Time from a client request to the end of its answer.",
-                                         labels=["backend", "code_class"])  # fmt: skip
+        requests = CounterMetricFamily(
+            "omnixan_lb_requests",
+            "Client requests answered, by backend and status class.",
+            labels=["backend", "code_class"],
+        )
+        duration = HistogramMetricFamily(
+            "omnixan_lb_request_duration_seconds",
+            "Time from a client request to the end of its answer.",
+            labels=["backend", "code_class"],
+        )
         for backend_id, code_class, counts, total_seconds in self.module.request_stats.series():
             labels = [backend_id, code_class]
             cumulative = 0
@@ -77,21 +82,28 @@ class LoadBalancerCollector(Collector):
         lb = self.module
         now = lb.clock.monotonic()
         draining = lb.draining
-        completed = CounterMetricFamily("omnixan_lb_completed_requests",
-                                        "Tries completed on a backend, by outcome (what the breaker counts).",
-                                        labels=["backend", "outcome"])  # fmt: skip
+        completed = CounterMetricFamily(
+            "omnixan_lb_completed_requests",
+            "Tries completed on a backend, by outcome (what the breaker counts).",
+            labels=["backend", "outcome"],
+        )
         routed = CounterMetricFamily("omnixan_lb_routed_requests", "Tries routed, by backend.", labels=["backend"])
         active = GaugeMetricFamily("omnixan_lb_active_connections", "Requests in flight.", labels=["backend"])
         up = GaugeMetricFamily("omnixan_lb_backend_up", "1 unless the backend is UNHEALTHY.", labels=["backend"])
-        health = GaugeMetricFamily("omnixan_lb_backend_health", "1 for the backend's health state.",
-                                   labels=["backend", "state"])  # fmt: skip
-        circuit = GaugeMetricFamily("omnixan_lb_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open.",
-                                    labels=["backend"])  # fmt: skip
-        drain = GaugeMetricFamily("omnixan_lb_backend_draining", "1 while the backend is being drained.",
-                                  labels=["backend"])  # fmt: skip
-        quantiles = GaugeMetricFamily("omnixan_lb_backend_recent_latency_seconds",
-                                      "Latency percentiles of the backend's recent completions (last 60 s).",
-                                      labels=["backend", "quantile"])  # fmt: skip
+        health = GaugeMetricFamily(
+            "omnixan_lb_backend_health", "1 for the backend's health state.", labels=["backend", "state"]
+        )
+        circuit = GaugeMetricFamily(
+            "omnixan_lb_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open.", labels=["backend"]
+        )
+        drain = GaugeMetricFamily(
+            "omnixan_lb_backend_draining", "1 while the backend is being drained.", labels=["backend"]
+        )
+        quantiles = GaugeMetricFamily(
+            "omnixan_lb_backend_recent_latency_seconds",
+            "Latency percentiles of the backend's recent completions (last 60 s).",
+            labels=["backend", "quantile"],
+        )
         for b in list(lb.backends.values()):
             labels = [b.id]
             completed.add_metric([b.id, "success"], b.successful)
@@ -126,9 +138,11 @@ class LoadBalancerCollector(Collector):
             yield CounterMetricFamily(name, text, value=counts[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
-        yield CounterMetricFamily("omnixan_lb_sessions_evicted",
-                                  "Live sticky sessions evicted to keep the session store within max_sessions.",
-                                  value=lb.store.evicted_sessions)  # fmt: skip
+        yield CounterMetricFamily(
+            "omnixan_lb_sessions_evicted",
+            "Live sticky sessions evicted to keep the session store within max_sessions.",
+            value=lb.store.evicted_sessions,
+        )
         yield from self._store()
 
     def _store(self) -> Iterator[Metric]:
@@ -136,13 +150,17 @@ class LoadBalancerCollector(Collector):
         errors, fallbacks, available = (getattr(store, name, None) for name in ("errors", "fallbacks", "available"))
         if not isinstance(errors, int) or not isinstance(fallbacks, int) or not isinstance(available, bool):
             return  # the in-memory store cannot fail
-        yield CounterMetricFamily("omnixan_lb_state_store_errors", "Calls to the shared state store that failed.",
-                                  value=errors)  # fmt: skip
-        yield CounterMetricFamily("omnixan_lb_state_store_fallbacks",
-                                  "State operations answered by the fail-open policy (down, in doubt or backing off).",
-                                  value=fallbacks)  # fmt: skip
-        yield GaugeMetricFamily("omnixan_lb_state_store_up", "1 while the shared state store answers.",
-                                value=1 if available else 0)  # fmt: skip
+        yield CounterMetricFamily(
+            "omnixan_lb_state_store_errors", "Calls to the shared state store that failed.", value=errors
+        )
+        yield CounterMetricFamily(
+            "omnixan_lb_state_store_fallbacks",
+            "State operations answered by the fail-open policy (down, in doubt or backing off).",
+            value=fallbacks,
+        )
+        yield GaugeMetricFamily(
+            "omnixan_lb_state_store_up", "1 while the shared state store answers.", value=1 if available else 0
+        )
 
 
 def register_metrics(module: LoadBalancingModule, registry: CollectorRegistry | None = None) -> LoadBalancerCollector:

@@ -43,10 +43,13 @@ from .router import Router
 from .slow_start import SlowStart
 from .state import MemoryStore, StateStore
 from .stats import RequestStats
-from .views import describe
+from .views import describe, load_distribution
 
 T = TypeVar("T")
 BackendID = str
+
+# What the module counts (``counts()``; the metrics collector exports them).
+COUNTERS = ("rate_limited", "ddos_blocked", "retries", "queue_timeouts", "unavailable", "probes_not_run")
 
 
 class LoadBalancingModule:
@@ -78,8 +81,7 @@ class LoadBalancingModule:
         self._rid_prefix = f"{self.rng.getrandbits(32):08x}"
         self._rid_seq = 0
         self.total_requests = 0
-        self.counters = {"rate_limited": 0, "ddos_blocked": 0, "retries": 0, "queue_timeouts": 0, "unavailable": 0,
-                         "probes_not_run": 0}  # fmt: skip
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.request_stats = RequestStats()  # answered requests by status class: filled by the proxy
         # The concerns the facade owns, each built with what it needs of the module.
         self._limiter = RateLimiter(self.store, self.config.rate_limit, self.counters)
@@ -136,8 +138,9 @@ class LoadBalancingModule:
         await self.initialize()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:  # fmt: skip
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.shutdown()
 
     # -- backends --------------------------------------------------------------
@@ -154,8 +157,14 @@ class LoadBalancingModule:
         self._slow_start.begin(runtime, now)
         self.router.add(runtime)
         self._health.start(runtime)
-        log_event("backend_added", backend_id=backend_id, address=config.address, weight=config.weight,
-                  priority=config.priority, quantum_capable=config.quantum_capable)  # fmt: skip
+        log_event(
+            "backend_added",
+            backend_id=backend_id,
+            address=config.address,
+            weight=config.weight,
+            priority=config.priority,
+            quantum_capable=config.quantum_capable,
+        )
         return backend_id
 
     async def remove_backend(self, backend_id: BackendID) -> None:
@@ -232,8 +241,9 @@ class LoadBalancingModule:
             router.take(backend)
         return self._result(request, backend, started, 1)
 
-    async def route_retry(self, request: Request, tried: Sequence[Backend], *, attempt: int,
-                          started: float | None = None) -> RouteResult:  # fmt: skip
+    async def route_retry(
+        self, request: Request, tried: Sequence[Backend], *, attempt: int, started: float | None = None
+    ) -> RouteResult:
         """Route a retry of ``request`` to a backend not in ``tried`` (the ``backend`` of
         earlier results). No rate limit: the client made one request. ``started`` is when
         the whole request began, for the queue's timeout."""
@@ -242,8 +252,14 @@ class LoadBalancingModule:
             self.router.run_timers(now)
         return await self._route(request, now if started is None else started, tuple(tried), attempt)
 
-    async def _route(self, request: Request, started: float, exclude: tuple[Backend, ...],
-                     attempt: int = 1, prefer: str | None = None) -> RouteResult:  # fmt: skip
+    async def _route(
+        self,
+        request: Request,
+        started: float,
+        exclude: tuple[Backend, ...],
+        attempt: int = 1,
+        prefer: str | None = None,
+    ) -> RouteResult:
         """Route with sticky sessions, a preferred backend and retry exclusions (the general path)."""
         router = self.router
         session_id = request.session_id if self._sticky else None
@@ -274,8 +290,7 @@ class LoadBalancingModule:
         self._rid_seq += 1
         kind = self.router.kind
         latency_ms = (now - started) * 1000.0
-        return RouteResult(backend, kind, request.request_id, latency_ms, attempt, now, self._rid_prefix,
-                           self._rid_seq)  # fmt: skip
+        return RouteResult(backend, kind, request.request_id, latency_ms, attempt, now, self._rid_prefix, self._rid_seq)
 
     async def _wait_for_slot(self, request: Request, exclude: tuple[Backend, ...], started: float) -> Backend:
         try:
@@ -380,8 +395,8 @@ class LoadBalancingModule:
     # -- breakers ------------------------------------------------------------------
 
     def _on_circuit_change(self, backend: Backend, old: CircuitState, new: CircuitState) -> None:
-        log_event("circuit_state_changed", logging.WARNING if new is CircuitState.OPEN else logging.INFO,
-                  backend_id=backend.id, old=old.value, new=new.value)  # fmt: skip
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        log_event("circuit_state_changed", level, backend_id=backend.id, old=old.value, new=new.value)
         backend.breaker_quiet = backend.breaker.quiet
         retry_at = backend.breaker.retry_at
         if retry_at is not None:
@@ -412,21 +427,7 @@ class LoadBalancingModule:
 
     async def get_load_distribution(self) -> LoadDistribution:
         """A snapshot of every backend's load, health and latency. No I/O on the memory store."""
-        now = self.clock.monotonic()
-        if now >= self.router.next_timer:
-            self.router.run_timers(now)
-        total = self.total_requests
-        backends = {b.id: describe(b, now, total) for b in self.router.members()}
-        return LoadDistribution(
-            total_requests=total,
-            # Completions per second over the last 10 s, summed from the backends' windows.
-            requests_per_second=sum(b["requests_per_second"] for b in backends.values()),
-            algorithm=self.router.factory.kind,
-            timestamp=self.clock.time(),
-            active_sessions=await self.store.session_count(),
-            queued_requests=self.router.queued,
-            backends=backends,
-        )
+        return await load_distribution(self.router, self.store, self.clock, self.total_requests)
 
     def describe_backend(self, backend_id: BackendID) -> dict[str, Any]:
         """One backend as :meth:`get_load_distribution` describes it; :class:`BackendNotFoundError` if unknown."""

@@ -21,12 +21,29 @@ class RouteResult:
     backend as it can (with 10,000 backends, most of them are out of the cache).
     """
 
-    __slots__ = ("backend", "algorithm", "latency_ms", "attempt", "started_at", "completed", "_request_id",
-                 "_prefix", "_seq")  # fmt: skip
+    __slots__ = (
+        "backend",
+        "algorithm",
+        "latency_ms",
+        "attempt",
+        "started_at",
+        "completed",
+        "_request_id",
+        "_prefix",
+        "_seq",
+    )
 
-    def __init__(self, backend: Backend, algorithm: LoadBalancingAlgorithmType, request_id: str | None,
-                 latency_ms: float, attempt: int = 1, started_at: float = 0.0, prefix: str = "",
-                 seq: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: Backend,
+        algorithm: LoadBalancingAlgorithmType,
+        request_id: str | None,
+        latency_ms: float,
+        attempt: int = 1,
+        started_at: float = 0.0,
+        prefix: str = "",
+        seq: int = 0,
+    ) -> None:
         self.backend = backend
         self.algorithm = algorithm
         self._request_id = request_id
@@ -67,6 +84,8 @@ class RouteResult:
         }
 
     def __repr__(self) -> str:
-        return (f"RouteResult(backend_id={self.backend_id!r}, host={self.host!r}, port={self.port}, "
-                f"algorithm={self.algorithm.value!r}, request_id={self.request_id!r}, "
-                f"latency_ms={self.latency_ms:.3f}, attempt={self.attempt})")  # fmt: skip
+        return (
+            f"RouteResult(backend_id={self.backend_id!r}, host={self.host!r}, port={self.port}, "
+            f"algorithm={self.algorithm.value!r}, request_id={self.request_id!r}, "
+            f"latency_ms={self.latency_ms:.3f}, attempt={self.attempt})"
+        )

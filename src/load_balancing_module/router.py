@@ -255,8 +255,9 @@ class Router:
     async def wait(self, request: Request, exclude: Sequence[Backend], timeout: float) -> Backend:
         """Wait in FIFO order for a slot; the slot is already taken when this returns."""
         if len(self.waiters) >= self.max_queue_size:
-            raise BackendUnavailableError(f"every backend is at max_connections and the queue is full "
-                                          f"({self.max_queue_size} waiting)")  # fmt: skip
+            raise BackendUnavailableError(
+                f"every backend is at max_connections and the queue is full ({self.max_queue_size} waiting)"
+            )
         future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(request, exclude, future)
         self.waiters.append(waiter)
@@ -265,8 +266,9 @@ class Router:
         except (TimeoutError, asyncio.TimeoutError):
             if future.done() and not future.cancelled():
                 return future.result()  # the slot arrived as the timer fired
-            raise RequestTimeoutError(f"no backend slot became free within {timeout:g} s "
-                                      "(every backend is at max_connections)") from None  # fmt: skip
+            raise RequestTimeoutError(
+                f"no backend slot became free within {timeout:g} s (every backend is at max_connections)"
+            ) from None
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release(future.result())  # handed a slot just as we were cancelled

@@ -90,8 +90,16 @@ class LatencyWindow:
 class WindowSummary:
     __slots__ = ("samples", "avg_ms", "p50_ms", "p95_ms", "p99_ms", "error_rate", "per_second")
 
-    def __init__(self, samples: int, avg_ms: float, p50_ms: float, p95_ms: float, p99_ms: float,
-                 error_rate: float, per_second: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        samples: int,
+        avg_ms: float,
+        p50_ms: float,
+        p95_ms: float,
+        p99_ms: float,
+        error_rate: float,
+        per_second: float,
+    ) -> None:
         self.per_second = per_second
         self.samples = samples
         self.avg_ms = avg_ms

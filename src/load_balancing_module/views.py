@@ -1,11 +1,35 @@
-"""How the module describes a backend: the dict of :class:`~.models.LoadDistribution`'s ``backends``
-and of ``LoadBalancingModule.describe_backend``."""
+"""How the module describes its backends: :class:`~.models.LoadDistribution`, and the dict of each
+backend in it and in ``LoadBalancingModule.describe_backend``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import Backend
+from .models import LoadDistribution
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .router import Router
+    from .state.base import StateStore
+
+
+async def load_distribution(router: Router, store: StateStore, clock: Clock, total: int) -> LoadDistribution:
+    """A snapshot of every backend's load, health and latency; ``total``: requests routed."""
+    now = clock.monotonic()
+    if now >= router.next_timer:
+        router.run_timers(now)
+    backends = {b.id: describe(b, now, total) for b in router.members()}
+    return LoadDistribution(
+        total_requests=total,
+        # Completions per second over the last 10 s, summed from the backends' windows.
+        requests_per_second=sum(b["requests_per_second"] for b in backends.values()),
+        algorithm=router.factory.kind,
+        timestamp=clock.time(),
+        active_sessions=await store.session_count(),
+        queued_requests=router.queued,
+        backends=backends,
+    )
 
 
 def describe(b: Backend, now: float, total: int) -> dict[str, Any]:

@@ -29,8 +29,7 @@ def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithm
         raise AlgorithmError(f"{kind.value}: config 'choice_count' must be {allowed}")
 
 
-def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None,
-              cost: Cost) -> Backend | None:  # fmt: skip
+def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None, cost: Cost) -> Backend | None:
     """The pick of a sampling algorithm: the best of ``k`` drawn members, else of all."""
     chosen = best_of(members, k, rng, want, cost) if len(members) > k else None
     return chosen if chosen is not None else cheapest(members, want, cost)

@@ -119,15 +119,28 @@ class Algorithm(ABC):
     def pick(self, request: Request, klass: int | None) -> Backend | None: ...
 
 
-def number(settings: Mapping[str, Any], key: str, kind: LoadBalancingAlgorithmType, *, minimum: float,
-           maximum: float | None = None, allow_none: bool = False, integer: bool = False) -> None:  # fmt: skip
+def number(
+    settings: Mapping[str, Any],
+    key: str,
+    kind: LoadBalancingAlgorithmType,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    allow_none: bool = False,
+    integer: bool = False,
+) -> None:
     """Check that ``settings[key]`` is a number >= ``minimum`` (and <= ``maximum``)."""
     value = settings[key]
     if value is None and allow_none:
         return
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if (isinstance(value, bool) or not ok_type or not math.isfinite(value) or value < minimum
-            or (maximum is not None and value > maximum)):  # fmt: skip
+    if (
+        isinstance(value, bool)
+        or not ok_type
+        or not math.isfinite(value)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         what = "an integer" if integer else "a number"
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         bound += "" if integer else " (finite)"

@@ -85,8 +85,9 @@ class LeastLatency(Algorithm):
             self._heap.set(claim(backend, self), backend.rank, self.cost_key(backend))
 
     def observe(self, backend: Backend, latency_ms: float, now: float) -> None:
-        backend.latency_cost = peak_ewma(backend.latency_cost, backend.latency_stamp, backend.latency_samples,
-                                         self._tau, latency_ms, now)  # fmt: skip
+        backend.latency_cost = peak_ewma(
+            backend.latency_cost, backend.latency_stamp, backend.latency_samples, self._tau, latency_ms, now
+        )
         backend.latency_stamp = now
         backend.latency_samples += 1
 

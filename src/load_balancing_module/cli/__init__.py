@@ -26,19 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and exit (0 valid, 2 invalid)")
     serve = sub.add_parser("serve", help="run the reverse proxy")
     for command in (check, serve):
-        command.add_argument("--config", "-c", default=os.environ.get("OMNIXAN_LB_CONFIG"),
-                             help="config file (YAML or TOML); default $OMNIXAN_LB_CONFIG")  # fmt: skip
+        command.add_argument(
+            "--config",
+            "-c",
+            default=os.environ.get("OMNIXAN_LB_CONFIG"),
+            help="config file (YAML or TOML); default $OMNIXAN_LB_CONFIG",
+        )
     status = sub.add_parser("status", help="show the live backend table of a running server's admin API")
-    status.add_argument("--admin", default=os.environ.get("OMNIXAN_LB_ADMIN", "http://127.0.0.1:9090"),
-                        help="admin listener URL; default $OMNIXAN_LB_ADMIN or http://127.0.0.1:9090")  # fmt: skip
-    status.add_argument("--token", default=os.environ.get("OMNIXAN_ADMIN_TOKEN"),
-                        help="admin bearer token; default $OMNIXAN_ADMIN_TOKEN")  # fmt: skip
+    status.add_argument(
+        "--admin",
+        default=os.environ.get("OMNIXAN_LB_ADMIN", "http://127.0.0.1:9090"),
+        help="admin listener URL; default $OMNIXAN_LB_ADMIN or http://127.0.0.1:9090",
+    )
+    status.add_argument(
+        "--token",
+        default=os.environ.get("OMNIXAN_ADMIN_TOKEN"),
+        help="admin bearer token; default $OMNIXAN_ADMIN_TOKEN",
+    )
     mode = status.add_mutually_exclusive_group()
     mode.add_argument("--watch", "-w", action="store_true", help="redraw until Ctrl-C")
     mode.add_argument("--json", action="store_true", help="print the load distribution as JSON")
     status.add_argument("--interval", type=float, default=1.0, help="seconds between redraws with --watch")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                       help="log level (logs are JSON lines on stderr)")  # fmt: skip
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (logs are JSON lines on stderr)",
+    )
     return parser
 
 
@@ -68,9 +82,11 @@ def check(path: str | None) -> int:
         print(problem, file=sys.stderr)
         return 2
     if config.admin.open_to_network(token):
-        print(f"warning: admin.listen: {config.admin.listen} serves the admin API to other hosts without a "
-              "token (admin.allow_unauthenticated: true): whoever reaches it controls the balancer",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: admin.listen: {config.admin.listen} serves the admin API to other hosts without a "
+            "token (admin.allow_unauthenticated: true): whoever reaches it controls the balancer",
+            file=sys.stderr,
+        )
     print(f"{path}: ok ({len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value})")
     return 0
 

@@ -65,8 +65,9 @@ async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def _traffic(lb: LoadBalancingModule, session: aiohttp.ClientSession, count: int,
-                   concurrency: int) -> tuple[int, int]:  # fmt: skip
+async def _traffic(
+    lb: LoadBalancingModule, session: aiohttp.ClientSession, count: int, concurrency: int
+) -> tuple[int, int]:
     """Send ``count`` real GETs through ``lb.call``; return (ok, failed)."""
     ok = failed = 0
     rng = random.Random(1)
@@ -93,12 +94,16 @@ async def _traffic(lb: LoadBalancingModule, session: aiohttp.ClientSession, coun
 async def _print_distribution(lb: LoadBalancingModule, names: dict[str, str]) -> None:
     dist = await lb.get_load_distribution()
     print(f"  algorithm={dist.algorithm.value}  total_requests={dist.total_requests}")
-    print(f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'ok':>6} "
-          f"{'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'share':>6}")  # fmt: skip
+    print(
+        f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'ok':>6} "
+        f"{'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'share':>6}"
+    )
     for backend_id, b in dist.backends.items():
-        print(f"  {names[backend_id]:<8} {backend_id:<17} {b['health_status']:<10} {b['circuit_state']:<9} "
-              f"{b['total_requests']:>8} {b['successful_requests']:>6} {b['failed_requests']:>6} "
-              f"{b['p50_latency_ms']:>7.1f} {b['p99_latency_ms']:>7.1f} {b['load_fraction']:>6.1%}")  # fmt: skip
+        print(
+            f"  {names[backend_id]:<8} {backend_id:<17} {b['health_status']:<10} {b['circuit_state']:<9} "
+            f"{b['total_requests']:>8} {b['successful_requests']:>6} {b['failed_requests']:>6} "
+            f"{b['p50_latency_ms']:>7.1f} {b['p99_latency_ms']:>7.1f} {b['load_fraction']:>6.1%}"
+        )
 
 
 async def run_demo(requests_per_phase: int = 300) -> int:
@@ -106,12 +111,15 @@ async def run_demo(requests_per_phase: int = 300) -> int:
     for backend in backends:
         await backend.start()
     config = LoadBalancingModuleConfig(
-        health_check=HealthCheckConfig(type="http", path="/health", interval=0.5, timeout=0.5,
-                                       unhealthy_threshold=2, healthy_threshold=2),
-        max_retries=2, retry_backoff_base=0.01, retry_backoff_max=0.1,
+        health_check=HealthCheckConfig(
+            type="http", path="/health", interval=0.5, timeout=0.5, unhealthy_threshold=2, healthy_threshold=2
+        ),
+        max_retries=2,
+        retry_backoff_base=0.01,
+        retry_backoff_max=0.1,
         # All 8 requests in flight on a backend that dies may need a retry at once.
         retry_budget_min_concurrency=8,
-    )  # fmt: skip
+    )
     names: dict[str, str] = {}
     started = time.monotonic()
     try:

@@ -32,8 +32,9 @@ class Tally:
     failed: int = 0
 
 
-async def _traffic(port: int, seconds: float, label: str, headers: dict[str, str], tally: Tally,
-                   concurrency: int = 16) -> None:  # fmt: skip
+async def _traffic(
+    port: int, seconds: float, label: str, headers: dict[str, str], tally: Tally, concurrency: int = 16
+) -> None:
     """Keep ``concurrency`` requests going through the proxy for ``seconds``, with a progress line."""
     started = time.monotonic()
     deadline = started + seconds
@@ -64,34 +65,55 @@ async def _traffic(port: int, seconds: float, label: str, headers: dict[str, str
 
 
 async def run_demo(output: Path) -> int:
-    backends = [DemoBackend("fast", 0.002), DemoBackend("medium", 0.010), DemoBackend("slow", 0.040),
-                DemoBackend("quantum", 0.015, quantum=True)]  # fmt: skip
+    backends = [
+        DemoBackend("fast", 0.002),
+        DemoBackend("medium", 0.010),
+        DemoBackend("slow", 0.040),
+        DemoBackend("quantum", 0.015, quantum=True),
+    ]
     for backend in backends:
         await backend.start()
     names = {f"127.0.0.1:{b.port}": b.name for b in backends}
     with tempfile.TemporaryDirectory(prefix="omnixan-demo-") as tmp:
         path = Path(tmp) / "demo.yaml"
-        lines = ['listen: "127.0.0.1:0"', 'admin: {listen: "127.0.0.1:0", token_env: null}',
-                 "algorithm: least_latency", "access_log: false", "max_retries: 2",
-                 "retry_budget_min_concurrency: 16",
-                 "health_check: {type: http, path: /health, interval: 0.5, timeout: 0.5, unhealthy_threshold: 2}",
-                 "backends:"]  # fmt: skip
-        lines += [f"  - {{host: 127.0.0.1, port: {b.port}, quantum_capable: {str(b.quantum).lower()}}}"
-                  for b in backends]  # fmt: skip
+        lines = [
+            'listen: "127.0.0.1:0"',
+            'admin: {listen: "127.0.0.1:0", token_env: null}',
+            "algorithm: least_latency",
+            "access_log: false",
+            "max_retries: 2",
+            "retry_budget_min_concurrency: 16",
+            "health_check: {type: http, path: /health, interval: 0.5, timeout: 0.5, unhealthy_threshold: 2}",
+            "backends:",
+        ]
+        lines += [
+            f"  - {{host: 127.0.0.1, port: {b.port}, quantum_capable: {str(b.quantum).lower()}}}" for b in backends
+        ]
         path.write_text("\n".join(lines) + "\n")
         server = Server(path, load_config(path))
         await server.start()
         try:
             admin = f"http://127.0.0.1:{server.admin.port}"
-            print(f"Proxy on http://127.0.0.1:{server.proxy.port}/; while it runs, the dashboard is on {admin}/ "
-                  f"and the metrics on {admin}/metrics")  # fmt: skip
-            print("Backends: " + ", ".join(f"{b.name} :{b.port} ({b.delay * 1000:g} ms"
-                                            f"{', quantum' if b.quantum else ''})" for b in backends))  # fmt: skip
+            print(
+                f"Proxy on http://127.0.0.1:{server.proxy.port}/; while it runs, the dashboard is on {admin}/ "
+                f"and the metrics on {admin}/metrics"
+            )
+            print(
+                "Backends: "
+                + ", ".join(
+                    f"{b.name} :{b.port} ({b.delay * 1000:g} ms{', quantum' if b.quantum else ''})" for b in backends
+                )
+            )
             tally = Tally()
             await _traffic(server.proxy.port, 2.0, "least_latency, classical", {}, tally)
             await server.lb.configure_algorithm(LoadBalancingAlgorithmType.QUANTUM_AWARE.value)
-            await _traffic(server.proxy.port, 1.5, "quantum_aware, quantum workloads",
-                           {"X-Workload-Type": "quantum_simulation"}, tally)  # fmt: skip
+            await _traffic(
+                server.proxy.port,
+                1.5,
+                "quantum_aware, quantum workloads",
+                {"X-Workload-Type": "quantum_simulation"},
+                tally,
+            )
             await server.lb.configure_algorithm(LoadBalancingAlgorithmType.LEAST_LATENCY.value)
             stop = asyncio.create_task(_stop_later(backends[0], 0.5))
             await _traffic(server.proxy.port, 2.0, "least_latency, 'fast' stops at 0.5 s", {}, tally)
@@ -102,14 +124,22 @@ async def run_demo(output: Path) -> int:
             for backend in backends:
                 await backend.stop()
     print(f"\n{tally.ok} requests answered, {tally.failed} failed; proxy retries: {server.lb.counts()['retries']}\n")
-    print(f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'failed':>6} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'share':>6}")  # fmt: skip
+    print(
+        f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'failed':>6} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'share':>6}"
+    )
     for backend_id, b in dist.backends.items():
-        print(f"  {names[backend_id]:<8} {backend_id:<17} {b['health_status']:<10} {b['circuit_state']:<9} "
-              f"{b['total_requests']:>8} {b['failed_requests']:>6} {b['p50_latency_ms']:>7.1f} "
-              f"{b['p99_latency_ms']:>7.1f} {b['load_fraction']:>6.1%}")  # fmt: skip
-    chart = bar_chart(output, [names[i] for i in dist.backends], [b["total_requests"] for b in dist.backends.values()],
-                      "requests per backend")  # fmt: skip
+        print(
+            f"  {names[backend_id]:<8} {backend_id:<17} {b['health_status']:<10} {b['circuit_state']:<9} "
+            f"{b['total_requests']:>8} {b['failed_requests']:>6} {b['p50_latency_ms']:>7.1f} "
+            f"{b['p99_latency_ms']:>7.1f} {b['load_fraction']:>6.1%}"
+        )
+    chart = bar_chart(
+        output,
+        [names[i] for i in dist.backends],
+        [b["total_requests"] for b in dist.backends.values()],
+        "requests per backend",
+    )
     print(f"\nChart of the distribution: {chart.resolve()}")
     return 0
 

@@ -70,9 +70,18 @@ def build_table(distribution: dict[str, Any], source: str) -> Table:
         caption=f"{distribution.get('algorithm')} · {_number(distribution.get('requests_per_second'), 1)} req/s · "
         f"{distribution.get('total_requests')} routed · {distribution.get('queued_requests', 0)} queued · {when}",
     )
-    for name, justify in (("Backend", "left"), ("Host", "left"), ("Weight", "right"), ("Priority", "right"),
-                          ("Health", "left"), ("Circuit", "left"), ("Active", "right"), ("Req/s", "right"),
-                          ("Errors", "right"), ("p99", "right")):  # fmt: skip
+    for name, justify in (
+        ("Backend", "left"),
+        ("Host", "left"),
+        ("Weight", "right"),
+        ("Priority", "right"),
+        ("Health", "left"),
+        ("Circuit", "left"),
+        ("Active", "right"),
+        ("Req/s", "right"),
+        ("Errors", "right"),
+        ("p99", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for b in backends:
         health = "draining" if b.get("draining") else str(b.get("health_status"))
@@ -115,8 +124,7 @@ def run(admin: str, token: str | None, *, watch: bool = False, as_json: bool = F
     try:
         console = _console()
     except ImportError:
-        print("omnixan-lb status: the table needs rich: pip install rich (or use --json)",
-              file=sys.stderr)  # fmt: skip
+        print("omnixan-lb status: the table needs rich: pip install rich (or use --json)", file=sys.stderr)
         return 2
     try:
         if not watch:

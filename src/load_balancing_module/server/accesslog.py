@@ -70,16 +70,28 @@ class AccessLog:
             self._stamp = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
         return self._stamp + "." + str(int((now - second) * 1000.0) + 1000)[1:] + "Z"
 
-    def emit(self, *, request_id: str | None, client_ip: str | None, method: str | None, path: str | None,
-             status: int, backend_id: str | None, attempts: int, upstream_ms: float | None,
-             total_ms: float) -> None:  # fmt: skip
+    def emit(
+        self,
+        *,
+        request_id: str | None,
+        client_ip: str | None,
+        method: str | None,
+        path: str | None,
+        status: int,
+        backend_id: str | None,
+        attempts: int,
+        upstream_ms: float | None,
+        total_ms: float,
+    ) -> None:
         time = self._time()
         # Formatted by hand (the same JSON as json.dumps gives, a fraction of the cost); strings escaped.
         # The method (an HTTP token) and the client IP (an address) have nothing to escape.
-        line = (f'{{"time":"{time}","request_id":{_string(request_id)},"client_ip":{_plain(client_ip)},'
-                f'"method":{_plain(method)},"path":{_string(path)},"status":{status},'
-                f'"backend_id":{_string(backend_id)},"attempts":{attempts},"upstream_ms":{_millis(upstream_ms)},'
-                f'"total_ms":{_millis(total_ms)}}}')  # fmt: skip
+        line = (
+            f'{{"time":"{time}","request_id":{_string(request_id)},"client_ip":{_plain(client_ip)},'
+            f'"method":{_plain(method)},"path":{_string(path)},"status":{status},'
+            f'"backend_id":{_string(backend_id)},"attempts":{attempts},"upstream_ms":{_millis(upstream_ms)},'
+            f'"total_ms":{_millis(total_ms)}}}'
+        )
         sink = self._sink
         if sink is not None:
             sink.lines.append(line)
@@ -87,12 +99,21 @@ class AccessLog:
             if sink.size >= sink.buffer_bytes:
                 sink.flush()
             return
-        fields: dict[str, Any] = {"time": time, "request_id": request_id, "client_ip": client_ip, "method": method,
-                                  "path": path, "status": status, "backend_id": backend_id, "attempts": attempts,
-                                  "upstream_ms": None if upstream_ms is None else round(upstream_ms, 3),
-                                  "total_ms": round(total_ms, 3)}  # fmt: skip
+        fields: dict[str, Any] = {
+            "time": time,
+            "request_id": request_id,
+            "client_ip": client_ip,
+            "method": method,
+            "path": path,
+            "status": status,
+            "backend_id": backend_id,
+            "attempts": attempts,
+            "upstream_ms": None if upstream_ms is None else round(upstream_ms, 3),
+            "total_ms": round(total_ms, 3),
+        }
         logger = self.logger
         # makeRecord + handle: what logger.info does, without looking up the caller's frame.
-        record = logger.makeRecord(logger.name, logging.INFO, "(access log)", 0, line, (), None,
-                                   extra={"access": fields})  # fmt: skip
+        record = logger.makeRecord(
+            logger.name, logging.INFO, "(access log)", 0, line, (), None, extra={"access": fields}
+        )
         logger.handle(record)

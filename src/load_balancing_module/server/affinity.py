@@ -53,7 +53,9 @@ class AffinityCookies:
             if len(self._lines) >= _CACHE_LIMIT:
                 self._lines.clear()
             line = b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (
-                AFFINITY_COOKIE, self.value(backend_id).encode())  # fmt: skip
+                AFFINITY_COOKIE,
+                self.value(backend_id).encode(),
+            )
             self._lines[backend_id] = line
         return line
 

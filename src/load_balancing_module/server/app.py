@@ -70,9 +70,13 @@ class Server:
             await self.lb.add_backend(backend)
         await self.proxy.start()
         await self.admin.start()
-        log_event("server_started", listen=f"{self.config.listen.rpartition(':')[0]}:{self.proxy.port}",
-                  admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
-                  backends=len(self.config.backends), algorithm=self.config.algorithm.algorithm_type.value)  # fmt: skip
+        log_event(
+            "server_started",
+            listen=f"{self.config.listen.rpartition(':')[0]}:{self.proxy.port}",
+            admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
+            backends=len(self.config.backends),
+            algorithm=self.config.algorithm.algorithm_type.value,
+        )
 
     async def reload(self) -> bool:
         """Re-read the file and apply what can change live; keep the old config if it is bad.

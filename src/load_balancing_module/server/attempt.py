@@ -29,8 +29,16 @@ class Failure:
 
     __slots__ = ("status", "message", "retry", "never_sent", "backend_fault", "stale")
 
-    def __init__(self, status: int, message: str, *, retry: bool = False, never_sent: bool = False,
-                 backend_fault: bool = True, stale: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry: bool = False,
+        never_sent: bool = False,
+        backend_fault: bool = True,
+        stale: bool = False,
+    ) -> None:
         self.status = status
         self.message = message
         self.retry = retry
@@ -51,8 +59,9 @@ def connect_failure(ctx: ProxyContext, route: RouteResult, exc: BaseException, t
         return Failure(503, f"the proxy cannot open a connection now ({exc.strerror})", backend_fault=False)
     if isinstance(exc, asyncio.TimeoutError):
         if timeout < ctx.connect_timeout:  # cut short by the request's deadline, not the backend's doing
-            return Failure(504, f"connecting to backend {route.backend_id} did not finish before the deadline",
-                           backend_fault=False)  # fmt: skip
+            return Failure(
+                504, f"connecting to backend {route.backend_id} did not finish before the deadline", backend_fault=False
+            )
         what = f"timed out after {timeout:g} s"
     else:
         what = f"failed ({getattr(exc, 'strerror', None) or exc})"

@@ -50,8 +50,12 @@ _WAIT: Final = 3
 _REQUEST_FIELDS = ("client_ip", "workload_type", "session_id", "request_id", "metadata")
 # What Request.model_construct does for these five fields, without its general field loop (a fifth of the
 # proxy's own time per request); model_construct itself if the model ever needs more than this.
-_FAST_REQUEST: Final = (tuple(Request.model_fields) == _REQUEST_FIELDS and not Request.__pydantic_post_init__
-                 and not Request.__pydantic_root_model__ and Request.model_config.get("extra") != "allow")  # fmt: skip
+_FAST_REQUEST: Final = (
+    tuple(Request.model_fields) == _REQUEST_FIELDS
+    and not Request.__pydantic_post_init__
+    and not Request.__pydantic_root_model__
+    and Request.model_config.get("extra") != "allow"
+)
 _set = object.__setattr__
 
 
@@ -59,11 +63,21 @@ def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None)
     """``Request.model_construct(...)`` of already validated values (metadata: a new empty dict)."""
     if not _FAST_REQUEST:
         # metadata is passed because pydantic inspects a default_factory's signature on every model_construct
-        return Request.model_construct(client_ip=client_ip, workload_type=workload, session_id=session_id,
-                                       request_id=None, metadata={})  # fmt: skip
+        return Request.model_construct(
+            client_ip=client_ip, workload_type=workload, session_id=session_id, request_id=None, metadata={}
+        )
     request = object.__new__(Request)
-    _set(request, "__dict__", {"client_ip": client_ip, "workload_type": workload, "session_id": session_id,
-                               "request_id": None, "metadata": {}})  # fmt: skip
+    _set(
+        request,
+        "__dict__",
+        {
+            "client_ip": client_ip,
+            "workload_type": workload,
+            "session_id": session_id,
+            "request_id": None,
+            "metadata": {},
+        },
+    )
     _set(request, "__pydantic_fields_set__", set(_REQUEST_FIELDS))
     _set(request, "__pydantic_extra__", None)
     _set(request, "__pydantic_private__", None)
@@ -250,8 +264,12 @@ class ClientConnection(ClientSide):
         # What routing reads of a request; the same for most requests on a connection, so it is kept
         # (routing never changes it). Its request_id is left out: the exchange carries the request's.
         request = self._request
-        if (request is None or self._request_ip != client_ip or self._request_workload is not info.workload
-                or self._request_session != session):  # fmt: skip
+        if (
+            request is None
+            or self._request_ip != client_ip
+            or self._request_workload is not info.workload
+            or self._request_session != session
+        ):
             request = self._request = _new_request(client_ip, info.workload, session)  # validated above
             # Its fields, as plain attributes: a pydantic model's are slower to read.
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session

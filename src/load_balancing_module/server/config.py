@@ -96,8 +96,9 @@ class AdminConfig(_Model):
             pass
         base = name.removeprefix("*.")
         if len(name) > 253 or not _dns_name(base):
-            raise ValueError(f"{value!r} is not a host name such as admin.example.com or *.example.com "
-                             "(no scheme, no port)")  # fmt: skip
+            raise ValueError(
+                f"{value!r} is not a host name such as admin.example.com or *.example.com (no scheme, no port)"
+            )
         if base != name and "." not in base:
             raise ValueError(f"{value!r} would match a whole top-level domain: name a domain of your own")
         return name

@@ -121,16 +121,40 @@ class ProxyContext:
         now = self.lb.clock.monotonic()
         if now - self._exhausted_logged_at >= 1.0:
             self._exhausted_logged_at = now
-            log_event("proxy_out_of_resources", logging.ERROR, where=where, error=exc.strerror or repr(exc),
-                      errno=exc.errno, count=self.exhausted[where])  # fmt: skip
+            log_event(
+                "proxy_out_of_resources",
+                logging.ERROR,
+                where=where,
+                error=exc.strerror or repr(exc),
+                errno=exc.errno,
+                count=self.exhausted[where],
+            )
 
-    def log(self, *, request_id: str | None, client_ip: str | None, method: bytes | None, target: bytes | None,
-            status: int, backend_id: str | None = None, attempts: int = 0, upstream_ms: float | None = None,
-            total_ms: float = 0.0) -> None:  # fmt: skip
+    def log(
+        self,
+        *,
+        request_id: str | None,
+        client_ip: str | None,
+        method: bytes | None,
+        target: bytes | None,
+        status: int,
+        backend_id: str | None = None,
+        attempts: int = 0,
+        upstream_ms: float | None = None,
+        total_ms: float = 0.0,
+    ) -> None:
         access = self.access
         if access is None or not access.enabled():
             return
         path = None if target is None else target.partition(b"?")[0].decode("latin-1")
-        access.emit(request_id=request_id, client_ip=client_ip, method=None if method is None else method.decode(),
-                    path=path, status=status, backend_id=backend_id, attempts=attempts, upstream_ms=upstream_ms,
-                    total_ms=total_ms)  # fmt: skip
+        access.emit(
+            request_id=request_id,
+            client_ip=client_ip,
+            method=None if method is None else method.decode(),
+            path=path,
+            status=status,
+            backend_id=backend_id,
+            attempts=attempts,
+            upstream_ms=upstream_ms,
+            total_ms=total_ms,
+        )

@@ -52,15 +52,18 @@ class BoundedLoader(yaml.SafeLoader):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
                 mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-                raise DocumentError(f"line {mark.line + 1}: more than {MAX_ALIASES} aliases (*name); "
-                                    "a config file needs few, and each costs as much as what it copies")  # fmt: skip
+                raise DocumentError(
+                    f"line {mark.line + 1}: more than {MAX_ALIASES} aliases (*name); "
+                    "a config file needs few, and each costs as much as what it copies"
+                )
             mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             node = super().compose_node(parent, index)
             if node is not None:
                 self._copied += self._size(node)
                 if self._copied > MAX_COPIED_NODES:
-                    raise DocumentError(f"line {mark.line + 1}: aliases copy more than {MAX_COPIED_NODES} nodes "
-                                        "in all (an alias bomb?)")  # fmt: skip
+                    raise DocumentError(
+                        f"line {mark.line + 1}: aliases copy more than {MAX_COPIED_NODES} nodes in all (an alias bomb?)"
+                    )
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:

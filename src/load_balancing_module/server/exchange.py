@@ -69,8 +69,9 @@ class Exchange(Relay):
     ) -> None:
         """``request_id``: the client's; when None, the proxy's, number ``rid_seq``; ``now``: the
         loop's time when the head was complete."""
-        super().__init__(conn, ctx, info, RequestHead(ctx, info, request_id, rid_seq), now + ctx.request_timeout,
-                         prefer, cookie)  # fmt: skip
+        super().__init__(
+            conn, ctx, info, RequestHead(ctx, info, request_id, rid_seq), now + ctx.request_timeout, prefer, cookie
+        )
         self.request = request
         self.started = now
         self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
@@ -259,8 +260,14 @@ class Exchange(Relay):
         self.budgeted = not failure.never_sent  # a backend may have done work: counted against the budget
         self.lb.begin_retry(budgeted=self.budgeted)
         route = self.route
-        log_event("proxy_retry", logging.DEBUG, request_id=self.request_id, retry=self.retries,
-                  failed_backend=None if route is None else route.backend_id, error=failure.message)  # fmt: skip
+        log_event(
+            "proxy_retry",
+            logging.DEBUG,
+            request_id=self.request_id,
+            retry=self.retries,
+            failed_backend=None if route is None else route.backend_id,
+            error=failure.message,
+        )
         self.phase = Phase.BACKOFF
         delay = min(self.lb.backoff(self.retries), max(0.0, self.deadline - self.loop.time()))
         self._spawn(self._retry_later(delay, failure))
@@ -437,11 +444,18 @@ class Exchange(Relay):
         if ctx.access is not None:  # building the log call's arguments costs: only when logging
             first = self.first_attempt_at
             end = self.upstream_end
-            ctx.log(request_id=self.request_id, client_ip=self.request.client_ip, method=self.info.method,
-                    target=self.info.target, status=self.status or 499,
-                    backend_id=None if route is None else route.backend_id, attempts=self.attempts,
-                    upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
-                    total_ms=(now - self.started) * 1000.0)  # fmt: skip
-        self.lb.request_stats.record("none" if route is None else route.backend_id, self.status or 499,
-                                     now - self.started)  # fmt: skip
+            ctx.log(
+                request_id=self.request_id,
+                client_ip=self.request.client_ip,
+                method=self.info.method,
+                target=self.info.target,
+                status=self.status or 499,
+                backend_id=None if route is None else route.backend_id,
+                attempts=self.attempts,
+                upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
+                total_ms=(now - self.started) * 1000.0,
+            )
+        self.lb.request_stats.record(
+            "none" if route is None else route.backend_id, self.status or 499, now - self.started
+        )
         self.conn.exchange_done(self, now)

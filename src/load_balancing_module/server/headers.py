@@ -35,14 +35,28 @@ SESSION_ID: Final = 11
 WORKLOAD: Final = 12
 COOKIE: Final = 13
 EXPECT: Final = 14
-_HOPS = {b"connection": CONNECTION, b"keep-alive": DROP, b"te": DROP, b"trailer": DROP,
-         b"transfer-encoding": TRANSFER_ENCODING, b"upgrade": UPGRADE}  # fmt: skip
+_HOPS = {
+    b"connection": CONNECTION,
+    b"keep-alive": DROP,
+    b"te": DROP,
+    b"trailer": DROP,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"upgrade": UPGRADE,
+}
 assert set(_HOPS) == HOP_BY_HOP
 REQUEST_ACTIONS = {
-    **_HOPS, b"content-length": CONTENT_LENGTH, b"host": HOST_HEADER, b"x-forwarded-for": FORWARDED_FOR,
-    b"x-forwarded-proto": FORWARDED_PROTO, b"x-forwarded-host": FORWARDED_HOST, b"x-request-id": REQUEST_ID,
-    b"x-session-id": SESSION_ID, b"x-workload-type": WORKLOAD, b"cookie": COOKIE, b"expect": EXPECT,
-}  # fmt: skip
+    **_HOPS,
+    b"content-length": CONTENT_LENGTH,
+    b"host": HOST_HEADER,
+    b"x-forwarded-for": FORWARDED_FOR,
+    b"x-forwarded-proto": FORWARDED_PROTO,
+    b"x-forwarded-host": FORWARDED_HOST,
+    b"x-request-id": REQUEST_ID,
+    b"x-session-id": SESSION_ID,
+    b"x-workload-type": WORKLOAD,
+    b"cookie": COOKIE,
+    b"expect": EXPECT,
+}
 # Response: hop-by-hop ones, X-Request-ID (the proxy sends its own) and Content-Length (it writes the framing).
 RESPONSE_ACTIONS = {**_HOPS, b"x-request-id": DROP, b"content-length": CONTENT_LENGTH}
 # Headers forwarded as they came, besides the unknown ones. Not Expect: the proxy answers

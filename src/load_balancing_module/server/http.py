@@ -68,16 +68,18 @@ _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'  # quoted-string
 # no backend reads the client's line. At most 16 significant digits: a size below 2**64. Written so
 # that no part can match what another matches (0+ or a first significant digit...): a line that
 # fails costs one pass, not one per way of splitting it (Python 3.10 has no possessive quantifiers).
-_CHUNK_LINE: Final = re.compile(rb"(0+|0*[1-9A-Fa-f][0-9A-Fa-f]{0,15})"
-                                rb"(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*[ \t]*\r\n"
-                                % (_TOKEN, _TOKEN, _QUOTED))  # fmt: skip
+_CHUNK_LINE: Final = re.compile(
+    rb"(0+|0*[1-9A-Fa-f][0-9A-Fa-f]{0,15})"
+    rb"(?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|%s))?)*[ \t]*\r\n" % (_TOKEN, _TOKEN, _QUOTED)
+)
 MAX_METHOD: Final = 32  # bytes; the longest registered method (UPDATEREDIRECTREF) has 17
 # The methods llhttp is given as they came. llhttp knows a fixed list of methods; for any other
 # token it is given "GET" in its place (it reads the rest of a request line the same way for all
 # of these), and the proxy keeps the real one. CONNECT is here for llhttp to read its
 # authority-form target (it is then refused with 405).
-LLHTTP_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
-                                   b"CONNECT"})  # fmt: skip
+LLHTTP_METHODS: Final = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT"}
+)
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
 _CLASSICAL: Final = WorkloadType.CLASSICAL
 
@@ -95,10 +97,29 @@ class HttpError(Exception):
 class RequestInfo:
     """What the proxy needs from one request head, read in a single pass."""
 
-    __slots__ = ("method", "target", "http11", "keep_alive", "headers", "content_length", "chunked", "host",
-                 "forwarded_for", "forwarded_proto", "forwarded_host", "request_id", "session_id",
-                 "cookie_session", "workload", "websocket", "expect_continue", "idempotent", "has_body", "plain",
-                 "raw_head")  # fmt: skip
+    __slots__ = (
+        "method",
+        "target",
+        "http11",
+        "keep_alive",
+        "headers",
+        "content_length",
+        "chunked",
+        "host",
+        "forwarded_for",
+        "forwarded_proto",
+        "forwarded_host",
+        "request_id",
+        "session_id",
+        "cookie_session",
+        "workload",
+        "websocket",
+        "expect_continue",
+        "idempotent",
+        "has_body",
+        "plain",
+        "raw_head",
+    )
 
     def __init__(self, method: bytes, target: bytes, http11: bool, keep_alive: bool) -> None:
         self.method = method
@@ -119,8 +140,9 @@ class RequestInfo:
         self.websocket = False
         self.expect_continue = False
         # IDEMPOTENT, spelled out: comparing a few bytes beats hashing them into a set
-        self.idempotent = (method == b"GET" or method == b"HEAD" or method == b"PUT" or method == b"DELETE"
-                           or method == b"OPTIONS")  # fmt: skip
+        self.idempotent = (
+            method == b"GET" or method == b"HEAD" or method == b"PUT" or method == b"DELETE" or method == b"OPTIONS"
+        )
         self.has_body = False  # chunked, or a Content-Length above 0
         # Every header is forwarded as it came and there is no body: the client's own head can be
         # sent on (request_head), once the proxy's lines are added.
@@ -128,8 +150,9 @@ class RequestInfo:
         self.raw_head: bytes | None = None  # that head without its blank line, when it is at hand
 
 
-def inspect_request(method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool,
-                    upgrade: bool) -> RequestInfo:  # fmt: skip
+def inspect_request(
+    method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool, upgrade: bool
+) -> RequestInfo:
     """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused."""
     if version != "1.1" and version != "1.0":
         raise HttpError(505, f"HTTP/{version} is not supported")

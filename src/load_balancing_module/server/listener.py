@@ -60,8 +60,12 @@ async def bind(host: str, port: int) -> list[socket.socket]:
 class Listener:
     """Accepts on one listening socket and hands each connection to ``on_connection``."""
 
-    def __init__(self, sock: socket.socket, on_connection: Callable[[socket.socket], None],
-                 on_exhausted: Callable[[OSError], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_connection: Callable[[socket.socket], None],
+        on_exhausted: Callable[[OSError], None],
+    ) -> None:
         self.sock = sock
         self._on_connection = on_connection
         self._on_exhausted = on_exhausted

@@ -47,9 +47,14 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     ``lines`` is one list for the handler's life (emptied in place), so the access log can append
     to it directly (see AccessLog) and add the length to ``size``."""
 
-    def __init__(self, stream: Any, *, buffer_bytes: int = ACCESS_BUFFER_BYTES,
-                 flush_seconds: float = ACCESS_FLUSH_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stream: Any,
+        *,
+        buffer_bytes: int = ACCESS_BUFFER_BYTES,
+        flush_seconds: float = ACCESS_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(stream)
         self.buffer_bytes = buffer_bytes
         self.flush_seconds = flush_seconds

@@ -46,8 +46,9 @@ access_logger = logging.getLogger("load_balancing_module.access")
 class ProxyServer:
     """The HTTP/1.1 reverse proxy on ``config.listen``, routing through ``lb``."""
 
-    def __init__(self, lb: LoadBalancingModule, config: ServerConfig, *,
-                 access_log: logging.Logger | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, lb: LoadBalancingModule, config: ServerConfig, *, access_log: logging.Logger | None = None
+    ) -> None:
         self.lb = lb
         self.ctx = ProxyContext(lb, config, access_log or access_logger)
         self.port = 0

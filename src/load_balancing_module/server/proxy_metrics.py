@@ -24,15 +24,19 @@ class ProxyCollector(Collector):
         self.proxy = proxy
 
     def collect(self) -> Iterator[Metric]:
-        exhaustion = CounterMetricFamily("omnixan_lb_resource_exhaustion",
-                                         "Accepts and connects that failed for lack of descriptors or memory here.",
-                                         labels=["where"])  # fmt: skip
+        exhaustion = CounterMetricFamily(
+            "omnixan_lb_resource_exhaustion",
+            "Accepts and connects that failed for lack of descriptors or memory here.",
+            labels=["where"],
+        )
         for where, count in self.proxy.exhausted.items():
             exhaustion.add_metric([where], count)
         yield exhaustion
-        yield CounterMetricFamily("omnixan_lb_upstream_stale_connections",
-                                  "Pooled connections to backends found closed or too old when about to be reused.",
-                                  value=self.proxy.pool.stale)  # fmt: skip
+        yield CounterMetricFamily(
+            "omnixan_lb_upstream_stale_connections",
+            "Pooled connections to backends found closed or too old when about to be reused.",
+            value=self.proxy.pool.stale,
+        )
 
 
 def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:

@@ -354,8 +354,14 @@ class RequestReader:
         self._in_head = False
         parser = self.parser
         upgrade = parser.should_upgrade()
-        info = inspect_request(self._method, self._url, parser.get_http_version(), self._headers,
-                               keep_alive=parser.should_keep_alive(), upgrade=upgrade)  # fmt: skip
+        info = inspect_request(
+            self._method,
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=upgrade,
+        )
         if info.chunked:
             check_raw_transfer_encoding(self._raw_head())
             self._phase = _CHUNK_SIZE

@@ -90,14 +90,52 @@ class ClientSide(RequestSink):
 class Relay(UpstreamSink):
     """The upstream side of one exchange, and the state both sides share."""
 
-    __slots__ = ("conn", "ctx", "lb", "loop", "info", "phase", "head", "deadline", "prefer", "cookie",
-                 "keep_alive", "body_done", "body_bytes", "retained", "backlog", "backlog_bytes", "body_refused",
-                 "upstream", "route", "batching", "deferred", "outcome", "timer_at", "attempt_at", "upstream_end",
-                 "head_ms", "blocked_since", "data_at", "status", "responded", "response_done", "out_chunked",
-                 "until_close")  # fmt: skip
+    __slots__ = (
+        "conn",
+        "ctx",
+        "lb",
+        "loop",
+        "info",
+        "phase",
+        "head",
+        "deadline",
+        "prefer",
+        "cookie",
+        "keep_alive",
+        "body_done",
+        "body_bytes",
+        "retained",
+        "backlog",
+        "backlog_bytes",
+        "body_refused",
+        "upstream",
+        "route",
+        "batching",
+        "deferred",
+        "outcome",
+        "timer_at",
+        "attempt_at",
+        "upstream_end",
+        "head_ms",
+        "blocked_since",
+        "data_at",
+        "status",
+        "responded",
+        "response_done",
+        "out_chunked",
+        "until_close",
+    )
 
-    def __init__(self, conn: ClientSide, ctx: ProxyContext, info: RequestInfo, head: RequestHead, deadline: float,
-                 prefer: str | None, cookie: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        conn: ClientSide,
+        ctx: ProxyContext,
+        info: RequestInfo,
+        head: RequestHead,
+        deadline: float,
+        prefer: str | None,
+        cookie: bool,
+    ) -> None:
         self.conn = conn
         self.ctx = ctx
         self.lb: LoadBalancingModule = ctx.lb
@@ -229,15 +267,27 @@ class Relay(UpstreamSink):
                 # A pooled connection that the backend had closed (its keep-alive timeout) as the
                 # request went out: nothing came back, the body is still held, so any method may
                 # go again on a fresh connection (RFC 9112 9.3.1).
-                self._fail(Failure(502, f"a pooled connection to backend {backend} closed before it answered"
-                                        f"{detail}", backend_fault=False, stale=True))  # fmt: skip
+                self._fail(
+                    Failure(
+                        502,
+                        f"a pooled connection to backend {backend} closed before it answered{detail}",
+                        backend_fault=False,
+                        stale=True,
+                    )
+                )
                 return
             # The backend's failure if it had the whole request or had stopped reading it; if the
             # proxy was still waiting for the client's body, the backend may have given up on a
             # slow client, which must not count against it.
             fault = self.body_done or self.blocked_since is not None
-            self._fail(Failure(502, f"backend {backend} closed the connection before answering{detail}",
-                               retry=self._may_retry(never_sent=False), backend_fault=fault))  # fmt: skip
+            self._fail(
+                Failure(
+                    502,
+                    f"backend {backend} closed the connection before answering{detail}",
+                    retry=self._may_retry(never_sent=False),
+                    backend_fault=fault,
+                )
+            )
         elif self.until_close and error is None:
             self._end_response(self.loop.time())
             self._resolve(None)
@@ -246,8 +296,13 @@ class Relay(UpstreamSink):
             self.conn.abort()  # the client must see that the response is cut short
             # Not the backend's failure if the proxy had to stop reading it for a client that did
             # not keep up: the backend may have given up on writes that could not go anywhere.
-            self._resolve(Failure(502, "backend closed the connection in the middle of the response",
-                                  backend_fault=up is None or not up.held))  # fmt: skip
+            self._resolve(
+                Failure(
+                    502,
+                    "backend closed the connection in the middle of the response",
+                    backend_fault=up is None or not up.held,
+                )
+            )
 
     def upstream_tunnel(self, data: bytes) -> None:
         self.conn.write(data)
@@ -371,5 +426,8 @@ class Relay(UpstreamSink):
         self.responded = self.response_done = True
         if not self.body_done or self.conn.closing:
             self.keep_alive = False
-        self.conn.write(error_response(error.status, error.message, self.request_id, close=not self.keep_alive,
-                                       retry_after=error.retry_after))  # fmt: skip
+        self.conn.write(
+            error_response(
+                error.status, error.message, self.request_id, close=not self.keep_alive, retry_after=error.retry_after
+            )
+        )

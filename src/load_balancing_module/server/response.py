@@ -101,12 +101,21 @@ def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def error_response(status: int, message: str, request_id: str | None, *, close: bool,
-                   retry_after: int | None = None, extra: Iterable[bytes] = ()) -> bytes:  # fmt: skip
+def error_response(
+    status: int,
+    message: str,
+    request_id: str | None,
+    *,
+    close: bool,
+    retry_after: int | None = None,
+    extra: Iterable[bytes] = (),
+) -> bytes:
     """A complete response of the proxy itself, with a JSON body ``{"error": ..., "request_id": ...}``."""
     body = json.dumps({"error": message, "request_id": request_id}).encode()
-    parts = [b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-             % (status, REASONS.get(status, b"Error"), len(body))]  # fmt: skip
+    parts = [
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        % (status, REASONS.get(status, b"Error"), len(body))
+    ]
     if request_id is not None:
         parts.append(b"X-Request-ID: %s\r\n" % request_id.encode())
     if retry_after is not None:

@@ -100,9 +100,27 @@ class WriteBatch:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "key", "transport", "parser", "sink", "head_request", "keep_alive", "tunnel",
-                 "closed", "received", "reused", "read_paused", "held", "idle_since", "_reason", "_response",
-                 "_head_bytes", "_later", "_sock")  # fmt: skip
+    __slots__ = (
+        "pool",
+        "key",
+        "transport",
+        "parser",
+        "sink",
+        "head_request",
+        "keep_alive",
+        "tunnel",
+        "closed",
+        "received",
+        "reused",
+        "read_paused",
+        "held",
+        "idle_since",
+        "_reason",
+        "_response",
+        "_head_bytes",
+        "_later",
+        "_sock",
+    )
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .._log import log_event
 from ..clock import Clock, SystemClock
+from . import redis_scripts as scripts
 from .base import DEFAULT_MAX_SESSIONS, StateStore, protected_room
 
 if TYPE_CHECKING:
@@ -58,156 +59,6 @@ SECRET_BYTES = 32
 # a millisecond, so that is tens of thousands of calls a second; a call beyond it fails open at once.
 MAX_CONNECTIONS = 100
 LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
-
-# ARGV "now": the injected time, or "" for the Redis server's clock. Numbers go back as
-# strings: Redis turns a Lua number into an integer reply, and stored values keep 17 digits.
-_PRELUDE = """
-local function now(arg)
-  if arg ~= '' then return tonumber(arg) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local function num(x) return string.format('%.17g', x) end
-local function keep_index(key, ms)  -- a session index outlives its longest session, no longer
-  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-end
-local STEP, PURGE_STEP = 100, 10000
--- The protected segment's least recently used over its room move to probation (scores kept).
-local function demote(protected, probation, room, ms)
-  local over = redis.call('ZCARD', protected) - room
-  if over <= 0 then return end
-  local moved = redis.call('ZPOPMIN', protected, math.min(over, STEP))
-  for i = 1, #moved, 2 do redis.call('ZADD', probation, moved[i + 1], moved[i]) end
-  keep_index(probation, ms)
-end
--- The n soonest to expire of an index go, with their keys. Returns how many went, how many were live.
-local function evict(index, n, t, prefix)
-  local gone = redis.call('ZPOPMIN', index, n)
-  local live = 0
-  for i = 1, #gone, 2 do
-    redis.call('DEL', prefix .. gone[i])
-    if tonumber(gone[i + 1]) > t then live = live + 1 end
-  end
-  return #gone / 2, live
-end
-"""
-
-# KEYS: bucket. ARGV: rate, burst, now. Returns the seconds until a token is available ("0": taken).
-# The key expires once the bucket would be full again (a full bucket is the same as none), plus 1 s.
-_TAKE_TOKEN = """
-local rate, burst, t = tonumber(ARGV[1]), tonumber(ARGV[2]), now(ARGV[3])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = burst
-if b[1] then tokens = math.min(burst, tonumber(b[1]) + math.max(t - tonumber(b[2]), 0) * rate) end
-local wait = 0
-if tokens >= 1 - 1e-9 then tokens = math.max(tokens - 1, 0) else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', num(tokens), 'at', num(t))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return num(wait)
-"""
-
-# KEYS: block, attempts. ARGV: threshold, block_seconds, now. Returns {seconds blocked, 1 if newly}.
-# Attempts are counted in fixed one-second windows, as MemoryStore does.
-_RECORD_ATTEMPT = """
-local threshold, block, t = tonumber(ARGV[1]), tonumber(ARGV[2]), now(ARGV[3])
-local blocked = redis.call('GET', KEYS[1])
-if blocked then
-  local left = tonumber(blocked) - t
-  if left > 0 then return {num(left), 0} end
-  redis.call('DEL', KEYS[1])
-end
-local second = math.floor(t)
-local c = redis.call('HMGET', KEYS[2], 'window', 'count')
-local count = 1
-if c[1] and tonumber(c[1]) == second then count = tonumber(c[2]) + 1 end
-if count > threshold and block > 0 then
-  redis.call('SET', KEYS[1], num(t + block), 'PX', math.ceil(block * 1000))
-  redis.call('DEL', KEYS[2])
-  return {num(block), 1}
-end
-redis.call('HSET', KEYS[2], 'window', num(second), 'count', count)
-redis.call('PEXPIRE', KEYS[2], 2000)
-return {'0', 0}
-"""
-
-# Sessions: a segmented LRU in two sorted sets scored by expiry (the least recently used expire
-# first): <prefix>sessions:probation holds sessions bound and not looked up since, <prefix>sessions
-# the protected ones, looked up again. Each script demotes or evicts at most STEP sessions, so a
-# lowered max_sessions is caught up with over later calls instead of in one long script.
-
-# KEYS: session, protected, probation. ARGV: ttl, now, session id, protected room.
-# Returns the bound backend id, or nil. A hit moves the session to the protected segment.
-_GET_SESSION = """
-local ttl, t = tonumber(ARGV[1]), now(ARGV[2])
-local s = redis.call('HMGET', KEYS[1], 'backend', 'expires')
-if not s[1] then return false end
-if tonumber(s[2]) <= t then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  return false
-end
-local ms, expires = math.ceil(ttl * 1000), num(t + ttl)
-redis.call('HSET', KEYS[1], 'expires', expires)
-redis.call('PEXPIRE', KEYS[1], ms)
-redis.call('ZREM', KEYS[3], ARGV[3])
-redis.call('ZADD', KEYS[2], expires, ARGV[3])
-keep_index(KEYS[2], ms)
-demote(KEYS[2], KEYS[3], tonumber(ARGV[4]), ms)
-return s[1]
-"""
-
-# KEYS: session, protected, probation. ARGV: backend id, ttl, now, session id, max sessions,
-# protected room, session key prefix. A new binding enters probation; a rebind of a protected
-# session stays protected. Over max sessions, probation's soonest to expire go (then, only while
-# a lowered max is caught up with, the protected segment's). Returns how many live sessions went.
-_BIND_SESSION = """
-local ttl, t = tonumber(ARGV[2]), now(ARGV[3])
-local ms, expires = math.ceil(ttl * 1000), num(t + ttl)
-redis.call('HSET', KEYS[1], 'backend', ARGV[1], 'expires', expires)
-redis.call('PEXPIRE', KEYS[1], ms)
-if redis.call('ZSCORE', KEYS[2], ARGV[4]) then
-  redis.call('ZADD', KEYS[2], expires, ARGV[4])
-  keep_index(KEYS[2], ms)
-  return 0
-end
-redis.call('ZADD', KEYS[3], expires, ARGV[4])
-keep_index(KEYS[3], ms)
-demote(KEYS[2], KEYS[3], tonumber(ARGV[6]), ms)
-local over = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[5])
-if over <= 0 then return 0 end
-over = math.min(over, STEP)
-local popped, live = evict(KEYS[3], over, t, ARGV[7])
-if popped < over then
-  local _, more = evict(KEYS[2], over - popped, t, ARGV[7])
-  live = live + more
-end
-return live
-"""
-
-# KEYS: protected, probation. ARGV: now. Live sessions are those whose expiry is after now: O(log n).
-_SESSION_COUNT = """
-local after = '(' .. num(now(ARGV[1]))
-return redis.call('ZCOUNT', KEYS[1], after, '+inf') + redis.call('ZCOUNT', KEYS[2], after, '+inf')
-"""
-
-# KEYS: protected, probation. ARGV: now. Drops the index entries of expired sessions (the lowest
-# scores), at most PURGE_STEP per index a call; their keys expire by TTL. Returns how many went.
-_PURGE = """
-local t, removed = num(now(ARGV[1])), 0
-for i = 1, 2 do
-  local n = math.min(redis.call('ZCOUNT', KEYS[i], '-inf', t), PURGE_STEP)
-  if n > 0 then removed = removed + redis.call('ZREMRANGEBYRANK', KEYS[i], 0, n - 1) end
-end
-return removed
-"""
-
-# KEYS: secret. ARGV: the key to store if there is none (hex). Returns the stored one: the first
-# balancer to ask sets it, and a key lost with a Redis restart is set again by the next to ask.
-_SHARED_SECRET = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
-"""
 
 
 def redact(url: str) -> str:
@@ -251,9 +102,11 @@ class RedisStore(StateStore):
         clock: Clock | None = None,
     ) -> None:
         if timeout <= 0 or retry_interval < 0 or log_interval < 0 or doubt_after < 0:
-            raise ValueError(f"RedisStore: timeout must be > 0 and the intervals >= 0 (timeout={timeout}, "
-                             f"retry_interval={retry_interval}, log_interval={log_interval}, "
-                             f"doubt_after={doubt_after})")  # fmt: skip
+            raise ValueError(
+                f"RedisStore: timeout must be > 0 and the intervals >= 0 (timeout={timeout}, "
+                f"retry_interval={retry_interval}, log_interval={log_interval}, "
+                f"doubt_after={doubt_after})"
+            )
         if max_sessions < 1:
             raise ValueError(f"RedisStore: max_sessions must be >= 1, got {max_sessions}")
         from redis.exceptions import RedisError  # here, not at import: redis costs ~50 ms to load
@@ -279,13 +132,13 @@ class RedisStore(StateStore):
         # Redis errors, and what an interrupted socket may raise before redis-py wraps it.
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
         self._sessions = (f"{prefix}sessions", f"{prefix}sessions:probation")  # protected, probation
-        self._take = self._script(_TAKE_TOKEN)
-        self._attempt = self._script(_RECORD_ATTEMPT)
-        self._get = self._script(_GET_SESSION)
-        self._bind = self._script(_BIND_SESSION)
-        self._count = self._script(_SESSION_COUNT)
-        self._purge = self._script(_PURGE)
-        self._secret = self._script(_SHARED_SECRET)
+        self._take = self._script(scripts.TAKE_TOKEN)
+        self._attempt = self._script(scripts.RECORD_ATTEMPT)
+        self._get = self._script(scripts.GET_SESSION)
+        self._bind = self._script(scripts.BIND_SESSION)
+        self._count = self._script(scripts.SESSION_COUNT)
+        self._purge = self._script(scripts.PURGE)
+        self._secret = self._script(scripts.SHARED_SECRET)
         self.errors = 0
         self.fallbacks = 0
         self._down_since: float | None = None
@@ -308,8 +161,15 @@ class RedisStore(StateStore):
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
         keys = (f"{self.prefix}session:{session_id}", *self._sessions)
-        args = (backend_id, ttl, self._time(), session_id, self.max_sessions, self._protected_room,
-                f"{self.prefix}session:")  # fmt: skip
+        args = (
+            backend_id,
+            ttl,
+            self._time(),
+            session_id,
+            self.max_sessions,
+            self._protected_room,
+            f"{self.prefix}session:",
+        )
         ok, evicted = await self._eval("bind_session", self._bind, keys, args)
         if ok and evicted:
             self.evicted_sessions += int(evicted)
@@ -321,8 +181,9 @@ class RedisStore(StateStore):
 
     async def take_token(self, key: str, rate: float, burst: int) -> float:
         """As :meth:`StateStore.take_token`; 0.0 (taken) while Redis is down."""
-        ok, wait = await self._eval("take_token", self._take, (f"{self.prefix}bucket:{key}",),
-                                    (rate, burst, self._time()))  # fmt: skip
+        ok, wait = await self._eval(
+            "take_token", self._take, (f"{self.prefix}bucket:{key}",), (rate, burst, self._time())
+        )
         return float(_text(wait)) if ok else 0.0
 
     async def record_attempt(self, key: str, threshold: int, block_seconds: float) -> tuple[float, bool]:
@@ -357,8 +218,9 @@ class RedisStore(StateStore):
             if name not in self._local_secrets:
                 self._local_secrets.add(name)
                 reason = "the state store did not answer" if not ok else "the state store holds no usable key"
-                log_event("shared_secret_local", logging.WARNING, name=name, reason=reason,
-                          key=f"{self.prefix}secret:{name}")  # fmt: skip
+                log_event(
+                    "shared_secret_local", logging.WARNING, name=name, reason=reason, key=f"{self.prefix}secret:{name}"
+                )
             self._secrets[name] = offer
             return offer
         if name in self._local_secrets:
@@ -382,7 +244,7 @@ class RedisStore(StateStore):
         return "" if self._now is None else repr(float(self._now()))
 
     def _script(self, body: str) -> Script:
-        script: AsyncScript = self._client.register_script(_PRELUDE + body)
+        script: AsyncScript = self._client.register_script(scripts.PRELUDE + body)
         return lambda keys, args: script(keys=keys, args=args)
 
     async def _eval(self, op: str, script: Script, keys: Sequence[str], args: Sequence[Any]) -> tuple[bool, Any]:
@@ -447,20 +309,35 @@ class RedisStore(StateStore):
         self._retry_at = now + self.retry_interval
         if self._down_since is None:
             self._down_since = self._logged_at = now
-            log_event("state_store_unavailable", logging.WARNING, store="redis", url=redact(self.url),
-                      operation=op, error=repr(exc), policy="fail open")  # fmt: skip
+            log_event(
+                "state_store_unavailable",
+                logging.WARNING,
+                store="redis",
+                url=redact(self.url),
+                operation=op,
+                error=repr(exc),
+                policy="fail open",
+            )
         elif now - self._logged_at >= self.log_interval:
             self._logged_at = now
-            log_event("state_store_still_unavailable", logging.WARNING, store="redis", url=redact(self.url),
-                      seconds=round(now - self._down_since, 1), errors=self.errors, error=repr(exc))  # fmt: skip
+            log_event(
+                "state_store_still_unavailable",
+                logging.WARNING,
+                store="redis",
+                url=redact(self.url),
+                seconds=round(now - self._down_since, 1),
+                errors=self.errors,
+                error=repr(exc),
+            )
 
     def _succeeded(self) -> None:
         """The first answer after an outage."""
         assert self._down_since is not None
         seconds = self._clock.monotonic() - self._down_since
         self._down_since = None
-        log_event("state_store_recovered", store="redis", url=redact(self.url), seconds=round(seconds, 1),
-                  errors=self.errors)  # fmt: skip
+        log_event(
+            "state_store_recovered", store="redis", url=redact(self.url), seconds=round(seconds, 1), errors=self.errors
+        )
 
 
 def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
@@ -476,8 +353,15 @@ def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
     # One immediate retry on a dropped connection (a Redis restart leaves dead sockets in the
     # pool), none on a timeout: a hung Redis then costs one ``timeout``, not several.
     retry = Retry(NoBackoff(), 1, (RedisConnectionError,))
-    client = Redis.from_url(target, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
-                            retry=retry, client_name="omnixan-lb", max_connections=MAX_CONNECTIONS)  # fmt: skip
+    client = Redis.from_url(
+        target,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
+        client_name="omnixan-lb",
+        max_connections=MAX_CONNECTIONS,
+    )
     return client, True, target
 
 
