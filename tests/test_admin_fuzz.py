@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from admin_helpers import TOKEN, Live, RawResponse, SlowBackend, live_server, raw_request
-from load_balancing_module.server.admin import MAX_BODY_BYTES
-from load_balancing_module.server.admin_api import MAX_JSON_DEPTH, THREAD_PARSE_BYTES
+from load_balancing_module.server.admin.api import MAX_JSON_DEPTH, THREAD_PARSE_BYTES
+from load_balancing_module.server.admin.app import MAX_BODY_BYTES
 
 AUTH = ("Authorization", f"Bearer {TOKEN}")
 JSON = ("Content-Type", "application/json")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from load_balancing_module.server.admin_api import MAX_JSON_DEPTH, BadInput, parse_json
+from load_balancing_module.server.admin.api import MAX_JSON_DEPTH, BadInput, parse_json
 
 
 def refusal(raw: bytes) -> str:

@@ -12,8 +12,8 @@ import pytest
 
 from admin_helpers import TOKEN, Live, SlowBackend, live_server
 from load_balancing_module.config import BackendConfig, LoadBalancingAlgorithm
-from load_balancing_module.server.admin_api import DrainRequest
-from load_balancing_module.server.openapi import openapi_document
+from load_balancing_module.server.admin.api import DrainRequest
+from load_balancing_module.server.admin.openapi import openapi_document
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # Every check (not_a_server_error among them) but positive_data_acceptance: /execute's body is open-ended

@@ -26,11 +26,11 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from ..config import BackendConfig, LoadBalancingAlgorithm, _Model
-from ..enums import LoadBalancingAlgorithmType
-from ..exceptions import AlgorithmError, BackendNotFoundError
-from ..module import LoadBalancingModule
-from .config import describe_errors
+from ...config import BackendConfig, LoadBalancingAlgorithm, _Model
+from ...enums import LoadBalancingAlgorithmType
+from ...exceptions import AlgorithmError, BackendNotFoundError
+from ...module import LoadBalancingModule
+from ..config import describe_errors
 
 MAX_DRAIN_TIMEOUT = 86_400.0
 MAX_JSON_DEPTH = 32  # far below what json and pydantic recurse through, far above any real body

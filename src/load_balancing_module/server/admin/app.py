@@ -1,6 +1,6 @@
 """The admin listener (aiohttp): the runtime API, the dashboard, health and metrics.
 
-Routes (the JSON API's handlers are in :mod:`.admin_api`):
+Routes (the JSON API's handlers are in :mod:`.api`):
 
 - ``GET /healthz``: 200 when at least one backend is HEALTHY, else 503.
 - ``GET /metrics``: Prometheus text format from the module's collector.
@@ -10,7 +10,7 @@ Routes (the JSON API's handlers are in :mod:`.admin_api`):
 - ``/backends``, ``/backends/{backend_id}``, ``/backends/{backend_id}/drain``,
   ``/distribution``, ``/algorithm``, ``/execute``: the runtime API.
 
-Every request first passes :class:`~.admin_guard.RequestGuard` (Host 421,
+Every request first passes :class:`~.guard.RequestGuard` (Host 421,
 Origin 403, Content-Type 415: no web page may drive the API, see that module).
 Then everything but health, metrics, the OpenAPI document and the dashboard's
 files needs ``Authorization: Bearer <token>`` when a token is configured
@@ -31,13 +31,13 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .._log import log_event
-from ..enums import HealthState
-from ..exceptions import ConfigurationError
-from ..module import LoadBalancingModule
-from .admin_api import AdminApi, error_response
-from .admin_guard import RequestGuard
-from .config import AdminConfig, parse_address
+from ..._log import log_event
+from ...enums import HealthState
+from ...exceptions import ConfigurationError
+from ...module import LoadBalancingModule
+from ..config import AdminConfig, parse_address
+from .api import AdminApi, error_response
+from .guard import RequestGuard
 from .openapi import openapi_document
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -126,7 +126,7 @@ class AdminServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Host, Origin and Content-Type (:mod:`.admin_guard`): before the token, on every route."""
+        """Host, Origin and Content-Type (:mod:`.guard`): before the token, on every route."""
         routed = request.match_info.http_exception is None
         refusal = self.guard.check(request.method, request.path, request.headers, routed=routed)
         if refusal is not None:

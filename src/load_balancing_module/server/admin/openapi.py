@@ -5,7 +5,7 @@ Request bodies that a pydantic model validates (``BackendConfig``,
 (``model_json_schema``; OpenAPI 3.1 schemas are JSON Schema 2020-12, as
 pydantic writes them), so their limits live in one place and the fuzzing uses
 the real ones. The rest (answers, ``/execute``'s open-ended body) is written by
-hand next to the handlers (:mod:`.admin`, :mod:`.admin_api`); the test suite
+hand next to the handlers (:mod:`.app`, :mod:`.api`); the test suite
 runs schemathesis against a live server to keep the two in step.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .. import __version__
-from ..config import BackendConfig, LoadBalancingAlgorithm
-from ..enums import CircuitState, HealthState
-from .admin_api import MAX_JSON_DEPTH, DrainRequest
-from .admin_guard import MUTATING, OPEN_TO_ANY_ORIGIN
+from ... import __version__
+from ...config import BackendConfig, LoadBalancingAlgorithm
+from ...enums import CircuitState, HealthState
+from .api import MAX_JSON_DEPTH, DrainRequest
+from .guard import MUTATING, OPEN_TO_ANY_ORIGIN
 
 JSON = "application/json"
 
@@ -368,7 +368,7 @@ NOT_JSON_TYPE = _error("a change needs Content-Type: application/json, even with
 
 
 def _guarded(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
-    """The operation with the answers of :mod:`.admin_guard`, which come before any handler."""
+    """The operation with the answers of :mod:`.guard`, which come before any handler."""
     responses = {"421": MISDIRECTED, **operation["responses"]}
     if (method.upper(), path) not in OPEN_TO_ANY_ORIGIN:
         responses["403"] = FOREIGN_ORIGIN
