@@ -19,7 +19,8 @@ from pydantic import BaseModel
 from ... import __version__
 from ...config import BackendConfig, LoadBalancingAlgorithm
 from ...enums import CircuitState, HealthState
-from .api import MAX_JSON_DEPTH, DrainRequest
+from .api import DrainRequest
+from .body import MAX_JSON_DEPTH
 from .guard import MUTATING, OPEN_TO_ANY_ORIGIN
 
 JSON = "application/json"
