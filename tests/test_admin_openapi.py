@@ -12,7 +12,7 @@ import pytest
 
 from admin_helpers import TOKEN, Live, SlowBackend, live_server
 from load_balancing_module.config import BackendConfig, LoadBalancingAlgorithm
-from load_balancing_module.server.admin.api import DrainRequest
+from load_balancing_module.server.admin.models import AlgorithmChange, DrainRequest
 from load_balancing_module.server.admin.openapi import openapi_document
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -82,7 +82,15 @@ def test_request_bodies_are_the_models_own_schemas() -> None:
     assert schemas["DrainRequest"] == DrainRequest.model_json_schema(ref_template=ref)
     algorithm = LoadBalancingAlgorithm.model_json_schema(ref_template=ref)
     assert schemas["LoadBalancingAlgorithmType"] == algorithm.pop("$defs")["LoadBalancingAlgorithmType"]
-    assert schemas["LoadBalancingAlgorithm"] == {**algorithm, "required": ["algorithm_type"]}
+    # PUT /algorithm takes LoadBalancingAlgorithm with algorithm_type required, so that {} is no silent switch.
+    change = AlgorithmChange.model_json_schema(ref_template=ref)
+    del change["$defs"]
+    assert schemas["AlgorithmChange"] == change
+    assert change["required"] == ["algorithm_type"]
+    assert change["properties"]["algorithm_type"] == {"$ref": ref.format(model="LoadBalancingAlgorithmType")}
+    assert {**change["properties"], "algorithm_type": algorithm["properties"]["algorithm_type"]} == algorithm[
+        "properties"
+    ]
     bodies = {
         f"{method.upper()} {path}": operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         for path, item in document["paths"].items()
@@ -91,7 +99,7 @@ def test_request_bodies_are_the_models_own_schemas() -> None:
     }
     assert bodies == {
         "POST /backends": "#/components/schemas/BackendConfig",
-        "PUT /algorithm": "#/components/schemas/LoadBalancingAlgorithm",
+        "PUT /algorithm": "#/components/schemas/AlgorithmChange",
         "POST /backends/{backend_id}/drain": "#/components/schemas/DrainRequest",
         "POST /execute": "#/components/schemas/ExecuteRequest",
     }

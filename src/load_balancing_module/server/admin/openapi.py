@@ -1,400 +1,137 @@
-"""The OpenAPI 3.1 document of the admin listener, served at ``GET /openapi.json``.
+"""The OpenAPI 3.1 document of the admin listener, served at ``GET /openapi.json``; generated.
 
-Request bodies that a pydantic model validates (``BackendConfig``,
-``LoadBalancingAlgorithm``, ``DrainRequest``) get the model's own JSON Schema
-(``model_json_schema``; OpenAPI 3.1 schemas are JSON Schema 2020-12, as
-pydantic writes them), so their limits live in one place and the fuzzing uses
-the real ones. The rest (answers, ``/execute``'s open-ended body) is written by
-hand next to the handlers (:mod:`.app`, :mod:`.api`); the test suite
-runs schemathesis against a live server to keep the two in step.
+FastAPI's way, without FastAPI: the paths come from the table of routes
+(:mod:`.routes`), and every schema is pydantic's JSON Schema of a model of
+:mod:`.models` or of the library (OpenAPI 3.1 schemas are JSON Schema 2020-12,
+as pydantic writes them), request bodies as validated and answers as
+serialised, their ``$defs`` gathered into ``components``. So the limits,
+fields and enum names in the document are the ones the server checks and
+sends, and the fuzzing (schemathesis, in the test suite) uses them.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from ... import __version__
-from ...config import BackendConfig, LoadBalancingAlgorithm
-from ...enums import CircuitState, HealthState
-from .api import DrainRequest
 from .body import MAX_JSON_DEPTH
 from .guard import MUTATING, OPEN_TO_ANY_ORIGIN
+from .models import ErrorBody
+from .routes import JSON, ROUTES, Answer, Route
 
-JSON = "application/json"
+REF_TEMPLATE = "#/components/schemas/{model}"
+Mode = Literal["validation", "serialization"]
 
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-def model_schemas(*models: type[BaseModel]) -> dict[str, dict[str, Any]]:
-    """Each model's validation schema, and the schemas it refers to, as components."""
-    schemas: dict[str, dict[str, Any]] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    return schemas
-
-
-NUMBER = {"type": "number"}
-MAYBE_NUMBER = {"type": ["number", "null"]}  # null only where a value is not finite
-INTEGER = {"type": "integer"}
-STRING = {"type": "string"}
-BOOLEAN = {"type": "boolean"}
-OBJECT = {"type": "object", "additionalProperties": True}
-ALGORITHMS = _ref("LoadBalancingAlgorithmType")
-
-BACKEND_FIELDS: dict[str, dict[str, Any]] = {
-    "backend_id": {**STRING, "description": "host:port, with ~2, ~3... for a second backend at one address"},
-    "host": STRING,
-    "port": INTEGER,
-    "weight": NUMBER,
-    "effective_weight": {**NUMBER, "description": "the weight now (lower during slow start)"},
-    "priority": INTEGER,
-    "quantum_capable": BOOLEAN,
-    "max_connections": INTEGER,
-    "metadata": OBJECT,
-    "active_connections": {**INTEGER, "description": "requests in flight"},
-    "total_requests": INTEGER,
-    "successful_requests": INTEGER,
-    "failed_requests": INTEGER,
-    "requests_per_second": {**MAYBE_NUMBER, "description": "completions per second over the last 10 s"},
-    "avg_latency_ms": MAYBE_NUMBER,
-    "p50_latency_ms": MAYBE_NUMBER,
-    "p95_latency_ms": MAYBE_NUMBER,
-    "p99_latency_ms": MAYBE_NUMBER,
-    "error_rate": {**MAYBE_NUMBER, "description": "0..1, over the recent window"},
-    "health_status": {"type": "string", "enum": [s.value for s in HealthState]},
-    "circuit_state": {"type": "string", "enum": [s.value for s in CircuitState]},
-    "load_fraction": {**NUMBER, "description": "share of all routed requests"},
-    "draining": {**BOOLEAN, "description": "being drained: takes no new requests"},
-}
-
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "field"],
-        "properties": {
-            "error": {**STRING, "description": "what is wrong, starting with the field's name"},
-            "field": {"type": ["string", "null"], "description": "the field (path) at fault, if any"},
-        },
-    },
-    "Backend": {"type": "object", "required": list(BACKEND_FIELDS), "properties": BACKEND_FIELDS},
-    "Removed": {
-        "type": "object",
-        "required": ["backend_id", "removed", "in_flight"],
-        "properties": {"backend_id": STRING, "removed": BOOLEAN, "in_flight": INTEGER},
-    },
-    "DrainResult": {
-        "type": "object",
-        "required": [
-            "backend_id",
-            "in_flight",
-            "completed",
-            "in_flight_left",
-            "started_at",
-            "finished_at",
-            "waited_seconds",
-        ],
-        "properties": {
-            "backend_id": STRING,
-            "in_flight": {**INTEGER, "description": "requests in flight when the drain began"},
-            "completed": {**BOOLEAN, "description": "all of them finished before the timeout"},
-            "in_flight_left": {**INTEGER, "description": "still running when the backend was removed"},
-            "started_at": {**NUMBER, "description": "Unix time"},
-            "finished_at": {**NUMBER, "description": "Unix time the backend was removed"},
-            "waited_seconds": NUMBER,
-        },
-    },
-    "Distribution": {
-        "type": "object",
-        "required": [
-            "total_requests",
-            "requests_per_second",
-            "algorithm",
-            "timestamp",
-            "active_sessions",
-            "queued_requests",
-            "backends",
-        ],
-        "properties": {
-            "total_requests": INTEGER,
-            "requests_per_second": MAYBE_NUMBER,
-            "algorithm": ALGORITHMS,
-            "timestamp": {**NUMBER, "description": "Unix time"},
-            "active_sessions": INTEGER,
-            "queued_requests": INTEGER,
-            "backends": {"type": "object", "additionalProperties": _ref("Backend"), "description": "by backend id"},
-        },
-    },
-    "Algorithm": {
-        "type": "object",
-        "required": ["algorithm", "config", "available"],
-        "properties": {"algorithm": ALGORITHMS, "config": OBJECT, "available": {"type": "array", "items": ALGORITHMS}},
-    },
-    "ExecuteRequest": {
-        "type": "object",
-        "required": ["operation"],
-        "additionalProperties": True,
-        "properties": {
-            "operation": {
-                "type": "string",
-                "enum": [
-                    "add_backend",
-                    "remove_backend",
-                    "health_check",
-                    "route_request",
-                    "complete_request",
-                    "get_load_distribution",
-                    "configure_algorithm",
-                ],
-            },
-        },
-        "description": "LoadBalancingModule.execute's params: the operation and its parameters",
-    },
-    "ExecuteResult": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "enum": ["success", "error"]},
-            "result": {"description": "the operation's result (success)"},
-            "error": STRING,
-            "error_type": STRING,
-            "field": {"type": ["string", "null"]},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "healthy_backends", "backends"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "unavailable"]},
-            "healthy_backends": INTEGER,
-            "backends": INTEGER,
-        },
-    },
-}
-
-SCHEMAS.update(model_schemas(BackendConfig, LoadBalancingAlgorithm, DrainRequest))
-# The model defaults algorithm_type; PUT /algorithm asks for it, so that {} is no silent switch.
-SCHEMAS["LoadBalancingAlgorithm"]["required"] = ["algorithm_type"]
-
-BACKEND_ID = {
-    "name": "backend_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "the backend's id, percent-encoded (host:port)",
-}
-UNAUTHORIZED = _error("missing or wrong bearer token")
-NOT_FOUND = _error("no backend with this id")
-NOT_JSON = _error(
-    "the body is not JSON the API keeps: not UTF-8, not JSON, a key repeated, nested deeper than "
-    f"{MAX_JSON_DEPTH} levels, a number not finite or an integer over 64 bits, a lone surrogate"
+# The answers that come from the listener rather than from a handler (:mod:`.app`, :mod:`.guard`, :mod:`.body`).
+MISDIRECTED = Answer(
+    ErrorBody, "the Host header is not a name of this listener (DNS rebinding): see admin.allowed_hosts"
 )
-INVALID = _error("the JSON is wrong: the message and `field` name the field")
-PUBLIC: list[dict[str, list[str]]] = []  # no security requirement
+FOREIGN_ORIGIN = Answer(ErrorBody, "the request comes from another site's page (its Origin is not the admin's own)")
+NOT_JSON_TYPE = Answer(ErrorBody, "a change needs Content-Type: application/json, even with an empty body")
+UNAUTHORIZED = Answer(ErrorBody, "missing or wrong bearer token")
+NOT_JSON = Answer(
+    ErrorBody,
+    "the body is not JSON the API keeps: not UTF-8, not JSON, a key repeated, nested deeper than "
+    f"{MAX_JSON_DEPTH} levels, a number not finite or an integer over 64 bits, a lone surrogate",
+)
+INVALID = Answer(ErrorBody, "the JSON is wrong: the message and `field` name the field")
+
+DESCRIPTION = (
+    "Runtime control of the load balancer. Send `Authorization: Bearer <token>` (the value of the variable named "
+    "by admin.token_env) to every operation but the public ones. Every request needs a Host that names this "
+    "listener (421), no foreign Origin (403), and POST and PUT need Content-Type: application/json (415): "
+    "no web page can drive the API."
+)
 
 
-def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": {JSON: {"schema": schema}}}
+def answers(route: Route) -> dict[int, Answer]:
+    """The route's own answers, with those every route of its kind shares."""
+    shared = {421: MISDIRECTED}
+    if (route.method, route.path) not in OPEN_TO_ANY_ORIGIN:
+        shared[403] = FOREIGN_ORIGIN
+    if route.method in MUTATING:
+        shared[415] = NOT_JSON_TYPE
+    if not route.public:
+        shared[401] = UNAUTHORIZED
+    if route.body is not None:
+        shared.update({400: NOT_JSON, 422: INVALID})
+    return dict(sorted({**shared, **route.answers}.items()))
 
 
-PATHS: dict[str, dict[str, Any]] = {
-    "/backends": {
-        "get": {
-            "operationId": "listBackends",
-            "summary": "Every backend, with its load, health and latency",
-            "responses": {
-                "200": _json({"type": "array", "items": _ref("Backend")}, "the backends"),
-                "401": UNAUTHORIZED,
-            },
-        },
-        "post": {
-            "operationId": "addBackend",
-            "summary": "Add a backend; it takes requests at once",
-            "requestBody": _body(_ref("BackendConfig")),
-            "responses": {
-                "201": {
-                    **_json(_ref("Backend"), "the new backend; its id is backend_id"),
-                    "headers": {"Location": {"schema": {"type": "string"}}},
-                },
-                "400": NOT_JSON,
-                "401": UNAUTHORIZED,
-                "422": INVALID,
-            },
-        },
-    },
-    "/backends/{backend_id}": {
-        "parameters": [BACKEND_ID],
-        "get": {
-            "operationId": "getBackend",
-            "summary": "One backend",
-            "responses": {"200": _json(_ref("Backend"), "the backend"), "401": UNAUTHORIZED, "404": NOT_FOUND},
-        },
-        "delete": {
-            "operationId": "removeBackend",
-            "summary": "Remove a backend at once (requests in flight still complete)",
-            "responses": {"200": _json(_ref("Removed"), "removed"), "401": UNAUTHORIZED, "404": NOT_FOUND},
-        },
-    },
-    "/backends/{backend_id}/drain": {
-        "parameters": [BACKEND_ID],
-        "post": {
-            "operationId": "drainBackend",
-            "summary": "Stop new requests, wait for those in flight, then remove the backend",
-            "description": "Answers when the drain is over (all requests in flight finished, or the timeout).",
-            "requestBody": _body(_ref("DrainRequest"), required=False),
-            "responses": {
-                "200": _json(_ref("DrainResult"), "the drain is over and the backend removed"),
-                "400": NOT_JSON,
-                "401": UNAUTHORIZED,
-                "404": NOT_FOUND,
-                "422": INVALID,
-            },
-        },
-    },
-    "/distribution": {
-        "get": {
-            "operationId": "getDistribution",
-            "summary": "The load distribution (what the dashboard shows)",
-            "responses": {"200": _json(_ref("Distribution"), "a snapshot"), "401": UNAUTHORIZED},
-        },
-    },
-    "/algorithm": {
-        "get": {
-            "operationId": "getAlgorithm",
-            "summary": "The algorithm in use and the ones available",
-            "responses": {"200": _json(_ref("Algorithm"), "the algorithm"), "401": UNAUTHORIZED},
-        },
-        "put": {
-            "operationId": "setAlgorithm",
-            "summary": "Switch algorithm at once",
-            "requestBody": _body(_ref("LoadBalancingAlgorithm")),
-            "responses": {
-                "200": _json(_ref("Algorithm"), "switched"),
-                "400": NOT_JSON,
-                "401": UNAUTHORIZED,
-                "422": INVALID,
-            },
-        },
-    },
-    "/execute": {
-        "post": {
-            "operationId": "execute",
-            "summary": "LoadBalancingModule.execute: the library's dict interface",
-            "requestBody": _body(_ref("ExecuteRequest")),
-            "responses": {
-                "200": _json(_ref("ExecuteResult"), "status success, with the result"),
-                "400": NOT_JSON,
-                "401": UNAUTHORIZED,
-                "404": _json(_ref("ExecuteResult"), "status error: no such backend"),
-                "422": _json({"anyOf": [_ref("ExecuteResult"), _ref("Error")]}, "status error: bad params"),
-                "429": _json(_ref("ExecuteResult"), "status error: rate limited (route_request)"),
-                "503": _json(_ref("ExecuteResult"), "status error: no backend could take the request"),
-            },
-        },
-    },
-    "/healthz": {
-        "get": {
-            "operationId": "healthz",
-            "summary": "200 when at least one backend is HEALTHY, else 503",
-            "security": PUBLIC,
-            "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "no healthy backend")},
-        },
-    },
-    "/metrics": {
-        "get": {
-            "operationId": "metrics",
-            "summary": "Prometheus text format; every name starts with omnixan_lb_",
-            "security": PUBLIC,
-            "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": STRING}}}},
-        },
-    },
-    "/openapi.json": {
-        "get": {
-            "operationId": "openapi",
-            "summary": "This document",
-            "security": PUBLIC,
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3 document")},
-        },
-    },
-    "/": {
-        "get": {
-            "operationId": "dashboard",
-            "summary": "The live dashboard (asks for the token, kept in session storage)",
-            "security": PUBLIC,
-            "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": STRING}}}},
-        },
-    },
-    "/dashboard/{name}": {
-        "get": {
-            "operationId": "dashboardAsset",
-            "summary": "The dashboard's script and style sheet",
-            "security": PUBLIC,
-            "parameters": [
-                {
-                    "name": "name",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "enum": ["dashboard.css", "dashboard.js"]},
-                }
-            ],
-            "responses": {
-                "200": {
-                    "description": "the file",
-                    "content": {"text/css": {"schema": STRING}, "text/javascript": {"schema": STRING}},
-                },
-                "404": _error("no such file"),
-            },
-        },
-    },
-}
+def _types() -> list[tuple[Any, Mode]]:
+    """Every type the document shows: request bodies as validated, answers as sent."""
+    found: dict[tuple[Any, Mode], None] = {}  # a dict keeps the order, for a stable document
+    for route in ROUTES:
+        if route.body is not None:
+            found[route.body, "validation"] = None
+        for answer in answers(route).values():
+            found[answer.body, "serialization"] = None
+    return list(found)
 
 
-MISDIRECTED = _error("the Host header is not a name of this listener (DNS rebinding): see admin.allowed_hosts")
-FOREIGN_ORIGIN = _error("the request comes from another site's page (its Origin is not the admin's own)")
-NOT_JSON_TYPE = _error("a change needs Content-Type: application/json, even with an empty body")
+def schemas() -> tuple[dict[tuple[Any, Mode], dict[str, Any]], dict[str, Any]]:
+    """Each type's schema (a ``$ref`` for a model), and the components they refer to."""
+    inputs = [((tp, mode), mode, TypeAdapter(tp)) for tp, mode in _types()]
+    by_type, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF_TEMPLATE)
+    return {key: schema for (key, _), schema in by_type.items()}, definitions.get("$defs", {})
 
 
-def _guarded(path: str, method: str, operation: dict[str, Any]) -> dict[str, Any]:
-    """The operation with the answers of :mod:`.guard`, which come before any handler."""
-    responses = {"421": MISDIRECTED, **operation["responses"]}
-    if (method.upper(), path) not in OPEN_TO_ANY_ORIGIN:
-        responses["403"] = FOREIGN_ORIGIN
-    if method.upper() in MUTATING:
-        responses["415"] = NOT_JSON_TYPE
-    return {**operation, "responses": dict(sorted(responses.items()))}
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    """One path parameter per field of ``route.params``; they must be the path's placeholders."""
+    placeholders = re.findall(r"{(\w+)}", route.path)
+    model = route.params.model_json_schema() if route.params is not None else {"properties": {}}
+    if sorted(placeholders) != sorted(model["properties"]):
+        raise ValueError(f"{route.method} {route.path}: the params model must name exactly {placeholders}")
+    parameters = []
+    for name, field in model["properties"].items():
+        schema = {key: value for key, value in field.items() if key not in ("title", "description")}
+        parameter = {"name": name, "in": "path", "required": True, "schema": schema}
+        if "description" in field:
+            parameter["description"] = field["description"]
+        parameters.append(parameter)
+    return parameters
+
+
+def _response(answer: Answer, by_type: dict[tuple[Any, Mode], dict[str, Any]]) -> dict[str, Any]:
+    schema = by_type[answer.body, "serialization"]
+    content = {media: {"schema": schema} for media in answer.media}
+    response: dict[str, Any] = {"description": answer.description, "content": content}
+    if answer.headers:
+        response["headers"] = {name: {"schema": {"type": "string"}} for name in answer.headers}
+    return response
+
+
+def operation(route: Route, by_type: dict[tuple[Any, Mode], dict[str, Any]]) -> dict[str, Any]:
+    """The route's entry under ``paths``."""
+    entry: dict[str, Any] = {"operationId": route.operation_id, "summary": route.summary}
+    if route.description is not None:
+        entry["description"] = route.description
+    if route.public:
+        entry["security"] = []  # no security requirement
+    parameters = _parameters(route)
+    if parameters:
+        entry["parameters"] = parameters
+    if route.body is not None:
+        schema = by_type[route.body, "validation"]
+        entry["requestBody"] = {"required": route.body_required, "content": {JSON: {"schema": schema}}}
+    entry["responses"] = {str(status): _response(answer, by_type) for status, answer in answers(route).items()}
+    return entry
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    paths = {
-        path: {key: _guarded(path, key, value) if key != "parameters" else value for key, value in item.items()}
-        for path, item in PATHS.items()
-    }
+    by_type, components = schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = operation(route, by_type)
     return {
         "openapi": "3.1.0",
-        "info": {
-            "title": "OMNIXAN LB admin API",
-            "version": __version__,
-            "description": "Runtime control of the load balancer. Send `Authorization: Bearer <token>` "
-            "(the value of the variable named by admin.token_env) to every operation but the public ones. "
-            "Every request needs a Host that names this listener (421), no foreign Origin (403), and "
-            "POST and PUT need Content-Type: application/json (415): no web page can drive the API.",
-        },
+        "info": {"title": "OMNIXAN LB admin API", "version": __version__, "description": DESCRIPTION},
         "security": [{"bearer": []}],
         "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }
