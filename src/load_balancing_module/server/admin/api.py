@@ -187,8 +187,9 @@ class AdminApi:
     async def set_algorithm(self, request: web.Request) -> web.Response:
         body = await read_object(request)
         if "algorithm_type" not in body:
-            raise BadInput(422, "algorithm_type: required (one of " + ", ".join(ALGORITHM_NAMES) + ")",
-                           "algorithm_type")  # fmt: skip
+            raise BadInput(
+                422, "algorithm_type: required (one of " + ", ".join(ALGORITHM_NAMES) + ")", "algorithm_type"
+            )
         change = validate(AlgorithmChange, body)
         # The library's own model: the subclass would compare unequal to the same choice read from a file.
         algorithm = LoadBalancingAlgorithm(algorithm_type=change.algorithm_type, config=change.config)
@@ -232,5 +233,6 @@ class AdminApi:
         return self._file(name, DASHBOARD_ASSETS[name])
 
     def _file(self, name: str, media_type: str) -> web.Response:
-        return web.Response(body=self._files[name], content_type=media_type, charset="utf-8",
-                            headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return web.Response(
+            body=self._files[name], content_type=media_type, charset="utf-8", headers={"Cache-Control": "no-cache"}
+        )

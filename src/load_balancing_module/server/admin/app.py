@@ -62,15 +62,20 @@ def token_digest(token: str) -> bytes:
 
 
 class AdminServer:
-    def __init__(self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *,
-                 drain_timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *, drain_timeout: float = 30.0
+    ) -> None:
         self.lb = lb
         self.registry = registry
         self.config = config
         self.token = admin_token(config)
         if config.open_to_network(self.token):  # only admin.allow_unauthenticated lets it get here
-            log_event("admin_unauthenticated", logging.WARNING, listen=config.listen,
-                      reason="admin.allow_unauthenticated: whoever reaches it controls the balancer")  # fmt: skip
+            log_event(
+                "admin_unauthenticated",
+                logging.WARNING,
+                listen=config.listen,
+                reason="admin.allow_unauthenticated: whoever reaches it controls the balancer",
+            )
         self._token_digest = None if self.token is None else token_digest(self.token)
         self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
         self.api = AdminApi(lb, registry, openapi_document(), drain_timeout=drain_timeout)
@@ -127,8 +132,7 @@ class AdminServer:
         offered = token_digest(given.strip())
         if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
             what = "missing" if not given else "wrong"
-            response = error_response(401, f"Authorization: a bearer token is required ({what} token)",
-                                      "Authorization")  # fmt: skip
+            response = error_response(401, f"Authorization: a bearer token is required ({what} token)", "Authorization")
             response.headers["WWW-Authenticate"] = 'Bearer realm="omnixan-lb admin"'
             return response
         return await handler(request)
