@@ -12,7 +12,20 @@ import pytest
 
 from admin_helpers import TOKEN, Live, SlowBackend, live_server
 from load_balancing_module.config import BackendConfig, LoadBalancingAlgorithm
-from load_balancing_module.server.admin.models import AlgorithmChange, DrainRequest
+from load_balancing_module.enums import LoadBalancingAlgorithmType
+from load_balancing_module.models import DrainResult
+from load_balancing_module.operations import OPERATIONS
+from load_balancing_module.server.admin.models import (
+    MAX_DRAIN_TIMEOUT,
+    AlgorithmChange,
+    AlgorithmView,
+    BackendView,
+    DistributionView,
+    DrainRequest,
+    ErrorBody,
+    HealthView,
+    RemovedView,
+)
 from load_balancing_module.server.admin.openapi import openapi_document
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -104,6 +117,19 @@ def test_request_bodies_are_the_models_own_schemas() -> None:
         "POST /execute": "#/components/schemas/ExecuteRequest",
     }
     assert {ref.rpartition("/")[2] for ref in refs(document)} <= set(schemas)  # every reference resolves
+
+
+def test_answers_are_the_views_own_schemas_and_names_come_from_the_code() -> None:
+    """What the document says an answer holds is what the handlers build it from."""
+    schemas = openapi_document()["components"]["schemas"]
+    ref = "#/components/schemas/{model}"
+    for view in (BackendView, DistributionView, AlgorithmView, RemovedView, HealthView, ErrorBody, DrainResult):
+        schema = view.model_json_schema(mode="serialization", ref_template=ref)
+        schema.pop("$defs", None)
+        assert schemas[view.__name__] == schema, view
+    assert schemas["LoadBalancingAlgorithmType"]["enum"] == [kind.value for kind in LoadBalancingAlgorithmType]
+    assert schemas["ExecuteRequest"]["properties"]["operation"]["enum"] == sorted(OPERATIONS)
+    assert schemas["DrainRequest"]["properties"]["timeout"]["anyOf"][0]["maximum"] == MAX_DRAIN_TIMEOUT
 
 
 def refs(node: object) -> list[str]:
