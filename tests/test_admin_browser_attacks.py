@@ -26,7 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from playwright.async_api import Browser, async_playwright
 
 from admin_helpers import CHROMIUM, CHROMIUM_ARGS, Live, SlowBackend, live_server
-from load_balancing_module.server.admin_guard import Refusal, RequestGuard
+from load_balancing_module.server.admin.guard import Refusal, RequestGuard
 from servers import AioServer
 
 REBIND = "rebind.test"

@@ -1,7 +1,7 @@
 """Hostile bodies to every endpoint that takes one, on a live server: never a 5xx, always a JSON error, and
 the server keeps serving; what the API accepted it can always serve back.
 
-Named cases first (each rule of admin_api.parse_json, the 1 MiB limit), then hypothesis-built bodies: JSON
+Named cases first (each rule of admin.body.parse_json, the 1 MiB limit), then hypothesis-built bodies: JSON
 of wrong types, huge numbers and NaN/Infinity literals, repeated keys, random bytes. Requests go out on raw
 sockets from a worker thread while the server runs in the test's event loop."""
 
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from admin_helpers import TOKEN, Live, RawResponse, SlowBackend, live_server, raw_request
-from load_balancing_module.server.admin import MAX_BODY_BYTES
-from load_balancing_module.server.admin_api import MAX_JSON_DEPTH, THREAD_PARSE_BYTES
+from load_balancing_module.server.admin.app import MAX_BODY_BYTES
+from load_balancing_module.server.admin.body import MAX_JSON_DEPTH, THREAD_PARSE_BYTES
 
 AUTH = ("Authorization", f"Bearer {TOKEN}")
 JSON = ("Content-Type", "application/json")

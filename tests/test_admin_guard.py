@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 
-from load_balancing_module.server.admin_guard import RequestGuard, host_name, media_type, same_origin
+from load_balancing_module.server.admin.guard import RequestGuard, host_name, media_type, same_origin
 from load_balancing_module.server.config import AdminConfig
 
 GUARD = RequestGuard("127.0.0.1", ["admin.example.com", "*.lb.example.net"])

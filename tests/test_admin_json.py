@@ -1,4 +1,4 @@
-"""admin_api.parse_json without a server: which bodies the admin API keeps, and how a refusal names the spot.
+"""admin.body.parse_json without a server: which bodies the admin API keeps, and how a refusal names the spot.
 
 On a live server, for every endpoint and with hypothesis-built bodies: test_admin_fuzz.py."""
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from load_balancing_module.server.admin_api import MAX_JSON_DEPTH, BadInput, parse_json
+from load_balancing_module.server.admin.body import MAX_JSON_DEPTH, BadInput, parse_json
 
 
 def refusal(raw: bytes) -> str:

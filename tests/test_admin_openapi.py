@@ -12,8 +12,21 @@ import pytest
 
 from admin_helpers import TOKEN, Live, SlowBackend, live_server
 from load_balancing_module.config import BackendConfig, LoadBalancingAlgorithm
-from load_balancing_module.server.admin_api import DrainRequest
-from load_balancing_module.server.openapi import openapi_document
+from load_balancing_module.enums import LoadBalancingAlgorithmType
+from load_balancing_module.models import DrainResult
+from load_balancing_module.operations import OPERATIONS
+from load_balancing_module.server.admin.models import (
+    MAX_DRAIN_TIMEOUT,
+    AlgorithmChange,
+    AlgorithmView,
+    BackendView,
+    DistributionView,
+    DrainRequest,
+    ErrorBody,
+    HealthView,
+    RemovedView,
+)
+from load_balancing_module.server.admin.openapi import openapi_document
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # Every check (not_a_server_error among them) but positive_data_acceptance: /execute's body is open-ended
@@ -82,7 +95,15 @@ def test_request_bodies_are_the_models_own_schemas() -> None:
     assert schemas["DrainRequest"] == DrainRequest.model_json_schema(ref_template=ref)
     algorithm = LoadBalancingAlgorithm.model_json_schema(ref_template=ref)
     assert schemas["LoadBalancingAlgorithmType"] == algorithm.pop("$defs")["LoadBalancingAlgorithmType"]
-    assert schemas["LoadBalancingAlgorithm"] == {**algorithm, "required": ["algorithm_type"]}
+    # PUT /algorithm takes LoadBalancingAlgorithm with algorithm_type required, so that {} is no silent switch.
+    change = AlgorithmChange.model_json_schema(ref_template=ref)
+    del change["$defs"]
+    assert schemas["AlgorithmChange"] == change
+    assert change["required"] == ["algorithm_type"]
+    assert change["properties"]["algorithm_type"] == {"$ref": ref.format(model="LoadBalancingAlgorithmType")}
+    assert {**change["properties"], "algorithm_type": algorithm["properties"]["algorithm_type"]} == algorithm[
+        "properties"
+    ]
     bodies = {
         f"{method.upper()} {path}": operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         for path, item in document["paths"].items()
@@ -91,11 +112,24 @@ def test_request_bodies_are_the_models_own_schemas() -> None:
     }
     assert bodies == {
         "POST /backends": "#/components/schemas/BackendConfig",
-        "PUT /algorithm": "#/components/schemas/LoadBalancingAlgorithm",
+        "PUT /algorithm": "#/components/schemas/AlgorithmChange",
         "POST /backends/{backend_id}/drain": "#/components/schemas/DrainRequest",
         "POST /execute": "#/components/schemas/ExecuteRequest",
     }
     assert {ref.rpartition("/")[2] for ref in refs(document)} <= set(schemas)  # every reference resolves
+
+
+def test_answers_are_the_views_own_schemas_and_names_come_from_the_code() -> None:
+    """What the document says an answer holds is what the handlers build it from."""
+    schemas = openapi_document()["components"]["schemas"]
+    ref = "#/components/schemas/{model}"
+    for view in (BackendView, DistributionView, AlgorithmView, RemovedView, HealthView, ErrorBody, DrainResult):
+        schema = view.model_json_schema(mode="serialization", ref_template=ref)
+        schema.pop("$defs", None)
+        assert schemas[view.__name__] == schema, view
+    assert schemas["LoadBalancingAlgorithmType"]["enum"] == [kind.value for kind in LoadBalancingAlgorithmType]
+    assert schemas["ExecuteRequest"]["properties"]["operation"]["enum"] == sorted(OPERATIONS)
+    assert schemas["DrainRequest"]["properties"]["timeout"]["anyOf"][0]["maximum"] == MAX_DRAIN_TIMEOUT
 
 
 def refs(node: object) -> list[str]:

@@ -1,16 +1,10 @@
 """The admin listener (aiohttp): the runtime API, the dashboard, health and metrics.
 
-Routes (the JSON API's handlers are in :mod:`.admin_api`):
+Routes: the table of :mod:`.routes` (handlers in :mod:`.api`), which the
+OpenAPI document at ``GET /openapi.json`` is generated from (:mod:`.openapi`).
+The dashboard is static files shipped in the package (``server/dashboard/``).
 
-- ``GET /healthz``: 200 when at least one backend is HEALTHY, else 503.
-- ``GET /metrics``: Prometheus text format from the module's collector.
-- ``GET /openapi.json``: the OpenAPI 3 document of every route (:mod:`.openapi`).
-- ``GET /`` and ``GET /dashboard/{file}``: the live dashboard, static files
-  shipped in the package (``server/dashboard/``).
-- ``/backends``, ``/backends/{backend_id}``, ``/backends/{backend_id}/drain``,
-  ``/distribution``, ``/algorithm``, ``/execute``: the runtime API.
-
-Every request first passes :class:`~.admin_guard.RequestGuard` (Host 421,
+Every request first passes :class:`~.guard.RequestGuard` (Host 421,
 Origin 403, Content-Type 415: no web page may drive the API, see that module).
 Then everything but health, metrics, the OpenAPI document and the dashboard's
 files needs ``Authorization: Bearer <token>`` when a token is configured
@@ -26,31 +20,29 @@ import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from importlib import resources
+from functools import partial
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
-from .._log import log_event
-from ..enums import HealthState
-from ..exceptions import ConfigurationError
-from ..module import LoadBalancingModule
-from .admin_api import AdminApi, error_response
-from .admin_guard import RequestGuard
-from .config import AdminConfig, parse_address
+from ..._log import log_event
+from ...exceptions import ConfigurationError
+from ...module import LoadBalancingModule
+from ..config import AdminConfig, parse_address
+from .api import AdminApi, error_response
+from .guard import RequestGuard
 from .openapi import openapi_document
+from .routes import ROUTES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Larger bodies get 413. Four times the largest real one (a backend whose metadata is 64 KiB of JSON),
 # and small enough that the worst body of this size holds the event loop ~20 ms while parsed.
 MAX_BODY_BYTES = 256 * 1024
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/"})
-DASHBOARD_FILES = {
-    "index.html": "text/html",
-    "dashboard.css": "text/css",
-    "dashboard.js": "text/javascript",
-}
+PUBLIC = [route.path for route in ROUTES if route.public]
+PUBLIC_PATHS = frozenset(path for path in PUBLIC if "{" not in path)
+# A templated public path is public for all below its fixed part: /dashboard/x/y gets the router's 404, not 401.
+PUBLIC_PREFIXES = tuple(path.partition("{")[0] for path in PUBLIC if "{" in path)
 
 
 def admin_token(config: AdminConfig, environ: Mapping[str, str] | None = None) -> str | None:
@@ -69,38 +61,36 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-def dashboard_file(name: str) -> bytes:
-    """A file of the dashboard, read from the package."""
-    return resources.files("load_balancing_module").joinpath("server").joinpath("dashboard").joinpath(name).read_bytes()
-
-
 class AdminServer:
-    def __init__(self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *,
-                 drain_timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *, drain_timeout: float = 30.0
+    ) -> None:
         self.lb = lb
         self.registry = registry
         self.config = config
         self.token = admin_token(config)
         if config.open_to_network(self.token):  # only admin.allow_unauthenticated lets it get here
-            log_event("admin_unauthenticated", logging.WARNING, listen=config.listen,
-                      reason="admin.allow_unauthenticated: whoever reaches it controls the balancer")  # fmt: skip
+            log_event(
+                "admin_unauthenticated",
+                logging.WARNING,
+                listen=config.listen,
+                reason="admin.allow_unauthenticated: whoever reaches it controls the balancer",
+            )
         self._token_digest = None if self.token is None else token_digest(self.token)
         self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
-        self.api = AdminApi(lb, drain_timeout=drain_timeout)
+        self.api = AdminApi(lb, registry, openapi_document(), drain_timeout=drain_timeout)
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._files = {name: dashboard_file(name) for name in DASHBOARD_FILES}
 
     def app(self) -> web.Application:
         middlewares = [self._errors_as_json, self._guard, self._authenticate]
         app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-        router = app.router
-        router.add_get("/healthz", self.healthz)
-        router.add_get("/metrics", self.metrics)
-        router.add_get("/openapi.json", self.openapi)
-        router.add_get("/", self.dashboard)
-        router.add_get("/dashboard/{name}", self.dashboard_asset)
-        self.api.add_routes(router)
+        for route in ROUTES:
+            handler = partial(route.handler, self.api)
+            if route.method == "GET":
+                app.router.add_get(route.path, handler)  # and HEAD
+            else:
+                app.router.add_route(route.method, route.path, handler)
         return app
 
     async def start(self) -> None:
@@ -122,11 +112,11 @@ class AdminServer:
     def _public(self, request: web.Request) -> bool:
         if request.method not in ("GET", "HEAD"):
             return False
-        return request.path in PUBLIC_PATHS or request.path.startswith("/dashboard/")
+        return request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Host, Origin and Content-Type (:mod:`.admin_guard`): before the token, on every route."""
+        """Host, Origin and Content-Type (:mod:`.guard`): before the token, on every route."""
         routed = request.match_info.http_exception is None
         refusal = self.guard.check(request.method, request.path, request.headers, routed=routed)
         if refusal is not None:
@@ -142,8 +132,7 @@ class AdminServer:
         offered = token_digest(given.strip())
         if not hmac.compare_digest(offered, expected) or scheme.lower() != "bearer":
             what = "missing" if not given else "wrong"
-            response = error_response(401, f"Authorization: a bearer token is required ({what} token)",
-                                      "Authorization")  # fmt: skip
+            response = error_response(401, f"Authorization: a bearer token is required ({what} token)", "Authorization")
             response.headers["WWW-Authenticate"] = 'Bearer realm="omnixan-lb admin"'
             return response
         return await handler(request)
@@ -161,31 +150,3 @@ class AdminServer:
                 if name in exc.headers:
                     response.headers[name] = exc.headers[name]
             return response
-
-    # -- public routes ---------------------------------------------------------------
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        healthy = sum(1 for b in self.lb.backends.values() if b.health.state is HealthState.HEALTHY)
-        status = 200 if healthy else 503
-        return web.json_response({"status": "ok" if healthy else "unavailable", "healthy_backends": healthy,
-                                  "backends": len(self.lb.backends)}, status=status)  # fmt: skip
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
-
-    async def dashboard(self, request: web.Request) -> web.Response:
-        return self._file("index.html")
-
-    async def dashboard_asset(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in DASHBOARD_FILES or name == "index.html":
-            return error_response(404, f"no dashboard file {name!r}", None)
-        return self._file(name)
-
-    def _file(self, name: str) -> web.Response:
-        return web.Response(body=self._files[name], content_type=DASHBOARD_FILES[name], charset="utf-8",
-                            headers={"Cache-Control": "no-cache"})  # fmt: skip

@@ -24,7 +24,7 @@ for every route, before authentication:
   response carries a CORS header).
 
 Sans-IO: :meth:`RequestGuard.check` takes the method, path and headers and
-returns a :class:`Refusal` or ``None``; :mod:`.admin` turns it into a response.
+returns a :class:`Refusal` or ``None``; :mod:`.app` turns it into a response.
 """
 
 from __future__ import annotations

@@ -1,0 +1,238 @@
+"""The admin listener's handlers: backends, drain, distribution, algorithm, execute, and the public routes.
+
+Every change goes straight to the running :class:`LoadBalancingModule`, so it
+takes effect for the next request the proxy routes. Input is validated whole
+before anything changes; bad input gets 400 (not JSON) or 422 (JSON that is
+wrong) with ``{"error": "<field>: <problem>", "field": "<field>"}``; an
+unknown backend id gets 404. Bodies are read by :mod:`.body`; every JSON
+answer is built from a model of :mod:`.models`, the ones the document names.
+Which handler serves which route is said once, in :mod:`.routes`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from ...config import BackendConfig, LoadBalancingAlgorithm
+from ...enums import HealthState, LoadBalancingAlgorithmType
+from ...exceptions import AlgorithmError, BackendNotFoundError
+from ...module import LoadBalancingModule
+from .body import BadInput, read_object, validation_error
+from .models import (
+    DASHBOARD_ASSETS,
+    AlgorithmChange,
+    AlgorithmView,
+    BackendView,
+    DistributionView,
+    DrainRequest,
+    ErrorBody,
+    ExecuteFailure,
+    ExecuteSuccess,
+    HealthView,
+    RemovedView,
+)
+
+ALGORITHM_NAMES = [kind.value for kind in LoadBalancingAlgorithmType]
+
+# execute() reports errors by class name: the HTTP status each one gets (others: 422).
+EXECUTE_ERROR_STATUS = {
+    "BackendNotFoundError": 404,
+    "RateLimitExceededError": 429,
+    "RoutingError": 503,
+    "BackendUnavailableError": 503,
+    "CircuitBreakerOpenError": 503,
+    "RequestTimeoutError": 503,
+}
+
+ApiHandler = Callable[["AdminApi", web.Request], Awaitable[web.Response]]
+M = TypeVar("M", bound=BaseModel)
+
+
+def respond(
+    body: BaseModel | Sequence[BaseModel], status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """``body`` (a view, or a list of them) as JSON."""
+    if isinstance(body, BaseModel):
+        return json_response(body.model_dump(mode="json"), status, headers)
+    return json_response([view.model_dump(mode="json") for view in body], status, headers)
+
+
+def error_response(status: int, message: str, field: str | None) -> web.Response:
+    return respond(ErrorBody(error=message, field=field), status)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    try:
+        text = json.dumps(data, allow_nan=False)
+    except ValueError:  # an infinite number in execute's open-ended result, say: JSON has no such number
+        text = json.dumps(_finite(data))
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _api(handler: ApiHandler) -> ApiHandler:
+    @wraps(handler)
+    async def wrapper(self: AdminApi, request: web.Request) -> web.Response:
+        try:
+            return await handler(self, request)
+        except BadInput as exc:
+            return error_response(exc.status, exc.message, exc.field)
+        except BackendNotFoundError as exc:
+            return error_response(404, str(exc.args[0]) if exc.args else "no such backend", "backend_id")
+
+    return wrapper
+
+
+def validate(model: type[M], body: dict[str, Any], *, strict: bool | None = None) -> M:
+    """``body`` as ``model``; :class:`BadInput` (422) naming the fields otherwise."""
+    try:
+        return model.model_validate(body, strict=strict)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def algorithm_settings(lb: LoadBalancingModule) -> tuple[str, dict[str, Any]]:
+    """The algorithm in use and its settings. To become ``lb.algorithm_settings()`` (a public method)."""
+    factory = lb.router.factory
+    return factory.kind.value, dict(factory.settings)
+
+
+def dashboard_file(name: str) -> bytes:
+    """A file of the dashboard, read from the package."""
+    return resources.files("load_balancing_module").joinpath("server").joinpath("dashboard").joinpath(name).read_bytes()
+
+
+class AdminApi:
+    def __init__(
+        self, lb: LoadBalancingModule, registry: CollectorRegistry, document: dict[str, Any], *, drain_timeout: float
+    ) -> None:
+        self.lb = lb
+        self.registry = registry
+        self.document = document
+        self.drain_timeout = drain_timeout
+        self._files = {name: dashboard_file(name) for name in ["index.html", *DASHBOARD_ASSETS]}
+
+    # -- backends --------------------------------------------------------------------
+
+    def _backend(self, backend_id: str) -> BackendView:
+        return BackendView.model_validate(self.lb.describe_backend(backend_id))
+
+    @_api
+    async def list_backends(self, request: web.Request) -> web.Response:
+        return respond([self._backend(backend_id) for backend_id in list(self.lb.backends)])
+
+    @_api
+    async def add_backend(self, request: web.Request) -> web.Response:
+        body = await read_object(request)
+        config = validate(BackendConfig, body, strict=True)  # JSON true is no number here
+        backend_id = await self.lb.add_backend(config)
+        location = f"/backends/{quote(backend_id, safe='')}"
+        return respond(self._backend(backend_id), 201, {"Location": location})
+
+    @_api
+    async def get_backend(self, request: web.Request) -> web.Response:
+        return respond(self._backend(request.match_info["backend_id"]))
+
+    @_api
+    async def remove_backend(self, request: web.Request) -> web.Response:
+        backend_id = request.match_info["backend_id"]
+        in_flight = self._backend(backend_id).active_connections
+        await self.lb.remove_backend(backend_id)
+        return respond(RemovedView(backend_id=backend_id, removed=True, in_flight=in_flight))
+
+    @_api
+    async def drain_backend(self, request: web.Request) -> web.Response:
+        backend_id = request.match_info["backend_id"]
+        body = await read_object(request, required=False)
+        drain = validate(DrainRequest, body, strict=True)  # JSON true is no number here
+        timeout = self.drain_timeout if drain.timeout is None else drain.timeout
+        self.lb.describe_backend(backend_id)  # 404 before anything starts
+        return respond(await self.lb.drain_backend(backend_id, timeout))
+
+    # -- balancer ----------------------------------------------------------------------
+
+    @_api
+    async def get_distribution(self, request: web.Request) -> web.Response:
+        distribution = await self.lb.get_load_distribution()
+        return respond(DistributionView.model_validate(distribution, from_attributes=True))
+
+    def _algorithm(self) -> AlgorithmView:
+        name, settings = algorithm_settings(self.lb)
+        return AlgorithmView.model_validate({"algorithm": name, "config": settings})
+
+    @_api
+    async def get_algorithm(self, request: web.Request) -> web.Response:
+        return respond(self._algorithm())
+
+    @_api
+    async def set_algorithm(self, request: web.Request) -> web.Response:
+        body = await read_object(request)
+        if "algorithm_type" not in body:
+            raise BadInput(
+                422, "algorithm_type: required (one of " + ", ".join(ALGORITHM_NAMES) + ")", "algorithm_type"
+            )
+        change = validate(AlgorithmChange, body)
+        # The library's own model: the subclass would compare unequal to the same choice read from a file.
+        algorithm = LoadBalancingAlgorithm(algorithm_type=change.algorithm_type, config=change.config)
+        try:
+            await self.lb.configure_algorithm(algorithm)
+        except AlgorithmError as exc:
+            raise BadInput(422, f"config: {exc}", "config") from None
+        return respond(self._algorithm())
+
+    @_api
+    async def execute(self, request: web.Request) -> web.Response:
+        body = await read_object(request)
+        outcome = await self.lb.execute(body)
+        if outcome.get("status") == "success":
+            return respond(ExecuteSuccess.model_validate(outcome))
+        status = EXECUTE_ERROR_STATUS.get(str(outcome.get("error_type")), 422)
+        return respond(ExecuteFailure.model_validate(outcome), status)
+
+    # -- public ------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        backends = self.lb.backends.values()
+        healthy = sum(1 for b in backends if b.health.state is HealthState.HEALTHY)
+        view = HealthView(status="ok" if healthy else "unavailable", healthy_backends=healthy, backends=len(backends))
+        return respond(view, 200 if healthy else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.document)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return self._file("index.html", "text/html")
+
+    async def dashboard_asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in DASHBOARD_ASSETS:
+            return error_response(404, f"no dashboard file {name!r}", None)
+        return self._file(name, DASHBOARD_ASSETS[name])
+
+    def _file(self, name: str, media_type: str) -> web.Response:
+        return web.Response(
+            body=self._files[name], content_type=media_type, charset="utf-8", headers={"Cache-Control": "no-cache"}
+        )
