@@ -35,8 +35,15 @@ from servers import AioServer
 HOST = "127.0.0.1"
 # Debian's Chromium, driven by Playwright (whose launch gives each browser a fresh temporary profile).
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 TOKEN = "test-admin-token-5b0d"
 TOKEN_ENV = "OMNIXAN_LB_TEST_ADMIN_TOKEN"
 
@@ -86,10 +93,19 @@ class Live:
             return response.status, await response.json()
 
 
-def write_config(path: Path, backends: Sequence[SlowBackend], extra: Sequence[str] = (),
-                 admin: str = f'{{listen: "127.0.0.1:0", token_env: {TOKEN_ENV}}}') -> Path:  # fmt: skip
-    lines = ['listen: "127.0.0.1:0"', f"admin: {admin}", "health_check: {enabled: false}", "access_log: false",
-             "backends:"]  # fmt: skip
+def write_config(
+    path: Path,
+    backends: Sequence[SlowBackend],
+    extra: Sequence[str] = (),
+    admin: str = f'{{listen: "127.0.0.1:0", token_env: {TOKEN_ENV}}}',
+) -> Path:
+    lines = [
+        'listen: "127.0.0.1:0"',
+        f"admin: {admin}",
+        "health_check: {enabled: false}",
+        "access_log: false",
+        "backends:",
+    ]
     lines += [f"  - {{host: {HOST}, port: {b.port}}}" for b in backends]
     lines += list(extra)
     path.write_text("\n".join(lines) + "\n")
@@ -97,9 +113,15 @@ def write_config(path: Path, backends: Sequence[SlowBackend], extra: Sequence[st
 
 
 @contextlib.asynccontextmanager
-async def live_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backends: Sequence[SlowBackend],
-                      extra: Sequence[str] = (), *, token: bool = True,
-                      admin: str | None = None) -> AsyncIterator[Live]:  # fmt: skip
+async def live_server(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backends: Sequence[SlowBackend],
+    extra: Sequence[str] = (),
+    *,
+    token: bool = True,
+    admin: str | None = None,
+) -> AsyncIterator[Live]:
     """Start the backends and a whole server in front of them; stop everything afterwards.
 
     ``token=False``: the admin listener has no token (allowed on loopback), as in the default setup;
@@ -208,9 +230,17 @@ class RawResponse:
 Header = tuple[str, str | bytes]
 
 
-def raw_request(port: int, method: str, path: str, headers: Sequence[Header] = (), body: bytes = b"", *,
-                host: str | None = "127.0.0.1:{port}", version: str = "1.1",
-                timeout: float = 10.0) -> RawResponse:  # fmt: skip
+def raw_request(
+    port: int,
+    method: str,
+    path: str,
+    headers: Sequence[Header] = (),
+    body: bytes = b"",
+    *,
+    host: str | None = "127.0.0.1:{port}",
+    version: str = "1.1",
+    timeout: float = 10.0,
+) -> RawResponse:
     """Send one HTTP request as written (``host``: the Host header, ``{port}`` replaced; None: no
     Host header; a body gets its Content-Length) on a new connection, and read the answer until the
     server closes it."""

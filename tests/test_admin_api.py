@@ -29,9 +29,17 @@ async def status_of(method: str, url: str, headers: dict[str, str] | None = None
 
 async def test_token_is_required_except_for_health_metrics_openapi_and_dashboard(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")]) as live:
-        guarded = [("GET", "/backends"), ("GET", "/distribution"), ("PUT", "/algorithm"), ("POST", "/execute"),
-                   ("POST", "/backends"), ("GET", "/backends/x"), ("DELETE", "/backends/x"),
-                   ("POST", "/backends/x/drain"), ("GET", "/algorithm")]  # fmt: skip
+        guarded = [
+            ("GET", "/backends"),
+            ("GET", "/distribution"),
+            ("PUT", "/algorithm"),
+            ("POST", "/execute"),
+            ("POST", "/backends"),
+            ("GET", "/backends/x"),
+            ("DELETE", "/backends/x"),
+            ("POST", "/backends/x/drain"),
+            ("GET", "/algorithm"),
+        ]
         for method, path in guarded:
             for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):
                 if method in ("POST", "PUT"):  # the Content-Type a change needs first (415 otherwise)
@@ -56,8 +64,9 @@ async def test_token_is_required_except_for_health_metrics_openapi_and_dashboard
         assert (await live.api("GET", "/backends"))[0] == 200  # the right token
 
 
-async def test_non_loopback_admin_without_token_refuses_to_start(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+async def test_non_loopback_admin_without_token_refuses_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     path = tmp_path / "lb.yaml"
     path.write_text(f'admin: {{listen: "0.0.0.0:0", token_env: {TOKEN_ENV}}}\nbackends: []\n')
@@ -74,8 +83,9 @@ async def test_backends_added_and_removed_through_the_api_take_effect_at_once(en
             assert status == 200 and [(x["backend_id"], x["host"], x["port"]) for x in listed] == [
                 (live.backend_id(a), "127.0.0.1", a.port)
             ]
-            async with live.session.post(live.admin + "/backends", json={"host": "127.0.0.1", "port": b.port,
-                                                                          "weight": 3}) as response:  # fmt: skip
+            async with live.session.post(
+                live.admin + "/backends", json={"host": "127.0.0.1", "port": b.port, "weight": 3}
+            ) as response:
                 assert response.status == 201
                 added = await response.json()
                 assert response.headers["Location"] == f"/backends/127.0.0.1%3A{b.port}"
@@ -110,8 +120,9 @@ async def test_backends_added_and_removed_through_the_api_take_effect_at_once(en
 async def test_bad_input_names_the_field_and_changes_nothing(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")]) as live:
         before = await live.api("GET", "/distribution")
-        async with live.session.post(live.admin + "/backends", data=b"{not json",
-                                     headers={"Content-Type": "application/json"}) as response:  # fmt: skip
+        async with live.session.post(
+            live.admin + "/backends", data=b"{not json", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400
             assert (await response.json())["field"] == "body"
         cases: list[tuple[str, str, object, str]] = [
@@ -144,8 +155,9 @@ async def test_algorithm_switch_and_execute(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a"), SlowBackend("b")]) as live:
         status, algorithm = await live.api("GET", "/algorithm")
         assert status == 200 and algorithm["algorithm"] == "round_robin" and "ip_hash" in algorithm["available"]
-        status, switched = await live.api("PUT", "/algorithm", {"algorithm_type": "least_connections",
-                                                                 "config": {"choice_count": 2}})  # fmt: skip
+        status, switched = await live.api(
+            "PUT", "/algorithm", {"algorithm_type": "least_connections", "config": {"choice_count": 2}}
+        )
         assert status == 200 and switched["algorithm"] == "least_connections"
         assert switched["config"] == {"choice_count": 2}
         assert (await live.api("GET", "/distribution"))[1]["algorithm"] == "least_connections"
@@ -154,8 +166,9 @@ async def test_algorithm_switch_and_execute(env: Fixture) -> None:
         status, result = await live.api("POST", "/execute", {"operation": "get_load_distribution"})
         assert status == 200 and result["status"] == "success"
         assert result["result"]["algorithm"] == "least_connections"
-        status, result = await live.api("POST", "/execute", {"operation": "add_backend",
-                                                             "backend": {"host": "127.0.0.1", "port": 9}})  # fmt: skip
+        status, result = await live.api(
+            "POST", "/execute", {"operation": "add_backend", "backend": {"host": "127.0.0.1", "port": 9}}
+        )
         assert status == 200 and result["result"] == {"backend_id": "127.0.0.1:9"}
         assert "127.0.0.1:9" in (await live.api("GET", "/distribution"))[1]["backends"]
         status, result = await live.api("POST", "/execute", {"operation": "remove_backend", "backend_id": "nope"})
@@ -172,8 +185,10 @@ async def test_drain_under_load_loses_no_request(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a", delay=0.005), slow, SlowBackend("c", delay=0.005)]) as live:
         slow_id = live.backend_id(slow)
         async with Traffic(live.proxy, clients=8) as traffic:
-            await until(lambda: live.server.lb.backends[slow_id].in_flight > 0 and traffic.answered > 30,
-                        what="load on every backend")  # fmt: skip
+            await until(
+                lambda: live.server.lb.backends[slow_id].in_flight > 0 and traffic.answered > 30,
+                what="load on every backend",
+            )
             status, drained = await live.api("POST", f"/backends/{slow_id}/drain", {"timeout": 10})
             hits_at_drain = slow.hits
             answered_at_drain = traffic.answered

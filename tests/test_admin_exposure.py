@@ -32,8 +32,9 @@ def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str
     return code, out, err
 
 
-def test_check_refuses_an_open_admin_api_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_check_refuses_an_open_admin_api_off_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     path = config(tmp_path, f'{{listen: "0.0.0.0:9090", token_env: {TOKEN_ENV}}}')
     code, out, err = check(path, capsys)
@@ -54,8 +55,9 @@ def test_check_refuses_an_open_admin_api_off_loopback(tmp_path: Path, monkeypatc
         assert (code, err) == (0, ""), (loopback, err)
 
 
-def test_check_accepts_the_opt_out_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_check_accepts_the_opt_out_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     path = config(tmp_path, f'{{listen: "0.0.0.0:9090", token_env: {TOKEN_ENV}, allow_unauthenticated: true}}')
     code, out, err = check(path, capsys)
@@ -70,17 +72,24 @@ async def test_serve_refuses_to_start_an_open_admin_api_off_loopback(
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     path = config(tmp_path, f'{{listen: "0.0.0.0:9090", token_env: {TOKEN_ENV}}}')
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "load_balancing_module.cli", "serve", "--config", str(path),
+        sys.executable,
+        "-m",
+        "load_balancing_module.cli",
+        "serve",
+        "--config",
+        str(path),
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2, err
     assert REFUSAL in err.decode() and "config_error" in err.decode()
 
 
-def test_serve_takes_the_opt_out_and_logs_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_serve_takes_the_opt_out_and_logs_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Built as `serve` builds it, not started: an open listener on every interface is not for a test run."""
     caplog.set_level(logging.WARNING, logger="load_balancing_module")
     monkeypatch.delenv(TOKEN_ENV, raising=False)

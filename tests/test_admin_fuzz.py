@@ -75,8 +75,13 @@ HOSTILE: dict[str, tuple[bytes, int]] = {  # body, and the status it must get ev
 
 def endpoints(live: Live) -> list[tuple[str, str]]:
     backend = live.backend_id(live.backends[0])
-    return [("POST", "/backends"), ("POST", f"/backends/{backend}/drain"), ("POST", "/backends/nope/drain"),
-            ("PUT", "/algorithm"), ("POST", "/execute")]  # fmt: skip
+    return [
+        ("POST", "/backends"),
+        ("POST", f"/backends/{backend}/drain"),
+        ("POST", "/backends/nope/drain"),
+        ("PUT", "/algorithm"),
+        ("POST", "/execute"),
+    ]
 
 
 def send(live: Live, method: str, path: str, body: bytes) -> RawResponse:
@@ -102,8 +107,9 @@ def json_error(response: RawResponse) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))
-async def test_hostile_bodies_get_a_json_error_everywhere(case: str, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+async def test_hostile_bodies_get_a_json_error_everywhere(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body, status = HOSTILE[case]
     async with live_server(tmp_path, monkeypatch, [SlowBackend("a")], EXTRA) as live:
         before = await live.api("GET", "/distribution")
@@ -121,8 +127,15 @@ async def test_hostile_bodies_get_a_json_error_everywhere(case: str, tmp_path: P
 
 async def test_what_is_accepted_can_be_served_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The deepest metadata the API keeps, and every kind of JSON value, come back as sent."""
-    metadata = {"deep": nested(MAX_JSON_DEPTH - 1), "text": "é\u2028\U0001f600", "big": 2**63 - 1,
-                "small": -(2**63), "float": 1.7976931348623157e308, "tiny": 5e-324, "none": None}  # fmt: skip
+    metadata = {
+        "deep": nested(MAX_JSON_DEPTH - 1),
+        "text": "é\u2028\U0001f600",
+        "big": 2**63 - 1,
+        "small": -(2**63),
+        "float": 1.7976931348623157e308,
+        "tiny": 5e-324,
+        "none": None,
+    }
     async with live_server(tmp_path, monkeypatch, [SlowBackend("a")], EXTRA) as live:
         status, added = await live.api("POST", "/backends", {"host": "127.0.0.1", "port": 9, "metadata": metadata})
         if status == 422:  # a stricter BackendConfig (metadata depth and size bounded at the model) is fine too
@@ -133,9 +146,11 @@ async def test_what_is_accepted_can_be_served_back(tmp_path: Path, monkeypatch: 
         assert added["metadata"] == metadata
         if "deep" in metadata:  # one level further down in an /execute body
             metadata["deep"] = nested(MAX_JSON_DEPTH - 2)
-        status, result = await live.api("POST", "/execute", {"operation": "add_backend",
-                                                             "backend": {"host": "127.0.0.1", "port": 10,
-                                                                         "metadata": metadata}})  # fmt: skip
+        status, result = await live.api(
+            "POST",
+            "/execute",
+            {"operation": "add_backend", "backend": {"host": "127.0.0.1", "port": 10, "metadata": metadata}},
+        )
         assert status == 200, result
         for path in ("/backends", "/distribution", "/backends/127.0.0.1:10"):
             assert (await live.api("GET", path))[0] == 200
@@ -144,20 +159,44 @@ async def test_what_is_accepted_can_be_served_back(tmp_path: Path, monkeypatch: 
 
 # -- hypothesis -----------------------------------------------------------------------------
 
-KEYS = ["host", "port", "weight", "max_connections", "quantum_capable", "priority", "metadata",
-        "slow_start_seconds", "timeout", "algorithm_type", "config", "operation", "backend", "backend_id",
-        "choice_count", "points"]  # fmt: skip
+KEYS = [
+    "host",
+    "port",
+    "weight",
+    "max_connections",
+    "quantum_capable",
+    "priority",
+    "metadata",
+    "slow_start_seconds",
+    "timeout",
+    "algorithm_type",
+    "config",
+    "operation",
+    "backend",
+    "backend_id",
+    "choice_count",
+    "points",
+]
 OPERATIONS = ["add_backend", "remove_backend", "health_check", "get_load_distribution", "configure_algorithm"]
 SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats() | st.text(max_size=12) | st.sampled_from(["127.0.0.1", "ip_hash", "round_robin", "a b", ""])
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["127.0.0.1", "ip_hash", "round_robin", "a b", ""])
     | st.sampled_from(OPERATIONS)
-)  # fmt: skip
+)
 # Around the limit, and far over it (kept, 300 levels made the old API's later answers fail).
 DEEP = st.one_of(st.integers(min_value=MAX_JSON_DEPTH - 2, max_value=MAX_JSON_DEPTH + 2), st.just(300)).map(nested)
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4),
-                      max_leaves=12)  # fmt: skip
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def encode(pairs: list[tuple[str, Any]]) -> bytes:
@@ -166,19 +205,31 @@ def encode(pairs: list[tuple[str, Any]]) -> bytes:
 
 
 BACKEND = st.fixed_dictionaries(
-    {"host": st.sampled_from(["127.0.0.1", "10.0.0.7", "backend-1.example", "::1"]) | VALUES,
-     "port": st.integers(min_value=0, max_value=70_000)},
-    optional={"weight": st.floats(min_value=0, max_value=2e6) | VALUES, "priority": st.integers(),
-              "max_connections": st.integers(min_value=-1, max_value=2**64), "metadata": VALUES | DEEP,
-              "quantum_capable": st.booleans(), "slow_start_seconds": st.floats(min_value=0, max_value=10)},
-)  # fmt: skip
+    {
+        "host": st.sampled_from(["127.0.0.1", "10.0.0.7", "backend-1.example", "::1"]) | VALUES,
+        "port": st.integers(min_value=0, max_value=70_000),
+    },
+    optional={
+        "weight": st.floats(min_value=0, max_value=2e6) | VALUES,
+        "priority": st.integers(),
+        "max_connections": st.integers(min_value=-1, max_value=2**64),
+        "metadata": VALUES | DEEP,
+        "quantum_capable": st.booleans(),
+        "slow_start_seconds": st.floats(min_value=0, max_value=10),
+    },
+)
 VALID_BACKEND = st.fixed_dictionaries(  # added, unless its metadata is too deep
-    {"host": st.sampled_from(["127.0.0.1", "10.0.0.7", "backend-1.example", "::1"]),
-     "port": st.integers(min_value=1, max_value=65_535)},
-    optional={"weight": st.floats(min_value=0.001, max_value=1e6), "priority": st.integers(-10, 10),
-              "metadata": st.dictionaries(st.text(max_size=6), VALUES, max_size=3) | DEEP,
-              "quantum_capable": st.booleans()},
-)  # fmt: skip
+    {
+        "host": st.sampled_from(["127.0.0.1", "10.0.0.7", "backend-1.example", "::1"]),
+        "port": st.integers(min_value=1, max_value=65_535),
+    },
+    optional={
+        "weight": st.floats(min_value=0.001, max_value=1e6),
+        "priority": st.integers(-10, 10),
+        "metadata": st.dictionaries(st.text(max_size=6), VALUES, max_size=3) | DEEP,
+        "quantum_capable": st.booleans(),
+    },
+)
 NEAR_VALID = {  # bodies each kind of endpoint takes, give or take a field
     "/backends": VALID_BACKEND | BACKEND,
     "/drain": st.fixed_dictionaries({}, optional={"timeout": st.floats(min_value=-1, max_value=0.01) | VALUES}),
@@ -186,9 +237,10 @@ NEAR_VALID = {  # bodies each kind of endpoint takes, give or take a field
         {"algorithm_type": st.sampled_from(["round_robin", "ip_hash", "least_connections", "weighted", "fast"])},
         optional={"config": st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=2)},
     ),
-    "/execute": st.fixed_dictionaries({"operation": st.sampled_from(OPERATIONS)},
-                                      optional={"backend_id": VALUES, "backend": BACKEND | VALUES}),
-}  # fmt: skip
+    "/execute": st.fixed_dictionaries(
+        {"operation": st.sampled_from(OPERATIONS)}, optional={"backend_id": VALUES, "backend": BACKEND | VALUES}
+    ),
+}
 BODIES = st.one_of(
     st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=6).map(encode),  # close to real, often wrong
     VALUES.map(lambda v: json.dumps(v).encode()),  # any JSON at all
@@ -212,8 +264,13 @@ async def test_hypothesis_bodies_never_get_a_server_error(tmp_path: Path, monkey
             near = NEAR_VALID.get(kind, VALUES).map(lambda body: json.dumps(body).encode())
             return st.tuples(st.just(target), st.one_of(near, BODIES))
 
-        @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+        @settings(
+            max_examples=300,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
         @given(case=st.sampled_from(targets).flatmap(bodies))
         def one(case: tuple[tuple[str, str], bytes]) -> None:
             response = send(live, *case[0], case[1])

@@ -25,29 +25,72 @@ def status(method: str, path: str, *pairs: tuple[str, str], routed: bool = True)
     return None if refusal is None else refusal.status
 
 
-@pytest.mark.parametrize(("value", "name"), [
-    ("127.0.0.1", "127.0.0.1"), ("127.0.0.1:9090", "127.0.0.1"), ("[::1]:9090", "::1"), ("[::1]", "::1"),
-    ("LocalHost:80", "localhost"), ("admin.example.com.", "admin.example.com"), ("host:", "host"),
-    ("", None), (":9090", None), ("::1", None), ("[::1", None), ("[::1]x", None), ("host:90a", None),
-    ("host:٩٠", None), ("a:b:c", None), ("[]:80", None), ("[admin.example.com]", None), ("[1.2.3.4]", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.0.0.1:9090", "127.0.0.1"),
+        ("[::1]:9090", "::1"),
+        ("[::1]", "::1"),
+        ("LocalHost:80", "localhost"),
+        ("admin.example.com.", "admin.example.com"),
+        ("host:", "host"),
+        ("", None),
+        (":9090", None),
+        ("::1", None),
+        ("[::1", None),
+        ("[::1]x", None),
+        ("host:90a", None),
+        ("host:٩٠", None),
+        ("a:b:c", None),
+        ("[]:80", None),
+        ("[admin.example.com]", None),
+        ("[1.2.3.4]", None),
+    ],
+)
 def test_host_name_takes_the_name_of_a_host_header(value: str, name: str | None) -> None:
     assert host_name(value) == name
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.1:9090", "10.1.2.3", "[::1]:9090", "[fe80::1]", "localhost:9090", "LOCALHOST", "localhost.",
-    "admin.example.com", "ADMIN.example.com:443", "a.lb.example.net", "a.b.lb.example.net:1",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:9090",
+        "10.1.2.3",
+        "[::1]:9090",
+        "[fe80::1]",
+        "localhost:9090",
+        "LOCALHOST",
+        "localhost.",
+        "admin.example.com",
+        "ADMIN.example.com:443",
+        "a.lb.example.net",
+        "a.b.lb.example.net:1",
+    ],
+)
 def test_names_of_this_listener_pass(host: str) -> None:
     assert status("GET", "/backends", ("Host", host)) is None
 
 
-@pytest.mark.parametrize("host", [
-    "evil.example", "evil.example:9090", "127.0.0.1.evil.example", "lb.example.net", "xlb.example.net",
-    "example.com", "admin.example.com.evil.example", "localhost.evil.example", "0x7f000001", "127.1",
-    "evil.example@127.0.0.1", "[evil.example]", "\udcff\udcfe", "",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:9090",
+        "127.0.0.1.evil.example",
+        "lb.example.net",
+        "xlb.example.net",
+        "example.com",
+        "admin.example.com.evil.example",
+        "localhost.evil.example",
+        "0x7f000001",
+        "127.1",
+        "evil.example@127.0.0.1",
+        "[evil.example]",
+        "\udcff\udcfe",
+        "",
+    ],
+)
 def test_any_other_host_is_misdirected_on_every_route(host: str) -> None:
     for method, path in (("GET", "/"), ("GET", "/metrics"), ("GET", "/healthz"), ("POST", "/backends")):
         assert status(method, path, ("Host", host), ("Content-Type", "application/json")) == 421
@@ -60,16 +103,33 @@ def test_a_missing_or_repeated_host_is_misdirected() -> None:
     assert refusal is not None and "sent 2 times" in refusal.message
 
 
-@pytest.mark.parametrize("origin", [
-    "http://evil.example", "null", "http://127.0.0.1:9091", "http://127.0.0.1", "https://evil.example",
-    "http://127.0.0.1:9090/", "http://127.0.0.1:9090.evil.example", "ftp://127.0.0.1:9090", "",
-    "https://127.0.0.1:9090",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://evil.example",
+        "null",
+        "http://127.0.0.1:9091",
+        "http://127.0.0.1",
+        "https://evil.example",
+        "http://127.0.0.1:9090/",
+        "http://127.0.0.1:9090.evil.example",
+        "ftp://127.0.0.1:9090",
+        "",
+        "https://127.0.0.1:9090",
+    ],
+)
 def test_a_foreign_origin_is_refused_everywhere_but_the_dashboard_page(origin: str) -> None:
     host = ("Host", "127.0.0.1:9090")
-    for method, path in (("GET", "/backends"), ("GET", "/metrics"), ("GET", "/dashboard/dashboard.js"),
-                         ("POST", "/backends"), ("DELETE", "/backends/x"), ("OPTIONS", "/backends"),
-                         ("POST", "/"), ("GET", "/nope")):  # fmt: skip
+    for method, path in (
+        ("GET", "/backends"),
+        ("GET", "/metrics"),
+        ("GET", "/dashboard/dashboard.js"),
+        ("POST", "/backends"),
+        ("DELETE", "/backends/x"),
+        ("OPTIONS", "/backends"),
+        ("POST", "/"),
+        ("GET", "/nope"),
+    ):
         assert status(method, path, host, ("Origin", origin), ("Content-Type", "application/json")) == 403
     assert status("GET", "/", host, ("Origin", origin)) is None
     assert status("HEAD", "/", host, ("Origin", origin)) is None
@@ -79,25 +139,51 @@ def test_the_admins_own_origin_passes() -> None:
     for origin in ("http://127.0.0.1:9090", "HTTP://127.0.0.1:9090"):
         assert status("GET", "/backends", ("Host", "127.0.0.1:9090"), ("Origin", origin)) is None
     assert status("GET", "/backends", ("Host", "admin.example.com"), ("Origin", "http://admin.example.com")) is None
-    assert status("GET", "/backends", ("Host", "127.0.0.1:9090"), ("Origin", "http://127.0.0.1:9090"),
-                  ("Origin", "http://127.0.0.1:9090")) == 403  # fmt: skip
+    assert (
+        status(
+            "GET",
+            "/backends",
+            ("Host", "127.0.0.1:9090"),
+            ("Origin", "http://127.0.0.1:9090"),
+            ("Origin", "http://127.0.0.1:9090"),
+        )
+        == 403
+    )
     assert same_origin("http://[::1]:9090", "[::1]:9090")
     assert not same_origin("http://[::1]:9090", "[::1]:9091")
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8", " application/json ",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        " application/json ",
+    ],
+)
 def test_a_change_as_json_passes(content_type: str) -> None:
     for method in ("POST", "PUT", "PATCH"):
         assert status(method, "/backends", ("Host", "127.0.0.1"), ("Content-Type", content_type)) is None
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
-    "multipart/form-data; boundary=x", "text/plain; application/json", "application/jsonx",
-    "application/json-seq", "application/vnd.api+json", "application/json, text/plain", "json",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/plain; application/json",
+        "application/jsonx",
+        "application/json-seq",
+        "application/vnd.api+json",
+        "application/json, text/plain",
+        "json",
+    ],
+)
 def test_a_change_of_any_other_type_is_unsupported(content_type: str | None) -> None:
     pairs = [("Host", "127.0.0.1")] + ([] if content_type is None else [("Content-Type", content_type)])
     for method in ("POST", "PUT", "PATCH"):
@@ -105,8 +191,16 @@ def test_a_change_of_any_other_type_is_unsupported(content_type: str | None) -> 
     for method in ("GET", "DELETE", "HEAD", "OPTIONS"):
         assert status(method, "/backends/x", *pairs) is None  # no body to speak of; OPTIONS has no route
     assert status("POST", "/nope", *pairs, routed=False) is None  # the router's 404 says more
-    assert status("POST", "/backends", ("Host", "127.0.0.1"), ("Content-Type", "application/json"),
-                  ("Content-Type", "application/json")) == 415  # fmt: skip
+    assert (
+        status(
+            "POST",
+            "/backends",
+            ("Host", "127.0.0.1"),
+            ("Content-Type", "application/json"),
+            ("Content-Type", "application/json"),
+        )
+        == 415
+    )
 
 
 def test_rules_apply_in_order_host_origin_content_type() -> None:
@@ -124,8 +218,19 @@ def test_media_type() -> None:
 def test_allowed_hosts_are_checked_and_normalised() -> None:
     config = AdminConfig(allowed_hosts=["Admin.Example.COM.", "*.lb.example.net", "10.0.0.1", "::1"])
     assert config.allowed_hosts == ["admin.example.com", "*.lb.example.net", "10.0.0.1", "::1"]
-    for bad in ("http://admin.example.com", "admin.example.com:9090", "*", "*.com", "a.*.example.com",
-                "-a.example.com", "a_b.example.com", "a" * 64 + ".com", "", "exa mple.com", "[::1]"):  # fmt: skip
+    for bad in (
+        "http://admin.example.com",
+        "admin.example.com:9090",
+        "*",
+        "*.com",
+        "a.*.example.com",
+        "-a.example.com",
+        "a_b.example.com",
+        "a" * 64 + ".com",
+        "",
+        "exa mple.com",
+        "[::1]",
+    ):
         with pytest.raises(ValidationError, match=r"allowed_hosts"):
             AdminConfig(allowed_hosts=[bad])
 

@@ -25,8 +25,14 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Fixture:
     return tmp_path, monkeypatch
 
 
-async def send(live: Live, method: str, path: str, headers: list[Header] | tuple[Header, ...] = (),
-               body: bytes = b"", **kwargs: Any) -> RawResponse:  # fmt: skip
+async def send(
+    live: Live,
+    method: str,
+    path: str,
+    headers: list[Header] | tuple[Header, ...] = (),
+    body: bytes = b"",
+    **kwargs: Any,
+) -> RawResponse:
     response = await asyncio.to_thread(raw_request, live.server.admin.port, method, path, headers, body, **kwargs)
     assert response.cors_headers == [], response.headers  # never, to anyone
     assert response.status < 500, (method, path, response)
@@ -42,10 +48,23 @@ def refused(response: RawResponse, status: int, field: str) -> None:
 
 def routes(live: Live) -> list[tuple[str, str]]:
     backend = live.backend_id(live.backends[0])
-    return [("GET", "/"), ("GET", "/dashboard/dashboard.js"), ("GET", "/healthz"), ("GET", "/metrics"),
-            ("GET", "/openapi.json"), ("GET", "/backends"), ("POST", "/backends"), ("GET", f"/backends/{backend}"),
-            ("DELETE", f"/backends/{backend}"), ("POST", f"/backends/{backend}/drain"), ("GET", "/distribution"),
-            ("GET", "/algorithm"), ("PUT", "/algorithm"), ("POST", "/execute"), ("GET", "/nope")]  # fmt: skip
+    return [
+        ("GET", "/"),
+        ("GET", "/dashboard/dashboard.js"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/backends"),
+        ("POST", "/backends"),
+        ("GET", f"/backends/{backend}"),
+        ("DELETE", f"/backends/{backend}"),
+        ("POST", f"/backends/{backend}/drain"),
+        ("GET", "/distribution"),
+        ("GET", "/algorithm"),
+        ("PUT", "/algorithm"),
+        ("POST", "/execute"),
+        ("GET", "/nope"),
+    ]
 
 
 async def backend_ids(live: Live) -> list[str]:
@@ -59,17 +78,31 @@ async def test_only_the_listeners_own_names_are_served_on_every_route(env: Fixtu
     async with live_server(*env, [SlowBackend("a")], token=False, admin=ALLOWED) as live:
         before = await backend_ids(live)
         for method, path in routes(live):
-            for host in ("evil.example:{port}", "evil.example", "127.0.0.1.evil.example", "lb.example.net",
-                         "admin.example.com.evil.example:{port}"):  # fmt: skip
+            for host in (
+                "evil.example:{port}",
+                "evil.example",
+                "127.0.0.1.evil.example",
+                "lb.example.net",
+                "admin.example.com.evil.example:{port}",
+            ):
                 body = NEW_BACKEND if method == "POST" else b""
                 refused(await send(live, method, path, [JSON], body, host=host), 421, "Host")
         refused(await send(live, "GET", "/metrics", host=None, version="1.0"), 421, "Host")
         assert (await send(live, "GET", "/metrics", host=None)).status == 400  # aiohttp's parser: 1.1 needs one
         repeated = await send(live, "GET", "/metrics", [("Host", "127.0.0.1")])
         assert repeated.status in (400, 421), repeated  # the parser's refusal, or the guard's
-        for host in ("127.0.0.1:{port}", "127.0.0.1", "[::1]:{port}", "localhost:{port}", "LOCALHOST",
-                     "localhost.", "admin.example.com", "Admin.Example.Com:{port}", "x.lb.example.net:{port}",
-                     "a.b.lb.example.net"):  # fmt: skip
+        for host in (
+            "127.0.0.1:{port}",
+            "127.0.0.1",
+            "[::1]:{port}",
+            "localhost:{port}",
+            "LOCALHOST",
+            "localhost.",
+            "admin.example.com",
+            "Admin.Example.Com:{port}",
+            "x.lb.example.net:{port}",
+            "a.b.lb.example.net",
+        ):
             for path in ("/metrics", "/distribution", "/backends"):
                 assert (await send(live, "GET", path, host=host)).status == 200, (host, path)
         assert await backend_ids(live) == before
@@ -100,21 +133,38 @@ async def test_changes_are_taken_only_as_json(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a"), SlowBackend("b")], token=False) as live:
         a, b = (live.backend_id(x) for x in live.backends)
         before = await backend_ids(live)
-        for content_type in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
-                             "multipart/form-data; boundary=x", "text/plain; application/json", None):  # fmt: skip
+        for content_type in (
+            "text/plain",
+            "text/plain;charset=UTF-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "text/plain; application/json",
+            None,
+        ):
             headers = [] if content_type is None else [("Content-Type", content_type)]
             refused(await send(live, "POST", "/backends", headers, NEW_BACKEND), 415, "Content-Type")
             refused(await send(live, "POST", f"/backends/{a}/drain", headers), 415, "Content-Type")
             refused(await send(live, "POST", f"/backends/{a}/drain", headers, b'{"timeout": 0}'), 415, "Content-Type")
-            refused(await send(live, "PUT", "/algorithm", headers, b'{"algorithm_type": "ip_hash"}'), 415,
-                    "Content-Type")  # fmt: skip
-            refused(await send(live, "POST", "/execute", headers, b'{"operation": "remove_backend", '
-                               b'"backend_id": "%s"}' % a.encode()), 415, "Content-Type")  # fmt: skip
+            refused(
+                await send(live, "PUT", "/algorithm", headers, b'{"algorithm_type": "ip_hash"}'), 415, "Content-Type"
+            )
+            refused(
+                await send(
+                    live,
+                    "POST",
+                    "/execute",
+                    headers,
+                    b'{"operation": "remove_backend", "backend_id": "%s"}' % a.encode(),
+                ),
+                415,
+                "Content-Type",
+            )
         assert await backend_ids(live) == before
         assert (await send(live, "GET", "/algorithm")).json()["algorithm"] == "round_robin"
 
-        response = await send(live, "POST", "/backends", [("Content-Type", "application/json; charset=utf-8")],
-                              NEW_BACKEND)  # fmt: skip
+        response = await send(
+            live, "POST", "/backends", [("Content-Type", "application/json; charset=utf-8")], NEW_BACKEND
+        )
         assert response.status == 201 and response.json()["backend_id"] == "127.0.0.1:9"
         drained = await send(live, "POST", f"/backends/{a}/drain", [JSON])  # an empty body, as JSON
         assert drained.status == 200 and drained.json()["completed"] is True
@@ -125,8 +175,11 @@ async def test_changes_are_taken_only_as_json(env: Fixture) -> None:
 
 async def test_preflights_are_never_granted(env: Fixture) -> None:
     async with live_server(*env, [SlowBackend("a")], token=False) as live:
-        preflight = [("Origin", "http://evil.example"), ("Access-Control-Request-Method", "POST"),
-                     ("Access-Control-Request-Headers", "content-type")]  # fmt: skip
+        preflight = [
+            ("Origin", "http://evil.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "content-type"),
+        ]
         for path in ("/backends", "/algorithm", "/"):
             refused(await send(live, "OPTIONS", path, preflight), 403, "Origin")
         own = await send(live, "OPTIONS", "/backends", [("Origin", f"http://127.0.0.1:{live.server.admin.port}")])
@@ -134,10 +187,20 @@ async def test_preflights_are_never_granted(env: Fixture) -> None:
 
 
 BAD_TOKENS: list[str | bytes] = [
-    b"Bearer \xff\xfe", b"Bearer t\xc3\xa9", b"Bearer \x80", b"Bearer \xc3", b"Bearer " + TOKEN.encode() + b"\xff",
-    b"Bearer", b"", b"Basic \xff", "Bearer " + "a" * 8000, "Bearer  ", b"\xff " + TOKEN.encode(),
-    b"Bearer " + TOKEN.encode()[:-1], "Token " + TOKEN,
-]  # fmt: skip
+    b"Bearer \xff\xfe",
+    b"Bearer t\xc3\xa9",
+    b"Bearer \x80",
+    b"Bearer \xc3",
+    b"Bearer " + TOKEN.encode() + b"\xff",
+    b"Bearer",
+    b"",
+    b"Basic \xff",
+    "Bearer " + "a" * 8000,
+    "Bearer  ",
+    b"\xff " + TOKEN.encode(),
+    b"Bearer " + TOKEN.encode()[:-1],
+    "Token " + TOKEN,
+]
 
 
 async def test_any_token_bytes_get_401(env: Fixture) -> None:

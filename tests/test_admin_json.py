@@ -55,8 +55,15 @@ def test_a_refusal_names_where_the_problem_is() -> None:
 
 
 def test_what_is_kept_is_exactly_what_was_sent() -> None:
-    body = {"i": [2**63 - 1, -(2**63), 0], "f": [1.7976931348623157e308, -5e-324, 0.1], "t": "é😀\u2028",
-            "pair": "\U0001f600", "n": None, "b": [True, False], "e": [{}, []]}  # fmt: skip
+    body = {
+        "i": [2**63 - 1, -(2**63), 0],
+        "f": [1.7976931348623157e308, -5e-324, 0.1],
+        "t": "é😀\u2028",
+        "pair": "\U0001f600",
+        "n": None,
+        "b": [True, False],
+        "e": [{}, []],
+    }
     raw = json.dumps(body, ensure_ascii=True).encode()  # the emoji as a surrogate pair escape, which is fine
     assert parse_json(raw) == body
     assert parse_json(json.dumps(body, ensure_ascii=False).encode()) == body

@@ -27,8 +27,9 @@ async def scrape(live: Live) -> tuple[Samples, dict[str, str]]:
     return samples, types
 
 
-async def test_metrics_follow_conventions_and_move_with_traffic(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+async def test_metrics_follow_conventions_and_move_with_traffic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     extra = ["rate_limit: {enabled: true, requests_per_second: 0.001, burst_size: 12}", "retry_backoff_base: 0.001"]
     async with live_server(tmp_path, monkeypatch, [SlowBackend("a"), SlowBackend("b")], extra) as live:
         a, b = (live.backend_id(x) for x in live.backends)
@@ -66,9 +67,13 @@ async def test_metrics_follow_conventions_and_move_with_traffic(tmp_path: Path,
             assert after[("omnixan_lb_request_duration_seconds_count", labels)] == n
             assert after[("omnixan_lb_request_duration_seconds_bucket", (*labels, ("le", "+Inf")))] == n
             assert 0 < after[("omnixan_lb_request_duration_seconds_sum", labels)] < n * 1.0
-            buckets = sorted((float(dict(lbl)["le"]), v) for (name, lbl), v in after.items()
-                             if name == "omnixan_lb_request_duration_seconds_bucket" and dict(lbl)["backend"] == x
-                             and dict(lbl)["code_class"] == "2xx")  # fmt: skip
+            buckets = sorted(
+                (float(dict(lbl)["le"]), v)
+                for (name, lbl), v in after.items()
+                if name == "omnixan_lb_request_duration_seconds_bucket"
+                and dict(lbl)["backend"] == x
+                and dict(lbl)["code_class"] == "2xx"
+            )
             assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
             assert after[("omnixan_lb_routed_requests_total", (("backend", x),))] > 0
             assert after[("omnixan_lb_active_connections", (("backend", x),))] == 0

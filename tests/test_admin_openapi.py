@@ -39,8 +39,12 @@ SCHEMA_ITSELF = "GET /openapi.json"
 
 
 def operations() -> set[str]:
-    return {f"{method.upper()} {path}" for path, item in openapi_document()["paths"].items()
-            for method in item if method in METHODS}  # fmt: skip
+    return {
+        f"{method.upper()} {path}"
+        for path, item in openapi_document()["paths"].items()
+        for method in item
+        if method in METHODS
+    }
 
 
 async def schemathesis(live: Live, cwd: Path, *selection: str) -> tuple[int, str, dict[str, bool]]:
@@ -48,14 +52,37 @@ async def schemathesis(live: Live, cwd: Path, *selection: str) -> tuple[int, str
     it passed."""
     junit = cwd / "junit.xml"
     proc = await asyncio.create_subprocess_exec(
-        str(SCHEMATHESIS), "run", f"{live.admin}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}", *CHECKS,
-        "--max-examples", "8", "--seed", "5", "--workers", "1", "--generation-database", "none", "--no-color",
-        "--request-timeout", "5", "--report", "junit", "--report-junit-path", str(junit), *selection,
-        cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+        str(SCHEMATHESIS),
+        "run",
+        f"{live.admin}/openapi.json",
+        "-H",
+        f"Authorization: Bearer {TOKEN}",
+        *CHECKS,
+        "--max-examples",
+        "8",
+        "--seed",
+        "5",
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--request-timeout",
+        "5",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(junit),
+        *selection,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
-    tested = {case.attrib["name"]: not any(child.tag in ("failure", "error") for child in case)
-              for case in ET.parse(junit).getroot().iter("testcase")}  # fmt: skip
+    tested = {
+        case.attrib["name"]: not any(child.tag in ("failure", "error") for child in case)
+        for case in ET.parse(junit).getroot().iter("testcase")
+    }
     return await proc.wait(), out.decode(errors="replace"), tested
 
 
@@ -72,12 +99,26 @@ async def test_schemathesis_tests_every_operation_and_finds_no_server_error_or_m
         live_server(tmp_path / "one", monkeypatch, [SlowBackend("a"), SlowBackend("b")], extra) as one,
         live_server(tmp_path / "two", monkeypatch, [SlowBackend("c")], extra) as two,
     ):
-        code1, out1, tested1 = await schemathesis(one, tmp_path / "one", "--exclude-operation-id", "drainBackend",
-                                                  "--phases", "examples,coverage,fuzzing,stateful")  # fmt: skip
-        code2, out2, tested2 = await schemathesis(two, tmp_path / "two", "--phases", "fuzzing,stateful",
-                                                  "--include-operation-id", "drainBackend",
-                                                  "--include-operation-id", "addBackend",
-                                                  "--include-operation-id", "listBackends")  # fmt: skip
+        code1, out1, tested1 = await schemathesis(
+            one,
+            tmp_path / "one",
+            "--exclude-operation-id",
+            "drainBackend",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+        )
+        code2, out2, tested2 = await schemathesis(
+            two,
+            tmp_path / "two",
+            "--phases",
+            "fuzzing,stateful",
+            "--include-operation-id",
+            "drainBackend",
+            "--include-operation-id",
+            "addBackend",
+            "--include-operation-id",
+            "listBackends",
+        )
     assert code1 == 0, out1
     assert code2 == 0, out2
     assert "Specification:    Open API 3.1.0" in out1, out1  # and it loaded and validated the document

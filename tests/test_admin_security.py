@@ -33,10 +33,18 @@ TOKEN = "s3cret-token"
 
 
 def config_text(token_env: str | None, extra: str = "") -> str:
-    return "\n".join(['listen: "127.0.0.1:0"',
-                      f'admin: {{listen: "127.0.0.1:0", token_env: {token_env or "null"}{extra}}}',
-                      "health_check: {enabled: false}", "access_log: false",
-                      "backends: [{host: 127.0.0.1, port: 9}]"]) + "\n"  # fmt: skip
+    return (
+        "\n".join(
+            [
+                'listen: "127.0.0.1:0"',
+                f'admin: {{listen: "127.0.0.1:0", token_env: {token_env or "null"}{extra}}}',
+                "health_check: {enabled: false}",
+                "access_log: false",
+                "backends: [{host: 127.0.0.1, port: 9}]",
+            ]
+        )
+        + "\n"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -76,11 +84,22 @@ def request(method: str, path: str, port: int, *headers: str, body: bytes = b"",
 BACKEND = json.dumps({"host": "127.0.0.1", "port": 9999}).encode()
 
 
-@pytest.mark.parametrize(("host", "status"), [
-    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("LOCALHOST", 200), ("[::1]:{port}", 200),
-    ("10.1.2.3", 200), ("attacker.test:{port}", 421), ("attacker.test", 421), ("127.0.0.1.nip.io", 421),
-    ("lb.example.com:{port}", 200), ("a.ops.example", 200), ("ops.example.evil", 421),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("LOCALHOST", 200),
+        ("[::1]:{port}", 200),
+        ("10.1.2.3", 200),
+        ("attacker.test:{port}", 421),
+        ("attacker.test", 421),
+        ("127.0.0.1.nip.io", 421),
+        ("lb.example.com:{port}", 200),
+        ("a.ops.example", 200),
+        ("ops.example.evil", 421),
+    ],
+)
 async def test_a_host_that_is_not_the_listeners_own_gets_421(tmp_path: Path, host: str, status: int) -> None:
     async with admin(tmp_path, extra=', allowed_hosts: ["lb.example.com", "*.ops.example"]') as server:
         port = server.admin.port
@@ -95,8 +114,9 @@ async def test_a_foreign_origin_is_refused_but_for_the_dashboard_page(tmp_path: 
         port = server.admin.port
         json_type = "Content-Type: application/json"
         for origin in ("http://evil.test", "null", f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}"):
-            status, _, body = await raw(port, request("POST", "/backends", port, json_type, f"Origin: {origin}",
-                                                      body=BACKEND))  # fmt: skip
+            status, _, body = await raw(
+                port, request("POST", "/backends", port, json_type, f"Origin: {origin}", body=BACKEND)
+            )
             assert status == 403 and json.loads(body)["field"] == "Origin", origin
             assert (await raw(port, request("GET", "/distribution", port, f"Origin: {origin}")))[0] == 403
         assert (await raw(port, request("GET", "/", port, "Origin: http://evil.test")))[0] == 200
@@ -105,17 +125,21 @@ async def test_a_foreign_origin_is_refused_but_for_the_dashboard_page(tmp_path: 
         assert len(server.lb.backends) == 2
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", "application/jsonx"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx"],
+)
 async def test_changes_need_a_json_content_type(tmp_path: Path, content_type: str | None) -> None:
     async with admin(tmp_path) as server:
         port = server.admin.port
         headers = [] if content_type is None else [f"Content-Type: {content_type}"]
         backend_id = next(iter(server.lb.backends))
-        for method, path, body in (("POST", "/backends", BACKEND), ("POST", f"/backends/{backend_id}/drain", b""),
-                                   ("PUT", "/algorithm", b'{"algorithm_type": "ip_hash"}'),
-                                   ("POST", "/execute", b'{"operation": "remove_backend", "backend_id": "x"}'),
-                                   ):  # fmt: skip
+        for method, path, body in (
+            ("POST", "/backends", BACKEND),
+            ("POST", f"/backends/{backend_id}/drain", b""),
+            ("PUT", "/algorithm", b'{"algorithm_type": "ip_hash"}'),
+            ("POST", "/execute", b'{"operation": "remove_backend", "backend_id": "x"}'),
+        ):
             status, _, answer = await raw(port, request(method, path, port, *headers, body=body))
             assert status == 415 and json.loads(answer)["field"] == "Content-Type", (method, path)
         assert list(server.lb.backends) == [backend_id] and server.lb.router.kind.value == "round_robin"
@@ -126,8 +150,10 @@ async def test_changes_need_a_json_content_type(tmp_path: Path, content_type: st
 async def test_a_cors_preflight_is_never_granted(tmp_path: Path) -> None:
     async with admin(tmp_path) as server:
         port = server.admin.port
-        status, headers, _ = await raw(port, request("OPTIONS", "/backends", port, "Origin: http://evil.test",
-                                                     "Access-Control-Request-Method: POST"))  # fmt: skip
+        status, headers, _ = await raw(
+            port,
+            request("OPTIONS", "/backends", port, "Origin: http://evil.test", "Access-Control-Request-Method: POST"),
+        )
         assert status >= 400 and not any(name.startswith("access-control-") for name in headers)
 
 
@@ -147,8 +173,13 @@ def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "lb.yaml"
     path.write_text(text)
     exe = Path(sys.executable).parent / "omnixan-lb"
-    return subprocess.run([str(exe), "check", "--config", str(path)], capture_output=True, text=True, timeout=30,
-                          env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    return subprocess.run(
+        [str(exe), "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_check_refuses_an_open_admin_api_off_loopback_unless_opted_out(tmp_path: Path) -> None:
@@ -159,8 +190,7 @@ def test_check_refuses_an_open_admin_api_off_loopback_unless_opted_out(tmp_path:
     assert check(tmp_path, base % ", allow_unauthenticated: true").returncode == 0
 
 
-async def test_serve_refuses_it_too_and_warns_when_opted_out(tmp_path: Path,
-                                                             caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+async def test_serve_refuses_it_too_and_warns_when_opted_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from load_balancing_module.exceptions import ConfigurationError
 
     path = tmp_path / "lb.yaml"
@@ -218,33 +248,65 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
-FIELDS = st.sampled_from(["host", "port", "weight", "metadata", "max_connections", "priority", "timeout",
-                          "algorithm_type", "config", "operation", "backend", "backend_id", "request"])  # fmt: skip
+FIELDS = st.sampled_from(
+    [
+        "host",
+        "port",
+        "weight",
+        "metadata",
+        "max_connections",
+        "priority",
+        "timeout",
+        "algorithm_type",
+        "config",
+        "operation",
+        "backend",
+        "backend_id",
+        "request",
+    ]
+)
 BODIES = st.one_of(
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     st.dictionaries(FIELDS, JSON_VALUES, max_size=5).map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=200),  # not JSON, not UTF-8
     st.integers(1, 3000).map(lambda n: b"[" * n * 30 + b"]" * n * 30),  # deep
     st.integers(1, 3000).map(lambda n: b'{"metadata": ' + b'{"a": ' * n + b"1" + b"}" * n + b', "port": 1}'),
-    st.sampled_from([b"NaN", b"Infinity", b'{"port": 1e999}', b'{"host": "a", "host": "b", "port": 1}',
-                     b'{"host": "a.test", "port": 8080, "weight": 1e308}', b"\xef\xbb\xbf{}", b"\x00"]),
-)  # fmt: skip
-ENDPOINTS = st.sampled_from([("POST", "/backends"), ("PUT", "/algorithm"), ("POST", "/execute"),
-                             ("POST", "/backends/127.0.0.1%3A9/drain"), ("DELETE", "/backends/%ff%fe")])  # fmt: skip
+    st.sampled_from(
+        [
+            b"NaN",
+            b"Infinity",
+            b'{"port": 1e999}',
+            b'{"host": "a", "host": "b", "port": 1}',
+            b'{"host": "a.test", "port": 8080, "weight": 1e308}',
+            b"\xef\xbb\xbf{}",
+            b"\x00",
+        ]
+    ),
+)
+ENDPOINTS = st.sampled_from(
+    [
+        ("POST", "/backends"),
+        ("PUT", "/algorithm"),
+        ("POST", "/execute"),
+        ("POST", "/backends/127.0.0.1%3A9/drain"),
+        ("DELETE", "/backends/%ff%fe"),
+    ]
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(endpoint=ENDPOINTS, body=BODIES, content_type=st.sampled_from(["application/json", "text/plain"]))
-def test_no_body_makes_the_admin_api_answer_500(fuzzed: Background, endpoint: tuple[str, str], body: bytes,
-                                                content_type: str) -> None:  # fmt: skip
+def test_no_body_makes_the_admin_api_answer_500(
+    fuzzed: Background, endpoint: tuple[str, str], body: bytes, content_type: str
+) -> None:
     assert fuzzed.server is not None
     port = fuzzed.server.admin.port
     method, path = endpoint
     if path.endswith("/drain"):
         body = b'{"timeout": 0}' if body[:1] == b"{" else body  # drains are quick, and the backend comes back
-    status, _, answer = fuzzed.run(raw(port, request(method, path, port, f"Content-Type: {content_type}",
-                                                            body=body)))  # fmt: skip
+    status, _, answer = fuzzed.run(raw(port, request(method, path, port, f"Content-Type: {content_type}", body=body)))
     assert status < 500, answer
     if status >= 400:
         assert "field" in json.loads(answer)
@@ -259,8 +321,9 @@ def test_an_oversized_body_is_a_413(fuzzed: Background) -> None:
     assert fuzzed.server is not None
     port = fuzzed.server.admin.port
     body = b'{"host": "' + b"a" * (2 * 1024 * 1024) + b'", "port": 1}'
-    status, _, answer = fuzzed.run(raw(port, request("POST", "/backends", port, "Content-Type: application/json",
-                                                      body=body)))  # fmt: skip
+    status, _, answer = fuzzed.run(
+        raw(port, request("POST", "/backends", port, "Content-Type: application/json", body=body))
+    )
     assert status == 413 and "error" in json.loads(answer)
 
 

@@ -28,7 +28,9 @@ MAX_METADATA_BYTES = 64 * 1024
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """A config model: unknown fields, assignments that break a rule, and NaN or infinity are refused."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
@@ -79,7 +81,7 @@ def _check_json(value: Any, depth: int) -> None:
         )
 
 
-class BackendConfig(_Model):
+class BackendConfig(StrictModel):
     """One backend server."""
 
     host: str = Field(min_length=1, max_length=253)
@@ -107,7 +109,7 @@ class BackendConfig(_Model):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-class HealthCheckConfig(_Model):
+class HealthCheckConfig(StrictModel):
     """Active health probing of every backend."""
 
     enabled: bool = True
@@ -128,7 +130,7 @@ class HealthCheckConfig(_Model):
         return value
 
 
-class CircuitBreakerConfig(_Model):
+class CircuitBreakerConfig(StrictModel):
     """Per-backend circuit breaker."""
 
     enabled: bool = True
@@ -138,7 +140,7 @@ class CircuitBreakerConfig(_Model):
     half_open_max_calls: int = Field(default=3, ge=1)
 
 
-class RateLimitConfig(_Model):
+class RateLimitConfig(StrictModel):
     """Token bucket per client IP, and blocking of flooding clients."""
 
     enabled: bool = False
@@ -148,14 +150,14 @@ class RateLimitConfig(_Model):
     ddos_block_seconds: float = Field(default=60.0, ge=0)
 
 
-class LoadBalancingAlgorithm(_Model):
+class LoadBalancingAlgorithm(StrictModel):
     """Which algorithm picks backends, and its algorithm-specific settings."""
 
     algorithm_type: LoadBalancingAlgorithmType = LoadBalancingAlgorithmType.ROUND_ROBIN
     config: dict[str, Any] = Field(default_factory=dict)
 
 
-class LoadBalancingModuleConfig(_Model):
+class LoadBalancingModuleConfig(StrictModel):
     """Everything the module needs; see the README for each field."""
 
     algorithm: LoadBalancingAlgorithm = Field(default_factory=LoadBalancingAlgorithm)
@@ -190,7 +192,7 @@ class LoadBalancingModuleConfig(_Model):
         return self
 
 
-class Request(_Model):
+class Request(StrictModel):
     """One request to route. ``client_ip`` is normalised (``::0001`` -> ``::1``)."""
 
     client_ip: str = "127.0.0.1"

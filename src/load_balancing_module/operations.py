@@ -10,7 +10,7 @@ returns a JSON-serialisable result; bad input raises, and
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .config import BackendConfig, LoadBalancingAlgorithm, Request
 from .exceptions import ConfigurationError
@@ -51,6 +51,18 @@ def _param(params: dict[str, Any], name: str, kind: type | tuple[type, ...] = ob
     return value
 
 
+# The operations execute() knows, by name (the admin API's document lists the same).
+OPERATIONS: Final = (
+    "add_backend",
+    "remove_backend",
+    "health_check",
+    "route_request",
+    "complete_request",
+    "get_load_distribution",
+    "configure_algorithm",
+)
+
+
 class Operations:
     """Runs ``execute`` operations on one balancer; holds the results routed through them
     until ``complete_request`` names their request id."""
@@ -67,6 +79,7 @@ class Operations:
             "get_load_distribution": self._get_load_distribution,
             "configure_algorithm": self._configure_algorithm,
         }
+        assert tuple(self._table) == OPERATIONS
 
     async def run(self, params: Any) -> Any:
         """The result of the operation ``params`` names; raises for bad input."""

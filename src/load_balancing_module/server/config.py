@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..algorithms import ALGORITHMS
-from ..config import BackendConfig, LoadBalancingModuleConfig, _Model, check_host
+from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, check_host
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
@@ -42,7 +42,7 @@ def parse_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Limits(_Model):
+class Limits(StrictModel):
     max_header_bytes: int = Field(default=16384, ge=256)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     header_timeout: float = Field(default=10.0, gt=0)
@@ -58,7 +58,7 @@ def _dns_name(value: str) -> bool:
     return ":" not in value
 
 
-class AdminConfig(_Model):
+class AdminConfig(StrictModel):
     listen: str = "127.0.0.1:9090"
     token_env: str | None = "OMNIXAN_ADMIN_TOKEN"
     # Host names the admin API answers to besides IP literals, localhost and the host of `listen`:
@@ -166,7 +166,7 @@ def check_state_url(value: str) -> str:
     return value
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(StrictModel):
     """Connections to backends: how long a connect may take, how long an idle one is kept."""
 
     connect_timeout: float = Field(default=2.0, gt=0, le=300)
@@ -174,7 +174,7 @@ class UpstreamConfig(_Model):
     max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
 
 
-class StateConfig(_Model):
+class StateConfig(StrictModel):
     """Where sessions, token buckets and the flood-block list live: this process, or a shared Redis."""
 
     url: str = "memory"

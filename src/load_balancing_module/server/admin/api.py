@@ -110,12 +110,6 @@ def validate(model: type[M], body: dict[str, Any], *, strict: bool | None = None
         raise validation_error(exc) from None
 
 
-def algorithm_settings(lb: LoadBalancingModule) -> tuple[str, dict[str, Any]]:
-    """The algorithm in use and its settings. To become ``lb.algorithm_settings()`` (a public method)."""
-    factory = lb.router.factory
-    return factory.kind.value, dict(factory.settings)
-
-
 def dashboard_file(name: str) -> bytes:
     """A file of the dashboard, read from the package."""
     return resources.files("load_balancing_module").joinpath("server").joinpath("dashboard").joinpath(name).read_bytes()
@@ -176,7 +170,7 @@ class AdminApi:
         return respond(DistributionView.model_validate(distribution, from_attributes=True))
 
     def _algorithm(self) -> AlgorithmView:
-        name, settings = algorithm_settings(self.lb)
+        name, settings = self.lb.algorithm_settings()
         return AlgorithmView.model_validate({"algorithm": name, "config": settings})
 
     @_api

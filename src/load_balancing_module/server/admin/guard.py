@@ -110,18 +110,29 @@ class RequestGuard:
         host, shown = _single(headers, "Host")
         name = host_name(host) if host is not None else None
         if host is None or name is None or not self.allows_host(name):
-            return Refusal(421, f"Host: {shown} is not a name of this admin listener (an IP address, localhost, "
-                                "the host of admin.listen, or a name in admin.allowed_hosts)", "Host")  # fmt: skip
+            return Refusal(
+                421,
+                f"Host: {shown} is not a name of this admin listener (an IP address, localhost, "
+                "the host of admin.listen, or a name in admin.allowed_hosts)",
+                "Host",
+            )
         if headers.getall("Origin", []) and (method, path) not in OPEN_TO_ANY_ORIGIN:
             origin, shown = _single(headers, "Origin")
             if origin is None or not same_origin(origin, host):
-                return Refusal(403, f"Origin: {shown} is not this admin listener's own origin; "
-                                    "no other site's page may call the admin API", "Origin")  # fmt: skip
+                return Refusal(
+                    403,
+                    f"Origin: {shown} is not this admin listener's own origin; "
+                    "no other site's page may call the admin API",
+                    "Origin",
+                )
         if method in MUTATING and routed:
             content_type, shown = _single(headers, "Content-Type")
             if content_type is None or media_type(content_type) != JSON_MEDIA_TYPE:
-                return Refusal(415, f"Content-Type: must be {JSON_MEDIA_TYPE} (even with an empty body), "
-                                    f"not {shown}", "Content-Type")  # fmt: skip
+                return Refusal(
+                    415,
+                    f"Content-Type: must be {JSON_MEDIA_TYPE} (even with an empty body), not {shown}",
+                    "Content-Type",
+                )
         return None
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
-from ...config import LoadBalancingAlgorithm, _Model
+from ...config import LoadBalancingAlgorithm, StrictModel
 from ...enums import CircuitState, HealthState, LoadBalancingAlgorithmType
 from ...operations import OPERATIONS
 
@@ -45,7 +45,7 @@ class View(BaseModel):
 # -- requests ---------------------------------------------------------------------------
 
 
-class DrainRequest(_Model):
+class DrainRequest(StrictModel):
     """The body of POST /backends/{backend_id}/drain; it may be empty."""
 
     timeout: float | None = Field(
