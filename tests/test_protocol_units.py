@@ -197,10 +197,11 @@ class Rig:
     """A module with ``backends`` (never contacted: each has a pooled fake connection), a proxy
     context, and one client connection on a fake transport."""
 
-    def __init__(self, backends: int = 1) -> None:
+    def __init__(self, backends: int = 1, *, pooled: bool = True) -> None:
         self.ctx = context()
         self.lb = self.ctx.lb
         self.backends = backends
+        self.pooled = pooled
         self.upstreams: dict[str, list[FakeTransport]] = {}
         self.client = FakeTransport()
         self.conn: ClientConnection | None = None
@@ -210,7 +211,8 @@ class Rig:
         for port in range(1, self.backends + 1):
             backend_id = await self.lb.add_backend(BackendConfig(host="127.0.0.1", port=port))
             self.upstreams[backend_id] = []
-            self.pool_connection(backend_id)
+            if self.pooled:
+                self.pool_connection(backend_id)
         self.conn = ClientConnection(self.ctx)
         self.conn.connection_made(self.client)  # type: ignore[arg-type]
         return self.conn
@@ -297,7 +299,7 @@ async def test_a_retry_is_a_transition_settling_backoff_routing_to_another_backe
         await turns()
         assert exchange.phase is Phase.DONE and rig.client.data.startswith(b"HTTP/1.1 200 OK")
         assert rig.lb.backends[first.backend_id].failed == 1 and rig.lb.backends[second.backend_id].successful == 1
-        assert rig.lb.counters["retries"] == 1
+        assert rig.lb.counts()["retries"] == 1 and rig.lb.retry_budget.active == 0  # the retry's unit went back
     finally:
         await rig.stop()
 
@@ -373,5 +375,22 @@ async def test_a_body_is_buffered_before_routing_and_sent_with_the_head() -> Non
         (transports,) = rig.upstreams.values()
         sent = transports[0].data
         assert sent.endswith(b"\r\n\r\n0123456789") and b"Expect" not in sent
+    finally:
+        await rig.stop()
+
+
+async def test_a_client_gone_while_its_exchange_connects_releases_the_slot_at_once() -> None:
+    rig = Rig(pooled=False)  # no pooled connection: the exchange must open one (to 127.0.0.1:1)
+    conn = await rig.start()
+    try:
+        rig.feed(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n", 0)
+        exchange = rig.exchange()
+        assert exchange.phase is Phase.CONNECTING and exchange.task is not None
+        backend = next(iter(rig.lb.backends.values()))
+        assert backend.in_flight == 1
+        conn.connection_lost(None)  # before the connect's task has even run
+        assert exchange.phase is Phase.DONE and backend.in_flight == 0
+        await turns()
+        assert exchange.task.cancelled() and (backend.failed, backend.in_flight) == (0, 0)
     finally:
         await rig.stop()

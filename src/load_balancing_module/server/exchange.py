@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from .._log import log_event
@@ -118,7 +118,7 @@ class Exchange(Relay):
         try:
             route = self.lb.route_now(self.request, self.prefer)
             if route is None:  # a limit, a session or a queue to consult: a task waits for the library
-                self._spawn(self._route_later())
+                self._spawn(self._route_later)
             else:
                 self._routed(route)
         except Exception as exc:
@@ -156,7 +156,7 @@ class Exchange(Relay):
             self._send(route, up)
             return
         self.phase = Phase.CONNECTING
-        self._spawn(self._connect_later(route, max(0.0, min(self.ctx.connect_timeout, self.deadline - now))))
+        self._spawn(self._connect_later, route, max(0.0, min(self.ctx.connect_timeout, self.deadline - now)))
 
     async def _connect_later(self, route: RouteResult, timeout: float) -> None:
         pool = self.ctx.pool
@@ -238,9 +238,7 @@ class Exchange(Relay):
     def _end_attempt(self, failure: Failure | None) -> Failure | None:
         """Release the backend's slot with the try's result: only the backend's own failures count."""
         self.timer_at = None
-        if self.budgeted:
-            self.budgeted = False
-            self.lb.end_retry()
+        self._release_budget()
         route = self.route
         if route is None:
             return failure
@@ -270,7 +268,7 @@ class Exchange(Relay):
         )
         self.phase = Phase.BACKOFF
         delay = min(self.lb.backoff(self.retries), max(0.0, self.deadline - self.loop.time()))
-        self._spawn(self._retry_later(delay, failure))
+        self._spawn(self._retry_later, delay, failure)
 
     async def _retry_later(self, delay: float, failure: Failure) -> None:
         lb = self.lb
@@ -288,14 +286,22 @@ class Exchange(Relay):
             return
         self._finish()
 
+    def _release_budget(self) -> None:
+        """A retry's unit of the retry budget goes back once its try has an outcome, or the exchange ends."""
+        if self.budgeted:
+            self.budgeted = False
+            self.lb.end_retry()
+
     # -- the steps that wait ------------------------------------------------------------------------
 
-    def _spawn(self, step: Coroutine[Any, Any, None]) -> None:
-        self.task = self.loop.create_task(self._run(step))
+    def _spawn(self, step: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+        """Run ``step(*args)`` in a task. The coroutine is made when the task starts: a task
+        cancelled before that (the client went at once) leaves no coroutine never awaited."""
+        self.task = self.loop.create_task(self._run(step, *args))
 
-    async def _run(self, step: Coroutine[Any, Any, None]) -> None:
+    async def _run(self, step: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         try:
-            await step
+            await step(*args)
         except asyncio.CancelledError:
             self._stop()  # cancelled from outside (the loop closing): the exchange ends here
             raise
@@ -434,9 +440,7 @@ class Exchange(Relay):
             return
         self.phase = Phase.DONE
         self.timer_at = None
-        if self.budgeted:
-            self.budgeted = False
-            self.lb.end_retry()
+        self._release_budget()
         ctx = self.ctx
         if now is None:
             now = self.loop.time()
