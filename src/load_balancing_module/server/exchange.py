@@ -31,7 +31,7 @@ from ..route import RouteResult
 from .attempt import CLIENT_GONE, Failure, connect_failure
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo
-from .outbound import RequestHead
+from .outbound import backend_head, for_route
 from .phase import ON_UPSTREAM, Phase
 from .relay import ClientSide, Relay
 from .upstream import UpstreamConnection
@@ -69,9 +69,7 @@ class Exchange(Relay):
     ) -> None:
         """``request_id``: the client's; when None, the proxy's, number ``rid_seq``; ``now``: the
         loop's time when the head was complete."""
-        super().__init__(
-            conn, ctx, info, RequestHead(ctx, info, request_id, rid_seq), now + ctx.request_timeout, prefer, cookie
-        )
+        super().__init__(conn, ctx, info, request_id, rid_seq, now + ctx.request_timeout, prefer, cookie)
         self.request = request
         self.started = now
         self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
@@ -188,8 +186,13 @@ class Exchange(Relay):
         self.conn.watch(when)
 
     def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
-        conn = self.conn
-        head = self.head.for_backend(route, conn.peer, conn.forwarded_lines())
+        head = self.backend_head
+        if head is None:
+            conn = self.conn
+            head = self.backend_head = backend_head(
+                self.ctx, self.info, conn.peer, conn.forwarded_lines(), self.request_id_line()
+            )
+        head = for_route(head, self.info, route)
         info = self.info
         if info.websocket:  # bytes the client sent early wait for the 101
             up.write(head)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .attempt import Failure
 from .flow import BY_BACKLOG, BY_UPSTREAM
 from .http import HttpError, RequestInfo
-from .outbound import RequestHead
+from .outbound import request_id_line
 from .phase import ON_UPSTREAM, Phase
 from .reader import RequestSink
 from .response import ResponseInfo, error_response, response_head
@@ -97,7 +97,10 @@ class Relay(UpstreamSink):
         "loop",
         "info",
         "phase",
-        "head",
+        "given_id",
+        "rid_seq",
+        "rid_line",
+        "backend_head",
         "deadline",
         "prefer",
         "cookie",
@@ -131,7 +134,8 @@ class Relay(UpstreamSink):
         conn: ClientSide,
         ctx: ProxyContext,
         info: RequestInfo,
-        head: RequestHead,
+        request_id: str | None,
+        rid_seq: int,
         deadline: float,
         prefer: str | None,
         cookie: bool,
@@ -142,7 +146,10 @@ class Relay(UpstreamSink):
         self.loop = conn.loop
         self.info = info
         self.phase = Phase.QUEUED
-        self.head = head
+        self.given_id = request_id  # the client's X-Request-ID; None: the proxy's, number rid_seq
+        self.rid_seq = rid_seq
+        self.rid_line: bytes | None = None  # made once, for both heads
+        self.backend_head: bytes | None = None  # the request's head for backends, made once (outbound.py)
         self.deadline = deadline
         self.prefer = prefer  # the backend the client's affinity cookie names (verified)
         self.cookie = cookie  # sticky by cookie: the answer binds the client to the backend that gave it
@@ -175,7 +182,17 @@ class Relay(UpstreamSink):
 
     @property
     def request_id(self) -> str:
-        return self.head.request_id
+        """The client's id, or the proxy's (formatted only when asked)."""
+        rid = self.given_id
+        if rid is None:
+            rid = self.given_id = self.ctx.request_id_of(self.rid_seq)
+        return rid
+
+    def request_id_line(self) -> bytes:
+        line = self.rid_line
+        if line is None:
+            line = self.rid_line = request_id_line(self.ctx, self.given_id, self.rid_seq)
+        return line
 
     # -- what the exchange decides (exchange.py) ------------------------------------------------
 
@@ -377,7 +394,7 @@ class Relay(UpstreamSink):
                 extra.append(b"Connection: close\r\n")
             elif not info.http11:
                 extra.append(b"Connection: keep-alive\r\n")
-        extra.append(self.head.request_id_line())
+        extra.append(self.request_id_line())
         route = self.route
         if self.cookie and route is not None and route.backend_id != self.prefer:
             affinity = self.ctx.affinity
