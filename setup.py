@@ -46,6 +46,7 @@ COMPILED = [
     "src/load_balancing_module/stats.py",
     "src/load_balancing_module/breaker.py",
     "src/load_balancing_module/clock.py",
+    "src/load_balancing_module/build.py",
     "src/load_balancing_module/retry.py",
     "src/load_balancing_module/algorithms/__init__.py",
     "src/load_balancing_module/algorithms/_heap.py",

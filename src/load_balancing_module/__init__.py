@@ -3,6 +3,7 @@
 The public surface; everything else is internal and may change.
 """
 
+from .build import __version__
 from .clock import Clock, FakeClock, SystemClock
 from .config import (
     BackendConfig,
@@ -29,8 +30,6 @@ from .metrics import LoadBalancerCollector, register_metrics
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .module import BackendID, LoadBalancingModule
 from .state import MemoryStore, RedisStore, StateStore
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AlgorithmError",

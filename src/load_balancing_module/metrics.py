@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
+from .build import COMPILED, __version__
 from .enums import CircuitState, HealthState
 from .stats import DURATION_BUCKETS
 
@@ -138,6 +139,13 @@ class LoadBalancerCollector(Collector):
             yield CounterMetricFamily(name, text, value=counts[key])
         yield GaugeMetricFamily("omnixan_lb_queued_requests", "Requests waiting for a slot.", value=lb.router.queued)
         yield GaugeMetricFamily("omnixan_lb_backends", "Configured backends.", value=len(lb.backends))
+        info = GaugeMetricFamily(
+            "omnixan_lb_build_info",
+            "The running build: its version, and whether mypyc compiled it.",
+            labels=["version", "compiled"],
+        )
+        info.add_metric([__version__, "true" if COMPILED else "false"], 1)
+        yield info
         yield CounterMetricFamily(
             "omnixan_lb_sessions_evicted",
             "Live sticky sessions evicted to keep the session store within max_sessions.",

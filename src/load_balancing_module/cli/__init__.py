@@ -11,13 +11,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from ..build import __version__, build_kind
 from ..exceptions import ConfigurationError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnixan-lb", description="OMNIXAN load balancer")
-    parser.add_argument("--version", action="version", version=f"omnixan-lb {__version__}")
+    parser.add_argument("--version", action="version", version=f"omnixan-lb {__version__} ({build_kind()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the version")
     demo = sub.add_parser("demo", help="run the proxy on real local backends with real traffic")
@@ -54,13 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (logs are JSON lines on stderr)",
     )
     return parser
-
-
-def build_kind() -> str:
-    """Which build is installed: the request path compiled by mypyc (setup.py) or pure Python."""
-    from ..server import proxy
-
-    return "compiled with mypyc" if not proxy.__file__.endswith(".py") else "pure Python"
 
 
 def check(path: str | None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from .._log import log_event
+from ..build import build_kind
 from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
@@ -76,6 +77,7 @@ class Server:
             admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
             backends=len(self.config.backends),
             algorithm=self.config.algorithm.algorithm_type.value,
+            build=build_kind(),
         )
 
     async def reload(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter
 
-from ... import __version__
+from ...build import __version__
 from .body import MAX_JSON_DEPTH
 from .guard import MUTATING, OPEN_TO_ANY_ORIGIN
 from .models import ErrorBody
