@@ -394,3 +394,47 @@ async def test_a_client_gone_while_its_exchange_connects_releases_the_slot_at_on
         assert exchange.task.cancelled() and (backend.failed, backend.in_flight) == (0, 0)
     finally:
         await rig.stop()
+
+
+@pytest.mark.parametrize("client", ["lost", "failed"])
+async def test_a_stale_try_the_client_leaves_in_the_same_turn_releases_its_slot(client: str) -> None:
+    """The backend had closed the pooled connection (a stale try, which keeps its slot to go on on
+    a fresh connection) and the client goes, or breaks its request, before that try is settled."""
+    rig = Rig()
+    conn = await rig.start()
+    try:
+        rig.feed(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n", 0)
+        exchange = rig.exchange()
+        up = upstream_of(exchange)
+        await turns(1)
+        up.connection_lost(None)
+        assert exchange.phase is Phase.SETTLING
+        if client == "lost":
+            conn.connection_lost(None)
+        else:
+            exchange.client_failed(HttpError(400, "malformed request"))
+        await turns(5)
+        backend = next(iter(rig.lb.backends.values()))
+        assert exchange.phase is Phase.DONE and exchange.route is not None and exchange.route.completed
+        assert (backend.in_flight, backend.failed) == (0, 0) and rig.ctx.in_flight == 0
+    finally:
+        await rig.stop()
+
+
+async def test_a_stale_try_keeps_its_retry_budget_unit_on_the_fresh_connection() -> None:
+    rig = Rig(backends=2)
+    await rig.start()
+    try:
+        rig.feed(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n", 0)
+        exchange = rig.exchange()
+        upstream_of(exchange).data_received(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await turns(3)  # back-off, routed to the other backend, sent on its pooled connection
+        assert exchange.phase is Phase.SENT and rig.lb.retry_budget.active == 1
+        up = upstream_of(exchange)
+        up.connection_lost(None)  # that pooled connection was stale: the same try on a fresh one
+        await turns(1)
+        assert exchange.phase is Phase.CONNECTING and rig.lb.retry_budget.active == 1
+        exchange.client_lost()
+        assert exchange.phase is Phase.DONE and rig.lb.retry_budget.active == 0
+    finally:
+        await rig.stop()

@@ -241,13 +241,14 @@ class Exchange(Relay):
     def _end_attempt(self, failure: Failure | None) -> Failure | None:
         """Release the backend's slot with the try's result: only the backend's own failures count."""
         self.timer_at = None
+        if failure is not None and failure.stale:
+            return failure  # the try goes on, on a fresh connection, with its slot and its budget unit
         self._release_budget()
         route = self.route
         if route is None:
             return failure
         if failure is not None and not failure.backend_fault:
-            if not failure.stale:  # a stale connection's try goes on, with the slot it holds
-                self.lb.abandon_request(route)
+            self.lb.abandon_request(route)
             return failure
         success = failure is None and self.status < 500
         latency = self.head_ms if self.head_ms is not None else (self.loop.time() - self.attempt_at) * 1000.0
@@ -448,6 +449,8 @@ class Exchange(Relay):
         if now is None:
             now = self.loop.time()
         route = self.route
+        if route is not None:  # a slot still held (a stale try the client left): released, nobody blamed
+            self.lb.abandon_request(route)
         if ctx.access is not None:  # building the log call's arguments costs: only when logging
             first = self.first_attempt_at
             end = self.upstream_end
