@@ -240,6 +240,11 @@ def omnixan_config(port: int, admin: int, backend_ports: Sequence[int], access_l
     return OMNIXAN_CONFIG.format(port=port, admin=admin, backends=backends, access_log=str(access_log).lower())
 
 
+def pure_env() -> dict[str, str]:
+    """The environment that runs the pure Python source, whichever build is installed."""
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
 def compiled_env() -> dict[str, str]:
     """The environment that runs the compiled build; refuses if it is missing or stale."""
     env = {**os.environ, "PYTHONPATH": str(COMPILED_SRC)}
@@ -356,7 +361,9 @@ def run(
             pids["haproxy"] = start_haproxy(procs, workdir, cpu=0).pid
             pids["omnixan"] = start_omnixan(procs, workdir, OMNIXAN_PORT, OMNIXAN_ADMIN, False, env).pid
             pids["omnixan+log"] = start_omnixan(procs, workdir, OMNIXAN_LOG_PORT, OMNIXAN_LOG_ADMIN, True, env).pid
-            pids["omnixan-py"] = start_omnixan(procs, workdir, OMNIXAN_PY_PORT, OMNIXAN_PY_ADMIN, False).pid
+            pids["omnixan-py"] = start_omnixan(
+                procs, workdir, OMNIXAN_PY_PORT, OMNIXAN_PY_ADMIN, False, env=pure_env()
+            ).pid
             for port in ports.values():
                 wait_port(port)
             for port in ports.values():  # warm up every path once

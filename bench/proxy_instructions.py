@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import signal
@@ -59,7 +58,7 @@ async def _client(n: int, connections: int = 10) -> None:
 
 
 def _command(build: str, config: Path) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ)
+    env = P.pure_env()
     exe = Path(sys.executable)
     if build == "reference":
         return [str(exe), str(ROOT / "bench" / "reference_proxy.py"), str(PORT), *map(str, BACKENDS)], env
