@@ -25,7 +25,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from .._log import log_event
-from ..build import build_kind
+from ..build import COMPILED, build_kind
 from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
@@ -79,6 +79,13 @@ class Server:
             algorithm=self.config.algorithm.algorithm_type.value,
             build=build_kind(),
         )
+        if not COMPILED:  # pip hides what a build prints: say it where an operator looks
+            log_event(
+                "pure_python_build",
+                logging.WARNING,
+                hint="about half the requests per CPU second of the compiled build; reinstall where a C compiler"
+                " and the Python headers are present (pip install .)",
+            )
 
     async def reload(self) -> bool:
         """Re-read the file and apply what can change live; keep the old config if it is bad.
