@@ -40,8 +40,8 @@ test: lint $(INSTALLED)
 test-pure: $(STAMP)
 	OMNIXAN_EXPECT_COMPILED=0 PYTHONPATH=src $(BIN)/pytest -q -p no:cacheprovider
 
-# The compiled build in a copy of the tree (OMNIXAN_LB_COMPILE=1: mypyc), for the benchmarks, which
-# run it beside the pure source (PYTHONPATH=$(COMPILED)/src, PYTHONPATH=src).
+# The compiled build in a copy of the tree (OMNIXAN_LB_COMPILE=1: mypyc), for an environment whose
+# install is pure Python: the benchmarks run it then (PYTHONPATH=$(COMPILED)/src).
 COMPILED := build/compiled
 $(COMPILED)/.built: $(STAMP) $(SOURCES)
 	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
@@ -63,7 +63,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet '.[dev,bench]'
 	touch $(BENCH_STAMP) $(INSTALLED)
 
-bench: $(BENCH_STAMP) compiled
+bench: $(BENCH_STAMP) $(INSTALLED)
 	PYTHONPATH=src $(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -9,11 +9,12 @@ small body, then measures in one run, alternating, ``--reps`` times each:
   access log off);
 - ``haproxy``: HAProxy as reverse proxy (``nbthread 1``, ``balance leastconn``,
   server-side keep-alive with ``http-reuse always``, no log);
-- ``omnixan``: ``omnixan-lb serve``, the compiled build (``make compiled``:
-  the request path compiled by mypyc, see ``setup.py``), 1 process, uvloop,
+- ``omnixan``: ``omnixan-lb serve``, the compiled build: the default install
+  (``pip install .`` compiles the request path with mypyc where a C compiler
+  is present, see ``setup.py``), else ``make compiled``'s copy; 1 process, uvloop,
   least_connections, TCP health checks every 5 s, metrics on, access log off;
 - ``omnixan+log``: the same with the JSON access log on (to a file);
-- ``omnixan-py``: the same as ``omnixan`` on the pure-Python build.
+- ``omnixan-py``: the same as ``omnixan`` on the pure-Python source (``src``).
 
 Same wrk settings for all (1 thread, 50 and 200 connections, ``--duration``
 seconds). CPU pinning: the proxy under test on CPU 0; wrk and the backends on
@@ -246,16 +247,19 @@ def pure_env() -> dict[str, str]:
 
 
 def compiled_env() -> dict[str, str]:
-    """The environment that runs the compiled build; refuses if it is missing or stale."""
-    env = {**os.environ, "PYTHONPATH": str(COMPILED_SRC)}
+    """The environment that runs the compiled build: the one installed in this environment
+    (``pip install .`` compiles it where a C compiler is present) or, failing that, ``make
+    compiled``'s copy in build/compiled. Refuses if neither is compiled."""
     exe = str(Path(sys.executable).parent / "omnixan-lb")
-    done = subprocess.run([exe, "version"], env=env, capture_output=True, text=True, check=False)
-    if "compiled with mypyc" not in done.stdout:
-        raise SystemExit(
-            f"no compiled build in {COMPILED_SRC} ({done.stdout.strip() or done.stderr.strip()}): "
-            "run `make compiled` first"
-        )
-    return env
+    installed = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for env in (installed, {**os.environ, "PYTHONPATH": str(COMPILED_SRC)}):
+        done = subprocess.run([exe, "--version"], env=env, capture_output=True, text=True, check=False)
+        if "compiled with mypyc" in done.stdout:
+            return env
+    raise SystemExit(
+        "no compiled build: install one with `pip install .` where a C compiler is present (make test does), "
+        "or run `make compiled`"
+    )
 
 
 def start_omnixan(

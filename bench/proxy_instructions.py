@@ -8,7 +8,7 @@ the proxy's own cost per request as instructions, for:
 - ``reference``: ``bench/reference_proxy.py``, the least a Python reverse
   proxy on uvloop + httptools does (the floor; not a usable proxy);
 - ``omnixan-py``: ``omnixan-lb serve``, pure Python;
-- ``omnixan``: the compiled build (``make compiled``; mypyc).
+- ``omnixan``: the compiled build (the default install, ``pip install .``; else ``make compiled``).
 
 Each runs under callgrind behind two nginx backends (bench/proxy.py's), gets
 200 warm-up requests and then N requests on 10 keep-alive connections, and is

@@ -402,8 +402,8 @@ def render_routing(res: dict[str, Any]) -> str:
 
 
 ROUTING_COMPILED = """\
-The compiled build (`make compiled`; the same run, `bench/routing.py` with
-`PYTHONPATH=build/compiled/src`, in a child process; harness overhead
+The compiled build (the default install, `pip install .`, or else `make
+compiled`'s copy; the same run, `bench/routing.py`, in a child process; harness overhead
 {overhead:.2f} µs). It does the same work in a third to a fifth of the time,
 so the cache misses that 10,000 cold backends add (the same memory as in the
 default build) weigh more against its 10-backend cost:
