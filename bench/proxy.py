@@ -248,7 +248,8 @@ def pure_env() -> dict[str, str]:
 
 def compiled_env() -> dict[str, str]:
     """The environment that runs the compiled build: the one installed in this environment
-    (``pip install .`` compiles it where a C compiler is present) or, failing that, ``make
+    (``pip install .`` compiles it where a C compiler is present; ``make bench`` reinstalls it
+    when the source has changed, a script run by hand does not) or, failing that, ``make
     compiled``'s copy in build/compiled. Refuses if neither is compiled."""
     exe = str(Path(sys.executable).parent / "omnixan-lb")
     installed = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
