@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
 from .._log import log_event
@@ -94,7 +93,9 @@ class ClientConnection(ClientSide):
         self.flow: FlowControl = None  # type: ignore[assignment]  # set by connection_made
         self.peer = "127.0.0.1"
         self.reader = RequestReader(ctx, self)
-        self.exchanges: deque[Exchange] = deque()  # exchanges[0] is being answered
+        # exchanges[0] is being answered. A list, not a deque: at most MAX_PIPELINE long, and the
+        # compiled build appends to and pops from a list without a call by name.
+        self.exchanges: list[Exchange] = []
         self._closing = False  # no further request is read on this connection
         self.lost = False
         self._receiving: Exchange | None = None  # whose body the reader is reading
@@ -205,7 +206,7 @@ class ClientConnection(ClientSide):
         self.exchanges.append(exchange)
         self.ctx.exchange_begun()
         if len(self.exchanges) == 1:
-            exchange.start()
+            exchange.start(now)
         else:
             self.flow.pause(BY_PIPELINE)
 
@@ -359,9 +360,9 @@ class ClientConnection(ClientSide):
         ctx.exchange_ended()
         exchanges = self.exchanges
         if exchanges and exchanges[0] is exchange:
-            exchanges.popleft()
+            exchanges.pop(0)
         elif exchange in exchanges:
-            exchanges.remove(cast(Exchange, exchange))
+            exchanges.remove(exchange)
         if self.lost:
             return
         if exchange.status == 101:  # a tunnel: it ends when either side closes
@@ -377,7 +378,7 @@ class ClientConnection(ClientSide):
         if exchanges:
             if len(exchanges) == 1:
                 self.resume_reading(BY_PIPELINE)
-            exchanges[0].start()
+            exchanges[0].start(self.loop.time())
         elif self._final is not None:
             self.write(self._final)
             self.linger_close()

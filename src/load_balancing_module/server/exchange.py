@@ -81,12 +81,13 @@ class Exchange(Relay):
 
     # -- QUEUED -> BUFFERING | ROUTING ------------------------------------------------------------
 
-    def start(self) -> None:
-        """The exchange is first in line on its connection: read its body, or route it now."""
+    def start(self, now: float) -> None:
+        """The exchange is first in line on its connection (``now``: the loop's time): read its
+        body, or route it now."""
         if self.phase is not Phase.QUEUED:
             return
         if self.body_done:
-            self._route()
+            self._route(now)
             return
         # What the same read brings of the body comes first: then a "100 Continue" is only sent to
         # a client that really waits for it.
@@ -97,7 +98,7 @@ class Exchange(Relay):
         if self.phase is not Phase.BUFFERING:
             return
         if self.body_done or self.backlog_bytes >= BUFFER_LIMIT:
-            self._route()
+            self._route(self.loop.time())
         elif self.info.expect_continue and self.info.http11:
             self.conn.write(CONTINUE)  # the client waits for this before it sends the body
 
@@ -105,20 +106,21 @@ class Exchange(Relay):
         """The whole body, or :data:`BUFFER_LIMIT` bytes of it, are in (a client that stalls before
         meets the connection's body timeout, 408)."""
         if self.phase is Phase.BUFFERING:
-            self._route()
+            self._route(self.loop.time())
 
     # -- ROUTING -> CONNECTING | SENT ---------------------------------------------------------------
 
-    def _route(self) -> None:
-        """Route now, or in a task when the library must wait. Entered from callbacks (the reader's,
-        the loop's): a fault of the proxy's ends the exchange with a 500, never the caller."""
+    def _route(self, now: float) -> None:
+        """Route now (``now``: the loop's time), or in a task when the library must wait. Entered from
+        callbacks (the reader's, the loop's): a fault of the proxy's ends the exchange with a 500,
+        never the caller."""
         self.phase = Phase.ROUTING
         try:
             route = self.lb.route_now(self.request, self.prefer)
             if route is None:  # a limit, a session or a queue to consult: a task waits for the library
                 self._spawn(self._route_later)
             else:
-                self._routed(route)
+                self._routed(route, now)
         except Exception as exc:
             self._internal_error(exc)
 
@@ -132,19 +134,19 @@ class Exchange(Relay):
         except BackendUnavailableError as exc:
             self._answer(HttpError(503, f"no backend available: {exc}", retry_after=1))
         else:
-            self._routed(route)
+            self._routed(route, self.loop.time())
             return
         self._finish()
 
-    def _routed(self, route: RouteResult) -> None:
+    def _routed(self, route: RouteResult, now: float) -> None:
         self.route = route
         self.attempts += 1
         self.tried.append(route.backend)
-        self._connect(route, fresh=False)
+        self._connect(route, now, fresh=False)
 
-    def _connect(self, route: RouteResult, *, fresh: bool) -> None:
-        """A pooled connection to ``route``'s backend (unless ``fresh``), else a new one."""
-        now = self.loop.time()
+    def _connect(self, route: RouteResult, now: float, *, fresh: bool) -> None:
+        """A pooled connection to ``route``'s backend (unless ``fresh``), else a new one; ``now``:
+        the loop's time, as the caller read it."""
         self.attempt_at = now
         if self.first_attempt_at is None:
             self.first_attempt_at = now
@@ -229,7 +231,7 @@ class Exchange(Relay):
                 self._finish(now)
             elif failure.stale:  # the same try on a fresh connection, with the slot it holds
                 assert self.route is not None
-                self._connect(self.route, fresh=True)
+                self._connect(self.route, self.loop.time(), fresh=True)
             elif not failure.retry:
                 self._answer(self._failure_answer(failure))
                 self._finish()
@@ -286,7 +288,7 @@ class Exchange(Relay):
         except BackendUnavailableError:
             self._answer(self._failure_answer(failure))
         else:
-            self._routed(route)
+            self._routed(route, self.loop.time())
             return
         self._finish()
 
