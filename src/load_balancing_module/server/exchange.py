@@ -318,9 +318,7 @@ class Exchange(Relay):
         log_event("proxy_internal_error", logging.ERROR, request_id=self.request_id, error=repr(exc))
         if self.phase is Phase.DONE:
             return
-        self._abort_attempt()
-        if self.route is not None:
-            self.lb.abandon_request(self.route)
+        self._abort_attempt()  # its slot is released by _finish, without an outcome
         if not self.responded:
             self.keep_alive = False
             self._answer(HttpError(500, "internal error of the proxy"))
@@ -410,9 +408,7 @@ class Exchange(Relay):
             task = self.task
             if task is not None and not task.done():
                 task.cancel()
-            if self.route is not None:
-                self.lb.abandon_request(self.route)
-            self._finish()
+            self._finish()  # releases a slot still held, without an outcome
 
     # -- decisions ----------------------------------------------------------------------------------
 
