@@ -300,7 +300,9 @@ class SharedMemoryStore(StateStore):
             value = mm[value_at : value_at + length]
         finally:
             self._unlock(base)
-        return value.decode()
+        # "replace": a worker killed in the middle of a rebind may leave a torn value, which then
+        # names no backend, and the module routes the request afresh.
+        return value.decode(errors="replace")
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
         value = backend_id.encode()
@@ -450,9 +452,10 @@ class SharedMemoryStore(StateStore):
             else:
                 count, new = 1, True
                 i = _slot(keys, ZERO_KEY)
-                if i < 0:  # the one whose count (its second) or block ends first goes
+                if i < 0:  # the one whose count (its second) or block ends first goes; of those, the lowest count
                     ends = self._ends(base, False)
-                    i = min(range(WAYS), key=ends.__getitem__)
+                    counts = self._floods.unpack_from(mm, base + KEY * WAYS)[1::3]
+                    i = min(range(WAYS), key=lambda j: (ends[j], counts[j]))
                 record_at = base + KEY * WAYS + RECORD * i
             if count > threshold and block_seconds > 0:
                 FLOOD.pack_into(mm, record_at, second, 0, now + block_seconds)
