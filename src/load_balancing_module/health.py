@@ -122,6 +122,15 @@ class HealthTracker:
         )
         return self.state
 
+    def adopt(self, status: HealthStatus) -> HealthState:
+        """Take another prober's outcome as this backend's (the probing process of several workers)."""
+        self.state = status.status
+        self.failures = status.consecutive_failures
+        self.successes = status.consecutive_successes
+        self.fast_streak = 0
+        self.last = status.model_copy(update={"backend_id": self.backend_id})
+        return self.state
+
 
 class Prober:
     """Runs one probe of a backend: TCP connect, HTTP GET, or a custom probe."""

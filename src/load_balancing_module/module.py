@@ -145,10 +145,16 @@ class LoadBalancingModule:
 
     # -- backends --------------------------------------------------------------
 
-    async def add_backend(self, backend: BackendConfig | Mapping[str, Any]) -> BackendID:
-        """Add a backend; it starts HEALTHY. Returns its id (``host:port``, made unique)."""
+    async def add_backend(
+        self, backend: BackendConfig | Mapping[str, Any], *, backend_id: BackendID | None = None
+    ) -> BackendID:
+        """Add a backend; it starts HEALTHY. Returns its id: ``backend_id`` if given (it must be
+        unused), else ``host:port``, made unique."""
         config = backend if isinstance(backend, BackendConfig) else BackendConfig.model_validate(backend)
-        backend_id = self._new_id(config)
+        if backend_id is None:
+            backend_id = self._new_id(config)
+        elif backend_id in self.router.backends or not backend_id:
+            raise ValueError(f"backend_id: {backend_id!r} is taken or empty")
         tracker = HealthTracker(backend_id, self.config.health_check)
         breaker = CircuitBreaker(self.config.circuit_breaker, self.clock)
         now = self.clock.monotonic()
@@ -411,6 +417,15 @@ class LoadBalancingModule:
         backend = self._get(backend_id)
         await self._health.check(backend)
         return backend.health.last
+
+    def watch_probes(self, observer: Callable[[HealthStatus], None]) -> None:
+        """Tell ``observer`` the outcome of every probe this module makes (to share it with others)."""
+        self._health.observers.append(observer)
+
+    async def follow_health(self, status: HealthStatus) -> None:
+        """Take a probe's outcome made elsewhere (``watch_probes`` of another module, with
+        ``health_check.enabled: false`` here) as this module's own. Unknown id: :class:`BackendNotFoundError`."""
+        await self._health.follow(self._get(status.backend_id), status)
 
     # -- background -------------------------------------------------------------------
 

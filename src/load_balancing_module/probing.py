@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ._log import log_event
 from .backend import Backend
 from .clock import Clock
 from .config import HealthCheckConfig
 from .enums import HealthState
-from .health import ProbeFailed, ProbeNotRun, Prober
+from .health import HealthStatus, ProbeFailed, ProbeNotRun, Prober
 from .hooks import Hooks
 from .router import Router
 from .slow_start import SlowStart
@@ -47,6 +47,7 @@ class HealthChecks:
         self.counters = counters  # the module's: "probes_not_run" is counted here
         self.running = False
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by backend id
+        self.observers: list[Callable[[HealthStatus], None]] = []  # told every outcome probed here
 
     def start_all(self, backends: Iterable[Backend]) -> None:
         """Start probing (the module is initialized): a task for each backend."""
@@ -87,21 +88,38 @@ class HealthChecks:
             return
         if backend.removed:
             return
-        now = self.clock.monotonic()
         old = backend.health.state
-        new = backend.health.record(error is None, latency, self.clock.time(), error)
+        backend.health.record(error is None, latency, self.clock.time(), error)
+        for observer in self.observers:
+            observer(backend.health.last)
+        await self._settle(backend, old, announce=True)
+
+    async def follow(self, backend: Backend, status: HealthStatus) -> None:
+        """Take an outcome another process probed (the supervisor of several workers) as if probed here."""
+        if backend.removed:
+            return
+        old = backend.health.state
+        backend.health.adopt(status)
+        await self._settle(backend, old, announce=False)  # the prober logged the change once, for all
+
+    async def _settle(self, backend: Backend, old: HealthState, *, announce: bool) -> None:
+        """Act on ``backend``'s latest outcome: its latency to the algorithm, and a changed state."""
+        now = self.clock.monotonic()
+        last = backend.health.last
+        latency, error, new = last.latency_ms, last.error, last.status
         if latency is not None and self.router.observe(backend, latency, now):
             self.router.refresh(backend)
         if new is old:
             return
-        log_event(
-            "health_state_changed",
-            logging.WARNING if new is HealthState.UNHEALTHY else logging.INFO,
-            backend_id=backend.id,
-            old=old.value,
-            new=new.value,
-            error=error,
-        )
+        if announce:
+            log_event(
+                "health_state_changed",
+                logging.WARNING if new is HealthState.UNHEALTHY else logging.INFO,
+                backend_id=backend.id,
+                old=old.value,
+                new=new.value,
+                error=error,
+            )
         if old is HealthState.UNHEALTHY:
             self.slow_start.begin(backend, now)
         self.router.refresh(backend)
