@@ -15,9 +15,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-from typing import Final
+import os
+from typing import TYPE_CHECKING, Final
 
 from .http import AFFINITY_COOKIE
+
+if TYPE_CHECKING:
+    from ..state.base import StateStore
 
 MAC_BYTES: Final = 16
 _CACHE_LIMIT: Final = 4096  # verified values kept, so that a returning client costs one lookup
@@ -83,3 +87,13 @@ class AffinityCookies:
             self._verified.clear()
         self._verified[value] = backend_id
         return backend_id
+
+
+async def affinity_key(secret_env: str | None, store: StateStore) -> bytes:
+    """The key that signs affinity cookies: from the variable ``secret_env`` names when set (every
+    balancer that shares traffic must have the same), else the state store's shared key, so that
+    balancers sharing a store (Redis, or the workers' shared memory) agree by themselves."""
+    secret = os.environ.get(secret_env) if secret_env else None
+    if secret:
+        return hashlib.sha256(secret.encode()).digest()
+    return await store.shared_secret("affinity")

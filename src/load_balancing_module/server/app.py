@@ -16,7 +16,6 @@ sessions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
@@ -26,26 +25,17 @@ from prometheus_client import CollectorRegistry
 
 from .._log import log_event
 from ..build import COMPILED, build_kind
-from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
-from ..state.redis import RedisStore, redact
+from ..state.redis import redact
 from .admin import AdminServer
-from .config import ServerConfig, StateConfig, load_config
+from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
-
-RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
-RESTART_ONLY = ("health_check", "circuit_breaker", "rate_limit", "listen", "admin", "state", "session_ttl")
-
-
-def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
-    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
-    if not state.shared:
-        return None
-    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
+from .reload import Reloads, apply_config
+from .stores import open_store
 
 
 class Server:
@@ -60,8 +50,7 @@ class Server:
         register_proxy_metrics(self.proxy, self.registry)
         self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
         self.stopping = asyncio.Event()
-        self._reloading: asyncio.Future[bool] | None = None
-        self._reload_wanted = False
+        self._reloads = Reloads(self._reload_once)
 
     async def start(self) -> None:
         if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway
@@ -91,21 +80,8 @@ class Server:
         """Re-read the file and apply what can change live; keep the old config if it is bad.
 
         The file is read, parsed and validated in a thread, so the event loop goes on serving;
-        nothing of it applies unless all of it is valid. Reloads never overlap: one asked for
-        during another runs once that one is done (several such asks make one more reload)."""
-        self._reload_wanted = True
-        if self._reloading is not None:
-            return await asyncio.shield(self._reloading)
-        ok = True
-        while self._reload_wanted:
-            self._reload_wanted = False
-            self._reloading = asyncio.get_running_loop().create_future()
-            try:
-                ok = await self._reload_once()
-            finally:
-                done, self._reloading = self._reloading, None
-                done.set_result(ok)
-        return ok
+        nothing of it applies unless all of it is valid. Reloads never overlap (:class:`Reloads`)."""
+        return await self._reloads()
 
     async def _reload_once(self) -> bool:
         try:
@@ -113,41 +89,9 @@ class Server:
         except ConfigurationError as exc:
             log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
             return False
-        await self._apply_backends(self.config.backends, new.backends)
-        if new.algorithm != self.config.algorithm:
-            await self.lb.configure_algorithm(new.algorithm)
-        ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
-        if ignored:
-            log_event("reload_needs_restart", logging.WARNING, settings=ignored)
-        if "state" in ignored:  # the running store stays, and the config says so
-            new = new.model_copy(update={"state": self.config.state})
-        self.proxy.config = new  # limits, timeouts, retries, trusted proxies, access log
-        self.config = new
+        self.config = await apply_config(self.lb, self.config, new, self.proxy.configure)
         log_event("reload_applied", path=str(self.path), backends=len(new.backends))
         return True
-
-    async def _apply_backends(self, old: list[BackendConfig], new: list[BackendConfig]) -> None:
-        """Remove what went, add what came; a changed backend is replaced (in-flight requests finish).
-
-        In slices of at most RELOAD_SLICE seconds, yielding to the event loop between them, so that
-        a reload of thousands of backends delays no request by more than a slice."""
-        old_by_address = {b.address: b for b in old}
-        new_by_address = {b.address: b for b in new}
-        clock = asyncio.get_running_loop().time
-        slice_end = clock() + RELOAD_SLICE
-        for address, backend in old_by_address.items():
-            if new_by_address.get(address) != backend:
-                with contextlib.suppress(KeyError):
-                    await self.lb.remove_backend(address)
-                if clock() >= slice_end:
-                    await asyncio.sleep(0)
-                    slice_end = clock() + RELOAD_SLICE
-        for address, backend in new_by_address.items():
-            if old_by_address.get(address) != backend:
-                await self.lb.add_backend(backend)
-                if clock() >= slice_end:
-                    await asyncio.sleep(0)
-                    slice_end = clock() + RELOAD_SLICE
 
     async def shutdown(self) -> int:
         await self.proxy.stop_accepting()
@@ -161,10 +105,10 @@ class Server:
         return left
 
 
-async def serve(path: str | Path) -> int:
-    """Run until SIGTERM/SIGINT; return the exit code."""
+async def serve(path: str | Path, config: ServerConfig | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code. ``config``: the file's, if read already."""
     try:
-        config = load_config(path)
+        config = load_config(path) if config is None else config
         server = Server(path, config)
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
@@ -205,11 +149,3 @@ async def _flush_access_log_every(seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         flush_access_log()
-
-
-def run(path: str | Path) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional
-        return asyncio.run(serve(path))
-    return uvloop.run(serve(path))

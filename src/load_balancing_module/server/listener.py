@@ -28,9 +28,10 @@ BACKLOG: Final = 1024
 _GONE: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EPERM})
 
 
-async def bind(host: str, port: int) -> list[socket.socket]:
+async def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host:port`` (every address the name resolves to, as asyncio's
-    ``create_server`` binds), non-blocking, with SO_REUSEADDR."""
+    ``create_server`` binds), non-blocking, with SO_REUSEADDR; with SO_REUSEPORT too if asked
+    (several sets of sockets on one address, the kernel spreading connections over them)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
@@ -43,6 +44,8 @@ async def bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # the other addresses take the first one's free port

@@ -15,13 +15,19 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "event", ...fields}``; plain messages go under ``message``."""
+    """``{"time", "level", "logger", ...always, "event", ...fields}``; plain messages go under
+    ``message``. ``always``: fields on every line (a worker's number)."""
+
+    def __init__(self, always: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.always = always or {}
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            **self.always,
         }
         event = getattr(record, "event", None)
         if event is not None:
@@ -103,10 +109,11 @@ def flush_access_log() -> None:
         handler.flush()
 
 
-def setup_logging(level: str = "info") -> None:
-    """JSON lines on stderr; the access log's lines are JSON already and pass as they are."""
+def setup_logging(level: str = "info", fields: dict[str, Any] | None = None) -> None:
+    """JSON lines on stderr, with ``fields`` on each; the access log's lines are JSON already and
+    pass as they are."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(fields))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

@@ -22,14 +22,12 @@ failed try can be replayed on another backend.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import socket
 from typing import TYPE_CHECKING
 
 from .._log import log_event
-from .affinity import AffinityCookies
+from .affinity import AffinityCookies, affinity_key
 from .client import ClientConnection
 from .config import ServerConfig, parse_address
 from .context import ProxyContext
@@ -62,6 +60,9 @@ class ProxyServer:
 
     @config.setter
     def config(self, config: ServerConfig) -> None:
+        self.configure(config)
+
+    def configure(self, config: ServerConfig) -> None:
         """A reloaded config: limits, timeouts, retries, trusted proxies, affinity and the access log
         switch apply to new requests at once. ``listen`` needs a restart."""
         self.ctx.configure(config)
@@ -101,26 +102,18 @@ class ProxyServer:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen on ``config.listen``, or accept on ``sockets`` (bound by a supervisor)."""
         if self.ctx.affinity is None:
-            self.ctx.affinity = AffinityCookies(await self._affinity_key())
+            self.ctx.affinity = AffinityCookies(await affinity_key(self.config.affinity_secret_env, self.lb.store))
         host, port = self._address
-        sockets = await bind(host, port)
+        if sockets is None:
+            sockets = await bind(host, port)
         self._listeners = [Listener(sock, self._accepted, self._accept_exhausted) for sock in sockets]
         for listener in self._listeners:
             listener.start()
         self.port = self._listeners[0].port
         log_event("proxy_listening", host=host, port=self.port)
-
-    async def _affinity_key(self) -> bytes:
-        """The key that signs affinity cookies: from ``affinity_secret_env`` when set (every balancer
-        that shares traffic must have the same), else the state store's shared key, so that
-        balancers sharing a Redis agree by themselves; a store of this process's own makes one."""
-        name = self.config.affinity_secret_env
-        secret = os.environ.get(name) if name else None
-        if secret:
-            return hashlib.sha256(secret.encode()).digest()
-        return await self.lb.store.shared_secret("affinity")
 
     def _accepted(self, sock: socket.socket) -> None:
         """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""

@@ -1,0 +1,105 @@
+"""Applying a new, validated config to a running module and proxy: what every process of a
+server does on reload (the one process, or the supervisor's module and each worker alike).
+
+Backends that went are removed, those that came are added, a changed one is replaced (its
+requests in flight finish); the algorithm switches; limits, timeouts, retries, trusted proxies
+and the access log apply to new requests. What needs a restart (``RESTART_ONLY``) is logged and
+kept as it runs. The same old and new config give the same changes in every process, so the
+processes keep agreeing on backend ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from .._log import log_event
+from ..config import BackendConfig
+from ..module import LoadBalancingModule
+from .config import ServerConfig
+
+RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
+RESTART_ONLY = (
+    "health_check",
+    "circuit_breaker",
+    "rate_limit",
+    "listen",
+    "admin",
+    "state",
+    "session_ttl",
+    "workers",
+)
+
+
+async def apply_config(
+    lb: LoadBalancingModule,
+    old: ServerConfig,
+    new: ServerConfig,
+    configure: Callable[[ServerConfig], None] | None = None,
+    *,
+    announce: bool = True,
+) -> ServerConfig:
+    """Apply ``new`` over ``old``; return the config now in force (``new``, with the running
+    ``state``). ``configure`` takes it for the proxy; ``announce`` logs what needs a restart."""
+    await apply_backends(lb, old.backends, new.backends)
+    if new.algorithm != old.algorithm:
+        await lb.configure_algorithm(new.algorithm)
+    ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
+    if ignored and announce:
+        log_event("reload_needs_restart", logging.WARNING, settings=ignored)
+    if "state" in ignored:  # the running store stays, and the config says so
+        new = new.model_copy(update={"state": old.state})
+    if configure is not None:
+        configure(new)
+    return new
+
+
+async def apply_backends(lb: LoadBalancingModule, old: list[BackendConfig], new: list[BackendConfig]) -> None:
+    """Remove what went, add what came; a changed backend is replaced (in-flight requests finish).
+
+    In slices of at most RELOAD_SLICE seconds, yielding to the event loop between them, so that
+    a reload of thousands of backends delays no request by more than a slice."""
+    old_by_address = {b.address: b for b in old}
+    new_by_address = {b.address: b for b in new}
+    clock = asyncio.get_running_loop().time
+    slice_end = clock() + RELOAD_SLICE
+    for address, backend in old_by_address.items():
+        if new_by_address.get(address) != backend:
+            with contextlib.suppress(KeyError):
+                await lb.remove_backend(address)
+            if clock() >= slice_end:
+                await asyncio.sleep(0)
+                slice_end = clock() + RELOAD_SLICE
+    for address, backend in new_by_address.items():
+        if old_by_address.get(address) != backend:
+            await lb.add_backend(backend)
+            if clock() >= slice_end:
+                await asyncio.sleep(0)
+                slice_end = clock() + RELOAD_SLICE
+
+
+class Reloads:
+    """Reloads never overlap: one asked for during another runs once that one is done (several
+    such asks make one more reload). ``once`` runs one reload and says whether it applied."""
+
+    def __init__(self, once: Callable[[], Awaitable[bool]]) -> None:
+        self._once = once
+        self._running: asyncio.Future[bool] | None = None
+        self._wanted = False
+
+    async def __call__(self) -> bool:
+        self._wanted = True
+        if self._running is not None:
+            return await asyncio.shield(self._running)
+        ok = True
+        while self._wanted:
+            self._wanted = False
+            self._running = asyncio.get_running_loop().create_future()
+            try:
+                ok = await self._once()
+            finally:
+                done, self._running = self._running, None
+                done.set_result(ok)
+        return ok

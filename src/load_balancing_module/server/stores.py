@@ -1,0 +1,14 @@
+"""The state store a server's config names: none of its own for ``memory`` (the module keeps
+one), a :class:`~..state.redis.RedisStore` for ``redis://``."""
+
+from __future__ import annotations
+
+from ..state.redis import RedisStore
+from .config import StateConfig
+
+
+def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
+    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
+    if not state.shared:
+        return None
+    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
