@@ -96,11 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             print("omnixan-lb serve: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
             return 2
-        from ..server.app import run
         from ..server.logs import setup_logging
+        from ..server.supervisor import run
 
         setup_logging(args.log_level)
-        return run(args.config)
+        return run(args.config, args.log_level)
     if args.command == "status":
         from .status import run as status
 

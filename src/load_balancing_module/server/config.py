@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -197,8 +197,22 @@ class StateConfig(StrictModel):
         return self.url != "memory"
 
 
+MAX_WORKERS = 256
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class ServerConfig(LoadBalancingModuleConfig):
     listen: str = "127.0.0.1:8080"
+    # Worker processes serving the proxy: a number, or "auto" (one per CPU this process may use).
+    # 1 runs everything in one process; more run under a supervisor (docs/workers.md).
+    workers: int | Literal["auto"] = 1
     backends: list[BackendConfig] = Field(default_factory=list)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     state: StateConfig = Field(default_factory=StateConfig)
@@ -216,6 +230,18 @@ class ServerConfig(LoadBalancingModuleConfig):
     def _listen(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS):
+            return value
+        raise ValueError(f"must be a number of processes in 1..{MAX_WORKERS}, or auto (one per CPU)")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``auto`` is the CPUs this process may use."""
+        return min(available_cpus(), MAX_WORKERS) if self.workers == "auto" else self.workers
 
     @field_validator("state", mode="before")
     @classmethod

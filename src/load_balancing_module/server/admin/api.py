@@ -11,6 +11,7 @@ Which handler serves which route is said once, in :mod:`.routes`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ from ...enums import HealthState, LoadBalancingAlgorithmType
 from ...exceptions import AlgorithmError, BackendNotFoundError
 from ...module import LoadBalancingModule
 from .body import BadInput, read_object, validation_error
+from .fleet import Fleet, merge_distribution, merge_drains, merge_metrics
 from .models import (
     DASHBOARD_ASSETS,
     AlgorithmChange,
@@ -116,41 +118,73 @@ def dashboard_file(name: str) -> bytes:
 
 
 class AdminApi:
+    """The handlers. ``fleet``: the workers of a server with ``workers: N`` (``lb`` is then the
+    supervisor's module: every change goes to it first, then to each worker, and traffic figures
+    are the workers' summed, see :mod:`.fleet`)."""
+
     def __init__(
-        self, lb: LoadBalancingModule, registry: CollectorRegistry, document: dict[str, Any], *, drain_timeout: float
+        self,
+        lb: LoadBalancingModule,
+        registry: CollectorRegistry,
+        document: dict[str, Any],
+        *,
+        drain_timeout: float,
+        fleet: Fleet | None = None,
     ) -> None:
         self.lb = lb
         self.registry = registry
         self.document = document
         self.drain_timeout = drain_timeout
+        self.fleet = fleet
         self._files = {name: dashboard_file(name) for name in ["index.html", *DASHBOARD_ASSETS]}
+
+    async def _distribution(self) -> dict[str, Any]:
+        """The load distribution as a dict: the module's, or summed over the workers."""
+        own = (await self.lb.get_load_distribution()).model_dump(mode="json")
+        if self.fleet is None:
+            return own
+        figures = await self.fleet.figures()
+        merged = merge_distribution(own, [f["distribution"] for f in figures])
+        merged["workers"] = self.fleet.workers(figures)
+        return merged
 
     # -- backends --------------------------------------------------------------------
 
-    def _backend(self, backend_id: str) -> BackendView:
-        return BackendView.model_validate(self.lb.describe_backend(backend_id))
+    async def _backend(self, backend_id: str) -> BackendView:
+        view = self.lb.describe_backend(backend_id)  # BackendNotFoundError: 404
+        if self.fleet is not None:
+            view = (await self._distribution())["backends"].get(backend_id, view)
+        return BackendView.model_validate(view)
 
     @_api
     async def list_backends(self, request: web.Request) -> web.Response:
-        return respond([self._backend(backend_id) for backend_id in list(self.lb.backends)])
+        if self.fleet is None:
+            views = [self.lb.describe_backend(backend_id) for backend_id in list(self.lb.backends)]
+        else:
+            views = list((await self._distribution())["backends"].values())
+        return respond([BackendView.model_validate(view) for view in views])
 
     @_api
     async def add_backend(self, request: web.Request) -> web.Response:
         body = await read_object(request)
         config = validate(BackendConfig, body, strict=True)  # JSON true is no number here
         backend_id = await self.lb.add_backend(config)
+        if self.fleet is not None:
+            await self.fleet.add_backend(backend_id, config)
         location = f"/backends/{quote(backend_id, safe='')}"
-        return respond(self._backend(backend_id), 201, {"Location": location})
+        return respond(await self._backend(backend_id), 201, {"Location": location})
 
     @_api
     async def get_backend(self, request: web.Request) -> web.Response:
-        return respond(self._backend(request.match_info["backend_id"]))
+        return respond(await self._backend(request.match_info["backend_id"]))
 
     @_api
     async def remove_backend(self, request: web.Request) -> web.Response:
         backend_id = request.match_info["backend_id"]
-        in_flight = self._backend(backend_id).active_connections
+        in_flight = (await self._backend(backend_id)).active_connections
         await self.lb.remove_backend(backend_id)
+        if self.fleet is not None:
+            await self.fleet.remove_backend(backend_id)
         return respond(RemovedView(backend_id=backend_id, removed=True, in_flight=in_flight))
 
     @_api
@@ -160,14 +194,18 @@ class AdminApi:
         drain = validate(DrainRequest, body, strict=True)  # JSON true is no number here
         timeout = self.drain_timeout if drain.timeout is None else drain.timeout
         self.lb.describe_backend(backend_id)  # 404 before anything starts
-        return respond(await self.lb.drain_backend(backend_id, timeout))
+        if self.fleet is None:
+            return respond(await self.lb.drain_backend(backend_id, timeout))
+        own, workers = await asyncio.gather(
+            self.lb.drain_backend(backend_id, timeout), self.fleet.drain_backend(backend_id, timeout)
+        )
+        return respond(merge_drains(backend_id, workers, own))
 
     # -- balancer ----------------------------------------------------------------------
 
     @_api
     async def get_distribution(self, request: web.Request) -> web.Response:
-        distribution = await self.lb.get_load_distribution()
-        return respond(DistributionView.model_validate(distribution, from_attributes=True))
+        return respond(DistributionView.model_validate(await self._distribution()))
 
     def _algorithm(self) -> AlgorithmView:
         name, settings = self.lb.algorithm_settings()
@@ -191,6 +229,8 @@ class AdminApi:
             await self.lb.configure_algorithm(algorithm)
         except AlgorithmError as exc:
             raise BadInput(422, f"config: {exc}", "config") from None
+        if self.fleet is not None:
+            await self.fleet.configure_algorithm(algorithm.model_dump(mode="json"))
         return respond(self._algorithm())
 
     @_api
@@ -198,9 +238,23 @@ class AdminApi:
         body = await read_object(request)
         outcome = await self.lb.execute(body)
         if outcome.get("status") == "success":
+            if self.fleet is not None:
+                await self._replicate(str(body.get("operation")), outcome["result"])
             return respond(ExecuteSuccess.model_validate(outcome))
         status = EXECUTE_ERROR_STATUS.get(str(outcome.get("error_type")), 422)
         return respond(ExecuteFailure.model_validate(outcome), status)
+
+    async def _replicate(self, operation: str, result: Any) -> None:
+        """An execute() that changed the supervisor's module changes every worker alike."""
+        assert self.fleet is not None
+        if operation == "add_backend":
+            backend_id = result["backend_id"]
+            await self.fleet.add_backend(backend_id, self.lb.backends[backend_id].config)
+        elif operation == "remove_backend":
+            await self.fleet.remove_backend(result["backend_id"])
+        elif operation == "configure_algorithm":
+            name, settings = self.lb.algorithm_settings()
+            await self.fleet.configure_algorithm({"algorithm_type": name, "config": settings})
 
     # -- public ------------------------------------------------------------------------
 
@@ -211,7 +265,11 @@ class AdminApi:
         return respond(view, 200 if healthy else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
+        if self.fleet is None:
+            body = generate_latest(self.registry)
+        else:
+            figures = await self.fleet.figures()
+            body = merge_metrics([f["metrics"] for f in figures]) + self.fleet.own_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -30,6 +30,7 @@ from ...exceptions import ConfigurationError
 from ...module import LoadBalancingModule
 from ..config import AdminConfig, parse_address
 from .api import AdminApi, error_response
+from .fleet import Fleet
 from .guard import RequestGuard
 from .openapi import openapi_document
 from .routes import ROUTES
@@ -63,7 +64,13 @@ def token_digest(token: str) -> bytes:
 
 class AdminServer:
     def __init__(
-        self, lb: LoadBalancingModule, registry: CollectorRegistry, config: AdminConfig, *, drain_timeout: float = 30.0
+        self,
+        lb: LoadBalancingModule,
+        registry: CollectorRegistry,
+        config: AdminConfig,
+        *,
+        drain_timeout: float = 30.0,
+        fleet: Fleet | None = None,
     ) -> None:
         self.lb = lb
         self.registry = registry
@@ -78,7 +85,7 @@ class AdminServer:
             )
         self._token_digest = None if self.token is None else token_digest(self.token)
         self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
-        self.api = AdminApi(lb, registry, openapi_document(), drain_timeout=drain_timeout)
+        self.api = AdminApi(lb, registry, openapi_document(), drain_timeout=drain_timeout, fleet=fleet)
         self.port = 0
         self._runner: web.AppRunner | None = None
 

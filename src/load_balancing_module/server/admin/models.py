@@ -129,8 +129,24 @@ class RemovedView(View):
     in_flight: int = Field(description="requests still running there; they complete normally")
 
 
+class WorkerView(View):
+    """One worker process (``workers: N``): who it is and what it serves."""
+
+    index: int = Field(description="0..N-1; a restarted worker keeps its index")
+    pid: int | None
+    up: bool = Field(description="false while the worker restarts (or did not answer)")
+    restarts: int = Field(description="times this worker was started again after it exited")
+    started_at: float = Field(description="Unix time of its last start")
+    total_requests: int = Field(description="requests this worker routed since its start")
+    requests_per_second: float = Field(description="its completions per second over the last 10 s")
+    in_flight: int = Field(description="requests it is proxying now")
+    connections: int = Field(description="client connections it holds")
+    algorithm: LoadBalancingAlgorithmType | None = Field(description="the algorithm it routes with")
+
+
 class DistributionView(View):
-    """The load distribution (LoadBalancingModule.get_load_distribution), each backend as a BackendView."""
+    """The load distribution (LoadBalancingModule.get_load_distribution), each backend as a BackendView.
+    With several workers, the figures are sums over them, and ``workers`` has one row each."""
 
     total_requests: int
     requests_per_second: MaybeNumber
@@ -139,6 +155,7 @@ class DistributionView(View):
     active_sessions: int
     queued_requests: int
     backends: dict[str, BackendView] = Field(description="by backend id")
+    workers: list[WorkerView] = Field(default_factory=list, description="one per worker process (workers: N)")
 
 
 class AlgorithmView(View):

@@ -1,0 +1,442 @@
+"""``serve`` with ``workers: N``: a small supervisor over N worker processes.
+
+The supervisor binds the proxy's address N times with SO_REUSEPORT (the kernel spreads new
+connections over the N sockets) and gives socket set *i* to worker *i*, keeping every set open
+itself: when a worker dies, the connections waiting in its socket's queue wait for its
+replacement instead of being refused. It restarts a worker that exits (after 0.1 s, doubling up
+to 10 s while replacements keep dying within 10 s of their start), forwards SIGHUP as a reload of
+the config it validated once, and on SIGTERM or SIGINT tells every worker to drain, then exits 0
+once all have exited 0.
+
+It runs the one module that probes the backends (workers follow its outcomes, see
+:mod:`.worker`), and the admin listener over that module: the backend list it holds is the one a
+new worker starts with, and every change through the admin API reaches every worker
+(:mod:`.admin.fleet`). With ``state: memory`` the workers share sticky sessions, token buckets and
+flood blocks through a shared-memory region the supervisor creates (:mod:`..state.shared`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .._log import log_event
+from ..build import build_kind
+from ..config import BackendConfig
+from ..exceptions import ConfigurationError
+from ..health import HealthStatus
+from ..models import DrainResult
+from ..module import LoadBalancingModule
+from ..state.base import StateStore
+from ..state.redis import redact
+from .admin import AdminServer
+from .affinity import affinity_key
+from .app import serve as serve_one
+from .channel import Channel, ChannelClosed, RemoteError
+from .config import ServerConfig, load_config, parse_address
+from .listener import bind
+from .reload import Reloads, apply_config
+from .stores import open_store
+
+RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
+RESTART_MAX: Final = 10.0
+STEADY: Final = 10.0  # a worker that lived this long resets the restart delay
+START_TIMEOUT: Final = 60.0  # for a worker's start: interpreter, imports, backends
+ASK_TIMEOUT: Final = 10.0
+
+
+@dataclass
+class Slot:
+    """Worker *i*: its sockets (kept across restarts), its process and channel, its history."""
+
+    index: int
+    sockets: list[socket.socket]
+    process: asyncio.subprocess.Process | None = None
+    channel: Channel | None = None
+    live: bool = False  # started and answering
+    started_at: float = 0.0  # wall clock
+    restarts: int = 0
+    delay: float = RESTART_FIRST
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+
+class Supervisor:
+    def __init__(self, path: str | Path, config: ServerConfig, log_level: str) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.log_level = log_level
+        self.count = config.worker_count
+        self.store, self._region = _open_shared_store(config)
+        # The supervisor's module: it probes, holds the backend list and serves the admin API.
+        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
+        self.lb.watch_probes(self._tell_health)
+        self.admin = AdminServer(
+            self.lb, CollectorRegistry(), config.admin, drain_timeout=config.drain_timeout, fleet=self
+        )
+        self.slots: list[Slot] = []
+        self.stopping = asyncio.Event()
+        self.reload = Reloads(self._reload_once)
+        self._affinity_key = b""
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.store is not None and self.config.state.shared and await _ping(self.store):
+            log_event("state_store_ready", store="redis", url=redact(self.config.state.url))
+        await self.lb.initialize()
+        for backend in self.config.backends:
+            await self.lb.add_backend(backend)
+        self._affinity_key = await affinity_key(self.config.affinity_secret_env, self.lb.store)
+        host, port = parse_address(self.config.listen)
+        for index in range(self.count):
+            sockets = await bind(host, port, reuse_port=True)
+            port = sockets[0].getsockname()[1]  # port 0: the others take the first one's
+            self.slots.append(Slot(index, sockets))
+        started = await asyncio.gather(*(self._start(slot) for slot in self.slots), return_exceptions=True)
+        failed = [repr(outcome) for outcome in started if isinstance(outcome, BaseException)]
+        if failed:
+            raise RuntimeError(f"workers failed to start: {'; '.join(failed)}")
+        for slot in self.slots:
+            self._watch(slot)
+        await self.admin.start()
+        log_event(
+            "server_started",
+            listen=f"{host}:{port}",
+            admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
+            backends=len(self.config.backends),
+            algorithm=self.config.algorithm.algorithm_type.value,
+            build=build_kind(),
+            workers=self.count,
+            pids=[slot.pid for slot in self.slots],
+        )
+
+    @property
+    def port(self) -> int:
+        port: int = self.slots[0].sockets[0].getsockname()[1]
+        return port
+
+    async def _start(self, slot: Slot) -> None:
+        """Start worker ``slot.index`` and wait until it serves."""
+        parent, child = socket.socketpair()
+        fds = [child.fileno(), *(sock.fileno() for sock in slot.sockets)]
+        argv = [
+            sys.executable,
+            "-m",
+            "load_balancing_module.server.worker",
+            "--index",
+            str(slot.index),
+            "--control",
+            str(child.fileno()),
+            "--listeners",
+            ",".join(str(sock.fileno()) for sock in slot.sockets),
+            "--log-level",
+            self.log_level,
+        ]
+        if self._region is not None:
+            fds.append(self._region)
+            argv += ["--state", str(self._region)]
+        try:
+            slot.process = await asyncio.create_subprocess_exec(*argv, pass_fds=fds)
+        finally:
+            child.close()
+        slot.started_at = time.time()
+        slot.channel = await Channel.open(parent, self._from_worker)
+        # What the worker starts with is read now, in one go: every change after this goes to it
+        # over the channel, which it applies once started, in order.
+        backends = [(b.id, b.config.model_dump(mode="json")) for b in self.lb.backends.values()]
+        health = [b.health.last.model_dump(mode="json") for b in self.lb.backends.values()]
+        try:
+            await slot.channel.call(
+                "start",
+                {
+                    "config": _dump(self.config),
+                    "backends": backends,
+                    "health": health,
+                    "affinity_key": self._affinity_key.hex(),
+                },
+                START_TIMEOUT,
+            )
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                slot.process.kill()
+            raise
+        slot.live = True
+
+    def _watch(self, slot: Slot) -> None:
+        task = asyncio.get_running_loop().create_task(self._watch_loop(slot), name=f"omnixan-lb-worker-{slot.index}")
+        slot.tasks.add(task)
+        task.add_done_callback(slot.tasks.discard)
+
+    async def _watch_loop(self, slot: Slot) -> None:
+        """Wait for the worker to exit; unless stopping, start a replacement (with back-off)."""
+        while True:
+            assert slot.process is not None
+            code = await slot.process.wait()
+            slot.live = False
+            if slot.channel is not None:
+                await slot.channel.close()
+            if self.stopping.is_set():
+                return
+            lived = time.time() - slot.started_at
+            slot.delay = RESTART_FIRST if lived >= STEADY else min(slot.delay * 2, RESTART_MAX)
+            log_event(
+                "worker_exited",
+                logging.ERROR,
+                worker=slot.index,
+                pid=slot.pid,
+                code=code if code >= 0 else None,
+                signal=signal.Signals(-code).name if code < 0 else None,
+                lived_seconds=round(lived, 3),
+                restart_in=slot.delay,
+            )
+            while not self.stopping.is_set():
+                await asyncio.sleep(slot.delay)
+                if self.stopping.is_set():
+                    return
+                slot.restarts += 1
+                try:
+                    await self._start(slot)
+                except Exception as exc:
+                    slot.delay = min(slot.delay * 2, RESTART_MAX)
+                    log_event("worker_start_failed", logging.ERROR, worker=slot.index, error=repr(exc))
+                    if slot.process is not None and slot.process.returncode is None:
+                        await slot.process.wait()
+                    continue
+                log_event("worker_restarted", worker=slot.index, pid=slot.pid, restarts=slot.restarts)
+                break
+
+    async def _from_worker(self, op: str, args: dict[str, Any]) -> Any:
+        raise ValueError(f"the supervisor takes no {op!r} from a worker")
+
+    async def shutdown(self) -> int:
+        """Every worker drains and exits; 0 if all exited 0."""
+        self.stopping.set()
+        await self.admin.stop()
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.process.send_signal(signal.SIGTERM)
+        codes = await asyncio.gather(*(self._reap(slot) for slot in self.slots))
+        for slot in self.slots:
+            for task in list(slot.tasks):
+                task.cancel()
+            for sock in slot.sockets:
+                sock.close()
+        await self.lb.shutdown()
+        if self.store is not None:  # the shared-memory store closes its region's descriptor too
+            await self.store.close()
+        failed = [slot.index for slot, code in zip(self.slots, codes, strict=True) if code != 0]
+        log_event("server_stopped", workers=len(self.slots), failed_workers=failed)
+        return 1 if failed else 0
+
+    async def _reap(self, slot: Slot) -> int:
+        process = slot.process
+        if process is None:
+            return 0
+        try:
+            return await asyncio.wait_for(process.wait(), self.config.drain_timeout + 5.0)
+        except asyncio.TimeoutError:
+            log_event("worker_killed", logging.ERROR, worker=slot.index, pid=process.pid, reason="drain overran")
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            return await process.wait()
+
+    # -- reload ---------------------------------------------------------------------
+
+    async def _reload_once(self) -> bool:
+        try:
+            new = await asyncio.to_thread(load_config, self.path)
+        except ConfigurationError as exc:
+            log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
+            return False
+        self.config = await apply_config(self.lb, self.config, new)
+        await self._each("reload", {"config": _dump(self.config)})
+        log_event("reload_applied", path=str(self.path), backends=len(new.backends), workers=self.live_count)
+        return True
+
+    # -- what the workers are told ------------------------------------------------------
+
+    @property
+    def live_count(self) -> int:
+        return sum(1 for slot in self.slots if slot.live)
+
+    def _tell_health(self, status: HealthStatus) -> None:
+        """A probe's outcome, to every worker (each applies it as if it had probed)."""
+        message = status.model_dump(mode="json")
+        for slot in self.slots:
+            if slot.channel is not None:
+                slot.channel.tell("health", {"status": message})
+
+    async def _each(self, op: str, args: dict[str, Any], wait: float = ASK_TIMEOUT) -> list[Any]:
+        """Ask every worker that has started (or is starting); the answers of those that gave one.
+
+        A worker that fails a change the supervisor's own module took has fallen out of step: it
+        is stopped, and its replacement starts with the current state. A worker that went away
+        meanwhile is skipped; its replacement, too, starts with the current state."""
+        slots = [slot for slot in self.slots if slot.channel is not None and not slot.channel.closed.is_set()]
+        answers = await asyncio.gather(
+            *(slot.channel.call(op, args, wait) for slot in slots if slot.channel is not None),
+            return_exceptions=True,
+        )
+        results = []
+        for slot, answer in zip(slots, answers, strict=True):
+            if isinstance(answer, (ChannelClosed, asyncio.CancelledError)):
+                continue
+            if isinstance(answer, (RemoteError, asyncio.TimeoutError)):
+                log_event("worker_out_of_step", logging.ERROR, worker=slot.index, op=op, error=repr(answer))
+                if slot.process is not None and slot.process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        slot.process.kill()
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            results.append(answer)
+        return results
+
+    # -- the Fleet of the admin API --------------------------------------------------------
+
+    async def add_backend(self, backend_id: str, config: BackendConfig) -> None:
+        await self._each("add_backend", {"backend_id": backend_id, "config": config.model_dump(mode="json")})
+
+    async def remove_backend(self, backend_id: str) -> None:
+        await self._each("remove_backend", {"backend_id": backend_id})
+
+    async def drain_backend(self, backend_id: str, timeout: float) -> list[DrainResult]:
+        answers = await self._each(
+            "drain_backend", {"backend_id": backend_id, "timeout": timeout}, timeout + ASK_TIMEOUT
+        )
+        return [DrainResult.model_validate(answer) for answer in answers]
+
+    async def configure_algorithm(self, algorithm: dict[str, Any]) -> None:
+        await self._each("algorithm", {"algorithm": algorithm})
+
+    async def figures(self) -> list[dict[str, Any]]:
+        return [answer for answer in await self._each("figures", {}) if isinstance(answer, dict)]
+
+    def workers(self, figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_index = {int(f["index"]): f for f in figures}
+        rows = []
+        for slot in self.slots:
+            seen = by_index.get(slot.index)
+            distribution = seen["distribution"] if seen else {}
+            rows.append(
+                {
+                    "index": slot.index,
+                    "pid": slot.pid,
+                    "up": seen is not None,
+                    "restarts": slot.restarts,
+                    "started_at": slot.started_at,
+                    "total_requests": int(distribution.get("total_requests", 0)),
+                    "requests_per_second": float(distribution.get("requests_per_second", 0.0)),
+                    "in_flight": int(seen["in_flight"]) if seen else 0,
+                    "connections": int(seen["connections"]) if seen else 0,
+                    "algorithm": distribution.get("algorithm"),
+                }
+            )
+        return rows
+
+    def own_metrics(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        live = GaugeMetricFamily("omnixan_lb_workers", "Worker processes serving, by state.", labels=["state"])
+        live.add_metric(["up"], self.live_count)
+        live.add_metric(["restarting"], len(self.slots) - self.live_count)
+        restarts = CounterMetricFamily(
+            "omnixan_lb_worker_restarts",
+            "Workers started again after one exited.",
+            value=sum(s.restarts for s in self.slots),
+        )
+        registry.register(_Families([live, restarts]))
+        return generate_latest(registry)
+
+
+class _Families:
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families
+
+
+def _dump(config: ServerConfig) -> dict[str, Any]:
+    """``config`` as the worker rebuilds it: what was set, so validators see what the file said."""
+    return config.model_dump(mode="json", exclude_unset=True)
+
+
+def _open_shared_store(config: ServerConfig) -> tuple[StateStore | None, int | None]:
+    """The store the workers share, and the descriptor of its region (None with Redis)."""
+    if config.state.shared:
+        return open_store(config.state, config.max_sessions), None
+    from ..clock import SystemClock
+    from ..state.shared import SharedMemoryStore
+
+    store = SharedMemoryStore.create(SystemClock(), max_sessions=config.max_sessions)
+    return store, store.fd
+
+
+async def _ping(store: StateStore) -> bool:
+    ping = getattr(store, "ping", None)
+    return bool(await ping()) if ping is not None else True
+
+
+async def supervise(path: str | Path, config: ServerConfig, log_level: str) -> int:
+    supervisor = Supervisor(path, config, log_level)
+    try:
+        await supervisor.start()
+    except (OSError, RuntimeError) as exc:
+        log_event("start_failed", logging.ERROR, error=str(exc))
+        await supervisor.shutdown()
+        return 1
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(supervisor.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, supervisor.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, supervisor.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    gc.collect()
+    gc.freeze()
+    await supervisor.stopping.wait()
+    log_event("server_stopping", workers=supervisor.live_count)
+    return await supervisor.shutdown()
+
+
+async def serve(path: str | Path, log_level: str = "info") -> int:
+    """``serve``: one process for ``workers: 1``, else a supervisor over the workers."""
+    try:
+        config = await asyncio.to_thread(load_config, path)
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines():
+            log_event("config_error", logging.ERROR, problem=line)
+        return 2
+    if config.worker_count == 1:
+        return await serve_one(path, config)
+    return await supervise(path, config, log_level)
+
+
+def run(path: str | Path, log_level: str = "info") -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return asyncio.run(serve(path, log_level))
+    return uvloop.run(serve(path, log_level))

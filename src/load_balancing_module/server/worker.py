@@ -1,0 +1,211 @@
+"""One worker process of ``serve`` with ``workers: N``: the proxy, on sockets the supervisor bound.
+
+The supervisor (:mod:`.supervisor`) starts it as ``python -m load_balancing_module.server.worker``
+with the inherited descriptors of its control channel, its listening sockets and, with the
+in-memory state, the shared-memory state region. Over the channel (:mod:`.channel`) it gets, in
+its ``start`` ask, the config the supervisor validated, the backends with their ids, their health
+and the key that signs affinity cookies; then the changes: health outcomes (the supervisor
+probes, once for all workers), backends added, removed or drained and algorithm switches through
+the admin API, reloads. It answers ``figures`` with its load distribution and metrics, which the
+admin API sums. It has no admin listener of its own and probes nothing.
+
+SIGTERM (from the supervisor): stop accepting, let requests in flight finish (``drain_timeout``),
+exit 0. If the supervisor goes away (the channel closes), the worker drains and exits too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from .._log import log_event
+from ..build import build_kind
+from ..config import BackendConfig, LoadBalancingAlgorithm
+from ..health import HealthStatus
+from ..metrics import register_metrics
+from ..module import LoadBalancingModule
+from ..state.base import StateStore
+from .affinity import AffinityCookies
+from .channel import Channel
+from .config import ServerConfig
+from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, setup_logging
+from .proxy import ProxyServer
+from .proxy_metrics import register_proxy_metrics
+from .reload import apply_config
+from .stores import open_store
+
+
+def follower_config(config: ServerConfig) -> ServerConfig:
+    """``config`` for a worker's module: the supervisor probes, the workers follow its outcomes."""
+    health = config.health_check.model_copy(update={"enabled": False})
+    return config.model_copy(update={"health_check": health})
+
+
+class Worker:
+    def __init__(
+        self, index: int, config: ServerConfig, sockets: list[socket.socket], store: StateStore | None
+    ) -> None:
+        self.index = index
+        self.config = config
+        self.sockets = sockets
+        self.store = store if store is not None else open_store(config.state, config.max_sessions)
+        self._own_store = store is None and self.store is not None
+        self.lb = LoadBalancingModule(follower_config(config).module_config(), state_store=self.store)
+        self.registry = CollectorRegistry()
+        register_metrics(self.lb, self.registry)
+        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
+        register_proxy_metrics(self.proxy, self.registry)
+        self.started = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+
+    async def start(self, backends: Sequence[tuple[str, BackendConfig]], health: Sequence[HealthStatus]) -> None:
+        await self.lb.initialize()
+        for backend_id, backend in backends:
+            await self.lb.add_backend(backend, backend_id=backend_id)
+        for status in health:
+            await self.lb.follow_health(status)
+        await self.proxy.start(self.sockets)
+        self.started.set()
+        gc.collect()  # as serve does: what lives as long as the process leaves the collector's passes
+        gc.freeze()
+        log_event("worker_started", worker=self.index, pid=os.getpid(), backends=len(backends), build=build_kind())
+
+    async def handle(self, op: str, args: dict[str, Any]) -> Any:
+        """One ask or tell of the supervisor (after ``start``, in the order they came)."""
+        await self.started.wait()
+        lb = self.lb
+        if op == "health":
+            await lb.follow_health(HealthStatus.model_validate(args["status"]))
+        elif op == "add_backend":
+            await lb.add_backend(BackendConfig.model_validate(args["config"]), backend_id=args["backend_id"])
+        elif op == "remove_backend":
+            await lb.remove_backend(args["backend_id"])
+        elif op == "drain_backend":
+            result = await lb.drain_backend(args["backend_id"], float(args["timeout"]))
+            return result.model_dump(mode="json")
+        elif op == "algorithm":
+            await lb.configure_algorithm(LoadBalancingAlgorithm.model_validate(args["algorithm"]))
+        elif op == "reload":
+            new = ServerConfig.model_validate(args["config"])
+            self.config = await apply_config(lb, self.config, new, self.proxy.configure, announce=False)
+        elif op == "figures":
+            return await self.figures()
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        return None
+
+    async def figures(self) -> dict[str, Any]:
+        distribution = await self.lb.get_load_distribution()
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "in_flight": self.proxy.in_flight,
+            "connections": len(self.proxy.connections),
+            "distribution": distribution.model_dump(mode="json"),
+            "metrics": generate_latest(self.registry).decode(),
+        }
+
+    async def shutdown(self) -> int:
+        await self.proxy.stop_accepting()
+        left = await self.proxy.drain(self.config.drain_timeout)
+        await self.proxy.close()
+        await self.lb.shutdown()
+        if self._own_store and self.store is not None:
+            await self.store.close()
+        log_event("worker_stopped", worker=self.index, unfinished_requests=left)
+        return left
+
+
+async def run(index: int, control: socket.socket, sockets: list[socket.socket], store: StateStore | None) -> int:
+    worker: Worker | None = None
+    made = asyncio.Event()
+
+    async def handle(op: str, args: dict[str, Any]) -> Any:
+        nonlocal worker
+        if op != "start":  # a probe's outcome may come while the start is under way
+            await made.wait()
+            assert worker is not None
+            return await worker.handle(op, args)
+        if worker is None:
+            config = ServerConfig.model_validate(args["config"])
+            worker = Worker(index, config, sockets, store)
+            made.set()
+            worker.proxy.ctx.affinity = AffinityCookies(bytes.fromhex(args["affinity_key"]))
+            backends = [(b[0], BackendConfig.model_validate(b[1])) for b in args["backends"]]
+            await worker.start(backends, [HealthStatus.model_validate(h) for h in args["health"]])
+            return {"pid": os.getpid()}
+        raise RuntimeError("started already")
+
+    channel = await Channel.open(control, handle)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C reaches the whole group: drain, as told
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor reloads, and tells
+    flusher = loop.create_task(_flush_every(ACCESS_FLUSH_SECONDS))
+    closed = loop.create_task(channel.closed.wait())
+    stopped = loop.create_task(stop.wait())
+    await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if closed.done() and not stop.is_set():
+        log_event("worker_orphaned", logging.WARNING, worker=index, reason="the supervisor went away")
+    if worker is not None:
+        await worker.shutdown()
+    closed.cancel()
+    stopped.cancel()
+    flusher.cancel()
+    flush_access_log()
+    await channel.close()
+    return 0
+
+
+async def _flush_every(seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        flush_access_log()
+
+
+def _attach_store(fd: int | None) -> StateStore | None:
+    if fd is None:
+        return None
+    from ..clock import SystemClock
+    from ..state.shared import SharedMemoryStore
+
+    return SharedMemoryStore.attach(fd, SystemClock())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omnixan-lb worker", description="a worker of omnixan-lb serve")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--control", type=int, required=True, help="the channel's descriptor")
+    parser.add_argument("--listeners", required=True, help="listening sockets' descriptors, comma-separated")
+    parser.add_argument("--state", type=int, default=None, help="the shared-memory state region's descriptor")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, fields={"worker": args.index})
+    control = socket.socket(fileno=args.control)
+    sockets = [socket.socket(fileno=int(fd)) for fd in args.listeners.split(",")]
+    for sock in sockets:
+        sock.setblocking(False)
+    store = _attach_store(args.state)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional
+        return asyncio.run(run(args.index, control, sockets, store))
+    return uvloop.run(run(args.index, control, sockets, store))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
