@@ -152,6 +152,12 @@ async def test_two_workers_serve_and_the_admin_api_sums_them_exactly(serve: Serv
     assert await running.metric("omnixan_lb_routed_requests_total{") == 200
     assert await running.metric("omnixan_lb_backends ") == 2  # a fact, not summed
     assert await running.metric('omnixan_lb_workers{state="up"}') == 2
+    exe = Path(sys.executable).parent / "omnixan-lb"
+    shown = await asyncio.to_thread(
+        subprocess.run, [str(exe), "status", "--admin", running.admin], capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Workers" in shown.stdout and all(str(row["pid"]) in shown.stdout for row in rows)
 
 
 async def test_a_killed_worker_is_replaced_and_a_steady_load_of_gets_loses_none(

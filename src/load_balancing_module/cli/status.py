@@ -20,7 +20,7 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.table import Table
 
 HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
@@ -103,6 +103,40 @@ def build_table(distribution: dict[str, Any], source: str) -> Table:
     return table
 
 
+def build_workers_table(distribution: dict[str, Any]) -> Table | None:
+    """One row per worker process (``workers: N``), or None with one process."""
+    from rich.table import Table
+
+    workers = distribution.get("workers") or []
+    if not workers:
+        return None
+    table = Table(title="Workers")
+    for name in ("Worker", "PID", "State", "Restarts", "Routed", "Req/s", "In flight", "Connections"):
+        table.add_column(name, justify="left" if name in ("PID", "State") else "right")
+    for w in workers:
+        state = "[green]up[/]" if w.get("up") else "[red]restarting[/]"
+        table.add_row(
+            str(w.get("index")),
+            str(w.get("pid") if w.get("pid") is not None else "-"),
+            state,
+            str(w.get("restarts")),
+            str(w.get("total_requests")),
+            _number(w.get("requests_per_second"), 1),
+            str(w.get("in_flight")),
+            str(w.get("connections")),
+        )
+    return table
+
+
+def build_view(distribution: dict[str, Any], source: str) -> Group:
+    """The backends' table, and the workers' below it when there are several."""
+    from rich.console import Group
+
+    workers = build_workers_table(distribution)
+    backends = build_table(distribution, source)
+    return Group(backends) if workers is None else Group(backends, workers)
+
+
 def _console() -> Console:
     from rich.console import Console
 
@@ -128,17 +162,17 @@ def run(admin: str, token: str | None, *, watch: bool = False, as_json: bool = F
         return 2
     try:
         if not watch:
-            console.print(build_table(fetch(admin, token), admin))
+            console.print(build_view(fetch(admin, token), admin))
             return 0
         if console.is_terminal:
             from rich.live import Live
 
-            with Live(build_table(fetch(admin, token), admin), console=console, auto_refresh=False) as live:
+            with Live(build_view(fetch(admin, token), admin), console=console, auto_refresh=False) as live:
                 while True:
                     time.sleep(interval)
-                    live.update(build_table(fetch(admin, token), admin), refresh=True)
+                    live.update(build_view(fetch(admin, token), admin), refresh=True)
         while True:  # not a terminal: one table after another
-            console.print(build_table(fetch(admin, token), admin))
+            console.print(build_view(fetch(admin, token), admin))
             sys.stdout.flush()
             time.sleep(interval)
     except StatusError as exc:

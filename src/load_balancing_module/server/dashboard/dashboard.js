@@ -194,6 +194,34 @@
     }
   }
 
+  // With workers: N, one row per worker process (summed figures are in the cards and the table).
+  function renderWorkers(workers) {
+    $("workers-section").hidden = workers.length === 0;
+    const tbody = $("workers").tBodies[0];
+    tbody.replaceChildren();
+    for (const w of workers) {
+      const row = document.createElement("tr");
+      row.dataset.worker = String(w.index);
+      const cells = [
+        String(w.index),
+        w.pid === null ? "–" : String(w.pid),
+        w.up ? "up" : "restarting",
+        String(w.restarts),
+        String(w.total_requests),
+        fixed(w.requests_per_second, 1),
+        String(w.in_flight),
+        String(w.connections),
+      ];
+      cells.forEach((text, i) => {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        if (i >= 4) cell.className = "num";
+        row.append(cell);
+      });
+      tbody.append(row);
+    }
+  }
+
   function render(distribution) {
     const backends = Object.values(distribution.backends).sort((a, b) => a.backend_id.localeCompare(b.backend_id));
     rates.push(distribution.requests_per_second || 0);
@@ -210,6 +238,7 @@
     renderSparkline();
     renderChart(backends, distribution.requests_per_second);
     renderTable(backends);
+    renderWorkers(distribution.workers || []);
     const status = $("status");
     status.className = "status live";
     status.textContent = "live · " + new Date(distribution.timestamp * 1000).toLocaleTimeString();
