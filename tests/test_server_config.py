@@ -130,3 +130,22 @@ def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert main(["check"]) == 2
     assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "257", "-1", "true", "two", "1.5"])
+def test_workers_is_a_count_or_auto(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text(f"workers: {value}\n")
+    with pytest.raises(ConfigurationError, match=r"workers: must be a number of processes in 1\.\.256, or auto"):
+        load_config(path)
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "lb.yaml"
+    path.write_text("workers: auto\n")
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 3, 5})
+    assert load_config(path).worker_count == 3
+    path.write_text("workers: 4\n")
+    assert load_config(path).worker_count == 4
+    path.write_text("listen: 127.0.0.1:8080\n")
+    assert load_config(path).worker_count == 1

@@ -305,3 +305,19 @@ async def test_health_checks_run_once_and_every_worker_follows(serve: Serve, bac
         await asyncio.sleep(0.02)
     answers = await fetch_many(running.port, 20)
     assert answers == [(200, "a")] * 20  # neither worker sends to b
+
+
+async def test_with_redis_every_worker_shares_one_budget_and_one_session_table(
+    serve: Serve, backends: list[AioBackend], redis_url: str, redis_prefix: str
+) -> None:
+    running = await serve(
+        backends,
+        f"state: {{url: '{redis_url}', prefix: '{redis_prefix}'}}",
+        "session_affinity: true",
+        "rate_limit: {enabled: true, requests_per_second: 0.001, burst_size: 30, ddos_threshold: 1000}",
+    )
+    answers = await fetch_many(running.port, 24, {"X-Session-ID": "one"})
+    assert len({name for _, name in answers}) == 1 and {status for status, _ in answers} == {200}
+    answers = await fetch_many(running.port, 12)
+    assert [status for status, _ in answers].count(200) == 6  # 30 tokens for this client, all workers
+    assert all(row["total_requests"] > 0 for row in await running.workers())

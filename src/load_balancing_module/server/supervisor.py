@@ -93,6 +93,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.stopping = asyncio.Event()
         self.reload = Reloads(self._reload_once)
+        self._reloading = asyncio.Lock()
         self._affinity_key = b""
 
     # -- lifecycle --------------------------------------------------------------------
@@ -158,21 +159,21 @@ class Supervisor:
             child.close()
         slot.started_at = time.time()
         slot.channel = await Channel.open(parent, self._from_worker)
-        # What the worker starts with is read now, in one go: every change after this goes to it
-        # over the channel, which it applies once started, in order.
-        backends = [(b.id, b.config.model_dump(mode="json")) for b in self.lb.backends.values()]
-        health = [b.health.last.model_dump(mode="json") for b in self.lb.backends.values()]
+        # What the worker starts with is read now, in one go, and never in the middle of a reload:
+        # every change after this goes to it over the channel, which it applies once started.
+        async with self._reloading:
+            backends = [(b.id, b.config.model_dump(mode="json")) for b in self.lb.backends.values()]
+            health = [b.health.last.model_dump(mode="json") for b in self.lb.backends.values()]
+            start = {
+                "config": _dump(self.config),
+                "backends": backends,
+                "health": health,
+                "affinity_key": self._affinity_key.hex(),
+            }
+            answer = asyncio.ensure_future(slot.channel.call("start", start, START_TIMEOUT))
+            await asyncio.sleep(0)  # the ask is written before a reload can follow it
         try:
-            await slot.channel.call(
-                "start",
-                {
-                    "config": _dump(self.config),
-                    "backends": backends,
-                    "health": health,
-                    "affinity_key": self._affinity_key.hex(),
-                },
-                START_TIMEOUT,
-            )
+            await answer
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 slot.process.kill()
@@ -266,8 +267,9 @@ class Supervisor:
         except ConfigurationError as exc:
             log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
             return False
-        self.config = await apply_config(self.lb, self.config, new)
-        await self._each("reload", {"config": _dump(self.config)})
+        async with self._reloading:  # no worker starts from half of it
+            self.config = await apply_config(self.lb, self.config, new)
+            await self._each("reload", {"config": _dump(self.config)})
         log_event("reload_applied", path=str(self.path), backends=len(new.backends), workers=self.live_count)
         return True
 
@@ -322,13 +324,14 @@ class Supervisor:
         answers = await self._each(
             "drain_backend", {"backend_id": backend_id, "timeout": timeout}, timeout + ASK_TIMEOUT
         )
-        return [DrainResult.model_validate(answer) for answer in answers]
+        return [DrainResult.model_validate(answer) for answer in answers if answer is not None]
 
     async def configure_algorithm(self, algorithm: dict[str, Any]) -> None:
         await self._each("algorithm", {"algorithm": algorithm})
 
-    async def figures(self) -> list[dict[str, Any]]:
-        return [answer for answer in await self._each("figures", {}) if isinstance(answer, dict)]
+    async def figures(self, metrics: bool = False) -> list[dict[str, Any]]:
+        answers = await self._each("figures", {"metrics": metrics})
+        return [answer for answer in answers if isinstance(answer, dict)]
 
     def workers(self, figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by_index = {int(f["index"]): f for f in figures}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -32,6 +33,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .._log import log_event
 from ..build import build_kind
 from ..config import BackendConfig, LoadBalancingAlgorithm
+from ..exceptions import BackendNotFoundError
 from ..health import HealthStatus
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
@@ -86,13 +88,23 @@ class Worker:
         """One ask or tell of the supervisor (after ``start``, in the order they came)."""
         await self.started.wait()
         lb = self.lb
+        # A change may reach a worker twice (it started while the admin API made it: the start
+        # carried it, then the change came too) or name a backend it no longer has: both are no-ops.
+        backend_id = args.get("backend_id")
         if op == "health":
-            await lb.follow_health(HealthStatus.model_validate(args["status"]))
+            with contextlib.suppress(BackendNotFoundError):
+                await lb.follow_health(HealthStatus.model_validate(args["status"]))
         elif op == "add_backend":
-            await lb.add_backend(BackendConfig.model_validate(args["config"]), backend_id=args["backend_id"])
+            config = BackendConfig.model_validate(args["config"])
+            known = lb.backends.get(backend_id) if isinstance(backend_id, str) else None
+            if known is None or known.config != config:
+                await lb.add_backend(config, backend_id=backend_id)
         elif op == "remove_backend":
-            await lb.remove_backend(args["backend_id"])
+            with contextlib.suppress(BackendNotFoundError):
+                await lb.remove_backend(args["backend_id"])
         elif op == "drain_backend":
+            if backend_id not in lb.backends:
+                return None
             result = await lb.drain_backend(args["backend_id"], float(args["timeout"]))
             return result.model_dump(mode="json")
         elif op == "algorithm":
@@ -101,12 +113,13 @@ class Worker:
             new = ServerConfig.model_validate(args["config"])
             self.config = await apply_config(lb, self.config, new, self.proxy.configure, announce=False)
         elif op == "figures":
-            return await self.figures()
+            return await self.figures(bool(args.get("metrics")))
         else:
             raise ValueError(f"unknown op {op!r}")
         return None
 
-    async def figures(self) -> dict[str, Any]:
+    async def figures(self, metrics: bool) -> dict[str, Any]:
+        """What the admin API sums: the distribution, and the metrics text if asked for."""
         distribution = await self.lb.get_load_distribution()
         return {
             "index": self.index,
@@ -115,7 +128,7 @@ class Worker:
             "in_flight": self.proxy.in_flight,
             "connections": len(self.proxy.connections),
             "distribution": distribution.model_dump(mode="json"),
-            "metrics": generate_latest(self.registry).decode(),
+            "metrics": generate_latest(self.registry).decode() if metrics else "",
         }
 
     async def shutdown(self) -> int:

@@ -268,7 +268,7 @@ class AdminApi:
         if self.fleet is None:
             body = generate_latest(self.registry)
         else:
-            figures = await self.fleet.figures()
+            figures = await self.fleet.figures(metrics=True)
             body = merge_metrics([f["metrics"] for f in figures]) + self.fleet.own_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -58,8 +58,8 @@ class Fleet(Protocol):
 
     async def configure_algorithm(self, algorithm: dict[str, Any]) -> None: ...
 
-    async def figures(self) -> list[dict[str, Any]]:
-        """Each live worker's ``figures`` (index, pid, distribution, metrics text...)."""
+    async def figures(self, metrics: bool = False) -> list[dict[str, Any]]:
+        """Each live worker's ``figures`` (index, pid, distribution; its metrics text if asked)."""
         ...
 
     def workers(self, figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
