@@ -87,3 +87,15 @@ def test_the_access_log_writes_the_same_line_directly_or_through_a_record() -> N
         handler.flush()
         lines.append(stream.getvalue())
     assert lines[0] == lines[1] and '"path":"/a\\"b"' in lines[0] and lines[0].endswith("}\n")
+
+
+def test_a_large_batch_goes_out_in_pieces_of_whole_lines_that_no_other_worker_can_tear() -> None:
+    stream = Stream()
+    handler = BufferedLineHandler(stream, buffer_bytes=1 << 20, flush_seconds=60.0, clock=lambda: 0.0)
+    lines = [f"{i:04d} " + "x" * 995 for i in range(10)]  # 1,001 bytes with the newline
+    for line in lines:
+        emit(handler, line)
+    emit(handler, "y" * 5000)  # longer than a piece: alone
+    handler.flush()
+    assert stream.getvalue().splitlines() == [*lines, "y" * 5000]
+    assert stream.writes == 4  # 4 + 4 + 2 lines of 1,001 bytes, then the long one

@@ -43,6 +43,7 @@ class JsonFormatter(logging.Formatter):
 ACCESS_LOGGER = "omnixan_lb.access"
 ACCESS_BUFFER_BYTES = 32 * 1024  # as NGINX's ``access_log ... buffer=32k flush=1s``
 ACCESS_FLUSH_SECONDS = 1.0
+ATOMIC_WRITE = 4096  # PIPE_BUF on Linux: characters per write (a line of ASCII JSON: one byte each)
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -92,8 +93,9 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.lines.clear()
         self.size = 0
         try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            for piece in whole_lines(lines, ATOMIC_WRITE):
+                self.stream.write(piece)
+                self.stream.flush()
         except (OSError, ValueError) as exc:  # a closed or broken stream must not take the proxy down
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write(f"access log: {len(lines)} lines lost: {exc}\n")
@@ -101,6 +103,24 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def close(self) -> None:
         self.flush()
         super().close()
+
+
+def whole_lines(lines: list[str], limit: int) -> list[str]:
+    """``lines`` joined into pieces of at most ``limit`` characters, each ending with a whole line
+    (a longer line is a piece of its own). Workers share stderr: a write to a pipe of at most
+    PIPE_BUF bytes is never mixed with another process's, so no line is torn by another worker's."""
+    pieces: list[str] = []
+    held: list[str] = []
+    size = 0
+    for line in lines:
+        if held and size + len(line) + 1 > limit:
+            pieces.append("\n".join(held) + "\n")
+            held, size = [], 0
+        held.append(line)
+        size += len(line) + 1
+    if held:
+        pieces.append("\n".join(held) + "\n")
+    return pieces
 
 
 def flush_access_log() -> None:
