@@ -21,7 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from playwright.async_api import async_playwright
 
+from admin_helpers import CHROMIUM, CHROMIUM_ARGS
 from load_balancing_module.server.http import AFFINITY_COOKIE
 from proxy_helpers import AioBackend
 from redis_helpers import free_port
@@ -321,3 +323,22 @@ async def test_with_redis_every_worker_shares_one_budget_and_one_session_table(
     answers = await fetch_many(running.port, 12)
     assert [status for status, _ in answers].count(200) == 6  # 30 tokens for this client, all workers
     assert all(row["total_requests"] > 0 for row in await running.workers())
+
+
+async def test_the_dashboard_shows_a_row_per_worker(serve: Serve, backends: list[AioBackend]) -> None:
+    running = await serve(backends[:2])
+    await fetch_many(running.port, 20)
+    pids = sorted(str(row["pid"]) for row in await running.workers())
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(running.admin + "/")
+            await page.wait_for_selector("#workers tbody tr[data-worker='1']", timeout=10_000)
+            shown = await page.eval_on_selector_all(
+                "#workers tbody tr td:nth-child(2)", "cells => cells.map(c => c.textContent)"
+            )
+            assert sorted(shown) == pids
+            assert await page.is_visible("#workers-section")
+        finally:
+            await browser.close()
