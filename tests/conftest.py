@@ -8,7 +8,8 @@ network (``Probes`` answers them).
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import subprocess
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -101,3 +102,19 @@ def make_lb(fake_clock: FakeClock, probes: Probes) -> MakeLB:
         return lb
 
     return make
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (``omnixan-lb serve``...): each still running at the end is
+    asked to stop (SIGTERM, which drains), then killed if it has not within 15 s."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -31,10 +30,10 @@ from ..module import LoadBalancingModule
 from ..state.redis import redact
 from .admin import AdminServer
 from .config import ServerConfig, load_config
-from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log
+from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
-from .reload import Reloads, apply_config
+from .reload import Reloads, apply_config, handle_signals
 from .stores import open_store
 
 
@@ -120,18 +119,8 @@ async def serve(path: str | Path, config: ServerConfig | None = None) -> int:
         log_event("start_failed", logging.ERROR, error=str(exc))
         await server.shutdown()
         return 1
-    loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(server.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
-    loop.add_signal_handler(signal.SIGINT, server.stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    flusher = loop.create_task(_flush_access_log_every(ACCESS_FLUSH_SECONDS))
+    handle_signals(server.stopping, server.reload)
+    flusher = asyncio.get_running_loop().create_task(flush_access_log_every(ACCESS_FLUSH_SECONDS))
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector's passes, which would otherwise walk it again and again under load.
     gc.collect()
@@ -142,10 +131,3 @@ async def serve(path: str | Path, config: ServerConfig | None = None) -> int:
     flusher.cancel()
     flush_access_log()
     return 0
-
-
-async def _flush_access_log_every(seconds: float) -> None:
-    """Access log lines wait in a buffer at most this long, even when traffic stops."""
-    while True:
-        await asyncio.sleep(seconds)
-        flush_access_log()

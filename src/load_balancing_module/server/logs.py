@@ -5,6 +5,7 @@ or 1 s of lines, as NGINX's ``access_log ... buffer=32k flush=1s``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -121,6 +122,13 @@ def whole_lines(lines: list[str], limit: int) -> list[str]:
     if held:
         pieces.append("\n".join(held) + "\n")
     return pieces
+
+
+async def flush_access_log_every(seconds: float) -> None:
+    """Access log lines wait in a buffer at most this long, even when traffic stops."""
+    while True:
+        await asyncio.sleep(seconds)
+        flush_access_log()
 
 
 def flush_access_log() -> None:

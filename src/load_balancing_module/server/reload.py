@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .._log import log_event
 from ..config import BackendConfig
@@ -103,3 +105,18 @@ class Reloads:
                 done, self._running = self._running, None
                 done.set_result(ok)
         return ok
+
+
+def handle_signals(stopping: asyncio.Event, reload: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+    """SIGTERM and SIGINT set ``stopping``; SIGHUP runs ``reload`` in a task."""
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()  # held by the handler: a task nothing holds may vanish
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
+    loop.add_signal_handler(signal.SIGINT, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)

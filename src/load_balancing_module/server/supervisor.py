@@ -48,7 +48,7 @@ from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
-from .reload import Reloads, apply_config
+from .reload import Reloads, apply_config, handle_signals
 from .stores import open_store
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
@@ -406,17 +406,7 @@ async def supervise(path: str | Path, config: ServerConfig, log_level: str) -> i
         log_event("start_failed", logging.ERROR, error=str(exc))
         await supervisor.shutdown()
         return 1
-    loop = asyncio.get_running_loop()
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(supervisor.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, supervisor.stopping.set)
-    loop.add_signal_handler(signal.SIGINT, supervisor.stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    handle_signals(supervisor.stopping, supervisor.reload)
     gc.collect()
     gc.freeze()
     await supervisor.stopping.wait()

@@ -41,7 +41,7 @@ from ..state.base import StateStore
 from .affinity import AffinityCookies
 from .channel import Channel
 from .config import ServerConfig
-from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, setup_logging
+from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every, setup_logging
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
 from .reload import apply_config
@@ -168,7 +168,7 @@ async def run(index: int, control: socket.socket, sockets: list[socket.socket], 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C reaches the whole group: drain, as told
     loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor reloads, and tells
-    flusher = loop.create_task(_flush_every(ACCESS_FLUSH_SECONDS))
+    flusher = loop.create_task(flush_access_log_every(ACCESS_FLUSH_SECONDS))
     closed = loop.create_task(channel.closed.wait())
     stopped = loop.create_task(stop.wait())
     await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -182,12 +182,6 @@ async def run(index: int, control: socket.socket, sockets: list[socket.socket], 
     flush_access_log()
     await channel.close()
     return 0
-
-
-async def _flush_every(seconds: float) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        flush_access_log()
 
 
 def _attach_store(fd: int | None) -> StateStore | None:
