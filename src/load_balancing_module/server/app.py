@@ -33,7 +33,7 @@ from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
-from .reload import Reloads, apply_config, handle_signals
+from .reload import Reloads, apply_config, handle_signals, read_config
 from .stores import open_store
 
 
@@ -83,10 +83,8 @@ class Server:
         return await self._reloads()
 
     async def _reload_once(self) -> bool:
-        try:
-            new = await asyncio.to_thread(load_config, self.path)
-        except ConfigurationError as exc:
-            log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
+        new = await read_config(self.path)
+        if new is None:
             return False
         self.config = await apply_config(self.lb, self.config, new, self.proxy.configure)
         log_event("reload_applied", path=str(self.path), backends=len(new.backends))

@@ -15,12 +15,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from .._log import log_event
 from ..config import BackendConfig
+from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
-from .config import ServerConfig
+from .config import ServerConfig, load_config
 
 RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
 RESTART_ONLY = (
@@ -33,6 +35,16 @@ RESTART_ONLY = (
     "session_ttl",
     "workers",
 )
+
+
+async def read_config(path: Path) -> ServerConfig | None:
+    """The file at ``path``, read, parsed and validated in a thread (the event loop goes on
+    serving); None, logged as ``reload_refused`` with every problem, if it is bad."""
+    try:
+        return await asyncio.to_thread(load_config, path)
+    except ConfigurationError as exc:
+        log_event("reload_refused", logging.ERROR, path=str(path), errors=str(exc).splitlines())
+        return None
 
 
 async def apply_config(

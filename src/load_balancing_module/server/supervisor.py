@@ -48,7 +48,7 @@ from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
-from .reload import Reloads, apply_config, handle_signals
+from .reload import Reloads, apply_config, handle_signals, read_config
 from .stores import open_store
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
@@ -262,10 +262,8 @@ class Supervisor:
     # -- reload ---------------------------------------------------------------------
 
     async def _reload_once(self) -> bool:
-        try:
-            new = await asyncio.to_thread(load_config, self.path)
-        except ConfigurationError as exc:
-            log_event("reload_refused", logging.ERROR, path=str(self.path), errors=str(exc).splitlines())
+        new = await read_config(self.path)
+        if new is None:
             return False
         async with self._reloading:  # no worker starts from half of it
             self.config = await apply_config(self.lb, self.config, new)
