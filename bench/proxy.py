@@ -299,8 +299,9 @@ def _role(pid: int, root: bool, has_children: bool) -> str:
 
 
 def process_memory(pid: int) -> list[dict[str, Any]]:
-    """The memory of ``pid`` and of each live descendant: VmRSS from ``/proc/<pid>/status``, Rss and
-    Pss from ``/proc/<pid>/smaps_rollup`` (None where unreadable), in kB."""
+    """The memory of ``pid`` and of each live descendant: VmRSS from ``/proc/<pid>/status``; Rss, Pss
+    and private (Private_Clean + Private_Dirty: pages no other process maps, what one more such
+    process costs) from ``/proc/<pid>/smaps_rollup``; in kB, None where unreadable."""
     stats = process_table()
     tree = process_tree(pid, stats)
     rows = []
@@ -314,6 +315,7 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
         except OSError:
             rollup = ""
         has_children = any(parent == p for parent, _ in stats.values())
+        clean, dirty = _kb(rollup, "Private_Clean"), _kb(rollup, "Private_Dirty")
         rows.append(
             {
                 "pid": p,
@@ -321,6 +323,7 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
                 "vmrss_kb": _kb(status, "VmRSS"),
                 "rss_kb": _kb(rollup, "Rss"),
                 "pss_kb": _kb(rollup, "Pss"),
+                "private_kb": None if clean is None or dirty is None else clean + dirty,
             }
         )
     return rows
@@ -614,21 +617,29 @@ def _mib(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:.1f}"
 
 
+MEMORY_KEYS = ("vmrss_kb", "rss_kb", "pss_kb", "private_kb")
+
+
+def memory_total(procs: Sequence[dict[str, Any]]) -> dict[str, int | None]:
+    """Each figure summed over a proxy's processes; None where one of them is missing."""
+    values = {k: [p.get(k) for p in procs] for k in MEMORY_KEYS}
+    return {k: None if None in v else sum(x for x in v if x is not None) for k, v in values.items()}
+
+
 def memory_table(results: dict[str, Any]) -> str:
-    """One line per process of each proxy: VmRSS, Rss and Pss in MiB, and each proxy's total."""
-    lines = [f"{'target':<13} {'pid':>8} {'process':<12} {'VmRSS MiB':>10} {'Rss MiB':>8} {'Pss MiB':>8}"]
+    """One line per process of each proxy: VmRSS, Rss, Pss and private memory in MiB, and each
+    proxy's total (the VmRSS and Rss totals count a shared page once per process)."""
+    keys = MEMORY_KEYS
+    lines = [
+        f"{'target':<13} {'pid':>8} {'process':<12} {'VmRSS MiB':>10} {'Rss MiB':>8} {'Pss MiB':>8} {'Priv MiB':>9}"
+    ]
     for name, procs in results.get("memory", {}).items():
-        for proc in procs:
-            lines.append(
-                f"{name:<13} {proc['pid']:>8} {proc['role']:<12} {_mib(proc['vmrss_kb']):>10} "
-                f"{_mib(proc['rss_kb']):>8} {_mib(proc['pss_kb']):>8}"
-            )
+        rows = [(str(proc["pid"]), proc["role"], proc) for proc in procs]
         if len(procs) > 1:
-            total = {k: sum(p[k] or 0 for p in procs) for k in ("vmrss_kb", "rss_kb", "pss_kb")}
-            lines.append(
-                f"{name:<13} {'':>8} {'total':<12} {_mib(total['vmrss_kb']):>10} "
-                f"{_mib(total['rss_kb']):>8} {_mib(total['pss_kb']):>8}"
-            )
+            rows.append(("", "total", memory_total(procs)))
+        for pid, role, kb in rows:
+            sizes = [_mib(kb.get(k)) for k in keys]
+            lines.append(f"{name:<13} {pid:>8} {role:<12} {sizes[0]:>10} {sizes[1]:>8} {sizes[2]:>8} {sizes[3]:>9}")
     return "\n".join(lines)
 
 
@@ -660,7 +671,10 @@ def print_report(results: dict[str, Any]) -> None:
         print(workers)
     if results.get("memory"):
         print()
-        print("memory after the load (Pss shares each shared page among the processes mapping it):")
+        print(
+            "memory after the load (Pss divides each shared page among the processes mapping it, on the "
+            "whole machine; Priv: pages of this process alone):"
+        )
         print(memory_table(results))
 
 
