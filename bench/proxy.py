@@ -298,10 +298,31 @@ def _role(pid: int, root: bool, has_children: bool) -> str:
     return "child"
 
 
+STATE_REGION = "omnixan-lb-state"  # the name of the workers' shared-memory region (state/shared.py)
+
+
+def _region_rss_kb(pid: int) -> int | None:
+    """Resident kB of the shared-memory state region in ``pid`` (``/proc/<pid>/smaps``), None if
+    it maps none. Each process that has read a page of it counts that page in its Rss."""
+    try:
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return None
+    total, inside, found = 0, False, False
+    for line in text.splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header: address range, ..., path
+            inside = STATE_REGION in line
+            found = found or inside
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total if found else None
+
+
 def process_memory(pid: int) -> list[dict[str, Any]]:
     """The memory of ``pid`` and of each live descendant: VmRSS from ``/proc/<pid>/status``; Rss, Pss
     and private (Private_Clean + Private_Dirty: pages no other process maps, what one more such
-    process costs) from ``/proc/<pid>/smaps_rollup``; in kB, None where unreadable."""
+    process costs) from ``/proc/<pid>/smaps_rollup``; the part of Rss that is the shared-memory
+    state region, from ``/proc/<pid>/smaps``; in kB, None where unreadable or absent."""
     stats = process_table()
     tree = process_tree(pid, stats)
     rows = []
@@ -324,6 +345,7 @@ def process_memory(pid: int) -> list[dict[str, Any]]:
                 "rss_kb": _kb(rollup, "Rss"),
                 "pss_kb": _kb(rollup, "Pss"),
                 "private_kb": None if clean is None or dirty is None else clean + dirty,
+                "region_rss_kb": _region_rss_kb(p),
             }
         )
     return rows
@@ -617,7 +639,7 @@ def _mib(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:.1f}"
 
 
-MEMORY_KEYS = ("vmrss_kb", "rss_kb", "pss_kb", "private_kb")
+MEMORY_KEYS = ("vmrss_kb", "rss_kb", "pss_kb", "private_kb", "region_rss_kb")
 
 
 def memory_total(procs: Sequence[dict[str, Any]]) -> dict[str, int | None]:
@@ -627,11 +649,13 @@ def memory_total(procs: Sequence[dict[str, Any]]) -> dict[str, int | None]:
 
 
 def memory_table(results: dict[str, Any]) -> str:
-    """One line per process of each proxy: VmRSS, Rss, Pss and private memory in MiB, and each
-    proxy's total (the VmRSS and Rss totals count a shared page once per process)."""
+    """One line per process of each proxy: VmRSS, Rss, Pss, private memory and the state region's
+    part of Rss in MiB, and each proxy's total (VmRSS, Rss and region totals count a shared page
+    once per process)."""
     keys = MEMORY_KEYS
     lines = [
-        f"{'target':<13} {'pid':>8} {'process':<12} {'VmRSS MiB':>10} {'Rss MiB':>8} {'Pss MiB':>8} {'Priv MiB':>9}"
+        f"{'target':<13} {'pid':>8} {'process':<12} {'VmRSS MiB':>10} {'Rss MiB':>8} {'Pss MiB':>8} "
+        f"{'Priv MiB':>9} {'region MiB':>11}"
     ]
     for name, procs in results.get("memory", {}).items():
         rows = [(str(proc["pid"]), proc["role"], proc) for proc in procs]
@@ -639,7 +663,10 @@ def memory_table(results: dict[str, Any]) -> str:
             rows.append(("", "total", memory_total(procs)))
         for pid, role, kb in rows:
             sizes = [_mib(kb.get(k)) for k in keys]
-            lines.append(f"{name:<13} {pid:>8} {role:<12} {sizes[0]:>10} {sizes[1]:>8} {sizes[2]:>8} {sizes[3]:>9}")
+            lines.append(
+                f"{name:<13} {pid:>8} {role:<12} {sizes[0]:>10} {sizes[1]:>8} {sizes[2]:>8} {sizes[3]:>9} "
+                f"{sizes[4]:>11}"
+            )
     return "\n".join(lines)
 
 
@@ -673,7 +700,8 @@ def print_report(results: dict[str, Any]) -> None:
         print()
         print(
             "memory after the load (Pss divides each shared page among the processes mapping it, on the "
-            "whole machine; Priv: pages of this process alone):"
+            "whole machine; Priv: pages of this process alone; region: the part of Rss that is omnixan's "
+            "shared-memory state region):"
         )
         print(memory_table(results))
 
