@@ -564,6 +564,7 @@ def run(
                     memory[name] = process_memory(pid)
         finally:
             procs.stop_all()
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     rows = summarise(samples, connections)
     return {
         "machine": info,
@@ -677,7 +678,9 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"command:  {results['command']}")
     load = info.get("load_average")
     if load:
-        print(f"load:     {' '.join(f'{x:.2f}' for x in load)} (1/5/15 min, at start)")
+        end = info.get("load_average_end")
+        at_end = f", {' '.join(f'{x:.2f}' for x in end)} at end" if end else ""
+        print(f"load:     {' '.join(f'{x:.2f}' for x in load)} at start{at_end} (1/5/15 min)")
     print(
         f"wrk:      1 thread, {settings['duration_s']} s per run, {settings['reps']} runs per cell (median shown), "
         "alternating"

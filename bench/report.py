@@ -562,8 +562,11 @@ def render_proxy(res: dict[str, Any]) -> str:
     out = [
         PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
         provenance(res),
-        "",
     ]
+    load_end = res["machine"].get("load_average_end")
+    if load_end:
+        out[-1] += f"  \nLoad average at end: {' '.join(f'{x:.2f}' for x in load_end)}"
+    out.append("")
     single = [r for r in res["rows"] if r["target"] not in proxy.WORKER_TARGETS]
     if single:
         out.append(_proxy_table(single, proxy.BASELINE))
