@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from bench import simulate
+from bench import proxy, simulate
 
 IMG = "img/bench"  # figures, relative to docs/
 
@@ -440,19 +440,23 @@ turn: a backend directly (*direct*, the ceiling), nginx as reverse proxy (1
 worker, upstream keepalive, least_conn, access log off), HAProxy
 (`nbthread 1`, `balance leastconn`, `http-reuse always`, no log),
 `omnixan-lb serve` (1 process, uvloop, least_connections, TCP health checks,
-metrics on, access log off) in its compiled build (*omnixan*: `make
-compiled`, the request path compiled by mypyc, see docs/performance.md), the
-same with the JSON access log on (*omnixan+log*), and the pure-Python build
-(*omnixan-py*). The proxy under test runs on CPU 0; wrk and the backends on CPU 1. Targets
+metrics on, access log off) in its compiled build (*omnixan*: the default
+install, `pip install .`, or else `make compiled`'s copy; the request path
+compiled by mypyc, see docs/performance.md), the same with the JSON access log
+on (*omnixan+log*), and the pure-Python build (*omnixan-py*). Each of these
+proxies runs on CPU 0; wrk and the backends on CPU 1. Then two targets with 2
+worker processes each, not pinned (below, "Two workers"). Targets
 alternate; {duration} s per run, runs per cell: {reps} (median shown). The suite uses
 fewer and shorter runs than a careful comparison would (the issue's 15-minute
 budget, and a machine shared with other measurements): run `bench/proxy.py
 --reps 5 --duration 15` for steadier figures.
 
-*CPU s/10k* is the proxy's CPU time (utime + stime of the process and its
-children, from `/proc/<pid>/stat` before and after each run) per 10,000
-requests: the cost of a request independent of how busy the machine was.
-Ratios are against nginx at the same number of connections. Versions: {versions}.
+*CPU s/10k* is the proxy's CPU time per 10,000 requests: the utime + stime of
+every process of the proxy (nginx's master and workers, omnixan's supervisor
+and workers; each process's own times and those of the children it has
+reaped), from `/proc/<pid>/stat` before and after each run. It is the cost of
+a request independent of how busy the machine was. Ratios are against nginx
+at the same number of connections. Versions: {versions}.
 
 The machine is a shared 2-core VM and other measurements may run on it at the
 same time (see the load average below): compare the ratios within one run,
@@ -464,17 +468,61 @@ nginx probably opens and closes upstream connections where HAProxy
 behind HAProxy there, not something this run measures.
 """
 
+PROXY_WORKERS = """\
+### Two workers: `workers: 2` against nginx's `worker_processes 2`
 
-def render_proxy(res: dict[str, Any]) -> str:
-    settings = res["settings"]
-    versions = "; ".join(res.get("versions", {}).values()) or "not recorded"
-    out = [
-        PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
-        provenance(res),
-        "",
-    ]
+*nginx-2w* is the nginx above with `worker_processes 2` and `listen ...
+reuseport` (a listening socket per worker); *omnixan-2w* is *omnixan* with
+`workers: 2` (a supervisor and 2 workers on SO_REUSEPORT sockets, sessions and
+rate limits in a shared-memory region, docs/workers.md). Neither is pinned:
+their processes run on either CPU, wrk and the backends stay on CPU 1. Ratios
+are against *nginx-2w*. {cores_note}Same wrk settings as above.
+"""
+
+PROXY_MEMORY = """\
+### Memory per process
+
+After the last run, before anything stops, in MiB: *VmRSS* from
+`/proc/<pid>/status`; *Rss*, *Pss* and *private* from
+`/proc/<pid>/smaps_rollup`. Rss (and VmRSS, the same count) takes every page a
+process maps in full, so pages shared between processes (libpython and the
+other shared libraries, the installed build's compiled modules, nginx's pages
+shared by master and workers after the fork, omnixan's shared-memory state
+region) count once per process, and the *total* rows count them several
+times. Pss divides each page among all the processes that map it, on the
+whole machine: it adds up to a real footprint, but a Python process's Pss
+also shrinks when other Python processes run (the other omnixan targets of
+the same run, the benchmark script, anyone's tests), so compare it within
+one run. *Private* (Private_Clean + Private_Dirty) is the pages no other
+process maps: what one more worker costs. The omnixan workers are started
+with `python -m` (not forked from the supervisor), so they share the files
+mapped from disk and the state region, not their heaps.
+
+*Of Rss: state region* is the part of each omnixan-2w process's Rss that is
+the shared-memory region (`/proc/<pid>/smaps`, the `omnixan-lb-state`
+mapping): one region in memory, counted in the Rss of every process that has
+read it. Every process reads all of it at each purge of expired entries
+(`purge_expired`, every `min(session_ttl, 60)` s), and a page of shared
+memory that is read is allocated, so from the first purge on it is resident
+whole, even when no session or rate limit is used, as here.
+"""
+
+PROXY_HEADERS = [
+    "target",
+    "conns",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "CPU s/10k",
+    "req/s / {b}",
+    "p99 / {b}",
+    "CPU / {b}",
+]
+
+
+def _proxy_table(rows: Sequence[dict[str, Any]], baseline: str) -> str:
     body = []
-    for r in res["rows"]:
+    for r in rows:
         cpu = "-" if r["cpu_s_per_10k"] is None else f"{r['cpu_s_per_10k']:.3f}"
         body.append(
             [
@@ -489,23 +537,40 @@ def render_proxy(res: dict[str, Any]) -> str:
                 _ratio(r.get("cpu_ratio")),
             ]
         )
-    out.append(
-        md_table(
-            [
-                "target",
-                "conns",
-                "req/s",
-                "p50 ms",
-                "p99 ms",
-                "CPU s/10k",
-                "req/s / nginx",
-                "p99 / nginx",
-                "CPU / nginx",
-            ],
-            body,
-        )
-    )
+    return md_table([h.format(b=baseline) for h in PROXY_HEADERS], body)
+
+
+def _mib(kb: int | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:.1f}"
+
+
+def _memory_table(memory: dict[str, list[dict[str, Any]]]) -> str:
+    keys = proxy.MEMORY_KEYS
+    body = []
+    for name, procs in memory.items():
+        rows = [(proc["role"], proc) for proc in procs]
+        if len(procs) > 1:
+            rows.append(("**total**", proxy.memory_total(procs)))
+        body += [[name, role, *(_mib(kb.get(k)) for k in keys)] for role, kb in rows]
+    headers = ["target", "process", "VmRSS MiB", "Rss MiB", "Pss MiB", "private MiB", "of Rss: state region MiB"]
+    return md_table(headers, body, "llrrrrr")
+
+
+def render_proxy(res: dict[str, Any]) -> str:
+    settings = res["settings"]
+    versions = "; ".join(res.get("versions", {}).values()) or "not recorded"
+    out = [
+        PROXY_INTRO.format(reps=settings["reps"], duration=settings["duration_s"], versions=versions),
+        provenance(res),
+    ]
+    load_end = res["machine"].get("load_average_end")
+    if load_end:
+        out[-1] += f"  \nLoad average at end: {' '.join(f'{x:.2f}' for x in load_end)}"
     out.append("")
+    single = [r for r in res["rows"] if r["target"] not in proxy.WORKER_TARGETS]
+    if single:
+        out.append(_proxy_table(single, proxy.BASELINE))
+        out.append("")
     at50 = {r["target"]: r for r in res["rows"] if r["connections"] == min(settings["connections"])}
     if "omnixan" in at50 and "haproxy" in at50 and at50["omnixan"].get("cpu_ratio"):
         o, h = at50["omnixan"], at50["haproxy"]
@@ -523,7 +588,45 @@ def render_proxy(res: dict[str, Any]) -> str:
                 f"{_ratio(py.get('cpu_ratio'))}x its CPU per request. Where the rest of the time goes "
                 "is in docs/performance.md.\n"
             )
+    workers = [r for r in res["rows"] if r["target"] in proxy.WORKER_TARGETS]
+    if workers:
+        cores = res["machine"].get("cores")
+        note = (
+            f"**This machine has {cores} cores**, and wrk and the backends run on them too: these figures "
+            "measure what the extra processes cost, not how the proxy scales with cores. "
+            if cores and cores <= 2
+            else ""
+        )
+        out.append(PROXY_WORKERS.format(cores_note=note))
+        out.append(_proxy_table(workers, proxy.WORKER_BASELINE))
+        out.append("")
+        out.extend(_workers_against_one(res["rows"]))
+    if res.get("memory"):
+        out.append(PROXY_MEMORY)
+        out.append(_memory_table(res["memory"]))
+        out.append("")
     return "\n".join(out)
+
+
+def _workers_against_one(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A sentence per connection count: 2 workers against 1 process, omnixan's and nginx's."""
+    by = {(r["target"], r["connections"]): r for r in rows}
+    lines = []
+    for conns in sorted({r["connections"] for r in rows}):
+        parts = []
+        for two, one in (("omnixan-2w", "omnixan"), ("nginx-2w", "nginx")):
+            a, b = by.get((two, conns)), by.get((one, conns))
+            if a is None or b is None or not a["cpu_s_per_10k"] or not b["cpu_s_per_10k"]:
+                continue
+            parts.append(
+                f"{two} serves {a['rps'] / b['rps']:.2f}x the requests/s of {one} (1 process, pinned) "
+                f"with {a['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}x its CPU per request"
+            )
+        if parts:
+            lines.append(f"At {conns} connections, " + "; ".join(parts) + ".")
+    if lines:
+        lines.append("")
+    return lines
 
 
 # -- the whole file ------------------------------------------------------------------------
@@ -543,7 +646,7 @@ and the machine that produced its figures, and each plot carries both.
 | 1 | tail latency of every algorithm against a perfect-knowledge oracle, simulated uneven backends | `simulate.py` |
 | 2 | keys moved, load spread, build and lookup cost of IP_HASH's consistent-hash ring | `hashing.py` |
 | 3 | cost of one route + complete pair against the number of backends | `routing.py` |
-| 4 | requests/s, latency and CPU per request of the proxy against nginx and HAProxy | `proxy.py` |
+| 4 | requests/s, latency, CPU per request and memory of the proxy against nginx and HAProxy | `proxy.py` |
 
 Quick runs: `.venv/bin/python -m bench --quick` (about a minute, figures
 not for publication); one part: `--only simulate` (the other sections are
