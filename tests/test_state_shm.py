@@ -291,6 +291,16 @@ async def test_the_region_outlives_the_handle_that_made_it(pair: Pair) -> None:
     assert await two.get_session("s1", 60) == "a:1"
 
 
+async def test_a_handle_that_does_not_purge_leaves_the_sweep_to_the_one_that_does(pair: Pair) -> None:
+    one, _, clock = pair
+    worker = SharedMemoryStore.attach(os.dup(one.fd), clock, purges=False)
+    await worker.bind_session("s1", "a:1", 1.0)
+    later(clock, 2.0)
+    assert await worker.purge_expired() == 0  # a worker's sweep: nothing, and no page read
+    assert await one.purge_expired() == 1  # the supervisor's
+    await worker.close()
+
+
 # -- bounds and eviction ---------------------------------------------------------------------------
 
 

@@ -381,9 +381,12 @@ def _dump(config: ServerConfig) -> dict[str, Any]:
 
 
 def _open_shared_store(config: ServerConfig) -> tuple[StateStore | None, int | None]:
-    """The store the workers share, and the descriptor of its region (None with Redis)."""
+    """The store the workers share, and the descriptor of its region (None with Redis, or when
+    nothing is to share: no sticky sessions, no rate limit; each worker then keeps its own)."""
     if config.state.shared:
         return open_store(config.state, config.max_sessions), None
+    if not (config.session_affinity or config.rate_limit.enabled):
+        return None, None
     from ..clock import SystemClock
     from ..state.shared import SharedMemoryStore
 

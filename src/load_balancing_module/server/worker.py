@@ -190,7 +190,7 @@ def _attach_store(fd: int | None) -> StateStore | None:
     from ..clock import SystemClock
     from ..state.shared import SharedMemoryStore
 
-    return SharedMemoryStore.attach(fd, SystemClock())
+    return SharedMemoryStore.attach(fd, SystemClock(), purges=False)  # the supervisor sweeps it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,6 +143,7 @@ class SharedMemoryStore(StateStore):
     def __init__(self, fd: int, clock: Clock, *, _layout: Layout, _salt: bytes) -> None:
         layout = _layout
         self.fd = fd
+        self.purges = True  # see attach()
         self.size = layout.size
         self._clock = clock
         self._layout = layout
@@ -199,9 +200,11 @@ class SharedMemoryStore(StateStore):
         return store
 
     @classmethod
-    def attach(cls, fd: int, clock: Clock) -> SharedMemoryStore:
+    def attach(cls, fd: int, clock: Clock, *, purges: bool = True) -> SharedMemoryStore:
         """The store in the region behind ``fd`` (made by :meth:`create`, in this process or
-        another). The store owns ``fd`` from here on: :meth:`close` closes it."""
+        another). The store owns ``fd`` from here on: :meth:`close` closes it. ``purges=False``:
+        :meth:`purge_expired` does nothing here, because another process (the supervisor) sweeps
+        the region for all; a sweep reads every page, which would make all of it resident in each."""
         where = f"SharedMemoryStore.attach: fd {fd}"
         size = os.fstat(fd).st_size
         if size < HEADER.size:
@@ -227,7 +230,9 @@ class SharedMemoryStore(StateStore):
                 f"{where}: the header's capacities need {layout.size} bytes, the header says {region_size} "
                 f"and the file holds {size}"
             )
-        return cls(fd, clock, _layout=layout, _salt=salt)
+        store = cls(fd, clock, _layout=layout, _salt=salt)
+        store.purges = purges
+        return store
 
     async def close(self) -> None:
         """Unmap the region and close the fd. The region lives on in the processes still attached."""
@@ -475,6 +480,8 @@ class SharedMemoryStore(StateStore):
         """Drop expired sessions, full buckets, past counts and ended blocks from every set; return
         how many went. Walks the tables a set at a time (one lock each), yielding to the event loop
         every ``PURGE_YIELD`` sets: about 2 us a set, so a pause of well under a millisecond."""
+        if not self.purges:
+            return 0
         now = self._clock.monotonic()
         layout = self._layout
         dropped = 0
