@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from ..enums import WorkloadType
 from .headers import (
@@ -118,6 +118,7 @@ class RequestInfo:
         "idempotent",
         "has_body",
         "plain",
+        "upgrade",
         "raw_head",
     )
 
@@ -147,13 +148,25 @@ class RequestInfo:
         # Every header is forwarded as it came and there is no body: the client's own head can be
         # sent on (request_head), once the proxy's lines are added.
         self.plain = False
+        self.upgrade = False  # llhttp saw an Upgrade request (Upgrade, and Connection: upgrade)
         self.raw_head: bytes | None = None  # that head without its blank line, when it is at hand
 
 
+class HeadFlags(Protocol):
+    """What llhttp read of a head's Connection, Proxy-Connection and Upgrade headers: its parser."""
+
+    def should_keep_alive(self) -> bool: ...
+
+    def should_upgrade(self) -> bool: ...
+
+
 def inspect_request(
-    method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool, upgrade: bool
+    method: bytes, target: bytes, version: str, headers: Sequence[Header], flags: HeadFlags
 ) -> RequestInfo:
-    """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused."""
+    """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused.
+
+    ``flags`` (llhttp's getters) are only asked when the head has one of the headers they read:
+    without any, llhttp keeps an HTTP/1.1 connection, not an HTTP/1.0 one, and sees no upgrade."""
     if version != "1.1" and version != "1.0":
         raise HttpError(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
@@ -165,7 +178,8 @@ def inspect_request(
                 raise HttpError(400, "the request target * is for OPTIONS only")
         else:
             authority, target = _absolute_form(target)
-    info = RequestInfo(method, target, version == "1.1", keep_alive)
+    http11 = version == "1.1"
+    info = RequestInfo(method, target, http11, http11)
     kept = info.headers
     hosts = 0
     # Most requests have none of these three: the lists are made when one shows up.
@@ -173,6 +187,7 @@ def inspect_request(
     upgrade_tokens: list[bytes] | None = None
     forwarded_for: list[bytes] | None = None
     rewritten = False  # a header is dropped or rewritten on the way
+    flagged = False  # a header llhttp's flags read (Connection, Proxy-Connection, Upgrade): ask them
     for name, value in headers:
         what = action(name, REQUEST_SPELLINGS)
         if what == KEEP:
@@ -185,7 +200,8 @@ def inspect_request(
             kept.append((name, value))
         else:
             rewritten = True
-        if what == DROP:
+        if what == DROP:  # Proxy-Connection among them
+            flagged = True
             continue
         if what == HOST_HEADER:
             hosts += 1
@@ -204,8 +220,10 @@ def inspect_request(
                 raise HttpError(400, "Transfer-Encoding other than 'chunked' is not accepted")
             info.chunked = True
         elif what == CONNECTION:
+            flagged = True
             connection = tokens(value) if connection is None else connection + tokens(value)
         elif what == UPGRADE:
+            flagged = True
             upgrade_tokens = tokens(value) if upgrade_tokens is None else upgrade_tokens + tokens(value)
         elif what == FORWARDED_FOR:
             forwarded_for = [value] if forwarded_for is None else [*forwarded_for, value]
@@ -249,6 +267,10 @@ def inspect_request(
         raise HttpError(400, "invalid Host header")
     if forwarded_for is not None:
         info.forwarded_for = forwarded_for[0] if len(forwarded_for) == 1 else b", ".join(forwarded_for)
+    upgrade = False
+    if flagged:
+        info.keep_alive = flags.should_keep_alive()
+        upgrade = info.upgrade = flags.should_upgrade()
     if upgrade:
         # llhttp saw Connection: upgrade and an Upgrade header. Only WebSocket is tunnelled; any other
         # upgrade (h2c...) is ignored and the request proxied as plain HTTP/1.1.

@@ -352,16 +352,8 @@ class RequestReader:
         if self._synthetic:
             return
         self._in_head = False
-        parser = self.parser
-        upgrade = parser.should_upgrade()
-        info = inspect_request(
-            self._method,
-            self._url,
-            parser.get_http_version(),
-            self._headers,
-            keep_alive=parser.should_keep_alive(),
-            upgrade=upgrade,
-        )
+        info = inspect_request(self._method, self._url, self._version(), self._headers, self.parser)
+        upgrade = info.upgrade
         if info.chunked:
             check_raw_transfer_encoding(self._raw_head())
             self._phase = _CHUNK_SIZE
@@ -377,6 +369,22 @@ class RequestReader:
             raise HttpError(413, f"request body larger than {limit} bytes")
         self._reframe = info.has_body and upgrade  # an ignored upgrade (h2c...) with a body
         self._sink.head_received(info, upgrade)
+
+    def _version(self) -> str:
+        """The head's HTTP version, as llhttp read it. Read from the request line of a head that came
+        in one read (llhttp's getter formats a new string each time, some 2,000 instructions): that
+        line is ``method SP target SP version CRLF``, and no CR comes before its end; with more
+        spaces (if llhttp let them through) the CR is not where it is looked for, and llhttp is asked."""
+        if self._raw is None:
+            end = self._head_from + len(self._method) + len(self._url) + 10  # the CR after "HTTP/1.1"
+            data = self._data
+            if end < self._head_to and data[end] == 13:
+                version = data[end - 8 : end]
+                if version == b"HTTP/1.1":
+                    return "1.1"
+                if version == b"HTTP/1.0":
+                    return "1.0"
+        return self.parser.get_http_version()
 
     def on_body(self, body: bytes) -> None:
         self._sink.body_received(body)
