@@ -40,6 +40,10 @@ class ClientSide(RequestSink):
     peer: str
     lost: bool
 
+    def loop_time(self) -> float:
+        """The loop's time (its ``time`` method, bound once per connection)."""
+        raise NotImplementedError
+
     @property
     def closing(self) -> bool:
         """No further request is read on this connection."""
@@ -254,7 +258,7 @@ class Relay(UpstreamSink):
     def upstream_batch(self, begin: bool) -> None:
         if begin:
             self.batching = True
-            self.data_at = self.loop.time()  # the time of this read, for everything it brings
+            self.data_at = self.conn.loop_time()  # the time of this read, for everything it brings
             self.conn.cork()
             return
         self.batching = False
