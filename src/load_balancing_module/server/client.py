@@ -59,7 +59,7 @@ _FAST_REQUEST: Final = (
 _set = object.__setattr__
 
 
-def _unset(data: bytes) -> None:
+def _unset(data: object) -> None:
     raise RuntimeError("no transport yet")
 
 
@@ -103,6 +103,7 @@ class ClientConnection(ClientSide):
         # calls a method of an object whose class it does not know by name (a lookup each time).
         self._write: Callable[[bytes], object] = _unset
         self._is_closing: Callable[[], bool] = _unset_closing
+        self._writelines: Callable[[list[bytes]], object] = _unset
         self._time = self.loop.time
         self.flow: FlowControl = None  # type: ignore[assignment]  # set by connection_made
         self.peer = "127.0.0.1"
@@ -143,6 +144,7 @@ class ClientConnection(ClientSide):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
         self._write = self.transport.write
         self._is_closing = self.transport.is_closing
+        self._writelines = self.transport.writelines
         self.flow = FlowControl(self.transport)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -353,7 +355,7 @@ class ClientConnection(ClientSide):
             if len(out) == 1:
                 self._write(out[0])
             else:
-                self.transport.writelines(out)
+                self._writelines(out)  # a head and a body, most often
 
     def forwarded_lines(self) -> bytes:
         """``X-Forwarded-For`` and ``X-Forwarded-Proto`` for a request that brought neither: the same

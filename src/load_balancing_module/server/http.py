@@ -25,7 +25,7 @@ whatever framing a backend would have read differently never reaches it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 from ..enums import WorkloadType
@@ -376,7 +376,7 @@ def _affinity_cookie(value: bytes) -> str | None:
     return None
 
 
-def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> bytes:
+def request_head(info: RequestInfo, extra: list[bytes], framing: bytes) -> bytes:
     """The request head sent upstream: the request line, end-to-end headers, then ``extra`` lines.
 
     A plain request whose raw head is at hand is sent as the client wrote it (llhttp, strict, has
@@ -384,7 +384,8 @@ def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> b
     raw = info.raw_head
     if raw is not None:
         parts = [raw]
-        parts.extend(extra)
+        for line in extra:  # the compiled build's list.extend goes through a general slice assignment
+            parts.append(line)
         parts.append(b"\r\n")
         return b"".join(parts)
     parts = [info.method, b" ", info.target, b" HTTP/1.1\r\n"]

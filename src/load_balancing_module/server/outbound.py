@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 def request_id_line(ctx: ProxyContext, request_id: str | None, rid_seq: int) -> bytes:
     """``X-Request-ID: ...``: the client's id, else the proxy's number ``rid_seq`` written straight in."""
     if request_id is None:
-        return ctx.rid_line_prefix + str(rid_seq).encode() + b"\r\n"
-    return b"X-Request-ID: " + request_id.encode() + b"\r\n"
+        return b"%s%d\r\n" % (ctx.rid_line_prefix, rid_seq)  # one allocation when compiled
+    return b"X-Request-ID: %s\r\n" % request_id.encode()
 
 
 def backend_head(ctx: ProxyContext, info: RequestInfo, peer: str, forwarded: bytes, rid_line: bytes) -> bytes:
@@ -38,7 +38,7 @@ def backend_head(ctx: ProxyContext, info: RequestInfo, peer: str, forwarded: byt
         extra = [b"X-Forwarded-For: ", forwarded_for, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n"]
     host = info.forwarded_host if trusts_peer and info.forwarded_host else info.host
     if host:
-        extra += (b"X-Forwarded-Host: ", host, b"\r\n")
+        extra.append(b"X-Forwarded-Host: %s\r\n" % host)
     extra.append(rid_line)
     return request_head(info, extra, request_framing(info))
 

@@ -346,7 +346,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._reason = self._reason + reason if self._reason else reason  # usually one piece: not copied
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
