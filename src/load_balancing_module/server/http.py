@@ -82,6 +82,8 @@ LLHTTP_METHODS: Final = frozenset(
 )
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
 _CLASSICAL: Final = WorkloadType.CLASSICAL
+# A translation that changes "_" and nothing else (translate is native in the compiled build).
+_UNDERSCORE_MARKED: Final = bytes(range(256)).replace(b"_", b"-")
 
 
 class HttpError(Exception):
@@ -188,16 +190,19 @@ def inspect_request(
     forwarded_for: list[bytes] | None = None
     rewritten = False  # a header is dropped or rewritten on the way
     flagged = False  # a header llhttp's flags read (Connection, Proxy-Connection, Upgrade): ask them
-    for name, value in headers:
+    for header in headers:
+        name, value = header
         what = action(name, REQUEST_SPELLINGS)
         if what == KEEP:
-            if b"_" in name:  # X_Forwarded_For: a backend that folds _ into - would take it for its own
+            # X_Forwarded_For: a backend that folds _ into - would take it for its own. (Not `b"_" in
+            # name`: bytes' `in` first tries its argument as an integer, and formats a TypeError.)
+            if name.translate(_UNDERSCORE_MARKED) != name:
                 rewritten = True
                 continue
-            kept.append((name, value))
+            kept.append(header)
             continue
         if what in FORWARDED_AS_IS:
-            kept.append((name, value))
+            kept.append(header)
         else:
             rewritten = True
         if what == DROP:  # Proxy-Connection among them
@@ -310,14 +315,14 @@ def chunk_size(line: bytes) -> int:
 
 
 # Host values seen lately that passed _HOST (clients send the same few again and again), and the
-# latest of them, which one comparison finds.
-_GOOD_HOSTS: dict[bytes, bool] = {}
-_latest_host = b""
+# latest of them, which one comparison finds (in a Final list: the compiled build reads a module's
+# other globals from its dictionary).
+_GOOD_HOSTS: Final[dict[bytes, bool]] = {}
+_LATEST_HOST: Final = [b""]
 
 
 def _valid_host(host: bytes) -> bool:
-    global _latest_host
-    if host == _latest_host:
+    if host == _LATEST_HOST[0]:
         return True
     if host not in _GOOD_HOSTS:
         if not _HOST.fullmatch(host):
@@ -325,7 +330,7 @@ def _valid_host(host: bytes) -> bool:
         if len(_GOOD_HOSTS) >= 256:
             _GOOD_HOSTS.clear()
         _GOOD_HOSTS[host] = True
-    _latest_host = host
+    _LATEST_HOST[0] = host
     return True
 
 
