@@ -51,6 +51,17 @@ class ResponseInfo:
         self.error: str | None = None
         self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
 
+    def reset(self) -> None:
+        """As new, for the next head on the same connection: one object per upstream connection,
+        not one per response (the exchange reads it while the head is handed on, and keeps nothing)."""
+        self.status = 0
+        self.parts = [b"", b"", b"\r\n"]
+        self.content_length = None
+        self.chunked = False
+        self.upgrade = None
+        self.error = None
+        self._connection = None
+
     def add(self, name: bytes, value: bytes) -> None:
         what = action(name, RESPONSE_SPELLINGS)
         if what == KEEP:

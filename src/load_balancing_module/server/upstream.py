@@ -34,6 +34,7 @@ IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 PEEK_AFTER: Final = 0.25  # seconds idle after which a pooled connection is checked for EOF before reuse
+_get_running_loop: Final = asyncio.get_running_loop  # held: the compiled build reads a module's attribute by name
 
 
 class UpstreamSink:
@@ -88,17 +89,18 @@ class WriteBatch:
     is a large share of a proxied request's kernel time). Nothing waits longer than the rest
     of the loop's turn."""
 
-    __slots__ = ("_queue", "_scheduled")
+    __slots__ = ("_queue", "_scheduled", "_run")
 
     def __init__(self) -> None:
         self._queue: list[Callable[[], None]] = []  # the connections' flush methods
         self._scheduled = False
+        self._run = self.run  # bound once
 
     def add(self, flush: Callable[[], None]) -> None:
         self._queue.append(flush)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
+            _get_running_loop().call_soon(self._run)
 
     def run(self) -> None:
         self._scheduled = False
@@ -342,7 +344,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             raise _Stop
         self._reason = b""
-        self._response = ResponseInfo()
+        self._response.reset()
         self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
