@@ -100,6 +100,36 @@ async def test_methods_llhttp_does_not_know_keep_pipelining_and_bodies_in_place(
 
 
 @split_sizes
+@pytest.mark.parametrize(
+    ("head", "keeps"),
+    [
+        (b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n", True),
+        (b"FOO /a?b=c HTTP/1.1\r\nHost: t\r\n\r\n", True),
+        (b"GET http://t/a HTTP/1.1\r\nHost: t\r\n\r\n", True),
+        (b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", False),
+        (b"GET /a HTTP/1.1\r\nHost: t\r\nProxy-Connection: close\r\n\r\n", False),  # llhttp reads it too
+        (b"GET /a HTTP/1.0\r\n\r\n", False),
+        (b"FOO /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True),
+        (b"GET /a HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", True),
+    ],
+)
+async def test_the_version_and_keep_alive_are_read_as_llhttp_reads_them(size: int, head: bytes, keeps: bool) -> None:
+    # The reader reads the version from the request line and asks llhttp about keep-alive only when
+    # a header it reads is there; each split of the stream must give llhttp's own answer.
+    async with RawBackend() as backend, start_proxy([backend.port]) as proxy, proxy.client() as client:
+        await feed_split(proxy, client, head, size)
+        response = await client.read_response()
+        assert response.status == 200
+        assert (response.header("Connection") != "close") is keeps
+        if keeps:
+            await feed_split(proxy, client, b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n", size)
+            assert (await client.read_response()).status == 200
+        else:
+            assert await client.closed()
+    assert [r.target.partition(b"?")[0] for r in backend.requests] == ([b"/a", b"/b"] if keeps else [b"/a"])
+
+
+@split_sizes
 async def test_an_ignored_upgrade_with_an_unknown_method_keeps_its_body_and_what_follows(size: int) -> None:
     body = b"BAZ /smuggled HTTP/1.1\r\n\r\n"
     stream = (

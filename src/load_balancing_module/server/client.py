@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from .._log import log_event
@@ -58,6 +59,14 @@ _FAST_REQUEST: Final = (
 _set = object.__setattr__
 
 
+def _unset(data: object) -> None:
+    raise RuntimeError("no transport yet")
+
+
+def _unset_closing() -> bool:
+    raise RuntimeError("no transport yet")
+
+
 def _new_request(client_ip: str, workload: WorkloadType, session_id: str | None) -> Request:
     """``Request.model_construct(...)`` of already validated values (metadata: a new empty dict)."""
     if not _FAST_REQUEST:
@@ -90,6 +99,12 @@ class ClientConnection(ClientSide):
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        # The transport's and the loop's methods on the request path, bound once: the compiled build
+        # calls a method of an object whose class it does not know by name (a lookup each time).
+        self._write: Callable[[bytes], object] = _unset
+        self._is_closing: Callable[[], bool] = _unset_closing
+        self._writelines: Callable[[list[bytes]], object] = _unset
+        self._time = self.loop.time
         self.flow: FlowControl = None  # type: ignore[assignment]  # set by connection_made
         self.peer = "127.0.0.1"
         self.reader = RequestReader(ctx, self)
@@ -113,6 +128,7 @@ class ClientConnection(ClientSide):
         # One timer for the deadlines of the exchanges (Exchange.timer_at): it is moved only when
         # one needs it earlier, so a keep-alive connection does not create a timer per request.
         self._exchange_timer = Alarm(self.loop, self._on_exchange_timer)
+        self._flush = self.flush  # handed to the write batch
         self._linger: asyncio.TimerHandle | None = None
         self._linger_until = 0.0
         self._discarded_at = 0.0
@@ -126,6 +142,9 @@ class ClientConnection(ClientSide):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        self._write = self.transport.write
+        self._is_closing = self.transport.is_closing
+        self._writelines = self.transport.writelines
         self.flow = FlowControl(self.transport)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -146,7 +165,7 @@ class ClientConnection(ClientSide):
         elif self._upgraded is not None:
             self._upgraded.early_data(data)
         else:
-            self.reader.feed(data, self.loop.time())
+            self.reader.feed(data, self._time())
 
     def eof_received(self) -> bool | None:
         # As NGINX does: a client that closes its side has gone; what is in flight is abandoned
@@ -308,11 +327,14 @@ class ClientConnection(ClientSide):
         if self.flow.resume(reason):
             self._body_at = self.loop.time()  # a pause of ours is not the client's idleness
 
+    def loop_time(self) -> float:
+        return self._time()
+
     def write(self, data: bytes) -> None:
         if self._out is not None:
             self._out.append(data)
-        elif not self.transport.is_closing():
-            self.transport.write(data)
+        elif not self._is_closing():
+            self._write(data)
 
     def cork(self) -> None:
         """Collect writes until :meth:`uncork` (one send for a head and a body that came in one read)."""
@@ -324,16 +346,16 @@ class ClientConnection(ClientSide):
             self._out = None
         elif not self._queued:  # sent with the batch at the end of the loop's turn
             self._queued = True
-            self.ctx.pool.batch.add(self.flush)
+            self.ctx.pool.batch.add(self._flush)
 
     def flush(self) -> None:
         self._queued = False
         out, self._out = self._out, None
-        if out and not self.transport.is_closing():
+        if out and not self._is_closing():
             if len(out) == 1:
-                self.transport.write(out[0])
+                self._write(out[0])
             else:
-                self.transport.writelines(out)
+                self._writelines(out)  # a head and a body, most often
 
     def forwarded_lines(self) -> bytes:
         """``X-Forwarded-For`` and ``X-Forwarded-Proto`` for a request that brought neither: the same

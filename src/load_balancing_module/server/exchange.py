@@ -53,7 +53,7 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Exchange(Relay):
     """One request: its routing, its tries on backends, and its answer."""
 
-    __slots__ = ("request", "started", "task", "tried", "attempts", "retries", "budgeted", "first_attempt_at")
+    __slots__ = ("request", "started", "task", "earlier", "attempts", "retries", "budgeted", "first_attempt_at")
 
     def __init__(
         self,
@@ -73,7 +73,9 @@ class Exchange(Relay):
         self.request = request
         self.started = now
         self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
-        self.tried: list[Backend] = []
+        # The backends of the tries before the current one (``route``'s): made at the first retry,
+        # so that a request tried once allocates no list for it.
+        self.earlier: list[Backend] | None = None
         self.attempts = 0
         self.retries = 0
         self.budgeted = False  # this retry holds a unit of the library's retry budget
@@ -139,10 +141,22 @@ class Exchange(Relay):
         self._finish()
 
     def _routed(self, route: RouteResult, now: float) -> None:
+        previous = self.route
+        if previous is not None:  # a retry
+            if self.earlier is None:
+                self.earlier = [previous.backend]
+            else:
+                self.earlier.append(previous.backend)
         self.route = route
         self.attempts += 1
-        self.tried.append(route.backend)
         self._connect(route, now, fresh=False)
+
+    def _tried(self) -> list[Backend]:
+        """The backends tried so far, the current try's included."""
+        tried = [] if self.earlier is None else list(self.earlier)
+        if self.route is not None:
+            tried.append(self.route.backend)
+        return tried
 
     def _connect(self, route: RouteResult, now: float, *, fresh: bool) -> None:
         """A pooled connection to ``route``'s backend (unless ``fresh``), else a new one; ``now``:
@@ -282,7 +296,7 @@ class Exchange(Relay):
         self.phase = Phase.ROUTING
         started = lb.clock.monotonic() - (self.loop.time() - self.started)
         try:
-            route = await lb.route_retry(self.request, self.tried, attempt=self.attempts + 1, started=started)
+            route = await lb.route_retry(self.request, self._tried(), attempt=self.attempts + 1, started=started)
         except RequestTimeoutError:
             self._answer(HttpError(504, "no backend could take the request in time"))
         except BackendUnavailableError:
@@ -418,7 +432,7 @@ class Exchange(Relay):
         held and the library's retry budget allows it."""
         if self.responded or self.retries >= self.ctx.max_retries or self.conn.lost or self.phase is Phase.DONE:
             return False
-        if len(self.tried) >= self.lb.backend_count:
+        if len(self._tried()) >= self.lb.backend_count:
             return False  # every backend was tried: the last answer stands
         if not never_sent:
             if not self.info.idempotent or self.retained is None:

@@ -25,8 +25,8 @@ whatever framing a backend would have read differently never reaches it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 from ..enums import WorkloadType
 from .headers import (
@@ -82,6 +82,8 @@ LLHTTP_METHODS: Final = frozenset(
 )
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})  # may be retried after being sent
 _CLASSICAL: Final = WorkloadType.CLASSICAL
+# A translation that changes "_" and nothing else (translate is native in the compiled build).
+_UNDERSCORE_MARKED: Final = bytes(range(256)).replace(b"_", b"-")
 
 
 class HttpError(Exception):
@@ -118,6 +120,7 @@ class RequestInfo:
         "idempotent",
         "has_body",
         "plain",
+        "upgrade",
         "raw_head",
     )
 
@@ -147,13 +150,25 @@ class RequestInfo:
         # Every header is forwarded as it came and there is no body: the client's own head can be
         # sent on (request_head), once the proxy's lines are added.
         self.plain = False
+        self.upgrade = False  # llhttp saw an Upgrade request (Upgrade, and Connection: upgrade)
         self.raw_head: bytes | None = None  # that head without its blank line, when it is at hand
 
 
+class HeadFlags(Protocol):
+    """What llhttp read of a head's Connection, Proxy-Connection and Upgrade headers: its parser."""
+
+    def should_keep_alive(self) -> bool: ...
+
+    def should_upgrade(self) -> bool: ...
+
+
 def inspect_request(
-    method: bytes, target: bytes, version: str, headers: Sequence[Header], *, keep_alive: bool, upgrade: bool
+    method: bytes, target: bytes, version: str, headers: Sequence[Header], flags: HeadFlags
 ) -> RequestInfo:
-    """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused."""
+    """Check a parsed request head and pick out what the proxy uses; :class:`HttpError` if refused.
+
+    ``flags`` (llhttp's getters) are only asked when the head has one of the headers they read:
+    without any, llhttp keeps an HTTP/1.1 connection, not an HTTP/1.0 one, and sees no upgrade."""
     if version != "1.1" and version != "1.0":
         raise HttpError(505, f"HTTP/{version} is not supported")
     if method == b"CONNECT":
@@ -165,7 +180,8 @@ def inspect_request(
                 raise HttpError(400, "the request target * is for OPTIONS only")
         else:
             authority, target = _absolute_form(target)
-    info = RequestInfo(method, target, version == "1.1", keep_alive)
+    http11 = version == "1.1"
+    info = RequestInfo(method, target, http11, http11)
     kept = info.headers
     hosts = 0
     # Most requests have none of these three: the lists are made when one shows up.
@@ -173,19 +189,24 @@ def inspect_request(
     upgrade_tokens: list[bytes] | None = None
     forwarded_for: list[bytes] | None = None
     rewritten = False  # a header is dropped or rewritten on the way
-    for name, value in headers:
+    flagged = False  # a header llhttp's flags read (Connection, Proxy-Connection, Upgrade): ask them
+    for header in headers:
+        name, value = header
         what = action(name, REQUEST_SPELLINGS)
         if what == KEEP:
-            if b"_" in name:  # X_Forwarded_For: a backend that folds _ into - would take it for its own
+            # X_Forwarded_For: a backend that folds _ into - would take it for its own. (Not `b"_" in
+            # name`: bytes' `in` first tries its argument as an integer, and formats a TypeError.)
+            if name.translate(_UNDERSCORE_MARKED) != name:
                 rewritten = True
                 continue
-            kept.append((name, value))
+            kept.append(header)
             continue
         if what in FORWARDED_AS_IS:
-            kept.append((name, value))
+            kept.append(header)
         else:
             rewritten = True
-        if what == DROP:
+        if what == DROP:  # Proxy-Connection among them
+            flagged = True
             continue
         if what == HOST_HEADER:
             hosts += 1
@@ -204,8 +225,10 @@ def inspect_request(
                 raise HttpError(400, "Transfer-Encoding other than 'chunked' is not accepted")
             info.chunked = True
         elif what == CONNECTION:
+            flagged = True
             connection = tokens(value) if connection is None else connection + tokens(value)
         elif what == UPGRADE:
+            flagged = True
             upgrade_tokens = tokens(value) if upgrade_tokens is None else upgrade_tokens + tokens(value)
         elif what == FORWARDED_FOR:
             forwarded_for = [value] if forwarded_for is None else [*forwarded_for, value]
@@ -249,6 +272,10 @@ def inspect_request(
         raise HttpError(400, "invalid Host header")
     if forwarded_for is not None:
         info.forwarded_for = forwarded_for[0] if len(forwarded_for) == 1 else b", ".join(forwarded_for)
+    upgrade = False
+    if flagged:
+        info.keep_alive = flags.should_keep_alive()
+        upgrade = info.upgrade = flags.should_upgrade()
     if upgrade:
         # llhttp saw Connection: upgrade and an Upgrade header. Only WebSocket is tunnelled; any other
         # upgrade (h2c...) is ignored and the request proxied as plain HTTP/1.1.
@@ -288,14 +315,14 @@ def chunk_size(line: bytes) -> int:
 
 
 # Host values seen lately that passed _HOST (clients send the same few again and again), and the
-# latest of them, which one comparison finds.
-_GOOD_HOSTS: dict[bytes, bool] = {}
-_latest_host = b""
+# latest of them, which one comparison finds (in a Final list: the compiled build reads a module's
+# other globals from its dictionary).
+_GOOD_HOSTS: Final[dict[bytes, bool]] = {}
+_LATEST_HOST: Final = [b""]
 
 
 def _valid_host(host: bytes) -> bool:
-    global _latest_host
-    if host == _latest_host:
+    if host == _LATEST_HOST[0]:
         return True
     if host not in _GOOD_HOSTS:
         if not _HOST.fullmatch(host):
@@ -303,7 +330,7 @@ def _valid_host(host: bytes) -> bool:
         if len(_GOOD_HOSTS) >= 256:
             _GOOD_HOSTS.clear()
         _GOOD_HOSTS[host] = True
-    _latest_host = host
+    _LATEST_HOST[0] = host
     return True
 
 
@@ -354,7 +381,7 @@ def _affinity_cookie(value: bytes) -> str | None:
     return None
 
 
-def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> bytes:
+def request_head(info: RequestInfo, extra: list[bytes], framing: bytes) -> bytes:
     """The request head sent upstream: the request line, end-to-end headers, then ``extra`` lines.
 
     A plain request whose raw head is at hand is sent as the client wrote it (llhttp, strict, has
@@ -362,7 +389,8 @@ def request_head(info: RequestInfo, extra: Iterable[bytes], framing: bytes) -> b
     raw = info.raw_head
     if raw is not None:
         parts = [raw]
-        parts.extend(extra)
+        for line in extra:  # the compiled build's list.extend goes through a general slice assignment
+            parts.append(line)
         parts.append(b"\r\n")
         return b"".join(parts)
     parts = [info.method, b" ", info.target, b" HTTP/1.1\r\n"]

@@ -49,6 +49,11 @@ _CHUNK_SIZE: Final = 3  # a chunk-size line, read here (llhttp never sees one)
 _CHUNK_DATA: Final = 4  # a chunk's data, handed on here
 _CHUNK_END: Final = 5  # the CRLF after a chunk's data
 _TRAILERS: Final = 6  # the trailer section, given to llhttp after a last-chunk line "0" of the reader's own
+# bytes.find and bytes.partition themselves: the compiled build calls a method of bytes that it has
+# no primitive for by name (a lookup each time), a function it holds directly. (find parses its
+# arguments from a tuple, some 800 instructions; partition takes one argument.)
+_find: Final = bytes.find
+_partition: Final = bytes.partition
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a test's recording sink
@@ -93,6 +98,7 @@ class RequestReader:
         self._ctx = ctx
         self._sink = sink
         self.parser = HttpRequestParser(self)
+        self._feed = self.parser.feed_data  # bound once (see _read_head); set with every new parser
         self.stopped = False  # read no more: every further byte is dropped
         self.now = 0.0  # the loop's time when the read being parsed arrived
         self._synthetic = False  # feeding a made-up head to a fresh parser (see reframe)
@@ -132,7 +138,8 @@ class RequestReader:
             while pos < end and not self.stopped:
                 phase = self._phase
                 if phase == _AT_START:
-                    if not data.startswith(b"GET ", pos):
+                    # startswith with a start is called by name in the compiled build; without, natively
+                    if not (data.startswith(b"GET ") if pos == 0 else data.startswith(b"GET ", pos)):
                         pos = self._read_start(data, pos)
                         continue
                     self._method = b"GET"  # most requests: nothing more to read before the head
@@ -166,9 +173,10 @@ class RequestReader:
         """An upgrade the proxy ignores, with a body: llhttp stopped at the head. Read the body
         (and what follows) with a fresh parser primed by a head with the same framing."""
         self.parser = HttpRequestParser(self)
+        self._feed = self.parser.feed_data
         self._synthetic = True
         try:
-            self.parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n%s\r\n" % request_framing(info))
+            self._feed(b"POST / HTTP/1.1\r\nHost: x\r\n%s\r\n" % request_framing(info))
         finally:
             self._synthetic = False
 
@@ -181,7 +189,7 @@ class RequestReader:
             stop = pos + 1
             while stop < len(data) and (data[stop] == 13 or data[stop] == 10):
                 stop += 1
-            self.parser.feed_data(data[pos:stop])
+            self._feed(data[pos:stop])
             return stop
         method = request_method(data, pos)
         if method is None:  # the method goes on in the next read
@@ -189,7 +197,7 @@ class RequestReader:
             return len(data)
         self._method = method
         if method not in LLHTTP_METHODS:
-            self.parser.feed_data(b"GET")  # llhttp reads the rest of the line as for any method
+            self._feed(b"GET")  # llhttp reads the rest of the line as for any method
             self._skip = len(method)
         self._phase = _IN_HEAD
         return pos
@@ -201,8 +209,10 @@ class RequestReader:
         end = len(data)
         if self._tail:
             stop = self._blank_line(data, pos)
+        elif pos == 0 and data.endswith(b"\r\n\r\n"):  # a read that is one head, most often
+            stop = len(_partition(data, b"\r\n\r\n")[0]) + 4  # the first blank line, found
         else:
-            stop = data.find(b"\r\n\r\n", pos)
+            stop = _find(data, b"\r\n\r\n", pos)
             if stop >= 0:
                 stop += 4
         seen = self._seen
@@ -219,7 +229,7 @@ class RequestReader:
                 self._raw = [piece]
             else:
                 self._raw.append(piece)
-            self.parser.feed_data(piece[skip:] if skip else piece)
+            self._feed(piece[skip:] if skip else piece)
             return end
         if seen:
             self._seen = 0
@@ -228,7 +238,7 @@ class RequestReader:
         self._head_from = pos
         self._head_to = stop
         try:
-            self.parser.feed_data(data if stop == end and not pos and not skip else data[pos + skip : stop])
+            self._feed(data if stop == end and not pos and not skip else data[pos + skip : stop])
         except HttpParserUpgrade:
             return self._sink.upgraded_at(data, stop)
         finally:
@@ -261,7 +271,7 @@ class RequestReader:
         end = len(data)
         stop = min(end, pos + self._left)
         self._left -= stop - pos
-        self.parser.feed_data(data if stop == end and not pos else data[pos:stop])
+        self._feed(data if stop == end and not pos else data[pos:stop])
         return stop
 
     def _read_chunk_size(self, data: bytes, pos: int) -> int:
@@ -280,7 +290,7 @@ class RequestReader:
         else:  # the last chunk: llhttp reads the trailer section, after a last-chunk line of the reader's
             self._phase = _TRAILERS
             self._tail = b"\r\n"  # the blank line that ends an empty trailer section begins with this CRLF
-            self.parser.feed_data(b"0\r\n")
+            self._feed(b"0\r\n")
         return lf + 1
 
     def _read_chunk_data(self, data: bytes, pos: int) -> int:
@@ -317,11 +327,11 @@ class RequestReader:
             piece = data[pos:]
             self._seen += end - pos
             self._keep_tail(piece)
-            self.parser.feed_data(piece)
+            self._feed(piece)
             return end
         self._seen = 0
         self._tail = b""
-        self.parser.feed_data(data[pos:stop])
+        self._feed(data[pos:stop])
         if self._phase == _TRAILERS:  # llhttp did not end the message at the blank line (it never should)
             raise HttpError(400, "malformed request: trailer section")
         return stop
@@ -340,7 +350,7 @@ class RequestReader:
     def on_url(self, url: bytes) -> None:
         if self._synthetic:
             return
-        self._url += url
+        self._url = self._url + url if self._url else url  # the usual case: one piece, not copied
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The reader has bounded the head. Trailers (after the head) are dropped: none is forwarded,
@@ -352,16 +362,8 @@ class RequestReader:
         if self._synthetic:
             return
         self._in_head = False
-        parser = self.parser
-        upgrade = parser.should_upgrade()
-        info = inspect_request(
-            self._method,
-            self._url,
-            parser.get_http_version(),
-            self._headers,
-            keep_alive=parser.should_keep_alive(),
-            upgrade=upgrade,
-        )
+        info = inspect_request(self._method, self._url, self._version(), self._headers, self.parser)
+        upgrade = info.upgrade
         if info.chunked:
             check_raw_transfer_encoding(self._raw_head())
             self._phase = _CHUNK_SIZE
@@ -377,6 +379,22 @@ class RequestReader:
             raise HttpError(413, f"request body larger than {limit} bytes")
         self._reframe = info.has_body and upgrade  # an ignored upgrade (h2c...) with a body
         self._sink.head_received(info, upgrade)
+
+    def _version(self) -> str:
+        """The head's HTTP version, as llhttp read it. Read from the request line of a head that came
+        in one read (llhttp's getter formats a new string each time, some 2,000 instructions): that
+        line is ``method SP target SP version CRLF``, and no CR comes before its end; with more
+        spaces (if llhttp let them through) the CR is not where it is looked for, and llhttp is asked."""
+        if self._raw is None:
+            end = self._head_from + len(self._method) + len(self._url) + 10  # the CR after "HTTP/1.1"
+            data = self._data
+            if end < self._head_to and data[end] == 13:
+                version = data[end - 8 : end]
+                if version == b"HTTP/1.1":
+                    return "1.1"
+                if version == b"HTTP/1.0":
+                    return "1.0"
+        return self.parser.get_http_version()
 
     def on_body(self, body: bytes) -> None:
         self._sink.body_received(body)

@@ -35,7 +35,7 @@ class UpstreamProtocolError(Exception):
 class ResponseInfo:
     """An upstream response head, built header by header as the parser reports them.
 
-    ``parts`` holds the status line and every end-to-end header, ready to be
+    ``parts`` holds the status line (three parts) and every end-to-end header line, ready to be
     joined: :func:`response_head` adds the proxy's lines and the blank line.
     A header the proxy refuses sets ``error`` (read when the head is complete).
     """
@@ -51,14 +51,23 @@ class ResponseInfo:
         self.error: str | None = None
         self._connection: list[bytes] | None = None  # tokens of Connection that name other headers
 
+    def reset(self) -> None:
+        """As new, for the next head on the same connection: one object per upstream connection,
+        not one per response (the exchange reads it while the head is handed on, and keeps nothing)."""
+        self.status = 0
+        self.parts = [b"", b"", b"\r\n"]
+        self.content_length = None
+        self.chunked = False
+        self.upgrade = None
+        self.error = None
+        self._connection = None
+
     def add(self, name: bytes, value: bytes) -> None:
         what = action(name, RESPONSE_SPELLINGS)
         if what == KEEP:
-            parts = self.parts
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+            # one line, one part: the compiled build writes it in one allocation (CPyBytes_Build),
+            # and the join of the head that follows has a part per header, not four
+            self.parts.append(b"%s: %s\r\n" % (name, value))
         elif what == CONTENT_LENGTH:
             self.content_length = value
         elif what == CONNECTION:
@@ -82,21 +91,22 @@ class ResponseInfo:
         if self._connection:
             named = set(self._connection)
             kept = parts[:3]
-            for i in range(3, len(parts), 4):
-                if parts[i].lower() not in named:
-                    kept += parts[i : i + 4]
+            for line in parts[3:]:
+                if line[: line.index(b":")].lower() not in named:  # a name has no colon
+                    kept.append(line)
             self.parts = kept
 
 
 _STATUS_PREFIX: Final = {status: b"HTTP/1.1 %d " % status for status in range(100, 600)}
 
 
-def response_head(info: ResponseInfo, extra: Iterable[bytes]) -> bytes:
+def response_head(info: ResponseInfo, extra: list[bytes]) -> bytes:
     """A response head for the client: status line, the backend's end-to-end headers, ``extra`` lines.
 
     Made once per response: it uses up ``info.parts``."""
     parts = info.parts
-    parts.extend(extra)
+    for line in extra:  # the compiled build's list.extend goes through a general slice assignment
+        parts.append(line)
     parts.append(b"\r\n")
     return b"".join(parts)
 

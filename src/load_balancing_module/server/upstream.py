@@ -34,6 +34,7 @@ IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 PEEK_AFTER: Final = 0.25  # seconds idle after which a pooled connection is checked for EOF before reuse
+_get_running_loop: Final = asyncio.get_running_loop  # held: the compiled build reads a module's attribute by name
 
 
 class UpstreamSink:
@@ -71,6 +72,14 @@ class _Stop(Exception):
     """Raised in a parser callback to stop parsing the rest of the data."""
 
 
+def _no_transport(data: bytes) -> None:
+    raise RuntimeError("not connected")
+
+
+def _no_transport_closing() -> bool:
+    raise RuntimeError("not connected")
+
+
 class WriteBatch:
     """Sends what connections wrote during one turn of the event loop together, at its end.
 
@@ -80,17 +89,18 @@ class WriteBatch:
     is a large share of a proxied request's kernel time). Nothing waits longer than the rest
     of the loop's turn."""
 
-    __slots__ = ("_queue", "_scheduled")
+    __slots__ = ("_queue", "_scheduled", "_run")
 
     def __init__(self) -> None:
         self._queue: list[Callable[[], None]] = []  # the connections' flush methods
         self._scheduled = False
+        self._run = self.run  # bound once
 
     def add(self, flush: Callable[[], None]) -> None:
         self._queue.append(flush)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.run)
+            _get_running_loop().call_soon(self._run)
 
     def run(self) -> None:
         self._scheduled = False
@@ -120,13 +130,28 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_bytes",
         "_later",
         "_sock",
+        "_write",
+        "_is_closing",
+        "_feed",
+        "_status",
+        "_keeps_alive",
+        "_flush",
     )
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.parser = HttpResponseParser(self)
+        # llhttp's methods on the request path, bound once (and again with every new parser): the
+        # compiled build calls a method of an object whose class it does not know by name (a lookup each time).
+        parser = self.parser = HttpResponseParser(self)
+        self._feed = parser.feed_data
+        self._status = parser.get_status_code
+        self._keeps_alive = parser.should_keep_alive
+        # The transport's methods on the request path, bound once by connection_made.
+        self._write: Callable[[bytes], object] = _no_transport
+        self._is_closing: Callable[[], bool] = _no_transport_closing
+        self._flush = self.flush  # handed to the write batch
         self.sink: UpstreamSink | None = None
         self.head_request = False
         self.keep_alive = True  # of the latest response; a fresh connection is reusable
@@ -146,6 +171,12 @@ class UpstreamConnection(asyncio.Protocol):
         # event loop closes its descriptor on a write error without reading what is buffered).
         self._sock: socket.socket | None = None
 
+    def _new_parser(self) -> None:
+        parser = self.parser = HttpResponseParser(self)
+        self._feed = parser.feed_data
+        self._status = parser.get_status_code
+        self._keeps_alive = parser.should_keep_alive
+
     # -- used by the exchange --------------------------------------------------------
 
     def begin(self, sink: UpstreamSink, *, head_request: bool) -> None:
@@ -157,17 +188,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        self._write(data)
 
     def write_later(self, head: bytes) -> None:
         """Send a whole request (nothing follows it) with the pool's batch, at the end of the loop's turn."""
         self._later = head
-        self.pool.batch.add(self.flush)
+        self.pool.batch.add(self._flush)
 
     def flush(self) -> None:
         head, self._later = self._later, None
-        if head is not None and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(head)
+        if head is not None and self.transport is not None and not self._is_closing():
+            self._write(head)
 
     def writelines(self, parts: list[bytes]) -> None:
         assert self.transport is not None
@@ -243,6 +274,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        self._write = self.transport.write
+        self._is_closing = self.transport.is_closing
         raw = transport.get_extra_info("socket")
         if raw is not None:
             try:
@@ -261,7 +294,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         sink.upstream_batch(True)
         try:
-            self.parser.feed_data(data)
+            self._feed(data)
         except HttpParserUpgrade as exc:
             self.tunnel = True
             rest = data[exc.args[0] :]
@@ -311,11 +344,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             raise _Stop
         self._reason = b""
-        self._response = ResponseInfo()
+        self._response.reset()
         self._head_bytes = 0
 
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._reason = self._reason + reason if self._reason else reason  # usually one piece: not copied
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
@@ -329,14 +362,14 @@ class UpstreamConnection(asyncio.Protocol):
         sink = self.sink
         if sink is None:
             raise _Stop
-        status = self.parser.get_status_code()
-        self.keep_alive = self.parser.should_keep_alive()  # flags are reset once the message ends
+        status = self._status()
+        self.keep_alive = self._keeps_alive()  # flags are reset once the message ends
         response = self._response
         response.complete(status, self._reason)
         sink.upstream_head(response, self.keep_alive)
         if self.head_request and status >= 200 and self.sink is sink:
             # llhttp cannot be told that a response to HEAD has no body: end it here.
-            self.parser = HttpResponseParser(self)
+            self._new_parser()
             sink.upstream_done()
             raise _Stop
         if self.sink is not sink:
@@ -376,7 +409,7 @@ class UpstreamPool:
         stack = self._idle.get(key)
         while stack:
             conn = stack.pop()
-            if conn.closed or conn.transport is None or conn.transport.is_closing():
+            if conn.closed or conn.transport is None or conn._is_closing():
                 continue
             idle = now - conn.idle_since
             if idle >= self._keep_alive.get(key, self.idle_timeout) or (idle >= PEEK_AFTER and conn.peer_closed()):
@@ -412,7 +445,7 @@ class UpstreamPool:
         ``now``: the loop's time, when the caller has it."""
         conn.sink = None
         transport = conn.transport
-        if not reusable or not conn.keep_alive or conn.closed or transport is None or transport.is_closing():
+        if not reusable or not conn.keep_alive or conn.closed or transport is None or conn._is_closing():
             conn.close()
             return
         stack = self._idle.setdefault(conn.key, [])
