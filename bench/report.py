@@ -501,10 +501,10 @@ mapped from disk and the state region, not their heaps.
 *Of Rss: state region* is the part of each omnixan-2w process's Rss that is
 the shared-memory region (`/proc/<pid>/smaps`, the `omnixan-lb-state`
 mapping): one region in memory, counted in the Rss of every process that has
-read it. Every process reads all of it at each purge of expired entries
-(`purge_expired`, every `min(session_ttl, 60)` s), and a page of shared
-memory that is read is allocated, so from the first purge on it is resident
-whole, even when no session or rate limit is used, as here.
+read it. The supervisor makes it only when sessions or a rate limit are to be
+shared (`-` here: the benchmark's config has neither), and only the
+supervisor sweeps it whole (`purge_expired`, every `min(session_ttl, 60)` s);
+a worker maps the pages it touches.
 """
 
 PROXY_HEADERS = [
