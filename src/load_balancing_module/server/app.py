@@ -37,6 +37,17 @@ from .reload import Reloads, apply_config, handle_signals, read_config
 from .stores import open_store
 
 
+def warn_if_pure() -> None:
+    """pip hides what a build prints: say where an operator looks that this one is pure Python."""
+    if not COMPILED:
+        log_event(
+            "pure_python_build",
+            logging.WARNING,
+            hint="about half the requests per CPU second of the compiled build; reinstall where a C compiler"
+            " and the Python headers are present (pip install .)",
+        )
+
+
 class Server:
     def __init__(self, path: str | Path, config: ServerConfig) -> None:
         self.path = Path(path)
@@ -67,13 +78,7 @@ class Server:
             algorithm=self.config.algorithm.algorithm_type.value,
             build=build_kind(),
         )
-        if not COMPILED:  # pip hides what a build prints: say it where an operator looks
-            log_event(
-                "pure_python_build",
-                logging.WARNING,
-                hint="about half the requests per CPU second of the compiled build; reinstall where a C compiler"
-                " and the Python headers are present (pip install .)",
-            )
+        warn_if_pure()
 
     async def reload(self) -> bool:
         """Re-read the file and apply what can change live; keep the old config if it is bad.

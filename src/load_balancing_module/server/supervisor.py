@@ -45,6 +45,7 @@ from ..state.redis import redact
 from .admin import AdminServer
 from .affinity import affinity_key
 from .app import serve as serve_one
+from .app import warn_if_pure
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
@@ -127,6 +128,7 @@ class Supervisor:
             workers=self.count,
             pids=[slot.pid for slot in self.slots],
         )
+        warn_if_pure()
 
     @property
     def port(self) -> int:
@@ -196,7 +198,9 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             lived = time.time() - slot.started_at
-            slot.delay = RESTART_FIRST if lived >= STEADY else min(slot.delay * 2, RESTART_MAX)
+            # The first death, or one after a steady run: 0.1 s; one soon after a restart: twice the last.
+            steady = lived >= STEADY or slot.restarts == 0
+            slot.delay = RESTART_FIRST if steady else min(slot.delay * 2, RESTART_MAX)
             log_event(
                 "worker_exited",
                 logging.ERROR,
@@ -284,13 +288,22 @@ class Supervisor:
             if slot.channel is not None:
                 slot.channel.tell("health", {"status": message})
 
-    async def _each(self, op: str, args: dict[str, Any], wait: float = ASK_TIMEOUT) -> list[Any]:
-        """Ask every worker that has started (or is starting); the answers of those that gave one.
+    async def _each(
+        self, op: str, args: dict[str, Any], wait: float = ASK_TIMEOUT, *, change: bool = True
+    ) -> list[Any]:
+        """Ask the workers; the answers of those that gave one. A change goes to every worker that
+        has started or is starting (one starting applies it once started); a read only to those
+        serving.
 
-        A worker that fails a change the supervisor's own module took has fallen out of step: it
-        is stopped, and its replacement starts with the current state. A worker that went away
-        meanwhile is skipped; its replacement, too, starts with the current state."""
-        slots = [slot for slot in self.slots if slot.channel is not None and not slot.channel.closed.is_set()]
+        A worker that fails a change the supervisor's own module took has fallen out of step, and
+        one serving that does not apply it within ``wait`` is stuck: it is stopped, and its
+        replacement starts with the current state. A worker that went away meanwhile is skipped;
+        its replacement, too, starts with the current state. A read that fails skips the worker."""
+        slots = [
+            slot
+            for slot in self.slots
+            if slot.channel is not None and not slot.channel.closed.is_set() and (change or slot.live)
+        ]
         answers = await asyncio.gather(
             *(slot.channel.call(op, args, wait) for slot in slots if slot.channel is not None),
             return_exceptions=True,
@@ -300,8 +313,9 @@ class Supervisor:
             if isinstance(answer, (ChannelClosed, asyncio.CancelledError)):
                 continue
             if isinstance(answer, (RemoteError, asyncio.TimeoutError)):
+                stuck = isinstance(answer, RemoteError) or slot.live
                 log_event("worker_out_of_step", logging.ERROR, worker=slot.index, op=op, error=repr(answer))
-                if slot.process is not None and slot.process.returncode is None:
+                if change and stuck and slot.process is not None and slot.process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         slot.process.kill()
                 continue
@@ -328,7 +342,7 @@ class Supervisor:
         await self._each("algorithm", {"algorithm": algorithm})
 
     async def figures(self, metrics: bool = False) -> list[dict[str, Any]]:
-        answers = await self._each("figures", {"metrics": metrics})
+        answers = await self._each("figures", {"metrics": metrics}, change=False)
         return [answer for answer in answers if isinstance(answer, dict)]
 
     def workers(self, figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
