@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet '.[dev]'
 	touch $(STAMP) $(INSTALLED)
 
-# The package again (not its dependencies) when its source has changed since.
+# The package again (not its dependencies) when its source has changed since it was installed
+# (not just after $(STAMP) installed it with everything: that would compile it twice).
 $(INSTALLED): $(STAMP) $(SOURCES)
-	$(BIN)/pip install --quiet --no-deps --force-reinstall .
+	@if [ -n "$$(find $(SOURCES) -newer $(INSTALLED) 2>/dev/null | head -1)" ] || [ ! -e $(INSTALLED) ]; then \
+		echo "$(BIN)/pip install --quiet --no-deps --force-reinstall ."; \
+		$(BIN)/pip install --quiet --no-deps --force-reinstall .; \
+	fi
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
