@@ -281,6 +281,71 @@ async def test_an_exchange_goes_sent_streaming_done_and_gives_its_connection_bac
         await rig.stop()
 
 
+# The response head is read from the bytes that carried it once llhttp has accepted it (there is
+# no per-header callback): heads split anywhere, interim heads followed by the final one in the
+# same read, blank lines before a head, odd whitespace and the body right after the head.
+INTERIM_AND_FINAL = (
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    b"\r\nHTTP/1.1 102 Processing\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nServer:b\r\nX-Ws: \t  v \t\r\nE:\r\nConnection: keep-alive, X-Hop\r\n"
+    b"X-Hop: 1\r\nKeep-Alive: timeout=3\r\nContent-Length: 4\r\nX-Request-ID: theirs\r\n"
+    b'ETag: "a"\r\n\r\nbody'
+)
+
+
+@pytest.mark.parametrize("size", [*SPLITS, 5, 11, 64], ids=[*SPLIT_IDS, "by5", "by11", "by64"])
+async def test_a_response_head_is_read_whole_however_its_bytes_come(size: int) -> None:
+    rig = Rig()
+    await rig.start()
+    try:
+        for _ in range(2):  # the second exchange on the connection the first gave back
+            rig.client.out.clear()
+            rig.feed(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n", 0)
+            exchange = rig.exchange()
+            up = upstream_of(exchange)
+            for part in pieces(INTERIM_AND_FINAL, size):
+                up.data_received(part)
+            await turns()
+            assert exchange.phase is Phase.DONE
+            answer = rig.client.data
+            interim = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+            assert answer.startswith(interim)
+            head, _, body = answer[len(interim) :].partition(b"\r\n\r\n")
+            assert body == b"body"
+            lines = head.split(b"\r\n")
+            assert lines[:5] == [b"HTTP/1.1 200 OK", b"Server: b", b"X-Ws: v \t", b"E: ", b'ETag: "a"']
+            assert b"Content-Length: 4" in lines and b"X-Request-ID: theirs" not in lines
+            assert not [line for line in lines if line.startswith((b"Connection", b"X-Hop", b"Keep-Alive"))]
+            (backend_id,) = rig.upstreams
+            assert rig.ctx.pool._keep_alive[backend_id] == 2.25  # learned from Keep-Alive: timeout=3
+            assert rig.ctx.pool.idle == 1
+    finally:
+        await rig.stop()
+
+
+async def test_a_response_head_over_the_limit_is_refused_complete_or_not() -> None:
+    big = b"X-Big: " + b"v" * 1000 + b"\r\n"
+    for count, tail in ((70, b"\r\n"), (140, b"")):  # a complete head of 70 kB, and one that never ends
+        rig = Rig()
+        await rig.start()
+        try:
+            rig.feed(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n", 0)
+            exchange = rig.exchange()
+            up = upstream_of(exchange)
+            up.data_received(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(count):
+                if up.sink is None:
+                    break
+                up.data_received(big)
+            if up.sink is not None:
+                up.data_received(tail)
+            await turns()
+            assert up.sink is None and up.transport is not None and up.transport.is_closing()
+            assert rig.client.data.startswith(b"HTTP/1.1 502 ")
+        finally:
+            await rig.stop()
+
+
 async def test_a_retry_is_a_transition_settling_backoff_routing_to_another_backend() -> None:
     rig = Rig(backends=2)
     await rig.start()
