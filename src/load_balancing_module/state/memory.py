@@ -41,6 +41,14 @@ def refill(tokens: float, last: float, now: float, rate: float, burst: int) -> f
     return min(float(burst), tokens + max(now - last, 0.0) * rate)
 
 
+def take_one(tokens: float, rate: float) -> tuple[float, float]:
+    """Take a token from a bucket holding ``tokens``: (the tokens left, 0.0) if there was one,
+    else (``tokens``, the seconds until there is)."""
+    if tokens >= 1.0 - EPSILON:
+        return max(tokens - 1.0, 0.0), 0.0
+    return tokens, (1.0 - tokens) / rate
+
+
 Sessions = OrderedDict[str, tuple[str, float]]  # id -> (backend_id, expires_at), least recently used first
 Buckets = OrderedDict[str, tuple[float, float, float]]  # key -> (tokens, last, full_at), last written last
 Attempts = OrderedDict[str, tuple[int, int]]  # key -> (second, count), by second
@@ -122,11 +130,7 @@ class MemoryStore(StateStore):
         buckets = self._buckets
         entry = buckets.pop(key, None)
         tokens = float(burst) if entry is None else refill(entry[0], entry[1], now, rate, burst)
-        wait = 0.0
-        if tokens >= 1.0 - EPSILON:
-            tokens = max(tokens - 1.0, 0.0)
-        else:
-            wait = (1.0 - tokens) / rate
+        tokens, wait = take_one(tokens, rate)
         buckets[key] = (tokens, now, now + (burst - tokens) / rate)  # at the end: the last written
         _drop_full_buckets(buckets, now, SWEEP)
         return wait

@@ -33,7 +33,7 @@ from typing import Final
 
 from ..clock import Clock
 from .base import DEFAULT_MAX_SESSIONS, StateStore
-from .memory import EPSILON, refill
+from .memory import refill, take_one
 
 MAGIC: Final = b"OMXLBSHM"
 VERSION: Final = 1
@@ -425,11 +425,7 @@ class SharedMemoryStore(StateStore):
                 if i < 0:  # the bucket closest to full goes: a full bucket is the same as none
                     full_at = self._records.unpack_from(mm, base + KEY * WAYS)[2::3]
                     i = min(range(WAYS), key=full_at.__getitem__)
-            wait = 0.0
-            if tokens >= 1.0 - EPSILON:
-                tokens = max(tokens - 1.0, 0.0)
-            else:
-                wait = (1.0 - tokens) / rate
+            tokens, wait = take_one(tokens, rate)
             BUCKET.pack_into(mm, base + KEY * WAYS + RECORD * i, tokens, now, now + (burst - tokens) / rate)
             if new:
                 mm[base + KEY * i : base + KEY * (i + 1)] = digest
