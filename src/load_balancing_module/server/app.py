@@ -19,6 +19,7 @@ import asyncio
 import gc
 import logging
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -37,8 +38,18 @@ from .reload import Reloads, apply_config, handle_signals, read_config
 from .stores import open_store
 
 
-def warn_if_pure() -> None:
-    """pip hides what a build prints: say where an operator looks that this one is pure Python."""
+def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: Any) -> None:
+    """The ``server_started`` line (the ports really bound, for 0 in the config), and, as pip hides
+    what a build prints, a warning where an operator looks if this build is pure Python."""
+    log_event(
+        "server_started",
+        listen=f"{config.listen.rpartition(':')[0]}:{port}",
+        admin=f"{config.admin.listen.rpartition(':')[0]}:{admin_port}",
+        backends=len(config.backends),
+        algorithm=config.algorithm.algorithm_type.value,
+        build=build_kind(),
+        **extra,
+    )
     if not COMPILED:
         log_event(
             "pure_python_build",
@@ -70,15 +81,7 @@ class Server:
             await self.lb.add_backend(backend)
         await self.proxy.start()
         await self.admin.start()
-        log_event(
-            "server_started",
-            listen=f"{self.config.listen.rpartition(':')[0]}:{self.proxy.port}",
-            admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
-            backends=len(self.config.backends),
-            algorithm=self.config.algorithm.algorithm_type.value,
-            build=build_kind(),
-        )
-        warn_if_pure()
+        announce_start(self.config, self.proxy.port, self.admin.port)
 
     async def reload(self) -> bool:
         """Re-read the file and apply what can change live; keep the old config if it is bad.

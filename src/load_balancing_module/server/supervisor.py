@@ -34,7 +34,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .._log import log_event
-from ..build import build_kind
 from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..health import HealthStatus
@@ -44,8 +43,8 @@ from ..state.base import StateStore
 from ..state.redis import redact
 from .admin import AdminServer
 from .affinity import affinity_key
+from .app import announce_start
 from .app import serve as serve_one
-from .app import warn_if_pure
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
@@ -118,17 +117,7 @@ class Supervisor:
         for slot in self.slots:
             self._watch(slot)
         await self.admin.start()
-        log_event(
-            "server_started",
-            listen=f"{host}:{port}",
-            admin=f"{self.config.admin.listen.rpartition(':')[0]}:{self.admin.port}",
-            backends=len(self.config.backends),
-            algorithm=self.config.algorithm.algorithm_type.value,
-            build=build_kind(),
-            workers=self.count,
-            pids=[slot.pid for slot in self.slots],
-        )
-        warn_if_pure()
+        announce_start(self.config, port, self.admin.port, workers=self.count, pids=[slot.pid for slot in self.slots])
 
     @property
     def port(self) -> int:
