@@ -37,6 +37,8 @@ COMPILED = [
     "src/load_balancing_module/server/response.py",
     "src/load_balancing_module/server/trusted.py",
     "src/load_balancing_module/server/accesslog.py",
+    "src/load_balancing_module/server/routing.py",
+    "src/load_balancing_module/server/filters.py",
     "src/load_balancing_module/module.py",
     "src/load_balancing_module/calls.py",
     "src/load_balancing_module/limiter.py",

@@ -25,16 +25,20 @@ from prometheus_client import CollectorRegistry
 
 from .._log import log_event
 from ..build import COMPILED, build_kind
+from ..config import LoadBalancingModuleConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
+from ..state.base import StateStore
 from ..state.redis import redact
 from .admin import AdminServer
 from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
+from .pools import PoolModules
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
 from .reload import Reloads, apply_config, handle_signals, read_config
+from .route_config import DEFAULT_POOL
 from .stores import open_store
 
 
@@ -64,21 +68,30 @@ class Server:
         self.path = Path(path)
         self.config = config
         self.store = open_store(config.state, config.max_sessions)
-        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
+        self.pools = PoolModules(config, self._make_module)
+        self.lb = self.pools.default
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
-        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
+        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER), pools=self.pools.modules)
         register_proxy_metrics(self.proxy, self.registry)
         self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
         self.stopping = asyncio.Event()
         self._reloads = Reloads(self._reload_once)
 
+    def _make_module(
+        self, name: str, config: LoadBalancingModuleConfig
+    ) -> tuple[LoadBalancingModule, StateStore | None]:
+        """A pool's module: the default pool shares the server's store (closed at shutdown); every
+        other pool gets a store of its own under the same Redis prefix and the pool's name."""
+        if name == DEFAULT_POOL:
+            return LoadBalancingModule(config, state_store=self.store), None
+        store = open_store(self.config.state, config.max_sessions, pool=name)
+        return LoadBalancingModule(config, state_store=store), store
+
     async def start(self) -> None:
         if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway
             log_event("state_store_ready", store="redis", url=redact(self.store.url), prefix=self.store.prefix)
-        await self.lb.initialize()
-        for backend in self.config.backends:
-            await self.lb.add_backend(backend)
+        await self.pools.start(self.config)
         await self.proxy.start()
         await self.admin.start()
         announce_start(self.config, self.proxy.port, self.admin.port)
@@ -94,7 +107,7 @@ class Server:
         new = await read_config(self.path)
         if new is None:
             return False
-        self.config = await apply_config(self.lb, self.config, new, self.proxy.configure)
+        self.config = await apply_config(self.pools, self.config, new, self.proxy.configure)
         log_event("reload_applied", path=str(self.path), backends=len(new.backends))
         return True
 
@@ -103,7 +116,7 @@ class Server:
         left = await self.proxy.drain(self.config.drain_timeout)
         await self.admin.stop()
         await self.proxy.close()
-        await self.lb.shutdown()
+        await self.pools.shutdown()
         if self.store is not None:  # the module closes only a store it made itself
             await self.store.close()
         log_event("server_stopped", unfinished_requests=left)

@@ -271,6 +271,13 @@ class ClientConnection(ClientSide):
 
     def _new_exchange(self, info: RequestInfo, now: float) -> Exchange:
         ctx = self.ctx
+        routes = ctx.routes
+        if routes is None:  # no routes: the default pool, as the request came
+            rule = None
+            pool = ctx.default_pool
+        else:
+            rule = routes.match(info)
+            pool = ctx.pools[rule.pool]
         client_ip = ctx.trusted.client_ip(self.peer, info.forwarded_for) if ctx.trusted.networks else self.peer
         # X-Session-ID names a session of the client's own: the session store binds it. Without one,
         # the affinity cookie names the backend itself (signed), so nothing is stored per client.
@@ -293,7 +300,7 @@ class ClientConnection(ClientSide):
             request = self._request = _new_request(client_ip, info.workload, session)  # validated above
             # Its fields, as plain attributes: a pydantic model's are slower to read.
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
-        return Exchange(self, ctx, info, request, info.request_id, seq, prefer, cookie, now)
+        return Exchange(self, ctx, pool, rule, info, request, info.request_id, seq, prefer, cookie, now)
 
     def refuse(self, error: HttpError) -> None:
         """Answer ``error`` after the requests already queued, then close."""

@@ -27,6 +27,8 @@ from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, chec
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
+from .filters import FilterError, load_filter
+from .route_config import DEFAULT_POOL, MAX_POOLS, MAX_ROUTES, POOL_NAME, PoolConfig, RouteConfig
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DB = re.compile(r"/?|/[0-9]+")
@@ -224,6 +226,10 @@ class ServerConfig(LoadBalancingModuleConfig):
     # The environment variable holding the key that signs affinity cookies (instances that share
     # traffic need the same key); unset: the shared state store's key, or one made at start.
     affinity_secret_env: str | None = "OMNIXAN_AFFINITY_SECRET"
+    # Named pools of backends, each its own balancer; `default` is the top-level `backends`.
+    pools: dict[str, PoolConfig] = Field(default_factory=dict, max_length=MAX_POOLS)
+    # Tried in order: the first that matches a request takes it; no match -> the default pool.
+    routes: list[RouteConfig] = Field(default_factory=list, max_length=MAX_ROUTES)
 
     @field_validator("listen")
     @classmethod
@@ -262,6 +268,37 @@ class ServerConfig(LoadBalancingModuleConfig):
             except ValueError:
                 raise ValueError(f"entry {i} ({cidr!r}) is not an IP network such as 10.0.0.0/8") from None
         return value
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, value: dict[str, PoolConfig]) -> dict[str, PoolConfig]:
+        for name in value:
+            if name == DEFAULT_POOL:
+                raise ValueError(f"{DEFAULT_POOL!r} is the top-level backends and settings: name the pool otherwise")
+            if not POOL_NAME.fullmatch(name):
+                raise ValueError(f"{name[:80]!r} is not a pool name (lowercase letters, digits, - and _, at most 63)")
+        return value
+
+    @model_validator(mode="after")
+    def _routes_name_pools(self) -> ServerConfig:
+        names: set[str] = set()
+        for i, route in enumerate(self.routes):
+            if route.redirect is None and route.pool != DEFAULT_POOL and route.pool not in self.pools:
+                known = ", ".join([DEFAULT_POOL, *self.pools])
+                raise ValueError(f"routes[{i}].pool: no pool named {route.pool!r} (pools: {known})")
+            if route.name is not None:
+                if route.name in names:
+                    raise ValueError(f"routes[{i}].name: {route.name!r} names an earlier route too")
+                names.add(route.name)
+        return self
+
+    def pool_configs(self) -> dict[str, LoadBalancingModuleConfig]:
+        """Every pool's library config by name, ``default`` first (the top-level one)."""
+        top = self.module_config()
+        return {DEFAULT_POOL: top, **{name: pool.module_config(top) for name, pool in self.pools.items()}}
+
+    def pool_backends(self) -> dict[str, list[BackendConfig]]:
+        return {DEFAULT_POOL: self.backends, **{name: pool.backends for name, pool in self.pools.items()}}
 
     def module_config(self) -> LoadBalancingModuleConfig:
         """The library's part of this config."""
@@ -337,8 +374,26 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
         config = ServerConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigurationError("\n".join(describe_errors(exc))) from None
-    try:
-        ALGORITHMS[config.algorithm.algorithm_type].parse(config.algorithm.config)
-    except AlgorithmError as exc:
-        raise ConfigurationError(f"algorithm.config: {exc}") from None
+    problems = []
+    for name, module in config.pool_configs().items():
+        try:
+            ALGORITHMS[module.algorithm.algorithm_type].parse(module.algorithm.config)
+        except AlgorithmError as exc:
+            where = "algorithm.config" if name == DEFAULT_POOL else f"pools.{name}.algorithm.config"
+            problems.append(f"{where}: {exc}")
+    problems += check_filters(config.routes)
+    if problems:
+        raise ConfigurationError("\n".join(problems))
     return config
+
+
+def check_filters(routes: list[RouteConfig]) -> list[str]:
+    """Every route filter imported (the operator's own code): one line per one that cannot be."""
+    problems = []
+    for i, route in enumerate(routes):
+        for j, spec in enumerate(route.filters):
+            try:
+                load_filter(spec)
+            except FilterError as exc:
+                problems.append(f"routes[{i}].filters[{j}]: {exc}")
+    return problems

@@ -15,12 +15,15 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final, Protocol
 
 from .._log import log_event
 from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
+from .route_config import DEFAULT_POOL
+from .routing import RouteTable
 from .trusted import TrustedProxies
 from .upstream import UpstreamPool
 
@@ -41,12 +44,33 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
 
+class Pool:
+    """A pool as the proxy uses it: its library module and its idle upstream connections."""
+
+    __slots__ = ("name", "lb", "upstream")
+
+    def __init__(self, name: str, lb: LoadBalancingModule, upstream: UpstreamPool) -> None:
+        self.name = name
+        self.lb = lb
+        self.upstream = upstream
+
+
 class ProxyContext:
     """The settings and shared services of one proxy (see the module docstring)."""
 
-    def __init__(self, lb: LoadBalancingModule, config: ServerConfig, access_logger: logging.Logger) -> None:
-        self.lb = lb
-        self.pool = UpstreamPool()
+    def __init__(
+        self,
+        lb: LoadBalancingModule,
+        config: ServerConfig,
+        access_logger: logging.Logger,
+        pools: Mapping[str, LoadBalancingModule] | None = None,
+    ) -> None:
+        self.lb = lb  # the default pool's module
+        self.pool = UpstreamPool()  # the default pool's connections; the write batch every connection shares
+        self.default_pool = Pool(DEFAULT_POOL, lb, self.pool)
+        self.pools: dict[str, Pool] = {DEFAULT_POOL: self.default_pool}
+        self.routes: RouteTable | None = None  # None: no routes, every request goes to the default pool
+        self.filter_errors: dict[str, int] = {}  # by filter ("module:function"), for the metrics
         self._access_logger = access_logger
         self.draining = False
         self.connections: set[Connection] = set()  # the open client connections
@@ -60,11 +84,12 @@ class ProxyContext:
         self.exhausted = {"accept": 0, "connect": 0}
         self._exhausted_logged_at = -math.inf
         self.linger_seconds = LINGER_SECONDS
-        self.configure(config)
+        self.configure(config, pools)
 
-    def configure(self, config: ServerConfig) -> None:
-        """Take limits, timeouts, retries, trusted proxies, affinity and the access log switch from
-        ``config``; what is in flight keeps the deadlines it started with."""
+    def configure(self, config: ServerConfig, pools: Mapping[str, LoadBalancingModule] | None = None) -> None:
+        """Take limits, timeouts, retries, trusted proxies, affinity, the access log switch and the
+        routes from ``config``, and the pools' modules from ``pools`` (by name; None: the pools stay
+        as they are). What is in flight keeps the deadlines it started with, and its pool."""
         self.config = config
         limits = config.limits
         self.max_header_bytes = limits.max_header_bytes
@@ -79,6 +104,33 @@ class ProxyContext:
         self.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
+        if pools is not None:
+            self._set_pools(config, pools)
+        missing = [name for name in config.pools if name not in self.pools]
+        if missing:
+            raise ValueError(f"no module for the pools {', '.join(missing)}: pass them as pools=")
+        for pool in self.pools.values():
+            pool.upstream.idle_timeout = config.upstream.idle_timeout
+            pool.upstream.max_idle = config.upstream.max_idle_per_backend
+        # Built at once with the pools it names: a request sees the old table and pools or the new.
+        self.routes = RouteTable(config.routes) if config.routes else None
+
+    def _set_pools(self, config: ServerConfig, modules: Mapping[str, LoadBalancingModule]) -> None:
+        """The pools of ``config``, each with its module from ``modules``: a pool whose module is
+        the same keeps its connections; a pool that went closes its idle ones."""
+        pools: dict[str, Pool] = {DEFAULT_POOL: self.default_pool}
+        for name in config.pools:
+            lb = modules[name]
+            known = self.pools.get(name)
+            if known is not None and known.lb is lb:
+                pools[name] = known
+            else:
+                upstream = UpstreamPool(batch=self.pool.batch)
+                pools[name] = Pool(name, lb, upstream)
+        for name, pool in self.pools.items():
+            if pools.get(name) is not pool:
+                pool.upstream.retire()
+        self.pools = pools
 
     # -- exchanges in flight ------------------------------------------------------------------
 

@@ -19,9 +19,10 @@ surface (``route_now``, ``route_request``, ``route_retry``, ``complete_now``,
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 from .._log import log_event
@@ -29,16 +30,19 @@ from ..config import Request
 from ..exceptions import BackendUnavailableError, RateLimitExceededError, RequestTimeoutError
 from ..route import RouteResult
 from .attempt import CLIENT_GONE, Failure, connect_failure
+from .filters import Answer, FilterError, FilterRequest, filter_request
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo
 from .outbound import backend_head, for_route
 from .phase import ON_UPSTREAM, Phase
 from .relay import ClientSide, Relay
+from .routing import redirect_answer
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from ..backend import Backend
-    from .context import ProxyContext
+    from .context import Pool, ProxyContext
+    from .routing import Route
 
 RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
 BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
@@ -59,6 +63,8 @@ class Exchange(Relay):
         self,
         conn: ClientSide,
         ctx: ProxyContext,
+        pool: Pool,
+        rule: Route | None,
         info: RequestInfo,
         request: Request,
         request_id: str | None,
@@ -69,7 +75,7 @@ class Exchange(Relay):
     ) -> None:
         """``request_id``: the client's; when None, the proxy's, number ``rid_seq``; ``now``: the
         loop's time when the head was complete."""
-        super().__init__(conn, ctx, info, request_id, rid_seq, now + ctx.request_timeout, prefer, cookie)
+        super().__init__(conn, ctx, pool, rule, info, request_id, rid_seq, now + ctx.request_timeout, prefer, cookie)
         self.request = request
         self.started = now
         self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
@@ -84,10 +90,17 @@ class Exchange(Relay):
     # -- QUEUED -> BUFFERING | ROUTING ------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        """The exchange is first in line on its connection (``now``: the loop's time): read its
-        body, or route it now."""
+        """The exchange is first in line on its connection (``now``: the loop's time): run its
+        route's redirect or filters, read its body, or route it now."""
         if self.phase is not Phase.QUEUED:
             return
+        rule = self.rule
+        if rule is not None and (rule.redirect is not None or rule.request_filters):
+            self._filter(rule, now)
+            return
+        self._begin(now)
+
+    def _begin(self, now: float) -> None:
         if self.body_done:
             self._route(now)
             return
@@ -109,6 +122,98 @@ class Exchange(Relay):
         meets the connection's body timeout, 408)."""
         if self.phase is Phase.BUFFERING:
             self._route(self.loop.time())
+
+    # -- QUEUED -> FILTERING -> BUFFERING | ROUTING | DONE -------------------------------------------
+
+    def _filter(self, rule: Route, now: float) -> None:
+        """A redirect route answers now; a route's request filters run in order, each on what the
+        ones before it left (the first that awaits continues in a task)."""
+        if rule.redirect is not None:
+            redirect = rule.redirect
+            self._send_answer(
+                redirect.status, redirect_answer(redirect, self.info, self.request_id, close=self._closes())
+            )
+            self._finish(now)
+            return
+        self.phase = Phase.FILTERING
+        view = filter_request(self.info, self.request.client_ip, self.request_id, rule.name, self.pool.name)
+        self._run_filters(rule, view, 0, now)
+
+    def _run_filters(self, rule: Route, view: FilterRequest, first: int, now: float) -> None:
+        filters = rule.request_filters
+        for i in range(first, len(filters)):
+            hook = filters[i].on_request
+            assert hook is not None
+            try:
+                result = hook(view)
+            except Exception as exc:
+                self._filter_failed(filters[i].name, exc)
+                return
+            if inspect.isawaitable(result):
+                self._spawn(self._filter_later, rule, view, i, result)
+                return
+            if self._filtered(filters[i].name, view, result):
+                return
+        self._filters_done(view, now)
+
+    async def _filter_later(self, rule: Route, view: FilterRequest, i: int, pending: Awaitable[object]) -> None:
+        name = rule.request_filters[i].name
+        try:
+            result = await asyncio.wait_for(pending, max(0.0, self.deadline - self.loop.time()))
+        except asyncio.TimeoutError:
+            self._filter_failed(name, TimeoutError("no result within the request timeout"))
+            return
+        except Exception as exc:
+            self._filter_failed(name, exc)
+            return
+        if not self._filtered(name, view, result):
+            self._run_filters(rule, view, i + 1, self.loop.time())
+
+    def _filtered(self, name: str, view: FilterRequest, result: object) -> bool:
+        """Act on one filter's result; True if it ended the exchange (an answer, or a failure)."""
+        if result is None:
+            return False
+        if not isinstance(result, Answer):
+            self._filter_failed(name, TypeError(f"returned {type(result).__name__}, not an Answer or None"))
+            return True
+        try:
+            answer = result.encode(self.request_id, close=self._closes())
+        except FilterError as exc:
+            self._filter_failed(name, exc)
+            return True
+        self._send_answer(result.status, answer)
+        self._finish()
+        return True
+
+    def _filters_done(self, view: FilterRequest, now: float) -> None:
+        if view.headers.changed:
+            self.info.raw_head = None  # the head for backends is written anew from info.headers
+        if view.pool != self.pool.name:
+            pool = self.ctx.pools.get(view.pool) if isinstance(view.pool, str) else None
+            if pool is None:
+                self._filter_failed("(pool)", ValueError(f"a filter chose {view.pool!r}, which is not a pool"))
+                return
+            self.pool, self.lb, self.upstreams = pool, pool.lb, pool.upstream
+        self._begin(now)
+
+    def _filter_failed(self, name: str, exc: BaseException) -> None:
+        """A filter raised or misbehaved: 500 with the request id, logged, counted; no backend hears of it."""
+        self.note_filter_error(name, exc)
+        if self.phase is Phase.DONE:
+            return
+        self._answer(HttpError(500, f"filter {name} failed"))
+        self._finish()
+
+    def _closes(self) -> bool:
+        return not self.body_done or self.conn.closing or not self.keep_alive
+
+    def _send_answer(self, status: int, answer: bytes) -> None:
+        """Send a complete answer of the proxy's own (a redirect, a filter's)."""
+        self.status = status
+        self.responded = self.response_done = True
+        if self._closes():
+            self.keep_alive = False
+        self.conn.write(answer)
 
     # -- ROUTING -> CONNECTING | SENT ---------------------------------------------------------------
 
@@ -165,7 +270,7 @@ class Exchange(Relay):
         if self.first_attempt_at is None:
             self.first_attempt_at = now
         self.head_ms = None
-        up = None if fresh else self.ctx.pool.take(route.backend_id, now)
+        up = None if fresh else self.upstreams.take(route.backend_id, now)
         if up is not None:
             self._send(route, up)
             return
@@ -173,7 +278,7 @@ class Exchange(Relay):
         self._spawn(self._connect_later, route, max(0.0, min(self.ctx.connect_timeout, self.deadline - now)))
 
     async def _connect_later(self, route: RouteResult, timeout: float) -> None:
-        pool = self.ctx.pool
+        pool = self.upstreams
         try:
             up = await asyncio.wait_for(pool.connect(route.backend_id, route.host, route.port), timeout)
         except (OSError, asyncio.TimeoutError) as exc:

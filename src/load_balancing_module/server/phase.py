@@ -4,7 +4,9 @@ An exchange (:class:`.exchange.Exchange`) is in one :class:`Phase` at a time and
 moves only by these transitions, each a method named for its event (as h11's
 state table)::
 
-    QUEUED     start                     -> BUFFERING (a body to read first) | ROUTING
+    QUEUED     start                     -> FILTERING (a route with filters) | BUFFERING | ROUTING
+               a redirect route          -> DONE (the redirect is the answer)
+    FILTERING  the route's request filters ran -> BUFFERING | ROUTING; a filter answered or failed -> DONE
     BUFFERING  body read (or 64 KiB)     -> ROUTING
     ROUTING    routed                    -> SENT (pooled connection) | CONNECTING
                no backend                -> DONE (429 / 503 / 504)
@@ -42,6 +44,7 @@ class Phase(enum.IntEnum):
     SETTLING = 7  # the try's outcome is known; it is acted on once the read that brought it is written
     BACKOFF = 8  # a try failed and another backend will be tried after a pause
     DONE = 9  # logged, counted, and its connection told
+    FILTERING = 10  # the route's request filters run (one of them may await)
 
 
 # The phases in which a try is out on an upstream connection.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .._log import log_event
@@ -45,10 +46,17 @@ class ProxyServer:
     """The HTTP/1.1 reverse proxy on ``config.listen``, routing through ``lb``."""
 
     def __init__(
-        self, lb: LoadBalancingModule, config: ServerConfig, *, access_log: logging.Logger | None = None
+        self,
+        lb: LoadBalancingModule,
+        config: ServerConfig,
+        *,
+        access_log: logging.Logger | None = None,
+        pools: Mapping[str, LoadBalancingModule] | None = None,
     ) -> None:
+        """``lb``: the default pool's module; ``pools``: every pool's module by name (``default``
+        included), when the config names pools."""
         self.lb = lb
-        self.ctx = ProxyContext(lb, config, access_log or access_logger)
+        self.ctx = ProxyContext(lb, config, access_log or access_logger, pools)
         self.port = 0
         self._address = parse_address(config.listen)
         self._listeners: list[Listener] = []
@@ -62,10 +70,11 @@ class ProxyServer:
     def config(self, config: ServerConfig) -> None:
         self.configure(config)
 
-    def configure(self, config: ServerConfig) -> None:
-        """A reloaded config: limits, timeouts, retries, trusted proxies, affinity and the access log
-        switch apply to new requests at once. ``listen`` needs a restart."""
-        self.ctx.configure(config)
+    def configure(self, config: ServerConfig, pools: Mapping[str, LoadBalancingModule] | None = None) -> None:
+        """A reloaded config: limits, timeouts, retries, trusted proxies, affinity, the access log
+        switch, the routes and the pools (``pools``: their modules) apply to new requests at once.
+        ``listen`` needs a restart."""
+        self.ctx.configure(config, pools)
 
     # What the server's owner (app, admin, metrics) reads of the proxy.
     @property
@@ -157,6 +166,7 @@ class ProxyServer:
         await self.stop_accepting()
         for conn in list(self.ctx.connections):
             conn.abort()
-        self.ctx.pool.close()
+        for pool in self.ctx.pools.values():
+            pool.upstream.close()
         for task in list(self._accepting):
             task.cancel()

@@ -13,9 +13,12 @@ write-buffer pressure, and the backend's deadlines. A try's outcome goes to
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
+from .._log import log_event
 from .attempt import Failure
+from .filters import RESPONSE_OWN, FilterResponse, Headers, filter_request, response_headers
 from .flow import BY_BACKLOG, BY_UPSTREAM
 from .http import HttpError, RequestInfo
 from .outbound import request_id_line
@@ -27,7 +30,8 @@ from .upstream import UpstreamConnection, UpstreamSink
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
     from ..route import RouteResult
-    from .context import ProxyContext
+    from .context import Pool, ProxyContext
+    from .routing import Route
 
 
 class ClientSide(RequestSink):
@@ -97,7 +101,10 @@ class Relay(UpstreamSink):
     __slots__ = (
         "conn",
         "ctx",
+        "pool",
         "lb",
+        "upstreams",
+        "rule",
         "loop",
         "info",
         "phase",
@@ -137,6 +144,8 @@ class Relay(UpstreamSink):
         self,
         conn: ClientSide,
         ctx: ProxyContext,
+        pool: Pool,
+        rule: Route | None,
         info: RequestInfo,
         request_id: str | None,
         rid_seq: int,
@@ -146,7 +155,12 @@ class Relay(UpstreamSink):
     ) -> None:
         self.conn = conn
         self.ctx = ctx
-        self.lb: LoadBalancingModule = ctx.lb
+        self.pool = pool  # the pool the request goes to (a request filter may choose another)
+        self.lb: LoadBalancingModule = pool.lb
+        self.upstreams = pool.upstream
+        # The entry of the routes table that took the request (None: there are no routes). Not
+        # `route`, which is the backend the library chose for the current try.
+        self.rule = rule
         self.loop = conn.loop
         self.info = info
         self.phase = Phase.QUEUED
@@ -228,6 +242,12 @@ class Relay(UpstreamSink):
         if error is not None:
             self._fail(Failure(502, f"backend {backend}: {error}", retry=self._may_retry(never_sent=False)))
             return
+        rule = self.rule
+        if rule is not None and (rule.response_edit is not None or rule.response_filters):
+            failed = self._edit_response(rule, response)
+            if failed is not None:
+                self._fail(Failure(500, f"filter {failed} failed", backend_fault=False))
+                return
         self.status = status
         self.responded = True
         if not self.body_done and not keep_alive:
@@ -245,6 +265,41 @@ class Relay(UpstreamSink):
             self.conn.start_tunnel(self.upstream, early)
         else:
             self.phase = Phase.STREAMING
+
+    def _edit_response(self, rule: Route, response: ResponseInfo) -> str | None:
+        """The route's response header rules, then its response filters, on ``response``'s head;
+        the name of a filter that failed (logged and counted), else None."""
+        response.parts = rule.edit_response(response.parts)
+        if not rule.response_filters:
+            return None
+        parts = response.parts
+        headers = Headers(response_headers(parts), RESPONSE_OWN)
+        request = filter_request(self.info, self.conn.peer, self.request_id, rule.name, self.pool.name)
+        view = FilterResponse(response.status, headers, request)
+        for loaded in rule.response_filters:
+            hook = loaded.on_response
+            assert hook is not None
+            try:
+                hook(view)
+            except Exception as exc:
+                self.note_filter_error(loaded.name, exc)
+                return loaded.name
+        if headers.changed:
+            response.parts = parts[:3] + [b"%s: %s\r\n" % item for item in headers.lines()]
+        return None
+
+    def note_filter_error(self, name: str, exc: BaseException) -> None:
+        """Log and count a filter's failure (the answer is the caller's to give)."""
+        ctx = self.ctx
+        ctx.filter_errors[name] = ctx.filter_errors.get(name, 0) + 1
+        log_event(
+            "filter_failed",
+            logging.ERROR,
+            request_id=self.request_id,
+            filter=name,
+            route=None if self.rule is None else self.rule.name,
+            error=repr(exc),
+        )
 
     def upstream_body(self, data: bytes) -> None:
         conn = self.conn
@@ -272,7 +327,7 @@ class Relay(UpstreamSink):
         up, self.upstream = self.upstream, None
         self._end_response(self.data_at)
         if up is not None:
-            self.ctx.pool.release(up, reusable=self.body_done, now=self.data_at)
+            self.upstreams.release(up, reusable=self.body_done, now=self.data_at)
         self._resolve(None)
 
     def upstream_lost(self, error: BaseException | None) -> None:

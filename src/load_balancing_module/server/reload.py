@@ -11,20 +11,18 @@ processes keep agreeing on backend ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._log import log_event
-from ..config import BackendConfig
 from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
 from .config import ServerConfig, load_config
+from .pools import PoolModules
 
-RELOAD_SLICE = 0.005  # seconds of backend changes between two yields to the event loop
 RESTART_ONLY = (
     "health_check",
     "circuit_breaker",
@@ -48,50 +46,26 @@ async def read_config(path: Path) -> ServerConfig | None:
 
 
 async def apply_config(
-    lb: LoadBalancingModule,
+    pools: PoolModules,
     old: ServerConfig,
     new: ServerConfig,
-    configure: Callable[[ServerConfig], None] | None = None,
+    configure: Callable[[ServerConfig, Mapping[str, LoadBalancingModule]], None] | None = None,
     *,
     announce: bool = True,
 ) -> ServerConfig:
     """Apply ``new`` over ``old``; return the config now in force (``new``, with the running
-    ``state``). ``configure`` takes it for the proxy; ``announce`` logs what needs a restart."""
-    await apply_backends(lb, old.backends, new.backends)
-    if new.algorithm != old.algorithm:
-        await lb.configure_algorithm(new.algorithm)
+    ``state``). ``configure`` takes it, with every pool's module, for the proxy (routes and pools
+    switch there at once); ``announce`` logs what needs a restart."""
+    gone = await pools.apply(old, new, announce=announce)
     ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
     if ignored and announce:
         log_event("reload_needs_restart", logging.WARNING, settings=ignored)
     if "state" in ignored:  # the running store stays, and the config says so
         new = new.model_copy(update={"state": old.state})
     if configure is not None:
-        configure(new)
+        configure(new, pools.modules)
+    await pools.retire(gone)  # nothing routes to them any more
     return new
-
-
-async def apply_backends(lb: LoadBalancingModule, old: list[BackendConfig], new: list[BackendConfig]) -> None:
-    """Remove what went, add what came; a changed backend is replaced (in-flight requests finish).
-
-    In slices of at most RELOAD_SLICE seconds, yielding to the event loop between them, so that
-    a reload of thousands of backends delays no request by more than a slice."""
-    old_by_address = {b.address: b for b in old}
-    new_by_address = {b.address: b for b in new}
-    clock = asyncio.get_running_loop().time
-    slice_end = clock() + RELOAD_SLICE
-    for address, backend in old_by_address.items():
-        if new_by_address.get(address) != backend:
-            with contextlib.suppress(KeyError):
-                await lb.remove_backend(address)
-            if clock() >= slice_end:
-                await asyncio.sleep(0)
-                slice_end = clock() + RELOAD_SLICE
-    for address, backend in new_by_address.items():
-        if old_by_address.get(address) != backend:
-            await lb.add_backend(backend)
-            if clock() >= slice_end:
-                await asyncio.sleep(0)
-                slice_end = clock() + RELOAD_SLICE
 
 
 class Reloads:

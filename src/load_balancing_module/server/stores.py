@@ -7,8 +7,10 @@ from ..state.redis import RedisStore
 from .config import StateConfig
 
 
-def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
-    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
+def open_store(state: StateConfig, max_sessions: int, *, pool: str | None = None) -> RedisStore | None:
+    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own).
+    ``pool``: a pool other than the default, whose keys go under ``<prefix>pool:<name>:``."""
     if not state.shared:
         return None
-    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
+    prefix = state.prefix if pool is None else f"{state.prefix}pool:{pool}:"
+    return RedisStore(state.url, prefix=prefix, timeout=state.timeout, max_sessions=max_sessions)

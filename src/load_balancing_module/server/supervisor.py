@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -34,7 +35,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .._log import log_event
-from ..config import BackendConfig
+from ..config import BackendConfig, LoadBalancingModuleConfig
 from ..exceptions import ConfigurationError
 from ..health import HealthStatus
 from ..models import DrainResult
@@ -48,7 +49,9 @@ from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
+from .pools import PoolModules
 from .reload import Reloads, apply_config, handle_signals, read_config
+from .route_config import DEFAULT_POOL
 from .stores import open_store
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
@@ -84,9 +87,9 @@ class Supervisor:
         self.log_level = log_level
         self.count = config.worker_count
         self.store, self._region = _open_shared_store(config)
-        # The supervisor's module: it probes, holds the backend list and serves the admin API.
-        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
-        self.lb.watch_probes(self._tell_health)
+        # The supervisor's modules, one per pool: they probe, hold the backend lists and serve the admin API.
+        self.pools = PoolModules(config, self._make_module)
+        self.lb = self.pools.default
         self.admin = AdminServer(
             self.lb, CollectorRegistry(), config.admin, drain_timeout=config.drain_timeout, fleet=self
         )
@@ -96,14 +99,20 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self._affinity_key = b""
 
+    def _make_module(
+        self, name: str, config: LoadBalancingModuleConfig
+    ) -> tuple[LoadBalancingModule, StateStore | None]:
+        store = open_store(self.config.state, config.max_sessions, pool=name) if name != DEFAULT_POOL else None
+        lb = LoadBalancingModule(config, state_store=self.store if name == DEFAULT_POOL else store)
+        lb.watch_probes(functools.partial(self._tell_health, name))
+        return lb, store
+
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.store is not None and self.config.state.shared and await _ping(self.store):
             log_event("state_store_ready", store="redis", url=redact(self.config.state.url))
-        await self.lb.initialize()
-        for backend in self.config.backends:
-            await self.lb.add_backend(backend)
+        await self.pools.start(self.config)
         self._affinity_key = await affinity_key(self.config.affinity_secret_env, self.lb.store)
         host, port = parse_address(self.config.listen)
         for index in range(self.count):
@@ -153,8 +162,14 @@ class Supervisor:
         # What the worker starts with is read now, in one go, and never in the middle of a reload:
         # every change after this goes to it over the channel, which it applies once started.
         async with self._reloading:
-            backends = [(b.id, b.config.model_dump(mode="json")) for b in self.lb.backends.values()]
-            health = [b.health.last.model_dump(mode="json") for b in self.lb.backends.values()]
+            backends = {
+                name: [(b.id, b.config.model_dump(mode="json")) for b in lb.backends.values()]
+                for name, lb in self.pools.items()
+            }
+            health = {
+                name: [b.health.last.model_dump(mode="json") for b in lb.backends.values()]
+                for name, lb in self.pools.items()
+            }
             start = {
                 "config": _dump(self.config),
                 "backends": backends,
@@ -233,7 +248,7 @@ class Supervisor:
                 task.cancel()
             for sock in slot.sockets:
                 sock.close()
-        await self.lb.shutdown()
+        await self.pools.shutdown()
         if self.store is not None:  # the shared-memory store closes its region's descriptor too
             await self.store.close()
         failed = [slot.index for slot, code in zip(self.slots, codes, strict=True) if code != 0]
@@ -259,7 +274,7 @@ class Supervisor:
         if new is None:
             return False
         async with self._reloading:  # no worker starts from half of it
-            self.config = await apply_config(self.lb, self.config, new)
+            self.config = await apply_config(self.pools, self.config, new)
             await self._each("reload", {"config": _dump(self.config)})
         log_event("reload_applied", path=str(self.path), backends=len(new.backends), workers=self.live_count)
         return True
@@ -270,12 +285,12 @@ class Supervisor:
     def live_count(self) -> int:
         return sum(1 for slot in self.slots if slot.live)
 
-    def _tell_health(self, status: HealthStatus) -> None:
-        """A probe's outcome, to every worker (each applies it as if it had probed)."""
-        message = status.model_dump(mode="json")
+    def _tell_health(self, pool: str, status: HealthStatus) -> None:
+        """A probe's outcome in ``pool``, to every worker (each applies it as if it had probed)."""
+        message = {"pool": pool, "status": status.model_dump(mode="json")}
         for slot in self.slots:
             if slot.channel is not None:
-                slot.channel.tell("health", {"status": message})
+                slot.channel.tell("health", message)
 
     async def _each(
         self, op: str, args: dict[str, Any], wait: float = ASK_TIMEOUT, *, change: bool = True
@@ -315,20 +330,20 @@ class Supervisor:
 
     # -- the Fleet of the admin API --------------------------------------------------------
 
-    async def add_backend(self, backend_id: str, config: BackendConfig) -> None:
-        await self._each("add_backend", {"backend_id": backend_id, "config": config.model_dump(mode="json")})
+    async def add_backend(self, backend_id: str, config: BackendConfig, pool: str = DEFAULT_POOL) -> None:
+        args = {"backend_id": backend_id, "config": config.model_dump(mode="json"), "pool": pool}
+        await self._each("add_backend", args)
 
-    async def remove_backend(self, backend_id: str) -> None:
-        await self._each("remove_backend", {"backend_id": backend_id})
+    async def remove_backend(self, backend_id: str, pool: str = DEFAULT_POOL) -> None:
+        await self._each("remove_backend", {"backend_id": backend_id, "pool": pool})
 
-    async def drain_backend(self, backend_id: str, timeout: float) -> list[DrainResult]:
-        answers = await self._each(
-            "drain_backend", {"backend_id": backend_id, "timeout": timeout}, timeout + ASK_TIMEOUT
-        )
+    async def drain_backend(self, backend_id: str, timeout: float, pool: str = DEFAULT_POOL) -> list[DrainResult]:
+        args = {"backend_id": backend_id, "timeout": timeout, "pool": pool}
+        answers = await self._each("drain_backend", args, timeout + ASK_TIMEOUT)
         return [DrainResult.model_validate(answer) for answer in answers if answer is not None]
 
-    async def configure_algorithm(self, algorithm: dict[str, Any]) -> None:
-        await self._each("algorithm", {"algorithm": algorithm})
+    async def configure_algorithm(self, algorithm: dict[str, Any], pool: str = DEFAULT_POOL) -> None:
+        await self._each("algorithm", {"algorithm": algorithm, "pool": pool})
 
     async def figures(self, metrics: bool = False) -> list[dict[str, Any]]:
         answers = await self._each("figures", {"metrics": metrics}, change=False)

@@ -391,7 +391,13 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections per backend id."""
 
-    def __init__(self, *, idle_timeout: float = IDLE_TIMEOUT, max_idle: int = MAX_IDLE_PER_BACKEND) -> None:
+    def __init__(
+        self,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_idle: int = MAX_IDLE_PER_BACKEND,
+        batch: WriteBatch | None = None,
+    ) -> None:
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
         self._idle: dict[str, list[UpstreamConnection]] = {}
@@ -401,7 +407,7 @@ class UpstreamPool:
         self._keep_alive_seen: dict[str, bytes] = {}  # backend id -> the Keep-Alive value it was learned from
         self.connects = 0  # connections opened, for tests and stats
         self.stale = 0  # pooled connections found closed or too old when taken
-        self.batch = WriteBatch()  # the proxy's client connections use it too
+        self.batch = batch if batch is not None else WriteBatch()  # the proxy's client connections use it too
 
     def take(self, key: str, now: float) -> UpstreamConnection | None:
         """An idle connection to backend ``key`` that is still open and young enough, or None.
@@ -484,6 +490,15 @@ class UpstreamPool:
     @property
     def idle(self) -> int:
         return sum(len(s) for s in self._idle.values())
+
+    def retire(self) -> None:
+        """No longer used for new requests (its pool went): close the idle connections now, and
+        the busy ones as their exchanges give them back."""
+        self.max_idle = 0
+        for stack in self._idle.values():
+            for conn in stack:
+                conn.close()
+        self._idle.clear()
 
     def close(self) -> None:
         """Close every connection, idle or busy."""

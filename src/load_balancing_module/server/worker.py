@@ -25,14 +25,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .._log import log_event
 from ..build import build_kind
-from ..config import BackendConfig, LoadBalancingAlgorithm
+from ..config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig
 from ..exceptions import BackendNotFoundError
 from ..health import HealthStatus
 from ..metrics import register_metrics
@@ -42,14 +42,16 @@ from .affinity import AffinityCookies
 from .channel import Channel
 from .config import ServerConfig
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every, setup_logging
+from .pools import PoolModules
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
 from .reload import apply_config
+from .route_config import DEFAULT_POOL
 from .stores import open_store
 
 
-def follower_config(config: ServerConfig) -> ServerConfig:
-    """``config`` for a worker's module: the supervisor probes, the workers follow its outcomes."""
+def follower_config(config: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
+    """A pool's ``config`` for a worker's module: the supervisor probes, the workers follow its outcomes."""
     health = config.health_check.model_copy(update={"enabled": False})
     return config.model_copy(update={"health_check": health})
 
@@ -63,21 +65,38 @@ class Worker:
         self.sockets = sockets
         self.store = store if store is not None else open_store(config.state, config.max_sessions)
         self._own_store = store is None and self.store is not None
-        self.lb = LoadBalancingModule(follower_config(config).module_config(), state_store=self.store)
+        self.pools = PoolModules(config, self._make_module)
+        self.lb = self.pools.default
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
-        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))
+        self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER), pools=self.pools.modules)
         register_proxy_metrics(self.proxy, self.registry)
         self.started = asyncio.Event()
         self.stopping = asyncio.Event()
         self.started_at = time.time()
 
-    async def start(self, backends: Sequence[tuple[str, BackendConfig]], health: Sequence[HealthStatus]) -> None:
-        await self.lb.initialize()
-        for backend_id, backend in backends:
-            await self.lb.add_backend(backend, backend_id=backend_id)
-        for status in health:
-            await self.lb.follow_health(status)
+    def _make_module(
+        self, name: str, config: LoadBalancingModuleConfig
+    ) -> tuple[LoadBalancingModule, StateStore | None]:
+        """A pool's module: the default pool uses the store the supervisor handed over (or this
+        worker's Redis store); another pool its own Redis store, or with the in-memory state its
+        module's own (docs/workers.md)."""
+        if name == DEFAULT_POOL:
+            return LoadBalancingModule(follower_config(config), state_store=self.store), None
+        store = open_store(self.config.state, config.max_sessions, pool=name)
+        return LoadBalancingModule(follower_config(config), state_store=store), store
+
+    async def start(
+        self,
+        backends: Mapping[str, Sequence[tuple[str, BackendConfig]]],
+        health: Mapping[str, Sequence[HealthStatus]],
+    ) -> None:
+        await self.pools.start(self.config, backends=False)
+        for name, lb in self.pools.items():
+            for backend_id, backend in backends.get(name, ()):
+                await lb.add_backend(backend, backend_id=backend_id)
+            for status in health.get(name, ()):
+                await lb.follow_health(status)
         await self.proxy.start(self.sockets)
         self.started.set()
         gc.collect()  # as serve does: what lives as long as the process leaves the collector's passes
@@ -87,7 +106,16 @@ class Worker:
     async def handle(self, op: str, args: dict[str, Any]) -> Any:
         """One ask or tell of the supervisor (after ``start``, in the order they came)."""
         await self.started.wait()
-        lb = self.lb
+        if op == "reload":
+            new = ServerConfig.model_validate(args["config"])
+            self.config = await apply_config(self.pools, self.config, new, self.proxy.configure, announce=False)
+            return None
+        if op == "figures":
+            return await self.figures(bool(args.get("metrics")))
+        found = self.pools.modules.get(args.get("pool", DEFAULT_POOL))
+        if found is None:
+            return None  # a pool a reload removed since: nothing to apply it to
+        lb = found
         # A change may reach a worker twice (it started while the admin API made it: the start
         # carried it, then the change came too) or name a backend it no longer has: both are no-ops.
         backend_id = args.get("backend_id")
@@ -109,11 +137,6 @@ class Worker:
             return result.model_dump(mode="json")
         elif op == "algorithm":
             await lb.configure_algorithm(LoadBalancingAlgorithm.model_validate(args["algorithm"]))
-        elif op == "reload":
-            new = ServerConfig.model_validate(args["config"])
-            self.config = await apply_config(lb, self.config, new, self.proxy.configure, announce=False)
-        elif op == "figures":
-            return await self.figures(bool(args.get("metrics")))
         else:
             raise ValueError(f"unknown op {op!r}")
         return None
@@ -135,7 +158,7 @@ class Worker:
         await self.proxy.stop_accepting()
         left = await self.proxy.drain(self.config.drain_timeout)
         await self.proxy.close()
-        await self.lb.shutdown()
+        await self.pools.shutdown()
         if self._own_store and self.store is not None:
             await self.store.close()
         log_event("worker_stopped", worker=self.index, unfinished_requests=left)
@@ -157,8 +180,12 @@ async def run(index: int, control: socket.socket, sockets: list[socket.socket], 
             worker = Worker(index, config, sockets, store)
             made.set()
             worker.proxy.ctx.affinity = AffinityCookies(bytes.fromhex(args["affinity_key"]))
-            backends = [(b[0], BackendConfig.model_validate(b[1])) for b in args["backends"]]
-            await worker.start(backends, [HealthStatus.model_validate(h) for h in args["health"]])
+            backends = {
+                pool: [(b[0], BackendConfig.model_validate(b[1])) for b in listed]
+                for pool, listed in args["backends"].items()
+            }
+            health = {pool: [HealthStatus.model_validate(h) for h in listed] for pool, listed in args["health"].items()}
+            await worker.start(backends, health)
             return {"pid": os.getpid()}
         raise RuntimeError("started already")
 
