@@ -399,3 +399,29 @@ async def test_reload_switches_routes_and_pools_at_once() -> None:
             await apply_config(pools, new, old, proxy.configure)  # the pool goes: its module is shut down
             assert "two" not in pools.modules and "two" not in proxy.ctx.pools
             assert (await ask(proxy, get("/two/x"))).json()["backend"] == "one"
+
+
+async def test_each_pool_has_its_own_affinity_cookie() -> None:
+    """A client that uses two sticky pools stays bound in each: the pools' cookies differ."""
+    async with AioBackend("w1") as w1, AioBackend("w2") as w2, AioBackend("a1") as a1, AioBackend("a2") as a2:
+        cfg = config(
+            session_affinity=True,
+            algorithm="round_robin",
+            backends=[{"host": HOST, "port": w1.port}, {"host": HOST, "port": w2.port}],
+            pools={"api": {"backends": [{"host": HOST, "port": a1.port}, {"host": HOST, "port": a2.port}]}},
+            routes=[{"match": {"path_prefix": "/api/"}, "pool": "api"}],
+        )
+        async with routed(cfg) as (proxy, _, _records):
+            first_web = await ask(proxy, get("/"))
+            first_api = await ask(proxy, get("/api/x"))
+            web_cookie = (first_web.header("Set-Cookie") or "").split(";")[0]
+            api_cookie = (first_api.header("Set-Cookie") or "").split(";")[0]
+            assert web_cookie.startswith("OMNIXAN_AFFINITY=")
+            assert api_cookie.startswith("OMNIXAN_AFFINITY_api=")
+            both = f"Cookie: {web_cookie}; {api_cookie}"
+            for _ in range(4):  # round robin would alternate: the cookies keep each pool's backend
+                web_again = await ask(proxy, get("/", both))
+                api_again = await ask(proxy, get("/api/x", both))
+                assert web_again.json()["backend"] == first_web.json()["backend"]
+                assert api_again.json()["backend"] == first_api.json()["backend"]
+                assert web_again.header("Set-Cookie") is None and api_again.header("Set-Cookie") is None

@@ -34,12 +34,13 @@ def _b64(data: bytes) -> bytes:
 class AffinityCookies:
     """Issues and checks the affinity cookie under one key."""
 
-    __slots__ = ("_key", "_lines", "_verified")
+    __slots__ = ("_key", "_lines", "_verified", "name")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, name: bytes = AFFINITY_COOKIE) -> None:
         if len(key) < 16:
             raise ValueError("the affinity key must be at least 16 bytes")
         self._key = key
+        self.name = name  # the cookie's name: each pool has its own, so that pools do not undo each other's
         self._lines: dict[str, bytes] = {}  # backend id -> its Set-Cookie line
         self._verified: dict[str, str] = {}  # cookie value -> backend id
 
@@ -57,11 +58,15 @@ class AffinityCookies:
             if len(self._lines) >= _CACHE_LIMIT:
                 self._lines.clear()
             line = b"Set-Cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (
-                AFFINITY_COOKIE,
+                self.name,
                 self.value(backend_id).encode(),
             )
             self._lines[backend_id] = line
         return line
+
+    def named(self, name: bytes) -> AffinityCookies:
+        """The same key under another cookie name (another pool's)."""
+        return AffinityCookies(self._key, name)
 
     def backend_of(self, value: str | None) -> str | None:
         """The backend id a cookie value names, if its signature holds; None otherwise."""

@@ -283,10 +283,13 @@ class ClientConnection(ClientSide):
         # the affinity cookie names the backend itself (signed), so nothing is stored per client.
         session = info.session_id
         prefer = None
-        cookie = ctx.sticky and session is None and ctx.affinity is not None
-        if cookie and info.cookie_session is not None:
-            assert ctx.affinity is not None
-            prefer = ctx.affinity.backend_of(info.cookie_session)
+        if pool is ctx.default_pool:  # its cookie was read with the head
+            cookie = ctx.sticky and session is None and ctx.affinity is not None
+            if cookie and info.cookie_session is not None:
+                assert ctx.affinity is not None
+                prefer = ctx.affinity.backend_of(info.cookie_session)
+        else:
+            cookie, prefer = pool.binding(info, session)
         seq = 0 if info.request_id else ctx.next_request_seq()
         # What routing reads of a request; the same for most requests on a connection, so it is kept
         # (routing never changes it). Its request_id is left out: the exchange carries the request's.

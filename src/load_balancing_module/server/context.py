@@ -22,6 +22,7 @@ from .._log import log_event
 from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
+from .http import AFFINITY_COOKIE, RequestInfo, cookie_in
 from .route_config import DEFAULT_POOL
 from .routing import RouteTable
 from .trusted import TrustedProxies
@@ -45,14 +46,28 @@ class Connection(Protocol):
 
 
 class Pool:
-    """A pool as the proxy uses it: its library module and its idle upstream connections."""
+    """A pool as the proxy uses it: its library module, its idle upstream connections, and its
+    affinity cookie (each pool its own, named ``OMNIXAN_AFFINITY_<pool>``, so that a client that
+    uses two pools is bound in each)."""
 
-    __slots__ = ("name", "lb", "upstream")
+    __slots__ = ("name", "lb", "upstream", "sticky", "affinity")
 
     def __init__(self, name: str, lb: LoadBalancingModule, upstream: UpstreamPool) -> None:
         self.name = name
         self.lb = lb
         self.upstream = upstream
+        self.sticky = lb.config.session_affinity
+        self.affinity: AffinityCookies | None = None
+
+    def cookie_name(self) -> bytes:
+        return AFFINITY_COOKIE if self.name == DEFAULT_POOL else AFFINITY_COOKIE + b"_" + self.name.encode()
+
+    def binding(self, info: RequestInfo, session: str | None) -> tuple[bool, str | None]:
+        """Whether the answer binds the client by cookie, and the backend its cookie names (verified)."""
+        affinity = self.affinity
+        if not self.sticky or session is not None or affinity is None:
+            return False, None
+        return True, affinity.backend_of(cookie_in(info.headers, affinity.name))
 
 
 class ProxyContext:
@@ -79,7 +94,7 @@ class ProxyContext:
         self._rid_prefix = f"{lb.rng.getrandbits(40):010x}-"
         self.rid_line_prefix = b"X-Request-ID: " + self._rid_prefix.encode()
         self._rid_seq = 0
-        self.affinity: AffinityCookies | None = None  # made at start (its key may come from the store)
+        self._affinity: AffinityCookies | None = None  # made at start (its key may come from the store)
         # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
         self.exhausted = {"accept": 0, "connect": 0}
         self._exhausted_logged_at = -math.inf
@@ -101,7 +116,7 @@ class ProxyContext:
         self.pool.idle_timeout = config.upstream.idle_timeout
         self.pool.max_idle = config.upstream.max_idle_per_backend
         self.max_retries = config.max_retries
-        self.sticky = config.session_affinity
+        self.sticky = self.default_pool.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
         if pools is not None:
@@ -115,6 +130,23 @@ class ProxyContext:
         # Built at once with the pools it names: a request sees the old table and pools or the new.
         self.routes = RouteTable(config.routes) if config.routes else None
 
+    @property
+    def affinity(self) -> AffinityCookies | None:
+        """The affinity cookies of the default pool (made at start: the key may come from the store)."""
+        return self._affinity
+
+    @affinity.setter
+    def affinity(self, affinity: AffinityCookies | None) -> None:
+        self._affinity = affinity
+        for pool in self.pools.values():
+            self._cookies_for(pool)
+
+    def _cookies_for(self, pool: Pool) -> None:
+        affinity = self._affinity
+        if affinity is not None and pool is not self.default_pool:
+            affinity = affinity.named(pool.cookie_name())
+        pool.affinity = affinity
+
     def _set_pools(self, config: ServerConfig, modules: Mapping[str, LoadBalancingModule]) -> None:
         """The pools of ``config``, each with its module from ``modules``: a pool whose module is
         the same keeps its connections; a pool that went closes its idle ones."""
@@ -126,7 +158,8 @@ class ProxyContext:
                 pools[name] = known
             else:
                 upstream = UpstreamPool(batch=self.pool.batch)
-                pools[name] = Pool(name, lb, upstream)
+                pools[name] = pool = Pool(name, lb, upstream)
+                self._cookies_for(pool)
         for name, pool in self.pools.items():
             if pools.get(name) is not pool:
                 pool.upstream.retire()

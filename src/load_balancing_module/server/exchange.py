@@ -194,6 +194,7 @@ class Exchange(Relay):
                 self._filter_failed("(pool)", ValueError(f"a filter chose {view.pool!r}, which is not a pool"))
                 return
             self.pool, self.lb, self.upstreams = pool, pool.lb, pool.upstream
+            self.cookie, self.prefer = pool.binding(self.info, self.request.session_id)
         self._begin(now)
 
     def _filter_failed(self, name: str, exc: BaseException) -> None:

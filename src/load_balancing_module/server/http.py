@@ -372,10 +372,21 @@ def check_raw_transfer_encoding(raw_head: bytes) -> None:
             raise HttpError(400, "obfuscated Transfer-Encoding header")
 
 
-def _affinity_cookie(value: bytes) -> str | None:
+def cookie_in(headers: Sequence[Header], wanted: bytes) -> str | None:
+    """The value of cookie ``wanted`` in the first Cookie header that has it (None if none does,
+    or if it is not an id of visible ASCII)."""
+    for name, value in headers:
+        if len(name) == 6 and name.lower() == b"cookie":
+            found = _affinity_cookie(value, wanted)
+            if found is not None:
+                return found
+    return None
+
+
+def _affinity_cookie(value: bytes, wanted: bytes = AFFINITY_COOKIE) -> str | None:
     for part in value.split(b";"):
         name, _, cookie = part.strip().partition(b"=")
-        if name == AFFINITY_COOKIE:
+        if name == wanted:
             cookie = cookie.strip(b'"')
             return cookie.decode("ascii") if _TOKEN_ID.fullmatch(cookie) else None
     return None

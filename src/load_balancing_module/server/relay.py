@@ -456,7 +456,7 @@ class Relay(UpstreamSink):
         extra.append(self.request_id_line())
         route = self.route
         if self.cookie and route is not None and route.backend_id != self.prefer:
-            affinity = self.ctx.affinity
+            affinity = self.pool.affinity
             assert affinity is not None
             extra.append(affinity.set_cookie(route.backend_id))
         return extra
