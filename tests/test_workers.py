@@ -328,3 +328,48 @@ async def test_the_dashboard_shows_a_row_per_worker(serve: Serve, backends: list
             assert await page.is_visible("#workers-section")
         finally:
             await browser.close()
+
+
+async def _fetch_paths(port: int, paths: list[str]) -> list[tuple[int, str]]:
+    out = []
+    connector = aiohttp.TCPConnector(force_close=True)  # a connection each: both workers take some
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for path in paths:
+            async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+                body = await response.json() if response.status == 200 else {}
+                out.append((response.status, body.get("backend", "")))
+    return out
+
+
+async def test_routes_and_pools_in_every_worker_with_health_per_pool_and_reload(
+    serve: Serve, backends: list[AioBackend]
+) -> None:
+    """Every worker routes /api/ to pool api; the supervisor probes each pool and tells the
+    workers per pool; a reload that adds a route reaches every worker."""
+    a, b, c = backends
+    running = await serve(
+        [a],
+        "health_check: {type: http, path: /health, interval: 0.05, unhealthy_threshold: 1, healthy_threshold: 1}",
+        "pools:",
+        f"  api: {{backends: [{{host: 127.0.0.1, port: {b.port}}}]}}",
+        f"  other: {{backends: [{{host: 127.0.0.1, port: {c.port}}}]}}",
+        "routes:",
+        "  - {match: {path_prefix: /api/}, pool: api}",
+    )
+    answers = await _fetch_paths(running.port, ["/api/x", "/"] * 15)
+    assert answers == [(200, "b"), (200, "a")] * 15
+    assert all(row["total_requests"] > 0 for row in await running.workers())
+
+    await b.stop()  # pool api's only backend goes down: every worker hears it from the supervisor
+    deadline = time.monotonic() + 10
+    while {status for status, _ in await _fetch_paths(running.port, ["/api/x"] * 6)} != {503}:
+        assert time.monotonic() < deadline, "the workers still send to a backend the supervisor found down"
+        await asyncio.sleep(0.05)
+    assert {s for s, _ in await _fetch_paths(running.port, ["/"] * 6)} == {200}  # the default pool is fine
+
+    running.config.write_text(running.config.read_text() + "  - {match: {path_prefix: /other/}, pool: other}\n")
+    running.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while await _fetch_paths(running.port, ["/other/y"] * 6) != [(200, "c")] * 6:
+        assert time.monotonic() < deadline, "a worker did not take the reloaded routes"
+        await asyncio.sleep(0.05)
