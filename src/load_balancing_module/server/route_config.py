@@ -225,7 +225,11 @@ class RouteConfig(StrictModel):
     @model_validator(mode="after")
     def _redirect_alone(self) -> RouteConfig:
         if self.redirect is not None:
-            extra = [k for k in ("pool", "strip_prefix", "request_headers", "filters") if k in self.model_fields_set]
+            extra = [
+                k
+                for k in ("pool", "strip_prefix", "request_headers", "response_headers", "filters")
+                if k in self.model_fields_set
+            ]
             if extra:
                 raise ValueError(f"a redirect route proxies nothing: drop {', '.join(extra)}")
         return self
