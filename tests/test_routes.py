@@ -21,7 +21,6 @@ from load_balancing_module.server.pools import PoolModules
 from load_balancing_module.server.proxy import ProxyServer
 from load_balancing_module.server.route_config import RouteConfig
 from load_balancing_module.server.routing import RouteTable, normalize_path
-from load_balancing_module.state.base import StateStore
 from proxy_helpers import HOST, AccessRecords, AioBackend, Response, get
 
 
@@ -233,8 +232,8 @@ def test_filters_that_cannot_be_imported_are_config_errors(tmp_path: Path) -> No
 async def routed(cfg: ServerConfig) -> AsyncIterator[tuple[ProxyServer, PoolModules, AccessRecords]]:
     """The proxy in front of ``cfg``'s pools, made as ``serve`` makes them."""
 
-    def make(name: str, module_config: LoadBalancingModuleConfig) -> tuple[LoadBalancingModule, StateStore | None]:
-        return LoadBalancingModule(module_config), None
+    def make(name: str, module_config: LoadBalancingModuleConfig) -> LoadBalancingModule:
+        return LoadBalancingModule(module_config)
 
     logger = logging.getLogger(f"test.routes.access.{id(cfg)}")
     logger.setLevel(logging.INFO)
@@ -425,3 +424,22 @@ async def test_each_pool_has_its_own_affinity_cookie() -> None:
                 assert web_again.json()["backend"] == first_web.json()["backend"]
                 assert api_again.json()["backend"] == first_api.json()["backend"]
                 assert web_again.header("Set-Cookie") is None and api_again.header("Set-Cookie") is None
+
+
+async def test_pool_views_of_one_store_keep_their_sessions_and_buckets_apart() -> None:
+    from load_balancing_module import FakeClock
+    from load_balancing_module.state.memory import MemoryStore
+    from load_balancing_module.state.prefixed import PrefixedStore
+
+    store = MemoryStore(FakeClock())
+    api, web = PrefixedStore(store, "pool:api:"), PrefixedStore(store, "pool:web:")
+    await api.bind_session("s", "api-1", 60)
+    await web.bind_session("s", "web-1", 60)
+    assert await api.get_session("s", 60) == "api-1"
+    assert await web.get_session("s", 60) == "web-1"
+    assert await store.get_session("s", 60) is None  # the default pool's own key space
+    assert await api.session_count() == 2  # the store's count
+    assert await api.take_token("1.2.3.4", 1.0, 1) == 0.0
+    assert await api.take_token("1.2.3.4", 1.0, 1) > 0.0  # the api bucket is empty
+    assert await web.take_token("1.2.3.4", 1.0, 1) == 0.0  # the web bucket is not
+    assert await api.purge_expired() == 0  # the owner sweeps

@@ -373,3 +373,33 @@ async def test_routes_and_pools_in_every_worker_with_health_per_pool_and_reload(
     while await _fetch_paths(running.port, ["/other/y"] * 6) != [(200, "c")] * 6:
         assert time.monotonic() < deadline, "a worker did not take the reloaded routes"
         await asyncio.sleep(0.05)
+
+
+async def test_a_sticky_pool_shares_its_sessions_across_workers(serve: Serve, backends: list[AioBackend]) -> None:
+    """Sessions of a pool other than the default live in the workers' shared region too, under the
+    pool's name: the same session id in another pool is another session."""
+    a, b, c = backends
+    async with AioBackend("d") as d:
+        running = await serve(
+            [a, b],
+            "algorithm: round_robin",
+            "pools:",
+            f"  api: {{session_affinity: true, backends: [{{host: 127.0.0.1, port: {c.port}}}, "
+            f"{{host: 127.0.0.1, port: {d.port}}}]}}",
+            "routes:",
+            "  - {match: {path_prefix: /api/}, pool: api}",
+        )
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for session in ("s-1", "s-2", "s-3", "s-4"):
+                names = set()
+                for _ in range(12):  # fresh connections: both workers see the session
+                    async with http.get(
+                        f"http://127.0.0.1:{running.port}/api/x", headers={"X-Session-ID": session}
+                    ) as response:
+                        names.add((await response.json())["backend"])
+                assert len(names) == 1 and names <= {"c", "d"}, names
+            # the default pool is not sticky: the same session id there is round robin
+            defaults = {name for _, name in await fetch_many(running.port, 6, {"X-Session-ID": "s-1"})}
+            assert defaults == {"a", "b"}
+        assert all(row["total_requests"] > 0 for row in await running.workers())

@@ -29,7 +29,6 @@ from ..config import LoadBalancingModuleConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
-from ..state.base import StateStore
 from ..state.redis import redact
 from .admin import AdminServer
 from .config import ServerConfig, load_config
@@ -39,7 +38,7 @@ from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
 from .reload import Reloads, apply_config, handle_signals, read_config
 from .route_config import DEFAULT_POOL
-from .stores import open_store
+from .stores import open_store, pool_store
 
 
 def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: Any) -> None:
@@ -78,15 +77,11 @@ class Server:
         self.stopping = asyncio.Event()
         self._reloads = Reloads(self._reload_once)
 
-    def _make_module(
-        self, name: str, config: LoadBalancingModuleConfig
-    ) -> tuple[LoadBalancingModule, StateStore | None]:
-        """A pool's module: the default pool shares the server's store (closed at shutdown); every
-        other pool gets a store of its own under the same Redis prefix and the pool's name."""
-        if name == DEFAULT_POOL:
-            return LoadBalancingModule(config, state_store=self.store), None
-        store = open_store(self.config.state, config.max_sessions, pool=name)
-        return LoadBalancingModule(config, state_store=store), store
+    def _make_module(self, name: str, config: LoadBalancingModuleConfig) -> LoadBalancingModule:
+        """A pool's module: the default pool uses the server's store (closed at shutdown), every
+        other pool a view of it under its name (or, in memory, a store of its module's own)."""
+        store = self.store if name == DEFAULT_POOL else pool_store(self.store, name)
+        return LoadBalancingModule(config, state_store=store)
 
     async def start(self) -> None:
         if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway

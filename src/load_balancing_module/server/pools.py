@@ -18,7 +18,6 @@ from typing import Final
 from .._log import log_event
 from ..config import BackendConfig, LoadBalancingModuleConfig
 from ..module import LoadBalancingModule
-from ..state.base import StateStore
 from .config import ServerConfig
 from .route_config import DEFAULT_POOL
 
@@ -26,8 +25,8 @@ RELOAD_SLICE: Final = 0.005  # seconds of backend changes between two yields to 
 # Library settings a running module keeps until a restart (a pool's as the top level's).
 MODULE_RESTART_ONLY: Final = ("health_check", "circuit_breaker", "rate_limit", "session_ttl")
 
-# A pool's module and the state store made for it that its owner closes (None: the module's own).
-MakeModule = Callable[[str, LoadBalancingModuleConfig], "tuple[LoadBalancingModule, StateStore | None]"]
+# A pool's module, made by the pools' owner (with the state store it chooses for the pool).
+MakeModule = Callable[[str, LoadBalancingModuleConfig], LoadBalancingModule]
 
 
 class PoolModules:
@@ -36,15 +35,11 @@ class PoolModules:
     def __init__(self, config: ServerConfig, make: MakeModule) -> None:
         self._make = make
         self.modules: dict[str, LoadBalancingModule] = {}
-        self._stores: dict[str, StateStore] = {}
         for name, module_config in config.pool_configs().items():
             self._add(name, module_config)
 
     def _add(self, name: str, module_config: LoadBalancingModuleConfig) -> LoadBalancingModule:
-        lb, store = self._make(name, module_config)
-        self.modules[name] = lb
-        if store is not None:
-            self._stores[name] = store
+        lb = self.modules[name] = self._make(name, module_config)
         return lb
 
     @property
@@ -103,17 +98,11 @@ class PoolModules:
             lb = self.modules.pop(name, None)
             if lb is not None:
                 await lb.shutdown()
-            store = self._stores.pop(name, None)
-            if store is not None:
-                await store.close()
             log_event("pool_removed", pool=name)
 
     async def shutdown(self) -> None:
         for lb in self.modules.values():
             await lb.shutdown()
-        for store in self._stores.values():
-            await store.close()
-        self._stores.clear()
 
 
 async def apply_backends(lb: LoadBalancingModule, old: list[BackendConfig], new: list[BackendConfig]) -> None:

@@ -1,16 +1,23 @@
 """The state store a server's config names: none of its own for ``memory`` (the module keeps
-one), a :class:`~..state.redis.RedisStore` for ``redis://``."""
+one), a :class:`~..state.redis.RedisStore` for ``redis://``; and each pool's view of it."""
 
 from __future__ import annotations
 
+from ..state.base import StateStore
+from ..state.prefixed import PrefixedStore
 from ..state.redis import RedisStore
 from .config import StateConfig
 
 
-def open_store(state: StateConfig, max_sessions: int, *, pool: str | None = None) -> RedisStore | None:
-    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own).
-    ``pool``: a pool other than the default, whose keys go under ``<prefix>pool:<name>:``."""
+def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
+    """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
     if not state.shared:
         return None
-    prefix = state.prefix if pool is None else f"{state.prefix}pool:{pool}:"
-    return RedisStore(state.url, prefix=prefix, timeout=state.timeout, max_sessions=max_sessions)
+    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
+
+
+def pool_store(store: StateStore | None, pool: str) -> StateStore | None:
+    """What a pool other than the default keeps its sessions and buckets in: a view of the shared
+    store under ``pool:<name>:`` (the store's owner sweeps and closes it); None without one (the
+    pool's module then keeps its own, in memory)."""
+    return None if store is None else PrefixedStore(store, f"pool:{pool}:")

@@ -52,7 +52,7 @@ from .listener import bind
 from .pools import PoolModules
 from .reload import Reloads, apply_config, handle_signals, read_config
 from .route_config import DEFAULT_POOL
-from .stores import open_store
+from .stores import open_store, pool_store
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
 RESTART_MAX: Final = 10.0
@@ -99,13 +99,11 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self._affinity_key = b""
 
-    def _make_module(
-        self, name: str, config: LoadBalancingModuleConfig
-    ) -> tuple[LoadBalancingModule, StateStore | None]:
-        store = open_store(self.config.state, config.max_sessions, pool=name) if name != DEFAULT_POOL else None
-        lb = LoadBalancingModule(config, state_store=self.store if name == DEFAULT_POOL else store)
+    def _make_module(self, name: str, config: LoadBalancingModuleConfig) -> LoadBalancingModule:
+        store = self.store if name == DEFAULT_POOL else pool_store(self.store, name)
+        lb = LoadBalancingModule(config, state_store=store)
         lb.watch_probes(functools.partial(self._tell_health, name))
-        return lb, store
+        return lb
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -403,7 +401,7 @@ def _open_shared_store(config: ServerConfig) -> tuple[StateStore | None, int | N
     nothing is to share: no sticky sessions, no rate limit; each worker then keeps its own)."""
     if config.state.shared:
         return open_store(config.state, config.max_sessions), None
-    if not (config.session_affinity or config.rate_limit.enabled):
+    if not any(pool.session_affinity or pool.rate_limit.enabled for pool in config.pool_configs().values()):
         return None, None
     from ..clock import SystemClock
     from ..state.shared import SharedMemoryStore

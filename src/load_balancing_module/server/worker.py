@@ -47,7 +47,7 @@ from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
 from .reload import apply_config
 from .route_config import DEFAULT_POOL
-from .stores import open_store
+from .stores import open_store, pool_store
 
 
 def follower_config(config: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
@@ -75,16 +75,11 @@ class Worker:
         self.stopping = asyncio.Event()
         self.started_at = time.time()
 
-    def _make_module(
-        self, name: str, config: LoadBalancingModuleConfig
-    ) -> tuple[LoadBalancingModule, StateStore | None]:
-        """A pool's module: the default pool uses the store the supervisor handed over (or this
-        worker's Redis store); another pool its own Redis store, or with the in-memory state its
-        module's own (docs/workers.md)."""
-        if name == DEFAULT_POOL:
-            return LoadBalancingModule(follower_config(config), state_store=self.store), None
-        store = open_store(self.config.state, config.max_sessions, pool=name)
-        return LoadBalancingModule(follower_config(config), state_store=store), store
+    def _make_module(self, name: str, config: LoadBalancingModuleConfig) -> LoadBalancingModule:
+        """A pool's module: the default pool uses the store the workers share (the supervisor's
+        shared-memory region, or Redis), every other pool a view of it under its name."""
+        store = self.store if name == DEFAULT_POOL else pool_store(self.store, name)
+        return LoadBalancingModule(follower_config(config), state_store=store)
 
     async def start(
         self,
