@@ -443,3 +443,16 @@ async def test_pool_views_of_one_store_keep_their_sessions_and_buckets_apart() -
     assert await api.take_token("1.2.3.4", 1.0, 1) > 0.0  # the api bucket is empty
     assert await web.take_token("1.2.3.4", 1.0, 1) == 0.0  # the web bucket is not
     assert await api.purge_expired() == 0  # the owner sweeps
+
+
+def test_check_counts_pools_and_routes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from load_balancing_module.cli import check
+
+    path = tmp_path / "lb.yaml"
+    path.write_text(
+        "listen: 127.0.0.1:0\nbackends: [{host: 127.0.0.1, port: 9001}]\n"
+        "pools: {api: {backends: [{host: 127.0.0.1, port: 9002}]}}\n"
+        "routes: [{match: {path_prefix: /api/}, pool: api}, {redirect: {to: /}}]\n"
+    )
+    assert check(str(path)) == 0
+    assert "1 backends, algorithm round_robin; 1 more pools, 2 routes" in capsys.readouterr().out

@@ -80,7 +80,10 @@ def check(path: str | None) -> int:
             "token (admin.allow_unauthenticated: true): whoever reaches it controls the balancer",
             file=sys.stderr,
         )
-    print(f"{path}: ok ({len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value})")
+    summary = f"{len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value}"
+    if config.pools or config.routes:
+        summary += f"; {len(config.pools)} more pools, {len(config.routes)} routes"
+    print(f"{path}: ok ({summary})")
     return 0
 
 
