@@ -456,3 +456,25 @@ def test_check_counts_pools_and_routes(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert check(str(path)) == 0
     assert "1 backends, algorithm round_robin; 1 more pools, 2 routes" in capsys.readouterr().out
+
+
+def test_the_segment_index_keeps_the_table_order() -> None:
+    routes = table(
+        {"name": "generic-first", "match": {"path_prefix": "/a", "methods": ["POST"]}, "pool": "p"},
+        {"name": "svc", "match": {"path_prefix": "/svc/"}, "pool": "p"},
+        {"name": "regex", "match": {"path_regex": "/svc/special"}, "pool": "p"},
+        {"name": "svc-deep", "match": {"path_prefix": "/svc/special"}, "pool": "p"},
+        {"name": "svc10", "match": {"path_prefix": "/svc10/"}, "pool": "p"},
+        {"name": "any", "match": {"path_prefix": "/"}, "pool": "p"},
+    )
+    assert routes.match(info(b"/svc/special")).name == "svc"
+    assert routes.match(info(b"/svc10/x")).name == "svc10"
+    assert routes.match(info(b"/svc")).name == "any"  # "/svc/" needs the slash
+    assert routes.match(info(b"/a/x", method=b"POST")).name == "generic-first"
+    assert routes.match(info(b"/svc/x", method=b"POST")).name == "svc"
+    assert routes.match(info(b"/other")).name == "any"
+    late = table(
+        {"name": "regex", "match": {"path_regex": "/svc/.*"}, "pool": "p"},
+        {"name": "svc", "match": {"path_prefix": "/svc/"}, "pool": "p"},
+    )
+    assert late.match(info(b"/svc/x")).name == "regex"  # a route that fixes no segment, listed first, wins

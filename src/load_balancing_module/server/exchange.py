@@ -149,6 +149,8 @@ class Exchange(Relay):
             except Exception as exc:
                 self._filter_failed(filters[i].name, exc)
                 return
+            if result is None:
+                continue  # the usual answer: go on (checked first: isawaitable is an ABC check)
             if inspect.isawaitable(result):
                 self._spawn(self._filter_later, rule, view, i, result)
                 return
