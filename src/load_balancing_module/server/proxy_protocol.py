@@ -375,7 +375,7 @@ def _address(value: tuple[str, int], role: str) -> tuple[IPAddress, int]:
         raise ProxyProtocolError(f"PROXY: {role} address {ip!r} is not an IP address") from None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         raise ProxyProtocolError(f"PROXY: {role} address {ip!r} has a scope id, which the protocol cannot carry")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    if not 0 <= port <= 0xFFFF:
         raise ProxyProtocolError(f"PROXY: {role} port {port!r} out of range")
     return address, port
 
