@@ -14,6 +14,7 @@ only reads and writes bytes, and imports nothing from the package. See docs/prox
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -189,6 +190,9 @@ def _check_v1_start(head: bytes) -> None:
 
 def _first_mismatch(options: tuple[bytes, ...], got: bytes) -> int:
     """The index of the first byte of ``got`` that no option has there (-1 if it begins or extends one)."""
+    for option in options:  # the usual case: a valid start, one comparison
+        if option.startswith(got) or got.startswith(option):
+            return -1
     # Errors quote ``got`` up to that byte: a message does not depend on how the bytes were split.
     for end in range(1, len(got) + 1):
         seen = got[:end]
@@ -290,8 +294,8 @@ def parse_v2(header: bytes) -> ProxyHeader:
     source: tuple[str, int] | None = None
     destination: tuple[str, int] | None = None
     if family in (0x11, 0x12):
-        source = (str(ipaddress.IPv4Address(header[16:20])), int.from_bytes(header[24:26], "big"))
-        destination = (str(ipaddress.IPv4Address(header[20:24])), int.from_bytes(header[26:28], "big"))
+        source = (socket.inet_ntop(socket.AF_INET, header[16:20]), int.from_bytes(header[24:26], "big"))
+        destination = (socket.inet_ntop(socket.AF_INET, header[20:24]), int.from_bytes(header[26:28], "big"))
     elif family in (0x21, 0x22):
         source = (str(ipaddress.IPv6Address(header[16:32])), int.from_bytes(header[48:50], "big"))
         destination = (str(ipaddress.IPv6Address(header[32:48])), int.from_bytes(header[50:52], "big"))
