@@ -36,6 +36,7 @@ COMPILED = [
     "src/load_balancing_module/server/http.py",
     "src/load_balancing_module/server/response.py",
     "src/load_balancing_module/server/trusted.py",
+    "src/load_balancing_module/server/proxy_protocol.py",
     "src/load_balancing_module/server/accesslog.py",
     "src/load_balancing_module/server/routing.py",
     "src/load_balancing_module/server/filters.py",
