@@ -19,6 +19,18 @@ third of a request's CPU time on this machine (bench/proxy.py's CPU figures).
 
     .venv/bin/python bench/proxy_instructions.py             # N = 2,000: about 5 minutes
     .venv/bin/python bench/proxy_instructions.py --requests 500 --only omnixan
+
+``--variants`` measures the compiled build with edge features on, each against ``plain`` (the
+same config without them), in instructions per request:
+
+- ``routes-100``: 100 routes by path prefix, the request matching the last one (every route is
+  tried: the worst case of a table without hosts);
+- ``hosts-100``: 100 routes, each for a host of its own, the request's host the last one's (the
+  host index finds its route at once);
+- ``filter``: one route for every request with one trivial request filter
+  (``bench/bench_filters.py``: it returns None).
+
+    .venv/bin/python bench/proxy_instructions.py --requests 2000 --variants plain routes-100 hosts-100 filter
 """
 
 from __future__ import annotations
@@ -57,6 +69,25 @@ async def _client(n: int, connections: int = 10) -> None:
     await asyncio.gather(*(one(n // connections) for _ in range(connections)))
 
 
+def _routes(count: int, *, hosts: bool) -> str:
+    """``count`` routes to the default pool; the benchmark's request (``GET /`` for Host
+    127.0.0.1) matches the last one only."""
+    lines = ["routes:"]
+    for i in range(count - 1):
+        match = f"{{host: svc-{i}.test}}" if hosts else f"{{path_prefix: /svc-{i}/}}"
+        lines.append(f"  - {{name: r{i}, match: {match}}}")
+    lines.append("  - {name: last, match: {host: 127.0.0.1}}" if hosts else "  - {name: last, match: {path_prefix: /}}")
+    return "\n".join(lines) + "\n"
+
+
+VARIANTS = {
+    "plain": "",
+    "routes-100": _routes(100, hosts=False),
+    "hosts-100": _routes(100, hosts=True),
+    "filter": "routes:\n  - {name: all, filters: ['bench_filters:passthrough']}\n",
+}
+
+
 def _command(build: str, config: Path) -> tuple[list[str], dict[str, str]]:
     env = P.pure_env()
     exe = Path(sys.executable)
@@ -64,14 +95,17 @@ def _command(build: str, config: Path) -> tuple[list[str], dict[str, str]]:
         return [str(exe), str(ROOT / "bench" / "reference_proxy.py"), str(PORT), *map(str, BACKENDS)], env
     if build == "omnixan":
         env = P.compiled_env()
+    bench = str(ROOT / "bench")  # where a variant's filter module is (it holds no package of ours)
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{bench}" if env.get("PYTHONPATH") else bench
     return [str(exe.parent / "omnixan-lb"), "serve", "--config", str(config), "--log-level", "warning"], env
 
 
-def instructions(build: str, workdir: Path, requests: int) -> int:
-    """Total instructions of one run of ``build`` that proxies 200 + ``requests`` requests."""
+def instructions(build: str, workdir: Path, requests: int, variant: str = "plain") -> int:
+    """Total instructions of one run of ``build`` (with ``variant``'s config) that proxies
+    200 + ``requests`` requests."""
     config = workdir / "omnixan.yaml"
-    config.write_text(P.omnixan_config(PORT, ADMIN, BACKENDS, access_log=False))
-    out = workdir / f"callgrind.{build}.{requests}"
+    config.write_text(P.omnixan_config(PORT, ADMIN, BACKENDS, access_log=False) + VARIANTS[variant])
+    out = workdir / f"callgrind.{build}.{variant}.{requests}"
     args, env = _command(build, config)
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args],
@@ -107,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["reference", "omnixan-py", "omnixan"],
     )
+    parser.add_argument(
+        "--variants",
+        choices=tuple(VARIANTS),
+        nargs="+",
+        help="measure these configs of the compiled build (omnixan) instead of the three builds",
+    )
     args = parser.parse_args(argv)
+    if args.variants:
+        args.only = [f"omnixan:{variant}" for variant in args.variants]
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is missing: apt-get install -y valgrind")
     P.ensure_tools()
@@ -121,15 +163,23 @@ def main(argv: list[str] | None = None) -> int:
                 P.start_nginx(procs, workdir, f"backend-{port}", P.BACKEND_BODY.format(port=port), cpu=1)
             for port in BACKENDS:
                 P.wait_port(port)
-            for build in args.only:
-                base = instructions(build, workdir, 0)
-                total = instructions(build, workdir, args.requests)
-                results[build] = (total - base) / args.requests
-                print(f"  {build:<11} {results[build]:>10,.0f} instructions per request", flush=True)
+            for name in args.only:
+                build, _, variant = name.partition(":")
+                base = instructions(build, workdir, 0, variant or "plain")
+                total = instructions(build, workdir, args.requests, variant or "plain")
+                results[name] = (total - base) / args.requests
+                print(f"  {name:<11} {results[name]:>10,.0f} instructions per request", flush=True)
         finally:
             procs.stop_all()
     print()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    if args.variants:
+        plain = results.get("omnixan:plain")
+        print(f"{'variant':<20} {'instr/request':>14} {'+ over plain':>13}")
+        for name, value in results.items():
+            extra = f"{value - plain:>+13,.0f}" if plain is not None else f"{'':>13}"
+            print(f"{name:<20} {value:>14,.0f} {extra}")
+        return 0
     print(f"{'build':<12} {'instr/request':>14} {'x reference':>12}")
     for build, value in results.items():
         ratio = value / results["reference"] if "reference" in results else float("nan")
