@@ -27,6 +27,7 @@ from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, chec
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
+from .upstream_tls import TLSSetting
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DB = re.compile(r"/?|/[0-9]+")
@@ -167,11 +168,13 @@ def check_state_url(value: str) -> str:
 
 
 class UpstreamConfig(StrictModel):
-    """Connections to backends: how long a connect may take, how long an idle one is kept."""
+    """Connections to backends: how long a connect may take (the TLS handshake included), how long
+    an idle one is kept, and TLS to them (docs/upstream-tls.md)."""
 
     connect_timeout: float = Field(default=2.0, gt=0, le=300)
     idle_timeout: float = Field(default=30.0, gt=0, le=3600)
     max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
+    tls: TLSSetting = None
 
 
 class StateConfig(StrictModel):
