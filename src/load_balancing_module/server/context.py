@@ -22,7 +22,7 @@ from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
 from .trusted import TrustedProxies
-from .upstream import UpstreamPool
+from .upstream import UpstreamPool, UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
@@ -59,6 +59,7 @@ class ProxyContext:
         # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
         self.exhausted = {"accept": 0, "connect": 0}
         self._exhausted_logged_at = -math.inf
+        self._tls_failures: dict[str, tuple[float, int]] = {}  # backend id -> (last logged at, failures since)
         self.linger_seconds = LINGER_SECONDS
         self.configure(config)
 
@@ -75,6 +76,7 @@ class ProxyContext:
         self.connect_timeout = config.upstream.connect_timeout
         self.pool.idle_timeout = config.upstream.idle_timeout
         self.pool.max_idle = config.upstream.max_idle_per_backend
+        self.pool.configure_tls(config.upstream.tls)
         self.max_retries = config.max_retries
         self.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
@@ -129,6 +131,26 @@ class ProxyContext:
                 errno=exc.errno,
                 count=self.exhausted[where],
             )
+
+    def note_tls_failure(self, backend_id: str, address: str, exc: UpstreamTLSError) -> None:
+        """Log a backend's failed TLS handshake as ``upstream_tls_failed``: at most once a second per
+        backend (a broken certificate fails every connect until the breaker opens), with the count."""
+        now = self.lb.clock.monotonic()
+        logged_at, count = self._tls_failures.get(backend_id, (-math.inf, 0))
+        count += 1
+        if now - logged_at < 1.0:
+            self._tls_failures[backend_id] = (logged_at, count)
+            return
+        self._tls_failures[backend_id] = (now, 0)
+        log_event(
+            "upstream_tls_failed",
+            logging.WARNING,
+            backend_id=backend_id,
+            backend=address,
+            reason=exc.reason,
+            error=exc.detail,
+            failures=count,
+        )
 
     def log(
         self,
