@@ -34,7 +34,7 @@ from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
-from .reload import Reloads, apply_config, handle_signals, read_config
+from .reload import Reloads, apply_config, handle_signals, probe_tls, read_config
 from .stores import open_store
 
 
@@ -50,6 +50,8 @@ def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: An
         build=build_kind(),
         **extra,
     )
+    if config.upstream.tls is not None:
+        config.upstream.tls.warn_if_unverified("upstream.tls")
     if not COMPILED:
         log_event(
             "pure_python_build",
@@ -64,7 +66,7 @@ class Server:
         self.path = Path(path)
         self.config = config
         self.store = open_store(config.state, config.max_sessions)
-        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
+        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store, probe_tls=probe_tls(config))
         self.registry = CollectorRegistry()
         register_metrics(self.lb, self.registry)
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER))

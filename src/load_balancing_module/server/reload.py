@@ -21,6 +21,7 @@ from typing import Any
 from .._log import log_event
 from ..config import BackendConfig
 from ..exceptions import ConfigurationError
+from ..health import ProbeTLS
 from ..module import LoadBalancingModule
 from .config import ServerConfig, load_config
 
@@ -58,6 +59,9 @@ async def apply_config(
     """Apply ``new`` over ``old``; return the config now in force (``new``, with the running
     ``state``). ``configure`` takes it for the proxy; ``announce`` logs what needs a restart."""
     await apply_backends(lb, old.backends, new.backends)
+    lb.configure_probe_tls(probe_tls(new))
+    if announce and new.upstream.tls is not None:
+        new.upstream.tls.warn_if_unverified("upstream.tls")
     if new.algorithm != old.algorithm:
         await lb.configure_algorithm(new.algorithm)
     ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
@@ -68,6 +72,12 @@ async def apply_config(
     if configure is not None:
         configure(new)
     return new
+
+
+def probe_tls(config: ServerConfig) -> ProbeTLS | None:
+    """The TLS of ``config``'s backends, for their health probes."""
+    tls = config.upstream.tls
+    return None if tls is None else tls.probe_tls()
 
 
 async def apply_backends(lb: LoadBalancingModule, old: list[BackendConfig], new: list[BackendConfig]) -> None:

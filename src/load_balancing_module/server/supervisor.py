@@ -48,7 +48,7 @@ from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, load_config, parse_address
 from .listener import bind
-from .reload import Reloads, apply_config, handle_signals, read_config
+from .reload import Reloads, apply_config, handle_signals, probe_tls, read_config
 from .stores import open_store
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
@@ -85,7 +85,7 @@ class Supervisor:
         self.count = config.worker_count
         self.store, self._region = _open_shared_store(config)
         # The supervisor's module: it probes, holds the backend list and serves the admin API.
-        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store)
+        self.lb = LoadBalancingModule(config.module_config(), state_store=self.store, probe_tls=probe_tls(config))
         self.lb.watch_probes(self._tell_health)
         self.admin = AdminServer(
             self.lb, CollectorRegistry(), config.admin, drain_timeout=config.drain_timeout, fleet=self

@@ -110,7 +110,8 @@ class Worker:
         elif op == "algorithm":
             await lb.configure_algorithm(LoadBalancingAlgorithm.model_validate(args["algorithm"]))
         elif op == "reload":
-            new = ServerConfig.model_validate(args["config"])
+            # In a thread: validation reads the files the config names (upstream TLS certificates).
+            new = await asyncio.to_thread(ServerConfig.model_validate, args["config"])
             self.config = await apply_config(lb, self.config, new, self.proxy.configure, announce=False)
         elif op == "figures":
             return await self.figures(bool(args.get("metrics")))
