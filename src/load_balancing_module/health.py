@@ -73,7 +73,7 @@ def _local_os_error(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
             return current
-        if isinstance(current, aiohttp.ClientConnectorError):
+        if isinstance(current, aiohttp.ClientConnectorError) and getattr(current, "os_error", None) is not None:
             current = current.os_error
             continue
         current = current.__cause__ or current.__context__
@@ -175,7 +175,8 @@ class Prober:
             if local is not None:
                 raise ProbeNotRun(f"{backend.address} not probed: {local.strerror or local}") from None
             # aiohttp wraps the OS error of a failed connect; name that cause (e.g. ConnectionRefusedError).
-            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            # (an older aiohttp set no os_error on its certificate error: the error itself then.)
+            cause = getattr(exc, "os_error", None) or exc if isinstance(exc, aiohttp.ClientConnectorError) else exc
             raise ProbeFailed(f"{type(cause).__name__} ({backend.address}): {exc}".rstrip(": ")) from None
         return (self.clock.monotonic() - started) * 1000.0
 

@@ -13,7 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final
 
 from ..health import LOCAL_ERRNOS
-from .upstream import UpstreamTLSError
+from .upstream_tls import UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..route import RouteResult

@@ -22,7 +22,8 @@ from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
 from .trusted import TrustedProxies
-from .upstream import UpstreamPool, UpstreamTLSError
+from .upstream import UpstreamPool
+from .upstream_tls import UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .response import ResponseInfo, UpstreamProtocolError
+from .upstream_tls import UpstreamTLSError, tls_error
 
 if TYPE_CHECKING:
     from .upstream_tls import UpstreamTLS
@@ -70,28 +70,6 @@ class UpstreamSink:
 
     def upstream_batch(self, begin: bool) -> None:
         raise NotImplementedError
-
-
-class UpstreamTLSError(OSError):
-    """The TCP connect to a backend succeeded and the TLS handshake did not: its certificate did not
-    verify, the handshake failed, timed out, or the backend closed the connection. ``reason``
-    says which in words fit for the client's answer; ``detail`` is the whole story, for the log."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def tls_error(exc: BaseException, timeout: float) -> UpstreamTLSError:
-    """What a failed handshake (``exc``, after ``timeout`` s for a timeout) is called."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return UpstreamTLSError("its certificate did not verify", str(exc.verify_message or exc))
-    if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTLSError("the handshake timed out", f"no TLS handshake within {timeout:g} s")
-    if isinstance(exc, ssl.SSLError):
-        return UpstreamTLSError("the handshake failed", str(exc.reason or exc))
-    return UpstreamTLSError("the handshake failed", f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
 class _Stop(Exception):
@@ -517,7 +495,7 @@ class UpstreamPool:
                     placeholder,
                     tls.context,
                     server_hostname=tls.server_hostname(host),
-                    ssl_handshake_timeout=left or None,
+                    ssl_handshake_timeout=timeout,  # the loop's own bound; wait_for's (what is left) comes first
                 ),
                 left,
             )

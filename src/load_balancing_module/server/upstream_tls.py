@@ -11,10 +11,13 @@ context verifies the backend's certificate against ``ca`` (or the system's CAs) 
 ``server_name`` (or the backend's host: a DNS name, or an IP literal checked against the
 certificate's IP addresses), offers ALPN ``http/1.1``, and presents ``cert`` when given.
 ``verify: false`` turns verification off: unsafe, logged as a warning at start and on reload.
+
+:class:`UpstreamTLSError` is a failed handshake, as the pool's connect raises it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -182,6 +185,29 @@ class UpstreamTLS(StrictModel):
                 field=f"{field}.verify",
                 hint="backends' certificates are not verified: anyone on the path can read and change the traffic",
             )
+
+
+class UpstreamTLSError(OSError):
+    """The TCP connect to a backend succeeded and the TLS handshake did not: its certificate did
+    not verify, the handshake failed, timed out, or the backend closed the connection. ``reason``
+    says which in words fit for the client's answer; ``detail`` is the whole story, for the log.
+    Raised by the pool's connect; defined here, as mypyc compiles no subclass of OSError."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def tls_error(exc: BaseException, timeout: float) -> UpstreamTLSError:
+    """What a failed handshake (``exc``, after ``timeout`` s for a timeout) is called."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UpstreamTLSError("its certificate did not verify", str(exc.verify_message or exc))
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTLSError("the handshake timed out", f"no TLS handshake within {timeout:g} s")
+    if isinstance(exc, ssl.SSLError):
+        return UpstreamTLSError("the handshake failed", str(exc.reason or exc))
+    return UpstreamTLSError("the handshake failed", f"{type(exc).__name__}: {exc}".rstrip(": "))
 
 
 def _short_form(value: Any) -> Any:
