@@ -13,11 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -39,6 +45,7 @@ from load_balancing_module.server.config import ServerConfig, load_config
 from load_balancing_module.server.reload import apply_config
 from load_balancing_module.server.upstream_tls import UpstreamTLS
 from proxy_helpers import HOST, AioBackend, ProxyHarness, get, server_config, start_proxy
+from redis_helpers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
@@ -397,6 +404,18 @@ async def test_a_reload_retires_a_busy_connection_once_its_exchange_ends(
         assert proxy.proxy.pool.idle == 0
 
 
+async def test_a_connection_begun_before_a_tls_change_is_not_pooled(ca: trustme.CA, tmp_path: Path) -> None:
+    async with AioBackend("plain") as backend, start_proxy([backend.port]) as proxy:
+        pool = proxy.proxy.pool
+        connecting = asyncio.ensure_future(pool.connect("b", HOST, backend.port, 2.0))
+        await asyncio.sleep(0)  # the connect has begun, in plain TCP
+        proxy.proxy.configure(tls_config({"ca": write_ca(ca, tmp_path / "ca.pem")}))
+        conn = await connecting
+        assert not conn.tls and conn.retired
+        pool.release(conn, reusable=True)
+        assert pool.idle == 0
+
+
 async def test_a_switch_from_plain_to_tls_drops_plain_connections(ca: trustme.CA, tmp_path: Path) -> None:
     plain = server_config(max_retries=0)
     async with AioBackend("plain") as backend, start_proxy([backend.port], config=plain) as proxy:
@@ -617,3 +636,79 @@ async def test_big_bodies_go_through_tls(ca: trustme.CA, other_ca: trustme.CA, t
 def test_upstream_tls_on_uvloop(ca: trustme.CA, other_ca: trustme.CA, tmp_path: Path) -> None:
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(big_bodies_over_tls(ca, other_ca, tmp_path))
+
+
+# -- omnixan-lb serve with workers ----------------------------------------------------------------
+
+
+async def test_serve_with_workers_speaks_tls_probes_over_it_and_reloads_the_ca(
+    ca: trustme.CA, other_ca: trustme.CA, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The supervisor's config reaches the workers (as JSON, validated again there, files read
+    again), the supervisor probes over TLS, and a reload that swaps the CA swaps who is trusted."""
+    port, admin = free_port(), free_port()
+    ours, theirs = write_ca(ca, tmp_path / "ours.pem"), write_ca(other_ca, tmp_path / "theirs.pem")
+    async with (
+        TLSBackend("good", ca.issue_cert("127.0.0.1")) as good,
+        TLSBackend("impostor", other_ca.issue_cert("127.0.0.1")) as impostor,
+    ):
+        path = tmp_path / "lb.yaml"
+
+        def write(ca_path: str) -> None:
+            path.write_text(
+                f'listen: "127.0.0.1:{port}"\nworkers: 2\naccess_log: false\ndrain_timeout: 5\n'
+                f'admin: {{listen: "127.0.0.1:{admin}", token_env: null}}\n'
+                "health_check: {type: http, path: /health, interval: 0.1, unhealthy_threshold: 1,"
+                " healthy_threshold: 1, jitter: 0}\n"
+                f"upstream: {{tls: {{ca: {ca_path}}}}}\n"
+                f"backends: [{{host: 127.0.0.1, port: {good.port}}}, {{host: 127.0.0.1, port: {impostor.port}}}]\n"
+            )
+
+        write(ours)
+        exe = Path(sys.executable).parent / "omnixan-lb"
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--config", str(path), "--log-level", "error"],
+            stderr=subprocess.PIPE,
+            env={**os.environ},
+        )
+        processes.append(proc)
+
+        async def health() -> dict[str, str]:
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{admin}/distribution") as response:
+                rows = (await response.json())["backends"]
+                return {
+                    name: rows[f"127.0.0.1:{b.port}"]["health_status"]
+                    for name, b in (("good", good), ("impostor", impostor))
+                }
+
+        async def wait_for_health(expected: dict[str, str]) -> None:
+            deadline = time.monotonic() + 20
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the probes did not get there"
+                try:
+                    if await health() == expected:
+                        return
+                except (aiohttp.ClientError, KeyError):
+                    pass
+                await asyncio.sleep(0.02)
+
+        async def names(count: int) -> set[str]:
+            seen = set()
+            connector = aiohttp.TCPConnector(force_close=True)  # new connections: both workers serve
+            async with aiohttp.ClientSession(connector=connector) as http:
+                for _ in range(count):
+                    async with http.get(f"http://127.0.0.1:{port}/") as response:
+                        assert response.status == 200
+                        seen.add((await response.json())["backend"])
+            return seen
+
+        await wait_for_health({"good": "healthy", "impostor": "unhealthy"})
+        assert await names(20) == {"good"}
+        assert ("GET", "/health") in good.requests and impostor.requests == []
+        write(theirs)
+        proc.send_signal(signal.SIGHUP)
+        await wait_for_health({"good": "unhealthy", "impostor": "healthy"})
+        assert await names(20) == {"impostor"}
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0

@@ -476,6 +476,8 @@ class UpstreamPool:
             )
         else:
             conn = await self._connect_tls(loop, tls, key, host, port, timeout)
+        if self.tls is not tls:  # the TLS settings changed while it connected: made with the old ones
+            conn.retired = True
         self.connects += 1
         self._open.add(conn)
         return conn
