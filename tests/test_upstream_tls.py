@@ -554,6 +554,10 @@ def test_a_missing_or_bad_ca_file_names_the_field_and_the_file(tmp_path: Path) -
     assert f"upstream.tls.ca: cannot read {missing}: No such file or directory" in config_errors(
         tmp_path, f"{{tls: {{ca: {missing}}}}}"
     )
+    assert "upstream.tls.ca: /dev/zero is larger than 16 MiB" in config_errors(tmp_path, "{tls: {ca: /dev/zero}}")
+    assert "upstream.tls.key: /dev/zero is larger than 16 MiB" in config_errors(
+        tmp_path, "{tls: {cert: /dev/zero, key: /dev/zero}}"
+    )
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     assert f"upstream.tls.ca: {junk} holds no CA certificate in PEM form" in config_errors(

@@ -31,6 +31,7 @@ from .._log import log_event
 from ..config import StrictModel, check_host
 from ..health import ProbeTLS
 
+MAX_FILE_BYTES = 16 * 1024 * 1024
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -40,10 +41,16 @@ def _no_password() -> bytes:
 
 
 def _read(path: Path) -> bytes:
+    """The file's bytes, at most MAX_FILE_BYTES (a CA bundle of every public CA is ~250 KB; a
+    path such as /dev/zero must end in an error, not fill the memory)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB: not a certificate file")
+    return data
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:
