@@ -1,8 +1,9 @@
 """Helpers for the proxy's integration tests: everything on 127.0.0.1, started and stopped by the test.
 
 - :func:`server_config`: a ``ServerConfig`` listening on port 0, health checks off.
-- :class:`ProxyHarness` (``async with start_proxy(...)``): a ``LoadBalancingModule`` and a
-  ``ProxyServer`` in front of the given backends, with the access log captured.
+- :class:`ProxyHarness` (``async with start_proxy(...)``): the config's pools (``PoolModules``,
+  the default pool's module as ``lb``) and a ``ProxyServer`` in front of the given backends, with
+  the access log captured.
 - :class:`AioBackend`: a real aiohttp server; by default it answers every request with
   a JSON echo of what it received (method, path, headers, body size, its name);
   ``handler=`` replaces that.
@@ -32,6 +33,7 @@ from aiohttp import web
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule
 from load_balancing_module.server.client import ClientConnection
 from load_balancing_module.server.config import ServerConfig
+from load_balancing_module.server.pools import PoolModules
 from load_balancing_module.server.proxy import ProxyServer
 from servers import AioServer
 
@@ -63,6 +65,7 @@ class ProxyHarness:
     lb: LoadBalancingModule
     proxy: ProxyServer
     access: AccessRecords
+    pools: PoolModules
     backend_ids: list[str] = field(default_factory=list)
 
     @property
@@ -93,10 +96,11 @@ async def start_proxy(
     logger.propagate = False
     records = AccessRecords()
     logger.addHandler(records)
-    lb = LoadBalancingModule(config.module_config())
-    proxy = ProxyServer(lb, config, access_log=logger)
-    await lb.initialize()
-    harness = ProxyHarness(lb, proxy, records)
+    pools = PoolModules(config, lambda name, module_config: LoadBalancingModule(module_config))
+    lb = pools.default
+    proxy = ProxyServer(lb, config, access_log=logger, pools=pools.modules)
+    await pools.start(config, backends=False)
+    harness = ProxyHarness(lb, proxy, records, pools)
     try:
         for backend in backends:
             spec = BackendConfig(host=HOST, port=backend) if isinstance(backend, int) else backend
@@ -105,7 +109,7 @@ async def start_proxy(
         yield harness
     finally:
         await proxy.close()
-        await lb.shutdown()
+        await pools.shutdown()
         logger.removeHandler(records)
 
 

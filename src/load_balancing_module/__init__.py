@@ -26,6 +26,7 @@ from .exceptions import (
     RequestTimeoutError,
     RoutingError,
 )
+from .health import ProbeTLS
 from .metrics import LoadBalancerCollector, register_metrics
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .module import BackendID, LoadBalancingModule
@@ -55,6 +56,7 @@ __all__ = [
     "LoadBalancingModuleConfig",
     "LoadDistribution",
     "MemoryStore",
+    "ProbeTLS",
     "RateLimitConfig",
     "RateLimitExceededError",
     "RedisStore",

@@ -21,7 +21,10 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict
@@ -70,7 +73,7 @@ def _local_os_error(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
             return current
-        if isinstance(current, aiohttp.ClientConnectorError):
+        if isinstance(current, aiohttp.ClientConnectorError) and getattr(current, "os_error", None) is not None:
             current = current.os_error
             continue
         current = current.__cause__ or current.__context__
@@ -132,13 +135,31 @@ class HealthTracker:
         return self.state
 
 
-class Prober:
-    """Runs one probe of a backend: TCP connect, HTTP GET, or a custom probe."""
+@dataclass(frozen=True)
+class ProbeTLS:
+    """Probes over TLS, as the traffic goes: a ``tcp`` probe passes once the TLS handshake has,
+    an ``http`` probe is an HTTPS GET. ``context`` verifies (or not) as its settings say;
+    ``server_name`` is the name sent as SNI and verified, None for each backend's own host
+    (an IP literal is checked against the certificate's IP addresses, and sends no SNI)."""
 
-    def __init__(self, config: HealthCheckConfig, clock: Clock, custom: Probe | None = None) -> None:
+    context: ssl.SSLContext
+    server_name: str | None = None
+
+    def server_hostname(self, host: str) -> str:
+        return self.server_name or host
+
+
+class Prober:
+    """Runs one probe of a backend: TCP connect (a TLS handshake with ``tls``), HTTP(S) GET, or a
+    custom probe."""
+
+    def __init__(
+        self, config: HealthCheckConfig, clock: Clock, custom: Probe | None = None, tls: ProbeTLS | None = None
+    ) -> None:
         self.config = config
         self.clock = clock
         self.custom = custom
+        self.tls = tls  # may be replaced between probes (a reload): each probe reads it once
 
     async def probe(self, backend: BackendConfig) -> float:
         """Probe once; return the latency in ms or raise :class:`ProbeFailed`."""
@@ -154,7 +175,8 @@ class Prober:
             if local is not None:
                 raise ProbeNotRun(f"{backend.address} not probed: {local.strerror or local}") from None
             # aiohttp wraps the OS error of a failed connect; name that cause (e.g. ConnectionRefusedError).
-            cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            # (an older aiohttp set no os_error on its certificate error: the error itself then.)
+            cause = getattr(exc, "os_error", None) or exc if isinstance(exc, aiohttp.ClientConnectorError) else exc
             raise ProbeFailed(f"{type(cause).__name__} ({backend.address}): {exc}".rstrip(": ")) from None
         return (self.clock.monotonic() - started) * 1000.0
 
@@ -171,6 +193,13 @@ class Prober:
             await self._tcp(backend)
 
     async def _tcp(self, backend: BackendConfig) -> None:
+        tls = self.tls
+        if tls is not None:
+            _, writer = await asyncio.open_connection(
+                backend.host, backend.port, ssl=tls.context, server_hostname=tls.server_hostname(backend.host)
+            )
+            writer.transport.abort()  # the handshake passed, which is what the probe asks: no close_notify wait
+            return
         _, writer = await asyncio.open_connection(backend.host, backend.port)
         writer.close()
         with contextlib.suppress(OSError):  # the connect succeeded, which is what the probe asks
@@ -181,11 +210,16 @@ class Prober:
         # open between probes (health_check() may run outside initialize()/shutdown()).
         # The status line is the answer: the body is not awaited (a slow or endless body must not
         # time out a 200, nor hide a 500), and leaving the block closes the connection.
-        url = f"http://{backend.address}{self.config.path}"
+        tls = self.tls
+        scheme = "http" if tls is None else "https"
+        url = f"{scheme}://{backend.address}{self.config.path}"
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        ssl_args: dict[str, Any] = (
+            {} if tls is None else {"ssl": tls.context, "server_hostname": tls.server_hostname(backend.host)}
+        )
         async with (
             aiohttp.ClientSession(connector=connector, headers={"User-Agent": "omnixan-lb-health"}) as session,
-            session.get(url, allow_redirects=False) as response,
+            session.get(url, allow_redirects=False, **ssl_args) as response,
         ):
             if not 200 <= response.status < 400:
                 raise ProbeFailed(f"HTTP {response.status} from GET {self.config.path}")

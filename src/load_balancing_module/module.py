@@ -32,7 +32,7 @@ from .exceptions import (
     BackendUnavailableError,
     RequestTimeoutError,
 )
-from .health import HealthTracker, Probe, Prober
+from .health import HealthTracker, Probe, Prober, ProbeTLS
 from .hooks import Hooks, maybe_call
 from .limiter import RateLimiter
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
@@ -63,6 +63,7 @@ class LoadBalancingModule:
         rng: random.Random | None = None,
         state_store: StateStore | None = None,
         probe: Probe | None = None,
+        probe_tls: ProbeTLS | None = None,
     ) -> None:
         self.config = config if config is not None else LoadBalancingModuleConfig()
         # Read on every request: copied out of the (pydantic) config once.
@@ -87,7 +88,7 @@ class LoadBalancingModule:
         self._limiter = RateLimiter(self.store, self.config.rate_limit, self.counters)
         self._slow_start = SlowStart(self.router, self.clock)
         self._hooks = Hooks(self.clock, self.config.load_report_interval, self.get_load_distribution)
-        self._prober = Prober(self.config.health_check, self.clock, probe)
+        self._prober = Prober(self.config.health_check, self.clock, probe, probe_tls)
         self._health = HealthChecks(
             self.config.health_check,
             self.clock,
@@ -417,6 +418,10 @@ class LoadBalancingModule:
         backend = self._get(backend_id)
         await self._health.check(backend)
         return backend.health.last
+
+    def configure_probe_tls(self, tls: ProbeTLS | None) -> None:
+        """Probe over TLS with ``tls`` from the next probe on (None: plain TCP and HTTP)."""
+        self._prober.tls = tls
 
     def watch_probes(self, observer: Callable[[HealthStatus], None]) -> None:
         """Tell ``observer`` the outcome of every probe this module makes (to share it with others)."""

@@ -53,6 +53,7 @@ def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: An
         build=build_kind(),
         **extra,
     )
+    config.warn_if_unverified()
     if not COMPILED:
         log_event(
             "pure_python_build",

@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final
 
 from ..health import LOCAL_ERRNOS
+from .upstream_tls import UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..route import RouteResult
@@ -51,7 +52,12 @@ CLIENT_GONE: Final = Failure(499, "the client went away", backend_fault=False)
 
 
 def connect_failure(ctx: ProxyContext, route: RouteResult, exc: BaseException, timeout: float) -> Failure:
-    """A connect to ``route``'s backend that failed or timed out (after ``timeout`` s)."""
+    """A connect to ``route``'s backend that failed or timed out (after ``timeout`` s). A failed TLS
+    handshake is the backend's failure like a refused connect (never a fallback to plaintext),
+    logged as ``upstream_tls_failed``; the client is told which backend and that TLS failed."""
+    if isinstance(exc, UpstreamTLSError):
+        ctx.note_tls_failure(route.backend_id, route.backend.config.address, exc)
+        return Failure(502, f"TLS with backend {route.backend_id} failed: {exc.reason}", never_sent=True)
     if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
         # The proxy's own host is out of descriptors or memory: no backend's failure, and
         # another backend would fare no better.

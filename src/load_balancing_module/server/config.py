@@ -29,6 +29,7 @@ from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
 from .filters import FilterError, load_filter
 from .route_config import DEFAULT_POOL, MAX_POOLS, MAX_ROUTES, POOL_NAME, PoolConfig, RouteConfig
+from .upstream_tls import TLSSetting, UpstreamTLS
 
 _ENV = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DB = re.compile(r"/?|/[0-9]+")
@@ -169,11 +170,13 @@ def check_state_url(value: str) -> str:
 
 
 class UpstreamConfig(StrictModel):
-    """Connections to backends: how long a connect may take, how long an idle one is kept."""
+    """Connections to backends: how long a connect may take (the TLS handshake included), how long
+    an idle one is kept, and TLS to them (docs/upstream-tls.md)."""
 
     connect_timeout: float = Field(default=2.0, gt=0, le=300)
     idle_timeout: float = Field(default=30.0, gt=0, le=3600)
     max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
+    tls: TLSSetting = None
 
 
 class StateConfig(StrictModel):
@@ -296,6 +299,16 @@ class ServerConfig(LoadBalancingModuleConfig):
         """Every pool's library config by name, ``default`` first (the top-level one)."""
         top = self.module_config()
         return {DEFAULT_POOL: top, **{name: pool.module_config(top) for name, pool in self.pools.items()}}
+
+    def pool_tls(self) -> dict[str, UpstreamTLS | None]:
+        """Every pool's TLS to its backends by name: the default pool's is ``upstream.tls``."""
+        return {DEFAULT_POOL: self.upstream.tls, **{name: pool.tls for name, pool in self.pools.items()}}
+
+    def warn_if_unverified(self) -> None:
+        """Log every pool whose TLS to its backends does not verify them (``verify: false``)."""
+        for name, tls in self.pool_tls().items():
+            if tls is not None:
+                tls.warn_if_unverified("upstream.tls" if name == DEFAULT_POOL else f"pools.{name}.tls")
 
     def pool_backends(self) -> dict[str, list[BackendConfig]]:
         return {DEFAULT_POOL: self.backends, **{name: pool.backends for name, pool in self.pools.items()}}

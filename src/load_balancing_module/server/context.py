@@ -27,6 +27,7 @@ from .route_config import DEFAULT_POOL
 from .routing import RouteTable
 from .trusted import TrustedProxies
 from .upstream import UpstreamPool
+from .upstream_tls import UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
@@ -98,6 +99,7 @@ class ProxyContext:
         # The proxy's own host out of descriptors or memory, by where it showed: never a backend's failure.
         self.exhausted = {"accept": 0, "connect": 0}
         self._exhausted_logged_at = -math.inf
+        self._tls_failures: dict[str, tuple[float, int]] = {}  # backend id -> (last logged at, failures since)
         self.linger_seconds = LINGER_SECONDS
         self.configure(config, pools)
 
@@ -113,8 +115,6 @@ class ProxyContext:
         self.idle_timeout = limits.idle_timeout
         self.request_timeout = config.request_timeout
         self.connect_timeout = config.upstream.connect_timeout
-        self.pool.idle_timeout = config.upstream.idle_timeout
-        self.pool.max_idle = config.upstream.max_idle_per_backend
         self.max_retries = config.max_retries
         self.sticky = self.default_pool.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
@@ -124,9 +124,11 @@ class ProxyContext:
         missing = [name for name in config.pools if name not in self.pools]
         if missing:
             raise ValueError(f"no module for the pools {', '.join(missing)}: pass them as pools=")
-        for pool in self.pools.values():
+        tls = config.pool_tls()
+        for name, pool in self.pools.items():
             pool.upstream.idle_timeout = config.upstream.idle_timeout
             pool.upstream.max_idle = config.upstream.max_idle_per_backend
+            pool.upstream.configure_tls(tls.get(name))
         # Built at once with the pools it names: a request sees the old table and pools or the new.
         self.routes = RouteTable(config.routes) if config.routes else None
 
@@ -214,6 +216,26 @@ class ProxyContext:
                 errno=exc.errno,
                 count=self.exhausted[where],
             )
+
+    def note_tls_failure(self, backend_id: str, address: str, exc: UpstreamTLSError) -> None:
+        """Log a backend's failed TLS handshake as ``upstream_tls_failed``: at most once a second per
+        backend (a broken certificate fails every connect until the breaker opens), with the count."""
+        now = self.lb.clock.monotonic()
+        logged_at, count = self._tls_failures.get(backend_id, (-math.inf, 0))
+        count += 1
+        if now - logged_at < 1.0:
+            self._tls_failures[backend_id] = (logged_at, count)
+            return
+        self._tls_failures[backend_id] = (now, 0)
+        log_event(
+            "upstream_tls_failed",
+            logging.WARNING,
+            backend_id=backend_id,
+            backend=address,
+            reason=exc.reason,
+            error=exc.detail,
+            failures=count,
+        )
 
     def log(
         self,

@@ -283,7 +283,7 @@ class Exchange(Relay):
     async def _connect_later(self, route: RouteResult, timeout: float) -> None:
         pool = self.upstreams
         try:
-            up = await asyncio.wait_for(pool.connect(route.backend_id, route.host, route.port), timeout)
+            up = await pool.connect(route.backend_id, route.host, route.port, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             failure = connect_failure(self.ctx, route, exc, timeout)
             failure.retry = failure.backend_fault and self._may_retry(never_sent=True)

@@ -20,6 +20,7 @@ from ..config import BackendConfig, LoadBalancingModuleConfig
 from ..module import LoadBalancingModule
 from .config import ServerConfig
 from .route_config import DEFAULT_POOL
+from .upstream_tls import UpstreamTLS
 
 RELOAD_SLICE: Final = 0.005  # seconds of backend changes between two yields to the event loop
 # Library settings a running module keeps until a restart (a pool's as the top level's).
@@ -35,11 +36,13 @@ class PoolModules:
     def __init__(self, config: ServerConfig, make: MakeModule) -> None:
         self._make = make
         self.modules: dict[str, LoadBalancingModule] = {}
+        tls = config.pool_tls()
         for name, module_config in config.pool_configs().items():
-            self._add(name, module_config)
+            self._add(name, module_config, tls[name])
 
-    def _add(self, name: str, module_config: LoadBalancingModuleConfig) -> LoadBalancingModule:
+    def _add(self, name: str, module_config: LoadBalancingModuleConfig, tls: UpstreamTLS | None) -> LoadBalancingModule:
         lb = self.modules[name] = self._make(name, module_config)
+        lb.configure_probe_tls(None if tls is None else tls.probe_tls())  # health probes speak the pool's TLS
         return lb
 
     @property
@@ -74,13 +77,16 @@ class PoolModules:
         them (:meth:`retire`) once the proxy no longer routes to them. Returns those names."""
         old_backends, new_backends = old.pool_backends(), new.pool_backends()
         old_configs, new_configs = old.pool_configs(), new.pool_configs()
+        tls = new.pool_tls()
         for name, module_config in new_configs.items():
             lb = self.modules.get(name)
             if lb is None:
-                lb = self._add(name, module_config)
+                lb = self._add(name, module_config, tls[name])
                 await lb.initialize()
                 await apply_backends(lb, [], new_backends[name])
                 continue
+            pool_tls = tls[name]
+            lb.configure_probe_tls(None if pool_tls is None else pool_tls.probe_tls())
             await apply_backends(lb, old_backends.get(name, []), new_backends[name])
             before = old_configs.get(name)
             if before is not None and module_config.algorithm != before.algorithm:

@@ -57,6 +57,8 @@ async def apply_config(
     ``state``). ``configure`` takes it, with every pool's module, for the proxy (routes and pools
     switch there at once); ``announce`` logs what needs a restart."""
     gone = await pools.apply(old, new, announce=announce)
+    if announce:
+        new.warn_if_unverified()
     ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
     if ignored and announce:
         log_event("reload_needs_restart", logging.WARNING, settings=ignored)

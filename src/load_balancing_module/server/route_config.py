@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel
+from .upstream_tls import TLSSetting
 
 DEFAULT_POOL = "default"
 MAX_ROUTES = 10_000
@@ -239,6 +240,8 @@ class PoolConfig(LoadBalancingModuleConfig):
     """One entry of ``pools``: its backends and any library setting of its own."""
 
     backends: list[BackendConfig] = Field(default_factory=list)
+    # TLS to this pool's backends (not taken from the top-level upstream.tls: that is the default pool's).
+    tls: TLSSetting = None
 
     def module_config(self, top: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
         """The library config of this pool: ``top``'s, with every field this pool sets replacing it."""

@@ -24,11 +24,15 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from .response import ResponseInfo, UpstreamProtocolError
+from .upstream_tls import UpstreamTLSError, tls_error
+
+if TYPE_CHECKING:
+    from .upstream_tls import UpstreamTLS
 
 IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
@@ -122,6 +126,8 @@ class UpstreamConnection(asyncio.Protocol):
         "closed",
         "received",
         "reused",
+        "tls",
+        "retired",
         "read_paused",
         "held",
         "idle_since",
@@ -159,6 +165,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.received = False  # a byte of the current exchange's response arrived
         self.reused = False  # the current exchange runs on a connection taken from the pool
+        self.tls = False  # over TLS: the extra descriptor sees TLS records, not HTTP
+        self.retired = False  # made with TLS settings a reload has replaced: not pooled again
         self.read_paused = False
         self.held = False  # reading was paused during this exchange: its client did not keep up
         self.idle_since = 0.0
@@ -236,7 +244,8 @@ class UpstreamConnection(asyncio.Protocol):
     def peer_closed(self) -> bool:
         """True if the backend has ended the stream (or reset it) while the connection sat idle,
         though the event loop has not seen it yet; a byte waiting counts too (nothing may come
-        between two exchanges). One ``recv`` with MSG_PEEK, without blocking."""
+        between two exchanges). One ``recv`` with MSG_PEEK, without blocking. Over TLS the byte
+        is a record's (a close_notify alert before the end, most likely): not reusable either."""
         sock = self._sock
         if sock is None:
             return False
@@ -255,7 +264,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _read_what_is_left(self) -> None:
         """After a failed write: hand the parser what the backend sent before it closed, such as
-        a ``413`` answered before the request body was read."""
+        a ``413`` answered before the request body was read. Not over TLS: the socket holds
+        encrypted records that only the transport's TLS state could read, and it is gone."""
+        if self.tls:
+            return
         sock = self._sock
         while sock is not None and self.sink is not None:
             try:
@@ -408,6 +420,7 @@ class UpstreamPool:
         self.connects = 0  # connections opened, for tests and stats
         self.stale = 0  # pooled connections found closed or too old when taken
         self.batch = batch if batch is not None else WriteBatch()  # the proxy's client connections use it too
+        self.tls: UpstreamTLS | None = None  # of new connections (configure_tls)
 
     def take(self, key: str, now: float) -> UpstreamConnection | None:
         """An idle connection to backend ``key`` that is still open and young enough, or None.
@@ -439,11 +452,74 @@ class UpstreamPool:
                 self._keep_alive[key] = min(self.idle_timeout, max(0.0, seconds - min(1.0, seconds / 4)))
                 return
 
-    async def connect(self, key: str, host: str, port: int) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: UpstreamConnection(self, key), host, port)
+    def configure_tls(self, tls: UpstreamTLS | None) -> None:
+        """TLS for new connections from now on (None: plain TCP). Changed settings (or a changed
+        file they name) retire every connection made before: idle ones close now, busy ones once
+        their exchange ends, so no request goes out with the old settings (nor in plaintext
+        after a switch to TLS)."""
+        old = self.tls
+        if (old is None and tls is None) or (
+            old is not None and tls is not None and old.fingerprint == tls.fingerprint
+        ):
+            return
+        self.tls = tls
+        for conn in self._open:
+            conn.retired = True
+        for stack in self._idle.values():
+            for conn in stack:
+                conn.close()
+        self._idle.clear()
+
+    async def connect(self, key: str, host: str, port: int, timeout: float) -> UpstreamConnection:
+        """A new connection to backend ``key`` at ``host:port``, its TLS handshake done (when the
+        pool has TLS), within ``timeout`` seconds: else :class:`asyncio.TimeoutError` (the TCP
+        connect), :class:`UpstreamTLSError` (the handshake) or the connect's OSError."""
+        loop = _get_running_loop()
+        tls = self.tls
+        if tls is None:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, key), host, port), timeout
+            )
+        else:
+            conn = await self._connect_tls(loop, tls, key, host, port, timeout)
+        if self.tls is not tls:  # the TLS settings changed while it connected: made with the old ones
+            conn.retired = True
         self.connects += 1
         self._open.add(conn)
+        return conn
+
+    async def _connect_tls(
+        self, loop: asyncio.AbstractEventLoop, tls: UpstreamTLS, key: str, host: str, port: int, timeout: float
+    ) -> UpstreamConnection:
+        """TCP first, then the handshake on it (``start_tls``), so that a failure is known to be
+        the handshake's: a backend failure of its own kind, logged as such, never a plain retry."""
+        deadline = loop.time() + timeout
+        raw, placeholder = await asyncio.wait_for(loop.create_connection(asyncio.Protocol, host, port), timeout)
+        left = max(0.0, deadline - loop.time())
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(
+                    raw,
+                    placeholder,
+                    tls.context,
+                    server_hostname=tls.server_hostname(host),
+                    ssl_handshake_timeout=timeout,  # the loop's own bound; wait_for's (what is left) comes first
+                ),
+                left,
+            )
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:  # SSLError is an OSError
+            raw.abort()
+            raise tls_error(exc, timeout) from exc
+        except BaseException:
+            raw.abort()
+            raise
+        if transport is None:  # the loop had nothing to wrap (closed under it)
+            raw.abort()
+            raise UpstreamTLSError("the handshake failed", "the connection closed during the handshake")
+        conn = UpstreamConnection(self, key)
+        conn.tls = True
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
         return conn
 
     def release(self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None) -> None:
@@ -451,7 +527,14 @@ class UpstreamPool:
         ``now``: the loop's time, when the caller has it."""
         conn.sink = None
         transport = conn.transport
-        if not reusable or not conn.keep_alive or conn.closed or transport is None or conn._is_closing():
+        if (
+            not reusable
+            or not conn.keep_alive
+            or conn.closed
+            or conn.retired
+            or transport is None
+            or conn._is_closing()
+        ):
             conn.close()
             return
         stack = self._idle.setdefault(conn.key, [])

@@ -102,7 +102,8 @@ class Worker:
         """One ask or tell of the supervisor (after ``start``, in the order they came)."""
         await self.started.wait()
         if op == "reload":
-            new = ServerConfig.model_validate(args["config"])
+            # In a thread: validation reads the files the config names (TLS certificates).
+            new = await asyncio.to_thread(ServerConfig.model_validate, args["config"])
             self.config = await apply_config(self.pools, self.config, new, self.proxy.configure, announce=False)
             return None
         if op == "figures":
