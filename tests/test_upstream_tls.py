@@ -716,3 +716,42 @@ async def test_serve_with_workers_speaks_tls_probes_over_it_and_reloads_the_ca(
         assert await names(20) == {"impostor"}
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 15) == 0
+
+
+async def test_each_pool_speaks_its_own_tls(ca: trustme.CA, other_ca: trustme.CA, tmp_path: Path) -> None:
+    """A pool's tls is its own: the default pool stays plain, pool secure verifies with its CA, and
+    a pool whose CA does not match fails its requests (502) while the others serve; the pools'
+    probes speak their own TLS too."""
+    good_ca, wrong_ca = write_ca(ca, tmp_path / "good.pem"), write_ca(other_ca, tmp_path / "wrong.pem")
+    async with (
+        AioBackend("plain") as plain,
+        TLSBackend("secure", ca.issue_cert("127.0.0.1")) as secure,
+        TLSBackend("mismatched", ca.issue_cert("127.0.0.1")) as mismatched,
+    ):
+        config = server_config(
+            max_retries=0,
+            health_check={"enabled": False, "unhealthy_threshold": 1},
+            backends=[{"host": HOST, "port": plain.port}],
+            pools={
+                "secure": {"tls": {"ca": good_ca}, "backends": [{"host": HOST, "port": secure.port}]},
+                "wrong": {"tls": {"ca": wrong_ca}, "backends": [{"host": HOST, "port": mismatched.port}]},
+            },
+            routes=[
+                {"match": {"path_prefix": "/secure/"}, "pool": "secure"},
+                {"match": {"path_prefix": "/wrong/"}, "pool": "wrong"},
+            ],
+        )
+        async with start_proxy([], config=config) as proxy:
+            await proxy.pools.start(config)  # the pools' backends, from the config
+            status, body = await one_request(proxy, "/")
+            assert status == 200 and json.loads(body)["backend"] == "plain"
+            status, body = await one_request(proxy, "/secure/x")
+            assert status == 200 and json.loads(body)["backend"] == "secure"
+            assert secure.sni == [None]  # an IP backend: no SNI, its IP verified
+            status, body = await one_request(proxy, "/wrong/x")
+            assert status == 502 and "TLS" in error_of(body)
+            assert mismatched.requests == []
+            secure_id = next(iter(proxy.pools["secure"].backends))
+            wrong_id = next(iter(proxy.pools["wrong"].backends))
+            assert (await proxy.pools["secure"].health_check(secure_id)).status is HealthState.HEALTHY
+            assert (await proxy.pools["wrong"].health_check(wrong_id)).status is HealthState.UNHEALTHY
