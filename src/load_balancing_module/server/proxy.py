@@ -98,6 +98,11 @@ class ProxyServer:
         return self.ctx.draining
 
     @property
+    def filter_errors(self) -> dict[str, int]:
+        """Route filters that raised, by ``module:function``."""
+        return self.ctx.filter_errors
+
+    @property
     def affinity(self) -> AffinityCookies | None:
         return self.ctx.affinity
 

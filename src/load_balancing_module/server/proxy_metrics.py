@@ -5,6 +5,8 @@
   ENOBUFS, ENOMEM); never counted against a backend.
 - ``omnixan_lb_upstream_stale_connections_total``: pooled connections found closed by their backend,
   or idle for nearly its keep-alive timeout, when about to be reused (a new one was opened).
+- ``omnixan_lb_filter_errors_total{filter}``: route filters (``module:function``) that raised
+  (each such request answered 500).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class ProxyCollector(Collector):
             "Pooled connections to backends found closed or too old when about to be reused.",
             value=self.proxy.pool.stale,
         )
+        errors = CounterMetricFamily(
+            "omnixan_lb_filter_errors", "Route filters that raised (the request answered 500).", labels=["filter"]
+        )
+        for name, count in list(self.proxy.filter_errors.items()):
+            errors.add_metric([name], count)
+        yield errors
 
 
 def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:
