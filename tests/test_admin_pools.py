@@ -203,6 +203,7 @@ async def test_metrics_carry_the_pool_label(tmp_path: Path, monkeypatch: pytest.
             "omnixan_lb_resource_exhaustion",
             "omnixan_lb_upstream_stale_connections",
             "omnixan_lb_filter_errors",
+            "omnixan_lb_route_requests",
         }
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -223,6 +224,15 @@ async def test_metrics_carry_the_pool_label(tmp_path: Path, monkeypatch: pytest.
         assert value("omnixan_lb_retries_total", pool="default") == 0
         assert value("omnixan_lb_filter_errors_total", filter="route_filters:broken") == 1
         assert ("omnixan_lb_routed_requests_total", frozenset({("pool", "default"), ("backend", api0)})) not in samples
+        routed = {"api": 4, "old": 0, "route-2": 1, "(none)": 2}
+        assert {r: value("omnixan_lb_route_requests_total", route=r) for r in routed} == routed
+
+        assert await live.server.reload()  # a new table: the counts of the routes it keeps go on
+        await proxied(live, "/api/y")
+        async with aiohttp.ClientSession() as http, http.get(live.admin + "/metrics") as response:
+            text = await response.text()
+        assert 'omnixan_lb_route_requests_total{route="api"} 5.0' in text
+        assert 'omnixan_lb_route_requests_total{route="(none)"} 2.0' in text
 
 
 async def test_healthz_counts_every_pool_and_the_document_names_the_pool_parameter(

@@ -113,7 +113,10 @@ class ProxyContext:
             pool.upstream.idle_timeout = config.upstream.idle_timeout
             pool.upstream.max_idle = config.upstream.max_idle_per_backend
         # Built at once with the pools it names: a request sees the old table and pools or the new.
-        self.routes = RouteTable(config.routes) if config.routes else None
+        routes = RouteTable(config.routes) if config.routes else None
+        if routes is not None and self.routes is not None:
+            routes.keep_counts(self.routes)
+        self.routes = routes
 
     def _set_pools(self, config: ServerConfig, modules: Mapping[str, LoadBalancingModule]) -> None:
         """The pools of ``config``, each with its module from ``modules``: a pool whose module is
