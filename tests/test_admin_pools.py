@@ -128,6 +128,9 @@ async def test_an_unknown_pool_is_a_404_naming_the_pools_there_are(
             assert answer == {"error": "pool: no pool named 'nope\"\\n' (pools: default, api)", "field": "pool"}
         status, answer = await live.api("GET", "/backends?pool=api&pool=default")
         assert status == 422 and answer["field"] == "pool"
+        for hostile in ("", "%ff%fe", "x" * 4000, "%00", "api%20"):
+            status, answer = await live.api("GET", f"/backends?pool={hostile}")
+            assert status == 404 and answer["field"] == "pool" and len(answer["error"]) < 200, hostile
         # nothing changed anywhere
         assert len((await live.api("GET", "/backends"))[1]) == 1
         assert (await live.api("GET", "/algorithm"))[1]["algorithm"] == "round_robin"
@@ -318,3 +321,21 @@ async def test_workers_a_backend_added_to_a_named_pool_reaches_every_worker(
         status, removed = await running.send("DELETE", f"/backends/{quote(bid(late), safe='')}?pool=api")
         assert status == 200 and removed["removed"] is True
         assert {status for status, _ in await fetch_from(running.port, "/api/x", 10)} == {503}
+
+
+async def test_routes_and_pools_follow_a_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with with_pools(tmp_path, monkeypatch) as (live, _):
+        assert [r["name"] for r in (await live.api("GET", "/routes"))[1]["routes"]] == ["api", "old", "route-2"]
+        path = live.server.path
+        text = path.read_text()
+        assert "name: api, match: {path_prefix: /api/}" in text
+        path.write_text(
+            text.replace("name: api, match: {path_prefix: /api/}", "name: v2, match: {path_prefix: /v2/}").replace(
+                "  - {name: old", "  - {name: gone"
+            )
+        )
+        assert await live.server.reload()
+        status, routes = await live.api("GET", "/routes")
+        assert status == 200 and [r["name"] for r in routes["routes"]] == ["v2", "gone", "route-2"]
+        assert [p["routes"] for p in (await live.api("GET", "/pools"))[1]] == [["route-2"], ["v2"]]
+        assert [text for _, text in await proxied(live, "/v2/x", 2)] == ["api0", "api0"]

@@ -44,9 +44,8 @@ from .models import (
     HealthView,
     PoolView,
     RemovedView,
-    RoutesView,
 )
-from .topology import Topology, pool_name
+from .topology import RoutesTable, Topology, pool_name
 
 ALGORITHM_NAMES = [kind.value for kind in LoadBalancingAlgorithmType]
 
@@ -139,6 +138,7 @@ class AdminApi:
     ) -> None:
         self.lb = lb
         self.topology = Topology.single(lb) if topology is None else topology
+        self._routes = RoutesTable.of(None)
         self.registry = registry
         self.document = document
         self.drain_timeout = drain_timeout
@@ -164,6 +164,13 @@ class AdminApi:
         if self.fleet is not None:
             merged["workers"] = self.fleet.workers(figures)
         return merged
+
+    async def _routes_table(self) -> RoutesTable:
+        """The routes of the config in force (made again, in a thread, when a reload replaced it)."""
+        config = self.topology.config()
+        if self._routes.config is not config:
+            self._routes = await asyncio.to_thread(RoutesTable.of, config)
+        return self._routes
 
     def _pool(self, request: web.Request) -> tuple[str, LoadBalancingModule]:
         """The pool the request names (``?pool=``) and its module; 404 for an unknown one."""
@@ -241,10 +248,7 @@ class AdminApi:
     @_api
     async def list_pools(self, request: web.Request) -> web.Response:
         pools, _ = await self._distributions()
-        routed: dict[str, list[str]] = {}
-        for route in self.topology.routes():
-            if route["pool"] is not None:
-                routed.setdefault(route["pool"], []).append(route["name"])
+        routed = (await self._routes_table()).by_pool
         return respond([pool_view(name, view, routed.get(name, [])) for name, view in pools.items()])
 
     @_api
@@ -253,7 +257,10 @@ class AdminApi:
             errors = dict(self.topology.filter_errors())
         else:
             errors = merge_filter_errors(await self.fleet.figures())
-        return respond(RoutesView.model_validate({"routes": self.topology.routes(), "filter_errors": errors}))
+        table = await self._routes_table()
+        # RoutesView, with its routes serialised once per config (each a RouteView, see RoutesTable).
+        body = b'{"routes": ' + table.json + b', "filter_errors": ' + json.dumps(errors).encode() + b"}"
+        return web.Response(body=body, content_type="application/json")
 
     def _algorithm(self, lb: LoadBalancingModule) -> AlgorithmView:
         name, settings = lb.algorithm_settings()

@@ -10,9 +10,9 @@ unknown pool is a 404 naming the pools there are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from ...module import LoadBalancingModule
 from ..config import ServerConfig
 from ..route_config import DEFAULT_POOL
 from .body import BadInput
+from .models import RouteView
 
 MAX_NAME_SHOWN = 80  # characters of an unknown pool's name repeated in the error
 
@@ -53,28 +54,38 @@ class Topology:
             raise BadInput(404, f"pool: no pool named {name[:MAX_NAME_SHOWN]!r} (pools: {known})", "pool")
         return lb
 
-    def routes(self) -> list[dict[str, Any]]:
-        """The routes table, one row per route in match order (as :mod:`..routing` names them)."""
-        config = self.config()
-        if config is None:
-            return []
-        rows = []
-        for index, route in enumerate(config.routes):
-            redirect = route.redirect
-            rows.append(
-                {
-                    "index": index,
-                    "name": route.name or f"route-{index}",
-                    "match": route.match.model_dump(mode="json"),
-                    "pool": None if redirect is not None else route.pool,
-                    "redirect": None if redirect is None else redirect.model_dump(mode="json"),
-                    "strip_prefix": route.strip_prefix,
-                    "request_headers": route.request_headers.model_dump(mode="json"),
-                    "response_headers": route.response_headers.model_dump(mode="json"),
-                    "filters": list(route.filters),
-                }
+
+@dataclass(frozen=True)
+class RoutesTable:
+    """The routes of one config as the API sends them: made once per config, in a thread (a
+    table may hold 10,000 routes: seconds of work that must not hold the event loop)."""
+
+    config: ServerConfig | None
+    json: bytes  # the list of RouteView, serialised
+    by_pool: dict[str, list[str]]  # the names of the routes that send requests to each pool
+
+    @classmethod
+    def of(cls, config: ServerConfig | None) -> RoutesTable:
+        views = []
+        by_pool: dict[str, list[str]] = {}
+        for index, route in enumerate(config.routes if config is not None else ()):
+            name = route.name or f"route-{index}"  # as :mod:`..routing` names it
+            pool = None if route.redirect is not None else route.pool
+            if pool is not None:
+                by_pool.setdefault(pool, []).append(name)
+            view = RouteView(
+                index=index,
+                name=name,
+                match=route.match,
+                pool=pool,
+                redirect=route.redirect,
+                strip_prefix=route.strip_prefix,
+                request_headers=route.request_headers,
+                response_headers=route.response_headers,
+                filters=list(route.filters),
             )
-        return rows
+            views.append(view.model_dump(mode="json"))
+        return cls(config, json.dumps(views).encode(), by_pool)
 
 
 def pool_name(request: web.Request) -> str:
