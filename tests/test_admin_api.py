@@ -39,6 +39,10 @@ async def test_token_is_required_except_for_health_metrics_openapi_and_dashboard
             ("DELETE", "/backends/x"),
             ("POST", "/backends/x/drain"),
             ("GET", "/algorithm"),
+            ("GET", "/pools"),
+            ("GET", "/routes"),
+            ("GET", "/backends?pool=nope"),  # 401 first: no pool name is told without the token
+            ("POST", "/backends?pool=api"),
         ]
         for method, path in guarded:
             for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic dGVzdA=="}):

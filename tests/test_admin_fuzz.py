@@ -77,6 +77,7 @@ def endpoints(live: Live) -> list[tuple[str, str]]:
     backend = live.backend_id(live.backends[0])
     return [
         ("POST", "/backends"),
+        ("POST", "/backends?pool=default"),
         ("POST", f"/backends/{backend}/drain"),
         ("POST", "/backends/nope/drain"),
         ("PUT", "/algorithm"),

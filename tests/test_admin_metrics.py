@@ -23,7 +23,9 @@ async def scrape(live: Live) -> tuple[Samples, dict[str, str]]:
         assert family.name.startswith("omnixan_lb_"), family.name
         types[family.name] = family.type
         for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            labels = dict(s.labels)
+            assert labels.pop("pool", "default") == "default"  # one pool here (tests/test_admin_pools.py: several)
+            samples[(s.name, tuple(sorted(labels.items())))] = s.value
     return samples, types
 
 

@@ -16,7 +16,13 @@ from admin_helpers import Live, SlowBackend, Traffic, live_server
 from load_balancing_module import LoadBalancingModule
 from load_balancing_module.models import LoadDistribution
 from load_balancing_module.server.admin.app import AdminServer
-from load_balancing_module.server.admin.models import BackendView, DistributionView, ExecuteFailure, ExecuteSuccess
+from load_balancing_module.server.admin.models import (
+    BackendView,
+    DistributionView,
+    ExecuteFailure,
+    ExecuteSuccess,
+    PoolDistributionView,
+)
 from load_balancing_module.server.admin.openapi import openapi_document
 from load_balancing_module.server.config import AdminConfig
 
@@ -111,7 +117,8 @@ async def test_the_views_name_every_field_the_library_hands_over(
         lb = live.server.lb
         assert set(lb.describe_backend(live.backend_id(live.backends[0]))) == set(BackendView.model_fields)
         # and workers: one row per worker process, which only a supervisor fills
-        assert set(LoadDistribution.model_fields) | {"workers"} == set(DistributionView.model_fields)
+        assert set(LoadDistribution.model_fields) | {"workers", "pools"} == set(DistributionView.model_fields)
+        assert set(LoadDistribution.model_fields) == set(PoolDistributionView.model_fields)
         success = await lb.execute({"operation": "get_load_distribution"})
         failure = await lb.execute({"operation": "remove_backend", "backend_id": "nope"})
         assert set(success) == set(ExecuteSuccess.model_fields)

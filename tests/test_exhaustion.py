@@ -101,7 +101,7 @@ async def test_descriptor_exhaustion_marks_no_backend_unhealthy(tmp_path: Path) 
             if line.startswith(("omnixan_lb_resource_exhaustion_total", "omnixan_lb_probes_not_run_total"))
         }
         assert counted['omnixan_lb_resource_exhaustion_total{where="accept"}'] > 0, counted
-        assert counted["omnixan_lb_probes_not_run_total"] > 0
+        assert counted['omnixan_lb_probes_not_run_total{pool="default"}'] > 0
     finally:
         for sock in flood:
             sock.close()

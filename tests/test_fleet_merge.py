@@ -11,7 +11,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from load_balancing_module.models import DrainResult
-from load_balancing_module.server.admin.fleet import merge_distribution, merge_drains, merge_metrics
+from load_balancing_module.server.admin.fleet import (
+    merge_distribution,
+    merge_drains,
+    merge_filter_errors,
+    merge_metrics,
+    merge_pools,
+)
 from load_balancing_module.server.channel import Channel, ChannelClosed, RemoteError
 
 WORKER = """# HELP omnixan_lb_requests Requests.
@@ -162,3 +168,30 @@ async def test_the_channel_answers_asks_runs_tells_and_reports_errors_and_a_clos
     with pytest.raises(ChannelClosed):
         await asyncio.wait_for(supervisor.call("double", {"n": 1}), 5)
     await supervisor.close()
+
+
+def test_pools_are_summed_pool_by_pool_and_filter_errors_added() -> None:
+    def distribution(requests: int, backend: str = "a") -> dict[str, Any]:
+        view = {
+            "backend_id": backend, "active_connections": 0, "total_requests": requests, "successful_requests": requests,
+            "failed_requests": 0, "requests_per_second": 1.0, "p50_latency_ms": 1.0, "p95_latency_ms": 2.0,
+            "p99_latency_ms": 3.0, "avg_latency_ms": 1.0, "error_rate": 0.0, "circuit_state": "closed",
+            "effective_weight": 1.0, "draining": False, "load_fraction": 0.0,
+        }  # fmt: skip
+        return {
+            "total_requests": requests, "requests_per_second": 1.0, "queued_requests": 0, "algorithm": "round_robin",
+            "backends": {backend: view},
+        }  # fmt: skip
+
+    own = {"default": distribution(0), "api": distribution(0, "b")}
+    figures = [
+        {"distribution": distribution(1), "pools": {"default": distribution(1), "api": distribution(5, "b")}},
+        {"distribution": distribution(2), "pools": {"default": distribution(2), "gone": distribution(9)}},
+        {"distribution": distribution(4)},  # no pools: its distribution is the default pool's
+    ]
+    merged = merge_pools(own, figures)
+    assert set(merged) == {"default", "api"}  # a pool the supervisor does not have is not shown
+    assert merged["default"]["total_requests"] == 7 and merged["api"]["total_requests"] == 5
+    assert merged["api"]["backends"]["b"]["total_requests"] == 5
+    errors = [{"filter_errors": {"m:f": 2}}, {"filter_errors": {"m:f": 1, "m:g": 4}}, {}]
+    assert merge_filter_errors(errors) == {"m:f": 3, "m:g": 4}

@@ -137,3 +137,36 @@ async def test_sessions_evicted_to_stay_within_max_sessions_are_exported() -> No
         await lb.complete_request(await lb.route_request(Request(session_id=f"s{i}")), success=True)
     assert samples(registry)[("omnixan_lb_sessions_evicted_total", ())] == 7
     assert (await lb.get_load_distribution()).active_sessions == 5
+
+
+async def test_several_modules_by_pool_name_label_every_family_once() -> None:
+    """The server's use: one collector over every pool, each family once, each sample with its pool;
+    one module alone keeps no pool label (the library's use)."""
+    pools = {"default": LoadBalancingModule(), "api": LoadBalancingModule()}
+    for port, lb in enumerate(pools.values(), start=9001):
+        await lb.initialize()
+        await lb.add_backend(BackendConfig(host="127.0.0.1", port=port))
+        lb.request_stats.record(f"127.0.0.1:{port}", 200, 0.01)
+    registry = CollectorRegistry()
+    register_metrics(pools, registry)
+    text = generate_latest(registry).decode()
+    families = list(text_string_to_metric_families(text))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names))  # each family once, for both pools
+    for family in families:
+        pools_seen = {s.labels.get("pool") for s in family.samples}
+        if family.name == "omnixan_lb_build_info":
+            assert pools_seen == {None}
+        elif family.samples:
+            assert pools_seen == {"default", "api"}, family.name
+    got = samples(registry)
+    assert (
+        got[("omnixan_lb_requests_total", (("backend", "127.0.0.1:9002"), ("code_class", "2xx"), ("pool", "api")))] == 1
+    )
+    assert got[("omnixan_lb_backends", (("pool", "default"),))] == 1
+
+    alone = CollectorRegistry()
+    register_metrics(pools["api"], alone)
+    assert all("pool" not in dict(labels) for _, labels in samples(alone))
+    for lb in pools.values():
+        await lb.shutdown()

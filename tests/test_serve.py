@@ -89,8 +89,9 @@ async def test_serves_through_the_proxy_with_admin_health_and_metrics(tmp_path: 
         assert status == 200 and '"healthy_backends": 2' in body
         status, body = await get(server.admin.port, "/metrics")
         assert status == 200 and "omnixan_lb_requests_total" in body
-        assert 'omnixan_lb_completed_requests_total{backend="127.0.0.1:' in body and 'outcome="success"} 2.0' in body
-        assert 'code_class="2xx"} 2.0' in body
+        assert 'omnixan_lb_completed_requests_total{backend="127.0.0.1:' in body
+        assert 'outcome="success",pool="default"} 2.0' in body
+        assert 'code_class="2xx",pool="default"} 2.0' in body
     finally:
         await server.shutdown()
 

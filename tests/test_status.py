@@ -87,3 +87,32 @@ async def test_watch_redraws_until_interrupted(tmp_path: Path, monkeypatch: pyte
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_pools_and_routes_are_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with SlowBackend("api") as api:
+        extra = [
+            "pools:",
+            "  api:",
+            "    algorithm: {algorithm_type: least_connections}",
+            f"    backends: [{{host: 127.0.0.1, port: {api.port}}}]",
+            "routes:",
+            "  - {name: to-api, match: {path_prefix: /api/}, pool: api, strip_prefix: /api}",
+            "  - {name: moved, match: {host: old.example.test},",
+            "     redirect: {to: 'https://new.example.test', status: 301}}",
+        ]
+        async with live_server(tmp_path, monkeypatch, [SlowBackend("a")], extra) as live:
+            code, out, err = await status("--admin", live.admin, "--token", TOKEN)
+            assert code == 0, err
+            assert f"OMNIXAN LB at {live.admin} · pool default" in out
+            assert f"OMNIXAN LB at {live.admin} · pool api" in out and "least_connections" in out
+            assert live.backend_id(live.backends[0]) in out and live.backend_id(api) in out
+            assert "Routes (first match wins)" in out
+            rows = [line for line in out.splitlines() if "to-api" in line or "moved" in line]
+            assert len(rows) == 2, out
+            assert "path_prefix=/api/" in rows[0] and "pool api (strip /api)" in rows[0]
+            assert "host=old.example.test" in rows[1] and "redirect 301 https://new.example.test" in rows[1]
+
+            code, out, err = await status("--admin", live.admin, "--json", "--token", TOKEN)
+            assert code == 0, err
+            assert set(json.loads(out)["pools"]) == {"default", "api"}

@@ -138,7 +138,7 @@ async def test_two_workers_serve_and_the_admin_api_sums_them_exactly(serve: Serv
     assert sum(b["total_requests"] for b in distribution["backends"].values()) == 200
     assert await running.metric("omnixan_lb_requests_total{") == 200
     assert await running.metric("omnixan_lb_routed_requests_total{") == 200
-    assert await running.metric("omnixan_lb_backends ") == 2  # a fact, not summed
+    assert await running.metric('omnixan_lb_backends{pool="default"}') == 2  # a fact, not summed
     assert await running.metric('omnixan_lb_workers{state="up"}') == 2
     exe = Path(sys.executable).parent / "omnixan-lb"
     shown = await asyncio.to_thread(

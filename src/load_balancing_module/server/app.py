@@ -30,7 +30,7 @@ from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
 from ..state.redis import redact
-from .admin import AdminServer
+from .admin import AdminServer, Topology
 from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
 from .pools import PoolModules
@@ -71,10 +71,13 @@ class Server:
         self.pools = PoolModules(config, self._make_module)
         self.lb = self.pools.default
         self.registry = CollectorRegistry()
-        register_metrics(self.lb, self.registry)
+        register_metrics(self.pools.modules, self.registry)  # a pool label on every family
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER), pools=self.pools.modules)
         register_proxy_metrics(self.proxy, self.registry)
-        self.admin = AdminServer(self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout)
+        topology = Topology(self.pools.modules, lambda: self.config, lambda: self.proxy.filter_errors)
+        self.admin = AdminServer(
+            self.lb, self.registry, config.admin, drain_timeout=config.drain_timeout, topology=topology
+        )
         self.stopping = asyncio.Event()
         self._reloads = Reloads(self._reload_once)
 

@@ -130,7 +130,10 @@ class ProxyContext:
             pool.upstream.max_idle = config.upstream.max_idle_per_backend
             pool.upstream.configure_tls(tls.get(name))
         # Built at once with the pools it names: a request sees the old table and pools or the new.
-        self.routes = RouteTable(config.routes) if config.routes else None
+        routes = RouteTable(config.routes) if config.routes else None
+        if routes is not None and self.routes is not None:
+            routes.keep_counts(self.routes)
+        self.routes = routes
 
     @property
     def affinity(self) -> AffinityCookies | None:

@@ -37,6 +37,7 @@ from .listener import Listener, bind
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
     from .context import Connection
+    from .routing import RouteTable
     from .upstream import UpstreamPool
 
 access_logger = logging.getLogger("load_balancing_module.access")
@@ -96,6 +97,16 @@ class ProxyServer:
     @property
     def draining(self) -> bool:
         return self.ctx.draining
+
+    @property
+    def filter_errors(self) -> dict[str, int]:
+        """Route filters that raised, by ``module:function``."""
+        return self.ctx.filter_errors
+
+    @property
+    def routes(self) -> RouteTable | None:
+        """The routes table in force (None: no routes)."""
+        return self.ctx.routes
 
     @property
     def affinity(self) -> AffinityCookies | None:

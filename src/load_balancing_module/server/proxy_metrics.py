@@ -5,6 +5,12 @@
   ENOBUFS, ENOMEM); never counted against a backend.
 - ``omnixan_lb_upstream_stale_connections_total``: pooled connections found closed by their backend,
   or idle for nearly its keep-alive timeout, when about to be reused (a new one was opened).
+- ``omnixan_lb_filter_errors_total{filter}``: route filters (``module:function``) that raised
+  (each such request answered 500).
+- ``omnixan_lb_route_requests_total{route}``: requests each route took (by name, ``route-<i>``
+  for one without; ``(none)``: those that matched no route); only with ``routes``. Counted on
+  the route itself (one increment per routed request, none without routes) and carried over a
+  reload by name.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+
+NO_ROUTE = "(none)"  # the route label of requests that matched no route (no route name has parentheses)
 
 if TYPE_CHECKING:
     from .proxy import ProxyServer
@@ -37,6 +45,21 @@ class ProxyCollector(Collector):
             "Pooled connections to backends found closed or too old when about to be reused.",
             value=self.proxy.pool.stale,
         )
+        errors = CounterMetricFamily(
+            "omnixan_lb_filter_errors", "Route filters that raised (the request answered 500).", labels=["filter"]
+        )
+        for name, count in list(self.proxy.filter_errors.items()):
+            errors.add_metric([name], count)
+        yield errors
+        table = self.proxy.routes
+        if table is not None:
+            routed = CounterMetricFamily(
+                "omnixan_lb_route_requests", "Requests each route took, by route name.", labels=["route"]
+            )
+            for route in table.routes:
+                routed.add_metric([route.name], route.requests)
+            routed.add_metric([NO_ROUTE], table.fallback.requests)
+            yield routed
 
 
 def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:

@@ -130,6 +130,7 @@ class Route:
         "request_filters",
         "response_filters",
         "redirect",
+        "requests",
     )
 
     def __init__(self, name: str, config: RouteConfig | None = None) -> None:
@@ -156,6 +157,7 @@ class Route:
         self.request_filters = [f for f in self.filters if f.on_request is not None]
         self.response_filters = [f for f in self.filters if f.on_response is not None]
         self.redirect = config.redirect
+        self.requests = 0  # requests it took (omnixan_lb_route_requests_total), kept across reloads by name
 
     @property
     def rewrites_request(self) -> bool:
@@ -278,10 +280,19 @@ class RouteTable:
         candidates = self._by_host.get(host, self._others).of(path)
         for route in candidates:
             if route.matches(host, path, info):
+                route.requests += 1
                 route.rewrite(info, path, query)
                 return route
+        self.fallback.requests += 1
         self.fallback.rewrite(info, path, query)
         return self.fallback
+
+    def keep_counts(self, old: RouteTable) -> None:
+        """Carry ``old``'s request counts over to the routes of this table of the same name (a reload)."""
+        counts = {route.name: route.requests for route in old.routes}
+        for route in self.routes:
+            route.requests = counts.get(route.name, 0)
+        self.fallback.requests = old.fallback.requests
 
 
 def redirect_answer(redirect: Redirect, info: RequestInfo, request_id: str, *, close: bool) -> bytes:

@@ -42,7 +42,7 @@ from ..models import DrainResult
 from ..module import LoadBalancingModule
 from ..state.base import StateStore
 from ..state.redis import redact
-from .admin import AdminServer
+from .admin import AdminServer, Topology
 from .affinity import affinity_key
 from .app import announce_start
 from .app import serve as serve_one
@@ -91,7 +91,12 @@ class Supervisor:
         self.pools = PoolModules(config, self._make_module)
         self.lb = self.pools.default
         self.admin = AdminServer(
-            self.lb, CollectorRegistry(), config.admin, drain_timeout=config.drain_timeout, fleet=self
+            self.lb,
+            CollectorRegistry(),
+            config.admin,
+            drain_timeout=config.drain_timeout,
+            fleet=self,
+            topology=Topology(self.pools.modules, lambda: self.config),
         )
         self.slots: list[Slot] = []
         self.stopping = asyncio.Event()
@@ -353,6 +358,7 @@ class Supervisor:
         for slot in self.slots:
             seen = by_index.get(slot.index)
             distribution = seen["distribution"] if seen else {}
+            pools = seen.get("pools", {}) if seen else {}  # its traffic: every pool's
             rows.append(
                 {
                     "index": slot.index,
@@ -360,8 +366,8 @@ class Supervisor:
                     "up": seen is not None,
                     "restarts": slot.restarts,
                     "started_at": slot.started_at,
-                    "total_requests": int(distribution.get("total_requests", 0)),
-                    "requests_per_second": float(distribution.get("requests_per_second", 0.0)),
+                    "total_requests": sum(int(d.get("total_requests", 0)) for d in pools.values()),
+                    "requests_per_second": sum(float(d.get("requests_per_second") or 0.0) for d in pools.values()),
                     "in_flight": int(seen["in_flight"]) if seen else 0,
                     "connections": int(seen["connections"]) if seen else 0,
                     "algorithm": distribution.get("algorithm"),

@@ -68,7 +68,7 @@ class Worker:
         self.pools = PoolModules(config, self._make_module)
         self.lb = self.pools.default
         self.registry = CollectorRegistry()
-        register_metrics(self.lb, self.registry)
+        register_metrics(self.pools.modules, self.registry)  # a pool label on every family
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER), pools=self.pools.modules)
         register_proxy_metrics(self.proxy, self.registry)
         self.started = asyncio.Event()
@@ -138,15 +138,18 @@ class Worker:
         return None
 
     async def figures(self, metrics: bool) -> dict[str, Any]:
-        """What the admin API sums: the distribution, and the metrics text if asked for."""
-        distribution = await self.lb.get_load_distribution()
+        """What the admin API sums: every pool's distribution (the default's as ``distribution``
+        too), the route filters' errors, and the metrics text if asked for."""
+        pools = {name: (await lb.get_load_distribution()).model_dump(mode="json") for name, lb in self.pools.items()}
         return {
             "index": self.index,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "in_flight": self.proxy.in_flight,
             "connections": len(self.proxy.connections),
-            "distribution": distribution.model_dump(mode="json"),
+            "distribution": pools[DEFAULT_POOL],
+            "pools": pools,
+            "filter_errors": dict(self.proxy.filter_errors),
             "metrics": generate_latest(self.registry).decode() if metrics else "",
         }
 

@@ -28,8 +28,9 @@ from ...config import BackendConfig, LoadBalancingAlgorithm
 from ...enums import HealthState, LoadBalancingAlgorithmType
 from ...exceptions import AlgorithmError, BackendNotFoundError
 from ...module import LoadBalancingModule
+from ..route_config import DEFAULT_POOL
 from .body import BadInput, read_object, validation_error
-from .fleet import Fleet, merge_distribution, merge_drains, merge_metrics
+from .fleet import Fleet, merge_drains, merge_filter_errors, merge_metrics, merge_pools
 from .models import (
     DASHBOARD_ASSETS,
     AlgorithmChange,
@@ -41,8 +42,10 @@ from .models import (
     ExecuteFailure,
     ExecuteSuccess,
     HealthView,
+    PoolView,
     RemovedView,
 )
+from .topology import RoutesTable, Topology, pool_name
 
 ALGORITHM_NAMES = [kind.value for kind in LoadBalancingAlgorithmType]
 
@@ -120,7 +123,8 @@ def dashboard_file(name: str) -> bytes:
 class AdminApi:
     """The handlers. ``fleet``: the workers of a server with ``workers: N`` (``lb`` is then the
     supervisor's module: every change goes to it first, then to each worker, and traffic figures
-    are the workers' summed, see :mod:`.fleet`)."""
+    are the workers' summed, see :mod:`.fleet`). ``topology``: the pools and routes (without it,
+    ``lb`` is the one pool, ``default``, and there are no routes)."""
 
     def __init__(
         self,
@@ -130,74 +134,108 @@ class AdminApi:
         *,
         drain_timeout: float,
         fleet: Fleet | None = None,
+        topology: Topology | None = None,
     ) -> None:
         self.lb = lb
+        self.topology = Topology.single(lb) if topology is None else topology
+        self._routes = RoutesTable.of(None)
         self.registry = registry
         self.document = document
         self.drain_timeout = drain_timeout
         self.fleet = fleet
         self._files = {name: dashboard_file(name) for name in ["index.html", *DASHBOARD_ASSETS]}
 
-    async def _distribution(self) -> dict[str, Any]:
-        """The load distribution as a dict: the module's, or summed over the workers."""
-        own = (await self.lb.get_load_distribution()).model_dump(mode="json")
+    async def _distributions(self, only: str | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """Every pool's load distribution (or pool ``only``'s) by name, each the module's or summed
+        over the workers, and the workers' figures they came from."""
+        own = {}
+        for name, lb in list(self.topology.pools.items()):
+            if only is None or name == only:
+                own[name] = (await lb.get_load_distribution()).model_dump(mode="json")
         if self.fleet is None:
-            return own
+            return own, []
         figures = await self.fleet.figures()
-        merged = merge_distribution(own, [f["distribution"] for f in figures])
-        merged["workers"] = self.fleet.workers(figures)
+        return merge_pools(own, figures), figures
+
+    async def _distribution(self) -> dict[str, Any]:
+        """``/distribution``: the default pool's at the top, every pool's under ``pools``."""
+        pools, figures = await self._distributions()
+        merged = {**pools[DEFAULT_POOL], "pools": pools}
+        if self.fleet is not None:
+            merged["workers"] = self.fleet.workers(figures)
         return merged
+
+    async def _routes_table(self) -> RoutesTable:
+        """The routes of the config in force (made again, in a thread, when a reload replaced it)."""
+        config = self.topology.config()
+        if self._routes.config is not config:
+            self._routes = await asyncio.to_thread(RoutesTable.of, config)
+        return self._routes
+
+    def _pool(self, request: web.Request) -> tuple[str, LoadBalancingModule]:
+        """The pool the request names (``?pool=``) and its module; 404 for an unknown one."""
+        name = pool_name(request)
+        return name, self.topology.module(name)
 
     # -- backends --------------------------------------------------------------------
 
-    async def _backend(self, backend_id: str) -> BackendView:
-        view = self.lb.describe_backend(backend_id)  # BackendNotFoundError: 404
+    async def _backend(self, pool: str, lb: LoadBalancingModule, backend_id: str) -> BackendView:
+        view = lb.describe_backend(backend_id)  # BackendNotFoundError: 404
         if self.fleet is not None:
-            view = (await self._distribution())["backends"].get(backend_id, view)
+            pools, _ = await self._distributions(pool)
+            view = pools.get(pool, {"backends": {}})["backends"].get(backend_id, view)
         return BackendView.model_validate(view)
 
     @_api
     async def list_backends(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         if self.fleet is None:
-            views = [self.lb.describe_backend(backend_id) for backend_id in list(self.lb.backends)]
+            views = [lb.describe_backend(backend_id) for backend_id in list(lb.backends)]
         else:
-            views = list((await self._distribution())["backends"].values())
+            pools, _ = await self._distributions(pool)
+            views = list(pools.get(pool, {"backends": {}})["backends"].values())
         return respond([BackendView.model_validate(view) for view in views])
 
     @_api
     async def add_backend(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         body = await read_object(request)
         config = validate(BackendConfig, body, strict=True)  # JSON true is no number here
-        backend_id = await self.lb.add_backend(config)
+        backend_id = await lb.add_backend(config)
         if self.fleet is not None:
-            await self.fleet.add_backend(backend_id, config)
+            await self.fleet.add_backend(backend_id, config, pool=pool)
         location = f"/backends/{quote(backend_id, safe='')}"
-        return respond(await self._backend(backend_id), 201, {"Location": location})
+        if pool != DEFAULT_POOL:
+            location += f"?pool={quote(pool, safe='')}"
+        return respond(await self._backend(pool, lb, backend_id), 201, {"Location": location})
 
     @_api
     async def get_backend(self, request: web.Request) -> web.Response:
-        return respond(await self._backend(request.match_info["backend_id"]))
+        pool, lb = self._pool(request)
+        return respond(await self._backend(pool, lb, request.match_info["backend_id"]))
 
     @_api
     async def remove_backend(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         backend_id = request.match_info["backend_id"]
-        in_flight = (await self._backend(backend_id)).active_connections
-        await self.lb.remove_backend(backend_id)
+        in_flight = (await self._backend(pool, lb, backend_id)).active_connections
+        await lb.remove_backend(backend_id)
         if self.fleet is not None:
-            await self.fleet.remove_backend(backend_id)
+            await self.fleet.remove_backend(backend_id, pool=pool)
         return respond(RemovedView(backend_id=backend_id, removed=True, in_flight=in_flight))
 
     @_api
     async def drain_backend(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         backend_id = request.match_info["backend_id"]
         body = await read_object(request, required=False)
         drain = validate(DrainRequest, body, strict=True)  # JSON true is no number here
         timeout = self.drain_timeout if drain.timeout is None else drain.timeout
-        self.lb.describe_backend(backend_id)  # 404 before anything starts
+        lb.describe_backend(backend_id)  # 404 before anything starts
         if self.fleet is None:
-            return respond(await self.lb.drain_backend(backend_id, timeout))
+            return respond(await lb.drain_backend(backend_id, timeout))
         own, workers = await asyncio.gather(
-            self.lb.drain_backend(backend_id, timeout), self.fleet.drain_backend(backend_id, timeout)
+            lb.drain_backend(backend_id, timeout), self.fleet.drain_backend(backend_id, timeout, pool=pool)
         )
         return respond(merge_drains(backend_id, workers, own))
 
@@ -207,16 +245,35 @@ class AdminApi:
     async def get_distribution(self, request: web.Request) -> web.Response:
         return respond(DistributionView.model_validate(await self._distribution()))
 
-    def _algorithm(self) -> AlgorithmView:
-        name, settings = self.lb.algorithm_settings()
+    @_api
+    async def list_pools(self, request: web.Request) -> web.Response:
+        pools, _ = await self._distributions()
+        routed = (await self._routes_table()).by_pool
+        return respond([pool_view(name, view, routed.get(name, [])) for name, view in pools.items()])
+
+    @_api
+    async def list_routes(self, request: web.Request) -> web.Response:
+        if self.fleet is None:
+            errors = dict(self.topology.filter_errors())
+        else:
+            errors = merge_filter_errors(await self.fleet.figures())
+        table = await self._routes_table()
+        # RoutesView, with its routes serialised once per config (each a RouteView, see RoutesTable).
+        body = b'{"routes": ' + table.json + b', "filter_errors": ' + json.dumps(errors).encode() + b"}"
+        return web.Response(body=body, content_type="application/json")
+
+    def _algorithm(self, lb: LoadBalancingModule) -> AlgorithmView:
+        name, settings = lb.algorithm_settings()
         return AlgorithmView.model_validate({"algorithm": name, "config": settings})
 
     @_api
     async def get_algorithm(self, request: web.Request) -> web.Response:
-        return respond(self._algorithm())
+        _, lb = self._pool(request)
+        return respond(self._algorithm(lb))
 
     @_api
     async def set_algorithm(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         body = await read_object(request)
         if "algorithm_type" not in body:
             raise BadInput(
@@ -226,40 +283,41 @@ class AdminApi:
         # The library's own model: the subclass would compare unequal to the same choice read from a file.
         algorithm = LoadBalancingAlgorithm(algorithm_type=change.algorithm_type, config=change.config)
         try:
-            await self.lb.configure_algorithm(algorithm)
+            await lb.configure_algorithm(algorithm)
         except AlgorithmError as exc:
             raise BadInput(422, f"config: {exc}", "config") from None
         if self.fleet is not None:
-            await self.fleet.configure_algorithm(algorithm.model_dump(mode="json"))
-        return respond(self._algorithm())
+            await self.fleet.configure_algorithm(algorithm.model_dump(mode="json"), pool=pool)
+        return respond(self._algorithm(lb))
 
     @_api
     async def execute(self, request: web.Request) -> web.Response:
+        pool, lb = self._pool(request)
         body = await read_object(request)
-        outcome = await self.lb.execute(body)
+        outcome = await lb.execute(body)
         if outcome.get("status") == "success":
             if self.fleet is not None:
-                await self._replicate(str(body.get("operation")), outcome["result"])
+                await self._replicate(pool, lb, str(body.get("operation")), outcome["result"])
             return respond(ExecuteSuccess.model_validate(outcome))
         status = EXECUTE_ERROR_STATUS.get(str(outcome.get("error_type")), 422)
         return respond(ExecuteFailure.model_validate(outcome), status)
 
-    async def _replicate(self, operation: str, result: Any) -> None:
-        """An execute() that changed the supervisor's module changes every worker alike."""
+    async def _replicate(self, pool: str, lb: LoadBalancingModule, operation: str, result: Any) -> None:
+        """An execute() that changed the supervisor's module of ``pool`` changes every worker's alike."""
         assert self.fleet is not None
         if operation == "add_backend":
             backend_id = result["backend_id"]
-            await self.fleet.add_backend(backend_id, self.lb.backends[backend_id].config)
+            await self.fleet.add_backend(backend_id, lb.backends[backend_id].config, pool=pool)
         elif operation == "remove_backend":
-            await self.fleet.remove_backend(result["backend_id"])
+            await self.fleet.remove_backend(result["backend_id"], pool=pool)
         elif operation == "configure_algorithm":
-            name, settings = self.lb.algorithm_settings()
-            await self.fleet.configure_algorithm({"algorithm_type": name, "config": settings})
+            name, settings = lb.algorithm_settings()
+            await self.fleet.configure_algorithm({"algorithm_type": name, "config": settings}, pool=pool)
 
     # -- public ------------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        backends = self.lb.backends.values()
+        backends = [b for lb in list(self.topology.pools.values()) for b in lb.backends.values()]
         healthy = sum(1 for b in backends if b.health.state is HealthState.HEALTHY)
         view = HealthView(status="ok" if healthy else "unavailable", healthy_backends=healthy, backends=len(backends))
         return respond(view, 200 if healthy else 503)
@@ -288,3 +346,20 @@ class AdminApi:
         return web.Response(
             body=self._files[name], content_type=media_type, charset="utf-8", headers={"Cache-Control": "no-cache"}
         )
+
+
+def pool_view(name: str, distribution: dict[str, Any], routes: list[str]) -> PoolView:
+    """A pool's row of ``GET /pools``, from its (summed) distribution."""
+    backends = list(distribution["backends"].values())
+    return PoolView(
+        name=name,
+        algorithm=distribution["algorithm"],
+        backends=len(backends),
+        healthy_backends=sum(1 for b in backends if b["health_status"] == HealthState.HEALTHY.value),
+        total_requests=int(distribution["total_requests"]),
+        requests_per_second=distribution["requests_per_second"],
+        active_connections=sum(int(b["active_connections"]) for b in backends),
+        queued_requests=int(distribution["queued_requests"]),
+        active_sessions=int(distribution["active_sessions"]),
+        routes=routes,
+    )

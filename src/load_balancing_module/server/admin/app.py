@@ -34,6 +34,7 @@ from .fleet import Fleet
 from .guard import RequestGuard
 from .openapi import openapi_document
 from .routes import ROUTES
+from .topology import Topology
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,7 +72,10 @@ class AdminServer:
         *,
         drain_timeout: float = 30.0,
         fleet: Fleet | None = None,
+        topology: Topology | None = None,
     ) -> None:
+        """``lb``: the default pool's module; ``topology``: every pool and the routes (without it,
+        ``lb`` is the only pool); ``fleet``: the workers, with ``workers: N``."""
         self.lb = lb
         self.registry = registry
         self.config = config
@@ -85,7 +89,9 @@ class AdminServer:
             )
         self._token_digest = None if self.token is None else token_digest(self.token)
         self.guard = RequestGuard(config.listen_host, config.allowed_hosts)
-        self.api = AdminApi(lb, registry, openapi_document(), drain_timeout=drain_timeout, fleet=fleet)
+        self.api = AdminApi(
+            lb, registry, openapi_document(), drain_timeout=drain_timeout, fleet=fleet, topology=topology
+        )
         self.port = 0
         self._runner: web.AppRunner | None = None
 

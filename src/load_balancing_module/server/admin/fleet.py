@@ -1,9 +1,10 @@
 """The admin API of a server with several workers: what it asks of them, and how it sums them.
 
-With ``workers: N`` the admin listener runs in the supervisor, over the supervisor's own module
-(which probes the backends and holds the authoritative backend list). Every change the API makes
-there (a backend added, removed or drained, the algorithm switched) goes to each worker through a
-:class:`Fleet`; what the API reports of traffic is the sum of the workers' own figures:
+With ``workers: N`` the admin listener runs in the supervisor, over the supervisor's own modules,
+one per pool (they probe the backends and hold the authoritative backend lists). Every change the
+API makes there (a backend added, removed or drained, the algorithm switched, in a named pool)
+goes to each worker through a :class:`Fleet`, with the pool's name; what the API reports of
+traffic is the sum of the workers' own figures, pool by pool:
 
 - counts (requests, completions, in flight, queued, requests per second) are summed;
 - a backend's recent latency percentiles are the highest of the workers' (an upper bound: the
@@ -11,9 +12,11 @@ there (a backend added, removed or drained, the algorithm switched) goes to each
   each worker's recent completions;
 - health is the supervisor's (it probes; the workers follow), the circuit state the worst of the
   workers' (each worker's breaker counts the failures it saw);
-- in ``/metrics``, counters and histograms are summed, and so are gauges that count something in
-  flight; gauges that state a fact every worker shares (up, health, draining, build, the number
-  of backends, shared-store counts) take the highest value, and ``state_store_up`` the lowest.
+- route filters' errors (``GET /routes``) are summed;
+- in ``/metrics`` (whose samples carry a ``pool`` label: a pool's samples meet its own), counters
+  and histograms are summed, and so are gauges that count something in flight; gauges that state
+  a fact every worker shares (up, health, draining, build, the number of backends, shared-store
+  counts) take the highest value, and ``state_store_up`` the lowest.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from ...config import BackendConfig
 from ...models import DrainResult
+from ..route_config import DEFAULT_POOL
 
 # Gauges every worker reports alike (or of which the worst is the truth): not summed.
 HIGHEST: Final = frozenset(
@@ -50,16 +54,17 @@ CIRCUIT_ORDER: Final = {"closed": 0, "half_open": 1, "open": 2}
 class Fleet(Protocol):
     """The workers, as the admin API drives them (implemented by the supervisor)."""
 
-    async def add_backend(self, backend_id: str, config: BackendConfig) -> None: ...
+    async def add_backend(self, backend_id: str, config: BackendConfig, pool: str = DEFAULT_POOL) -> None: ...
 
-    async def remove_backend(self, backend_id: str) -> None: ...
+    async def remove_backend(self, backend_id: str, pool: str = DEFAULT_POOL) -> None: ...
 
-    async def drain_backend(self, backend_id: str, timeout: float) -> list[DrainResult]: ...
+    async def drain_backend(self, backend_id: str, timeout: float, pool: str = DEFAULT_POOL) -> list[DrainResult]: ...
 
-    async def configure_algorithm(self, algorithm: dict[str, Any]) -> None: ...
+    async def configure_algorithm(self, algorithm: dict[str, Any], pool: str = DEFAULT_POOL) -> None: ...
 
     async def figures(self, metrics: bool = False) -> list[dict[str, Any]]:
-        """Each live worker's ``figures`` (index, pid, distribution; its metrics text if asked)."""
+        """Each live worker's ``figures`` (index, pid, the default pool's distribution, every pool's
+        under ``pools``, its filter errors; its metrics text if asked)."""
         ...
 
     def workers(self, figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,6 +89,26 @@ def merge_drains(backend_id: str, results: Sequence[DrainResult], fallback: Drai
         finished_at=max(r.finished_at for r in results),
         waited_seconds=max(r.waited_seconds for r in results),
     )
+
+
+def merge_pools(own: dict[str, dict[str, Any]], figures: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each pool's distribution of the supervisor (``own``, by name) with the traffic figures summed
+    over the workers' distributions of the same pool (a worker that does not have it yet adds nothing)."""
+    parts: dict[str, list[dict[str, Any]]] = {name: [] for name in own}
+    for f in figures:
+        for name, distribution in f.get("pools", {DEFAULT_POOL: f["distribution"]}).items():
+            if name in parts:
+                parts[name].append(distribution)
+    return {name: merge_distribution(mine, parts[name]) for name, mine in own.items()}
+
+
+def merge_filter_errors(figures: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The workers' counts of route filters that raised, summed by filter."""
+    total: dict[str, int] = {}
+    for f in figures:
+        for name, count in f.get("filter_errors", {}).items():
+            total[name] = total.get(name, 0) + int(count)
+    return total
 
 
 def merge_distribution(own: dict[str, Any], parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

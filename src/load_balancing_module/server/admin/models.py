@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from ...config import LoadBalancingAlgorithm, StrictModel
 from ...enums import CircuitState, HealthState, LoadBalancingAlgorithmType
 from ...operations import OPERATIONS
+from ..route_config import DEFAULT_POOL, HeaderRules, Redirect, RouteMatch
 
 MAX_DRAIN_TIMEOUT = 86_400.0
 # The dashboard's files under /dashboard/ and their media types; index.html is served at /.
@@ -75,6 +76,14 @@ class BackendPath(BaseModel):
     """The path parameter of the /backends/{backend_id} routes."""
 
     backend_id: str = Field(description="the backend's id, percent-encoded (host:port)")
+
+
+class PoolQuery(BaseModel):
+    """The query parameter of the backend, algorithm and execute routes: which pool they act on."""
+
+    pool: str = Field(
+        default=DEFAULT_POOL, description="the pool's name (GET /pools); absent: default, the top-level backends"
+    )
 
 
 class AssetPath(BaseModel):
@@ -137,16 +146,16 @@ class WorkerView(View):
     up: bool = Field(description="false while the worker restarts (or did not answer)")
     restarts: int = Field(description="times this worker was started again after it exited")
     started_at: float = Field(description="Unix time of its last start")
-    total_requests: int = Field(description="requests this worker routed since its start")
-    requests_per_second: float = Field(description="its completions per second over the last 10 s")
+    total_requests: int = Field(description="requests this worker routed since its start, in every pool")
+    requests_per_second: float = Field(description="its completions per second over the last 10 s, in every pool")
     in_flight: int = Field(description="requests it is proxying now")
     connections: int = Field(description="client connections it holds")
     algorithm: LoadBalancingAlgorithmType | None = Field(description="the algorithm it routes with")
 
 
-class DistributionView(View):
-    """The load distribution (LoadBalancingModule.get_load_distribution), each backend as a BackendView.
-    With several workers, the figures are sums over them, and ``workers`` has one row each."""
+class PoolDistributionView(View):
+    """One pool's load distribution (LoadBalancingModule.get_load_distribution), each backend as a
+    BackendView. With several workers, the figures are sums over them."""
 
     total_requests: int
     requests_per_second: MaybeNumber
@@ -155,7 +164,51 @@ class DistributionView(View):
     active_sessions: int
     queued_requests: int
     backends: dict[str, BackendView] = Field(description="by backend id")
+
+
+class DistributionView(PoolDistributionView):
+    """The load distribution: the default pool's at the top level, every pool's (default included)
+    under ``pools``. With several workers, the figures are sums over them, and ``workers`` has one
+    row each."""
+
+    pools: dict[str, PoolDistributionView] = Field(default_factory=dict, description="by pool name")
     workers: list[WorkerView] = Field(default_factory=list, description="one per worker process (workers: N)")
+
+
+class PoolView(View):
+    """One pool: its algorithm, backends and traffic (summed over the workers with workers: N)."""
+
+    name: str
+    algorithm: LoadBalancingAlgorithmType
+    backends: int
+    healthy_backends: int = Field(description="backends HEALTHY now")
+    total_requests: int = Field(description="requests routed to the pool's backends")
+    requests_per_second: MaybeNumber
+    active_connections: int = Field(description="requests in flight on its backends")
+    queued_requests: int
+    active_sessions: int
+    routes: list[str] = Field(description="the routes that send requests here, by name")
+
+
+class RouteView(View):
+    """One route of the config in force, in match order."""
+
+    index: int = Field(description="its place in routes: the first that matches takes a request")
+    name: str = Field(description="its name, or route-<index>")
+    match: RouteMatch = Field(description="the conditions it sets (every one must hold)")
+    pool: str | None = Field(description="the pool it sends requests to; null for a redirect")
+    redirect: Redirect | None
+    strip_prefix: str | None
+    request_headers: HeaderRules
+    response_headers: HeaderRules
+    filters: list[str] = Field(description="module:function, in the order they run")
+
+
+class RoutesView(View):
+    """GET /routes: the routes table and the filters' errors."""
+
+    routes: list[RouteView]
+    filter_errors: dict[str, int] = Field(description="requests a filter failed (answered 500), by filter")
 
 
 class AlgorithmView(View):
@@ -167,7 +220,7 @@ class AlgorithmView(View):
 
 
 class HealthView(View):
-    """GET /healthz: ok when at least one backend is HEALTHY."""
+    """GET /healthz: ok when at least one backend (of any pool) is HEALTHY."""
 
     status: Literal["ok", "unavailable"]
     healthy_backends: int

@@ -81,19 +81,25 @@ def schemas() -> tuple[dict[tuple[Any, Mode], dict[str, Any]], dict[str, Any]]:
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
-    """One path parameter per field of ``route.params``; they must be the path's placeholders."""
+    """One path parameter per field of ``route.params`` (they must be the path's placeholders), then
+    one optional query parameter per field of ``route.query``."""
     placeholders = re.findall(r"{(\w+)}", route.path)
     model = route.params.model_json_schema() if route.params is not None else {"properties": {}}
     if sorted(placeholders) != sorted(model["properties"]):
         raise ValueError(f"{route.method} {route.path}: the params model must name exactly {placeholders}")
-    parameters = []
-    for name, field in model["properties"].items():
-        schema = {key: value for key, value in field.items() if key not in ("title", "description")}
-        parameter = {"name": name, "in": "path", "required": True, "schema": schema}
-        if "description" in field:
-            parameter["description"] = field["description"]
-        parameters.append(parameter)
+    parameters = [_parameter(name, field, "path") for name, field in model["properties"].items()]
+    if route.query is not None:
+        query = route.query.model_json_schema()["properties"]
+        parameters += [_parameter(name, field, "query") for name, field in query.items()]
     return parameters
+
+
+def _parameter(name: str, field: dict[str, Any], where: Literal["path", "query"]) -> dict[str, Any]:
+    schema = {key: value for key, value in field.items() if key not in ("title", "description")}
+    parameter = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    if "description" in field:
+        parameter["description"] = field["description"]
+    return parameter
 
 
 def _response(answer: Answer, by_type: dict[tuple[Any, Mode], dict[str, Any]]) -> dict[str, Any]:

@@ -34,7 +34,10 @@ from .models import (
     ExecuteRequest,
     ExecuteSuccess,
     HealthView,
+    PoolQuery,
+    PoolView,
     RemovedView,
+    RoutesView,
 )
 
 JSON = "application/json"
@@ -62,6 +65,7 @@ class Route:
     body: type[BaseModel] | None = None
     body_required: bool = True
     params: type[BaseModel] | None = None  # one field per {placeholder} of the path
+    query: type[BaseModel] | None = None  # one field per query parameter, none required
     public: bool = False  # served without the token
     description: str | None = None
 
@@ -71,7 +75,8 @@ class Route:
         return first + "".join(word.title() for word in rest)
 
 
-NOT_FOUND = Answer(ErrorBody, "no backend with this id")
+NOT_FOUND = Answer(ErrorBody, "no backend with this id in the pool, or no such pool")
+NO_POOL = Answer(ErrorBody, "no pool of this name (the message names those there are)")
 FAILED = "status error: "
 
 ROUTES: tuple[Route, ...] = (
@@ -80,15 +85,17 @@ ROUTES: tuple[Route, ...] = (
         "/backends",
         AdminApi.list_backends,
         "Every backend, with its load, health and latency",
-        {200: Answer(list[BackendView], "the backends")},
+        {200: Answer(list[BackendView], "the backends"), 404: NO_POOL},
+        query=PoolQuery,
     ),
     Route(
         "POST",
         "/backends",
         AdminApi.add_backend,
         "Add a backend; it takes requests at once",
-        {201: Answer(BackendView, "the new backend; its id is backend_id", headers=("Location",))},
+        {201: Answer(BackendView, "the new backend; its id is backend_id", headers=("Location",)), 404: NO_POOL},
         body=BackendConfig,
+        query=PoolQuery,
     ),
     Route(
         "GET",
@@ -97,6 +104,7 @@ ROUTES: tuple[Route, ...] = (
         "One backend",
         {200: Answer(BackendView, "the backend"), 404: NOT_FOUND},
         params=BackendPath,
+        query=PoolQuery,
     ),
     Route(
         "DELETE",
@@ -105,6 +113,7 @@ ROUTES: tuple[Route, ...] = (
         "Remove a backend at once (requests in flight still complete)",
         {200: Answer(RemovedView, "removed"), 404: NOT_FOUND},
         params=BackendPath,
+        query=PoolQuery,
     ),
     Route(
         "POST",
@@ -115,6 +124,7 @@ ROUTES: tuple[Route, ...] = (
         body=DrainRequest,
         body_required=False,
         params=BackendPath,
+        query=PoolQuery,
         description="Answers when the drain is over (all requests in flight finished, or the timeout).",
     ),
     Route(
@@ -126,18 +136,34 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
+        "/pools",
+        AdminApi.list_pools,
+        "Every pool: its algorithm, backends, healthy backends and traffic",
+        {200: Answer(list[PoolView], "the pools, default first")},
+    ),
+    Route(
+        "GET",
+        "/routes",
+        AdminApi.list_routes,
+        "The routes table of the config in force, and the route filters' errors",
+        {200: Answer(RoutesView, "the routes, in match order")},
+    ),
+    Route(
+        "GET",
         "/algorithm",
         AdminApi.get_algorithm,
         "The algorithm in use and the ones available",
-        {200: Answer(AlgorithmView, "the algorithm")},
+        {200: Answer(AlgorithmView, "the algorithm"), 404: NO_POOL},
+        query=PoolQuery,
     ),
     Route(
         "PUT",
         "/algorithm",
         AdminApi.set_algorithm,
         "Switch algorithm at once",
-        {200: Answer(AlgorithmView, "switched")},
+        {200: Answer(AlgorithmView, "switched"), 404: NO_POOL},
         body=AlgorithmChange,
+        query=PoolQuery,
     ),
     Route(
         "POST",
@@ -146,18 +172,19 @@ ROUTES: tuple[Route, ...] = (
         "LoadBalancingModule.execute: the library's dict interface",
         {
             200: Answer(ExecuteSuccess, "status success, with the result"),
-            404: Answer(ExecuteFailure, FAILED + "no such backend"),
+            404: Answer(ExecuteFailure | ErrorBody, FAILED + "no such backend; or no such pool"),
             422: Answer(ExecuteFailure | ErrorBody, FAILED + "bad params; or the body is no JSON object"),
             429: Answer(ExecuteFailure, FAILED + "rate limited (route_request)"),
             503: Answer(ExecuteFailure, FAILED + "no backend could take the request"),
         },
         body=ExecuteRequest,
+        query=PoolQuery,
     ),
     Route(
         "GET",
         "/healthz",
         AdminApi.healthz,
-        "200 when at least one backend is HEALTHY, else 503",
+        "200 when at least one backend (of any pool) is HEALTHY, else 503",
         {200: Answer(HealthView, "healthy"), 503: Answer(HealthView, "no healthy backend")},
         public=True,
     ),

@@ -1,10 +1,13 @@
-// OMNIXAN LB dashboard: polls GET /distribution every second and renders it.
-// No framework, no build step. Every value from the server is put in the page
-// with textContent, never as HTML.
+// OMNIXAN LB dashboard: polls GET /distribution and GET /routes every second and renders them.
+// The cards, chart, backend table and algorithm are those of the pool picked (default first);
+// every change names it (?pool=). No framework, no build step. Every value from the server is put
+// in the page with textContent, never as HTML.
 "use strict";
 (() => {
   const TOKEN_KEY = "omnixan-lb-token";
   const REMOVED_KEY = "omnixan-lb-removed";
+  const POOL_KEY = "omnixan-lb-pool";
+  const DEFAULT_POOL = "default";
   const REFRESH_MS = 1000;
   const HISTORY = 120; // sparkline points (seconds)
   const CONFIG_FIELDS = ["host", "port", "weight", "priority", "quantum_capable", "max_connections", "metadata"];
@@ -13,6 +16,10 @@
   const rates = [];
   const lastConfig = new Map(); // backend id -> the fields needed to add it again
   let tokenWait = null;
+  let pool = sessionStorage.getItem(POOL_KEY) || DEFAULT_POOL; // the pool shown and changed
+
+  // A path with the pool picked, for the routes that act on one pool.
+  const inPool = (path, name = pool) => (name === DEFAULT_POOL ? path : `${path}?pool=${encodeURIComponent(name)}`);
 
   // -- the API, with the bearer token asked once and kept in session storage ------------
 
@@ -222,7 +229,100 @@
     }
   }
 
-  function render(distribution) {
+  // Every pool (several only when the config names pools): a picker in the header, and a table.
+  function renderPools(pools) {
+    const names = Object.keys(pools);
+    const several = names.length > 1;
+    $("pool-picker").hidden = !several;
+    $("pools-section").hidden = !several;
+    $("pool-note").textContent = several ? `, pool ${pool}` : "";
+    const select = $("pool");
+    if ([...select.options].map((o) => o.value).join() !== names.join()) {
+      select.replaceChildren(...names.map((name) => new Option(name, name)));
+    }
+    if (select.value !== pool) select.value = pool;
+    const tbody = $("pools").tBodies[0];
+    tbody.replaceChildren();
+    for (const name of names) {
+      const view = pools[name];
+      const backends = Object.values(view.backends);
+      const row = document.createElement("tr");
+      row.dataset.pool = name;
+      if (name === pool) row.className = "selected";
+      const cells = [
+        name,
+        view.algorithm.replace("_", " "),
+        String(backends.length),
+        String(backends.filter((b) => b.health_status === "healthy").length),
+        fixed(view.requests_per_second, 1),
+        String(view.total_requests),
+        String(backends.reduce((sum, b) => sum + b.active_connections, 0)),
+      ];
+      cells.forEach((text, i) => {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        if (i >= 2) cell.className = "num";
+        row.append(cell);
+      });
+      row.addEventListener("click", () => pickPool(name));
+      tbody.append(row);
+    }
+  }
+
+  function describeMatch(match) {
+    const parts = [];
+    if (match.host) parts.push(`host ${match.host}`);
+    if (match.path_prefix) parts.push(`path ${match.path_prefix}…`);
+    if (match.path_regex) parts.push(`path ~ ${match.path_regex}`);
+    if (match.methods) parts.push(match.methods.join(" "));
+    for (const [name, value] of Object.entries(match.headers || {})) parts.push(`${name}: ${value}`);
+    return parts.length ? parts.join(", ") : "every request";
+  }
+
+  function describeRewrites(route) {
+    const parts = [];
+    if (route.strip_prefix) parts.push(`strip ${route.strip_prefix}`);
+    for (const [side, rules] of [["request", route.request_headers], ["response", route.response_headers]]) {
+      const count = Object.keys(rules.set).length + Object.keys(rules.add).length + rules.remove.length;
+      if (count) parts.push(`${side} headers: ${count} rule${count > 1 ? "s" : ""}`);
+    }
+    return parts.join(", ") || "–";
+  }
+
+  function renderRoutes(table) {
+    const routes = table ? table.routes : [];
+    $("routes-section").hidden = routes.length === 0;
+    const tbody = $("routes").tBodies[0];
+    tbody.replaceChildren();
+    for (const route of routes) {
+      const row = document.createElement("tr");
+      row.dataset.route = route.name;
+      const to = route.redirect
+        ? `redirect ${route.redirect.status} → ${route.redirect.to}`
+        : `pool ${route.pool}`;
+      const cells = [String(route.index), route.name, describeMatch(route.match), to, describeRewrites(route),
+        route.filters.join(", ") || "–"];
+      cells.forEach((text, i) => {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        if (i === 0) cell.className = "num";
+        row.append(cell);
+      });
+      tbody.append(row);
+    }
+    const errors = Object.entries(table ? table.filter_errors : {});
+    $("filter-errors").hidden = errors.length === 0;
+    $("filter-errors").textContent = "Filter errors (answered 500): " +
+      errors.map(([name, count]) => `${name} ${count}`).join(", ");
+  }
+
+  function render(distribution, routes) {
+    const pools = distribution.pools || { [DEFAULT_POOL]: distribution };
+    if (!Object.hasOwn(pools, pool)) pool = DEFAULT_POOL; // a reload removed it
+    renderPools(pools);
+    renderRoutes(routes);
+    const workers = distribution.workers || [];
+    distribution = pools[pool];
     const backends = Object.values(distribution.backends).sort((a, b) => a.backend_id.localeCompare(b.backend_id));
     rates.push(distribution.requests_per_second || 0);
     if (rates.length > HISTORY) rates.shift();
@@ -238,7 +338,7 @@
     renderSparkline();
     renderChart(backends, distribution.requests_per_second);
     renderTable(backends);
-    renderWorkers(distribution.workers || []);
+    renderWorkers(workers);
     const status = $("status");
     status.className = "status live";
     status.textContent = "live · " + new Date(distribution.timestamp * 1000).toLocaleTimeString();
@@ -251,12 +351,14 @@
     button.textContent = "Draining…";
     const config = lastConfig.get(id);
     try {
-      const result = await api("POST", `/backends/${encodeURIComponent(id)}/drain`, {});
+      const from = pool;
+      const result = await api("POST", inPool(`/backends/${encodeURIComponent(id)}/drain`, from), {});
       const finished = new Date(result.finished_at * 1000).toLocaleTimeString();
       const note = `${result.in_flight} in flight, ` +
-        (result.completed ? "all finished" : `${result.in_flight_left} left at the timeout`) + `, removed ${finished}`;
+        (result.completed ? "all finished" : `${result.in_flight_left} left at the timeout`) + `, removed ${finished}` +
+        (from === DEFAULT_POOL ? "" : ` from pool ${from}`);
       sessionStorage.setItem(REMOVED_KEY, JSON.stringify([...removedList().filter((r) => r.backend_id !== id),
-        { backend_id: id, config, note }]));
+        { backend_id: id, config, note, pool: from }]));
       renderRemoved();
       say(`Drained ${id}: ${note}.`, false);
     } catch (error) {
@@ -269,7 +371,7 @@
   async function readdBackend(item, button) {
     button.disabled = true;
     try {
-      const added = await api("POST", "/backends", item.config);
+      const added = await api("POST", inPool("/backends", item.pool || DEFAULT_POOL), item.config);
       sessionStorage.setItem(REMOVED_KEY, JSON.stringify(removedList().filter((r) => r.backend_id !== item.backend_id)));
       renderRemoved();
       say(`Added ${added.backend_id} again.`, false);
@@ -283,9 +385,9 @@
     event.preventDefault();
     const select = $("algorithm");
     try {
-      const result = await api("PUT", "/algorithm", { algorithm_type: select.value });
+      const result = await api("PUT", inPool("/algorithm"), { algorithm_type: select.value });
       select.dataset.current = result.algorithm;
-      say(`Algorithm switched to ${result.algorithm}.`, false);
+      say(`Algorithm of pool ${pool} switched to ${result.algorithm}.`, false);
     } catch (error) {
       say(`Switching algorithm failed: ${error.message}`);
     }
@@ -293,19 +395,29 @@
 
   // -- start ------------------------------------------------------------------------------------
 
-  async function refresh() {
+  function pickPool(name) {
+    pool = name;
+    sessionStorage.setItem(POOL_KEY, name);
+    rates.length = 0; // the sparkline is the pool's
+    $("algorithm").dataset.current = ""; // show the new pool's algorithm at the next render
+    refresh(false);
+  }
+
+  async function refresh(again = true) {
     try {
-      render(await api("GET", "/distribution"));
+      const [distribution, routes] = await Promise.all([api("GET", "/distribution"), api("GET", "/routes")]);
+      render(distribution, routes);
     } catch (error) {
       const status = $("status");
       status.className = "status down";
       status.textContent = "unreachable: " + error.message;
     }
-    setTimeout(refresh, REFRESH_MS);
+    if (again) setTimeout(refresh, REFRESH_MS);
   }
 
   async function start() {
     $("algorithm-form").addEventListener("submit", switchAlgorithm);
+    $("pool").addEventListener("change", (event) => pickPool(event.target.value));
     $("forget-token").addEventListener("click", () => {
       sessionStorage.removeItem(TOKEN_KEY);
       $("forget-token").hidden = true;
