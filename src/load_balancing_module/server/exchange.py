@@ -145,7 +145,7 @@ class Exchange(Relay):
             hook = filters[i].on_request
             assert hook is not None
             try:
-                result = hook(view)
+                result: object = hook(view)  # object: the compiled build would check the type itself
             except Exception as exc:
                 self._filter_failed(filters[i].name, exc)
                 return
