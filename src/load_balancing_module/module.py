@@ -423,6 +423,10 @@ class LoadBalancingModule:
         """Probe over TLS with ``tls`` from the next probe on (None: plain TCP and HTTP)."""
         self._prober.tls = tls
 
+    def configure_probe(self, probe: Probe | None) -> None:
+        """Probe with ``probe`` from the next probe on (None: the configured TCP or HTTP check)."""
+        self._prober.custom = probe
+
     def watch_probes(self, observer: Callable[[HealthStatus], None]) -> None:
         """Tell ``observer`` the outcome of every probe this module makes (to share it with others)."""
         self._health.observers.append(observer)

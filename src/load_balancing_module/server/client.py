@@ -30,6 +30,7 @@ from .exchange import Exchange
 from .flow import BY_PIPELINE, FlowControl
 from .http import HttpError, RequestInfo
 from .phase import Phase
+from .proxy_protocol import encode_local_v2, encode_v1, encode_v2
 from .reader import RequestReader
 from .relay import ClientSide, Relay
 from .response import error_response
@@ -137,6 +138,7 @@ class ClientConnection(ClientSide):
         self._request_workload = WorkloadType.CLASSICAL
         self._request_session: str | None = None
         self._forwarded: bytes | None = None  # X-Forwarded-For/-Proto of a request that sent neither
+        self._proxy_header: tuple[int, bytes] | None = None  # (version, the PROXY header for upstream)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -374,6 +376,23 @@ class ClientConnection(ClientSide):
         if lines is None:
             lines = self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self.peer.encode()
         return lines
+
+    def proxy_header(self, version: int) -> bytes:
+        """The PROXY header for this client's connection: its source, the address it reached
+        (made once per connection and version). Not an IP connection (a unix socket): LOCAL in
+        v2, UNKNOWN in v1, as HAProxy sends."""
+        known = self._proxy_header
+        if known is not None and known[0] == version:
+            return known[1]
+        peer = self.transport.get_extra_info("peername")
+        local = self.transport.get_extra_info("sockname")
+        header = b"PROXY UNKNOWN\r\n" if version == 1 else encode_local_v2()
+        if isinstance(peer, tuple) and isinstance(local, tuple):
+            source = (self.peer, int(peer[1]))
+            destination = (str(local[0]), int(local[1]))
+            header = encode_v1(source, destination) if version == 1 else encode_v2(source, destination)
+        self._proxy_header = (version, header)
+        return header
 
     def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None:
         self._upgraded = None

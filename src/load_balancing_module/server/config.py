@@ -177,6 +177,8 @@ class UpstreamConfig(StrictModel):
     idle_timeout: float = Field(default=30.0, gt=0, le=3600)
     max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
     tls: TLSSetting = None
+    # The default pool's PROXY protocol to its backends (a pool's own is its proxy_protocol).
+    proxy_protocol: Literal["v1", "v2"] | None = None
 
 
 class StateConfig(StrictModel):
@@ -303,6 +305,11 @@ class ServerConfig(LoadBalancingModuleConfig):
     def pool_tls(self) -> dict[str, UpstreamTLS | None]:
         """Every pool's TLS to its backends by name: the default pool's is ``upstream.tls``."""
         return {DEFAULT_POOL: self.upstream.tls, **{name: pool.tls for name, pool in self.pools.items()}}
+
+    def pool_proxy_protocol(self) -> dict[str, int]:
+        """Every pool's PROXY protocol version to its backends by name (0: none)."""
+        versions = {DEFAULT_POOL: self.upstream.proxy_protocol, **{n: p.proxy_protocol for n, p in self.pools.items()}}
+        return {name: 0 if version is None else int(version[1]) for name, version in versions.items()}
 
     def warn_if_unverified(self) -> None:
         """Log every pool whose TLS to its backends does not verify them (``verify: false``)."""

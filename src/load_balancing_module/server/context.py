@@ -125,7 +125,9 @@ class ProxyContext:
         if missing:
             raise ValueError(f"no module for the pools {', '.join(missing)}: pass them as pools=")
         tls = config.pool_tls()
+        proxy_protocol = config.pool_proxy_protocol()
         for name, pool in self.pools.items():
+            pool.upstream.configure_proxy_protocol(proxy_protocol.get(name, 0))
             pool.upstream.idle_timeout = config.upstream.idle_timeout
             pool.upstream.max_idle = config.upstream.max_idle_per_backend
             pool.upstream.configure_tls(tls.get(name))

@@ -273,17 +273,26 @@ class Exchange(Relay):
         if self.first_attempt_at is None:
             self.first_attempt_at = now
         self.head_ms = None
-        up = None if fresh else self.upstreams.take(route.backend_id, now)
+        upstreams = self.upstreams
+        key = route.backend_id
+        preamble = None
+        if upstreams.proxy_protocol:
+            # A connection that began with a PROXY header speaks for this client only: it is
+            # pooled under the backend and the header, and reused for no one else.
+            preamble = self.conn.proxy_header(upstreams.proxy_protocol)
+            key = key + "|" + preamble.decode("latin-1")
+        up = None if fresh else upstreams.take(key, now)
         if up is not None:
             self._send(route, up)
             return
         self.phase = Phase.CONNECTING
-        self._spawn(self._connect_later, route, max(0.0, min(self.ctx.connect_timeout, self.deadline - now)))
+        timeout = max(0.0, min(self.ctx.connect_timeout, self.deadline - now))
+        self._spawn(self._connect_later, route, key, preamble, timeout)
 
-    async def _connect_later(self, route: RouteResult, timeout: float) -> None:
+    async def _connect_later(self, route: RouteResult, key: str, preamble: bytes | None, timeout: float) -> None:
         pool = self.upstreams
         try:
-            up = await pool.connect(route.backend_id, route.host, route.port, timeout)
+            up = await pool.connect(key, route.host, route.port, timeout, preamble)
         except (OSError, asyncio.TimeoutError) as exc:
             failure = connect_failure(self.ctx, route, exc, timeout)
             failure.retry = failure.backend_fault and self._may_retry(never_sent=True)

@@ -19,8 +19,8 @@ from .._log import log_event
 from ..config import BackendConfig, LoadBalancingModuleConfig
 from ..module import LoadBalancingModule
 from .config import ServerConfig
+from .probes import proxy_protocol_probe
 from .route_config import DEFAULT_POOL
-from .upstream_tls import UpstreamTLS
 
 RELOAD_SLICE: Final = 0.005  # seconds of backend changes between two yields to the event loop
 # Library settings a running module keeps until a restart (a pool's as the top level's).
@@ -36,13 +36,12 @@ class PoolModules:
     def __init__(self, config: ServerConfig, make: MakeModule) -> None:
         self._make = make
         self.modules: dict[str, LoadBalancingModule] = {}
-        tls = config.pool_tls()
         for name, module_config in config.pool_configs().items():
-            self._add(name, module_config, tls[name])
+            self._add(name, module_config, config)
 
-    def _add(self, name: str, module_config: LoadBalancingModuleConfig, tls: UpstreamTLS | None) -> LoadBalancingModule:
+    def _add(self, name: str, module_config: LoadBalancingModuleConfig, config: ServerConfig) -> LoadBalancingModule:
         lb = self.modules[name] = self._make(name, module_config)
-        lb.configure_probe_tls(None if tls is None else tls.probe_tls())  # health probes speak the pool's TLS
+        _probe_as_pool(lb, name, module_config, config)
         return lb
 
     @property
@@ -77,16 +76,14 @@ class PoolModules:
         them (:meth:`retire`) once the proxy no longer routes to them. Returns those names."""
         old_backends, new_backends = old.pool_backends(), new.pool_backends()
         old_configs, new_configs = old.pool_configs(), new.pool_configs()
-        tls = new.pool_tls()
         for name, module_config in new_configs.items():
             lb = self.modules.get(name)
             if lb is None:
-                lb = self._add(name, module_config, tls[name])
+                lb = self._add(name, module_config, new)
                 await lb.initialize()
                 await apply_backends(lb, [], new_backends[name])
                 continue
-            pool_tls = tls[name]
-            lb.configure_probe_tls(None if pool_tls is None else pool_tls.probe_tls())
+            _probe_as_pool(lb, name, module_config, new)
             await apply_backends(lb, old_backends.get(name, []), new_backends[name])
             before = old_configs.get(name)
             if before is not None and module_config.algorithm != before.algorithm:
@@ -109,6 +106,14 @@ class PoolModules:
     async def shutdown(self) -> None:
         for lb in self.modules.values():
             await lb.shutdown()
+
+
+def _probe_as_pool(lb: LoadBalancingModule, name: str, module: LoadBalancingModuleConfig, config: ServerConfig) -> None:
+    """Health probes speak to a pool's backends as its requests do: its TLS, its PROXY header."""
+    tls = config.pool_tls()[name]
+    version = config.pool_proxy_protocol()[name]
+    lb.configure_probe_tls(None if tls is None else tls.probe_tls())
+    lb.configure_probe(proxy_protocol_probe(version, module.health_check, tls) if version else None)
 
 
 async def apply_backends(lb: LoadBalancingModule, old: list[BackendConfig], new: list[BackendConfig]) -> None:

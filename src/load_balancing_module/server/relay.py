@@ -81,6 +81,10 @@ class ClientSide(RequestSink):
     def forwarded_lines(self) -> bytes:
         raise NotImplementedError
 
+    def proxy_header(self, version: int) -> bytes:
+        """The PROXY protocol header (``version`` 1 or 2) that speaks for this client upstream."""
+        raise NotImplementedError
+
     def start_tunnel(self, upstream: UpstreamConnection, early: list[bytes]) -> None:
         raise NotImplementedError
 

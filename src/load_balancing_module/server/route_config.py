@@ -242,6 +242,8 @@ class PoolConfig(LoadBalancingModuleConfig):
     backends: list[BackendConfig] = Field(default_factory=list)
     # TLS to this pool's backends (not taken from the top-level upstream.tls: that is the default pool's).
     tls: TLSSetting = None
+    # A PROXY protocol header before anything else on each connection to this pool's backends.
+    proxy_protocol: Literal["v1", "v2"] | None = None
 
     def module_config(self, top: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
         """The library config of this pool: ``top``'s, with every field this pool sets replacing it."""

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 IDLE_TIMEOUT: Final = 30.0  # seconds an unused pooled connection is kept
 MAX_IDLE_PER_BACKEND: Final = 128
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
+MAX_KEYS_LEARNED: Final = 4096  # Keep-Alive values remembered per key, at most
 PEEK_AFTER: Final = 0.25  # seconds idle after which a pooled connection is checked for EOF before reuse
 _get_running_loop: Final = asyncio.get_running_loop  # held: the compiled build reads a module's attribute by name
 
@@ -421,6 +422,9 @@ class UpstreamPool:
         self.stale = 0  # pooled connections found closed or too old when taken
         self.batch = batch if batch is not None else WriteBatch()  # the proxy's client connections use it too
         self.tls: UpstreamTLS | None = None  # of new connections (configure_tls)
+        # The PROXY protocol version new connections begin with (0: none). Such a connection speaks
+        # for one client: it is pooled under a key of its own (see the exchange's _connect).
+        self.proxy_protocol = 0
 
     def take(self, key: str, now: float) -> UpstreamConnection | None:
         """An idle connection to backend ``key`` that is still open and young enough, or None.
@@ -444,6 +448,9 @@ class UpstreamPool:
         clearly younger than N seconds (a quarter of N, at most 1 s, is kept as a margin)."""
         if self._keep_alive_seen.get(key) == value:
             return  # the usual case: the same header on every response
+        if len(self._keep_alive_seen) >= MAX_KEYS_LEARNED:  # keys per client (PROXY protocol): bounded
+            self._keep_alive_seen.clear()
+            self._keep_alive.clear()
         self._keep_alive_seen[key] = value
         for param in value.split(b","):
             name, _, number = param.partition(b"=")
@@ -463,6 +470,16 @@ class UpstreamPool:
         ):
             return
         self.tls = tls
+        self._retire_all()
+
+    def configure_proxy_protocol(self, version: int) -> None:
+        """Begin new connections with a PROXY protocol header of ``version`` (0: none); a change
+        retires every connection made before, as a TLS change does."""
+        if version != self.proxy_protocol:
+            self.proxy_protocol = version
+            self._retire_all()
+
+    def _retire_all(self) -> None:
         for conn in self._open:
             conn.retired = True
         for stack in self._idle.values():
@@ -470,31 +487,46 @@ class UpstreamPool:
                 conn.close()
         self._idle.clear()
 
-    async def connect(self, key: str, host: str, port: int, timeout: float) -> UpstreamConnection:
+    async def connect(
+        self, key: str, host: str, port: int, timeout: float, preamble: bytes | None = None
+    ) -> UpstreamConnection:
         """A new connection to backend ``key`` at ``host:port``, its TLS handshake done (when the
         pool has TLS), within ``timeout`` seconds: else :class:`asyncio.TimeoutError` (the TCP
-        connect), :class:`UpstreamTLSError` (the handshake) or the connect's OSError."""
+        connect), :class:`UpstreamTLSError` (the handshake) or the connect's OSError.
+        ``preamble``: bytes sent first, before any TLS (a PROXY protocol header)."""
         loop = _get_running_loop()
         tls = self.tls
+        version = self.proxy_protocol
         if tls is None:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConnection(self, key), host, port), timeout
             )
+            if preamble is not None:
+                conn.write(preamble)  # before anything the exchange writes
         else:
-            conn = await self._connect_tls(loop, tls, key, host, port, timeout)
-        if self.tls is not tls:  # the TLS settings changed while it connected: made with the old ones
+            conn = await self._connect_tls(loop, tls, key, host, port, timeout, preamble)
+        if self.tls is not tls or self.proxy_protocol != version:  # settings changed while it connected
             conn.retired = True
         self.connects += 1
         self._open.add(conn)
         return conn
 
     async def _connect_tls(
-        self, loop: asyncio.AbstractEventLoop, tls: UpstreamTLS, key: str, host: str, port: int, timeout: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        tls: UpstreamTLS,
+        key: str,
+        host: str,
+        port: int,
+        timeout: float,
+        preamble: bytes | None,
     ) -> UpstreamConnection:
         """TCP first, then the handshake on it (``start_tls``), so that a failure is known to be
         the handshake's: a backend failure of its own kind, logged as such, never a plain retry."""
         deadline = loop.time() + timeout
         raw, placeholder = await asyncio.wait_for(loop.create_connection(asyncio.Protocol, host, port), timeout)
+        if preamble is not None:
+            raw.write(preamble)  # a PROXY header goes before the ClientHello, in the clear
         left = max(0.0, deadline - loop.time())
         try:
             transport = await asyncio.wait_for(
