@@ -5,6 +5,10 @@
   ENOBUFS, ENOMEM); never counted against a backend.
 - ``omnixan_lb_upstream_stale_connections_total``: pooled connections found closed by their backend,
   or idle for nearly its keep-alive timeout, when about to be reused (a new one was opened).
+- ``omnixan_lb_tls_handshake_failures_total{listener}``: TLS handshakes that failed or timed out
+  (a client's doing: never counted against a backend).
+- ``omnixan_lb_tls_certificate_expiry_seconds{listener,cert}``: each certificate's notAfter (unix
+  time). With workers, the supervisor shows it (``certificates=False`` here), the workers' would add up.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 if TYPE_CHECKING:
@@ -20,8 +24,9 @@ if TYPE_CHECKING:
 
 
 class ProxyCollector(Collector):
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: ProxyServer, certificates: bool = True) -> None:
         self.proxy = proxy
+        self.certificates = certificates
 
     def collect(self) -> Iterator[Metric]:
         exhaustion = CounterMetricFamily(
@@ -37,9 +42,28 @@ class ProxyCollector(Collector):
             "Pooled connections to backends found closed or too old when about to be reused.",
             value=self.proxy.pool.stale,
         )
+        handshakes = CounterMetricFamily(
+            "omnixan_lb_tls_handshake_failures",
+            "TLS handshakes with clients that failed or timed out, by listener.",
+            labels=["listener"],
+        )
+        for listener, count in self.proxy.handshake_failures.items():
+            handshakes.add_metric([listener], count)
+        yield handshakes
+        if self.certificates:
+            expiry = GaugeMetricFamily(
+                "omnixan_lb_tls_certificate_expiry_seconds",
+                "When each certificate of a TLS listener expires (its notAfter, unix time).",
+                labels=["listener", "cert"],
+            )
+            for listener, cert, not_after in self.proxy.certificates():
+                expiry.add_metric([listener, cert], not_after)
+            yield expiry
 
 
-def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:
-    collector = ProxyCollector(proxy)
+def register_proxy_metrics(
+    proxy: ProxyServer, registry: CollectorRegistry, *, certificates: bool = True
+) -> ProxyCollector:
+    collector = ProxyCollector(proxy, certificates)
     registry.register(collector)
     return collector
