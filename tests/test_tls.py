@@ -675,13 +675,30 @@ async def test_two_workers_serve_a_plain_and_a_tls_listener(
         writer.close()
         async with http.get(f"http://127.0.0.1:{admin}/metrics") as response:
             text = await response.text()
-    expected = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
-    expiry = [line for line in text.splitlines() if line.startswith("omnixan_lb_tls_certificate_expiry_seconds{")]
-    assert len(expiry) == 1  # the supervisor's, once
-    labels, _, value = expiry[0].rpartition(" ")
-    assert labels == f'omnixan_lb_tls_certificate_expiry_seconds{{cert="{cert}",listener="127.0.0.1:{secure}"}}'
-    assert float(value) == expected
-    assert sample(text, "omnixan_lb_tls_handshake_failures_total") == 1
+        expected = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.timestamp()
+        assert expiry_lines(text) == [(f'{{cert="{cert}",listener="127.0.0.1:{secure}"}}', expected)]  # once
+        assert sample(text, "omnixan_lb_tls_handshake_failures_total") == 1
+        # SIGHUP: every worker serves the new certificate to new connections; the metric follows
+        later = datetime.datetime(2032, 1, 2, tzinfo=datetime.timezone.utc)
+        _, _, renewed = files.issue("site", "site.test", not_after=later)
+        serial = x509.load_pem_x509_certificate(renewed.cert_chain_pems[0].bytes()).serial_number
+        running.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        streak = 0
+        while streak < 12:  # fresh connections in a row, spread over both workers
+            async with connect(secure, files.client_context()) as conn:
+                streak = streak + 1 if serial_of(conn.peer_der) == serial else 0
+            assert time.monotonic() < deadline, "the workers did not all take the new certificate"
+        async with http.get(f"http://127.0.0.1:{admin}/metrics") as response:
+            text = await response.text()
+        assert expiry_lines(text) == [(f'{{cert="{cert}",listener="127.0.0.1:{secure}"}}', later.timestamp())]
+
+
+def expiry_lines(text: str) -> list[tuple[str, float]]:
+    """(labels, value) of each sample of the expiry family."""
+    prefix = "omnixan_lb_tls_certificate_expiry_seconds{"
+    rows = [line[len(prefix) - 1 :].rpartition(" ") for line in text.splitlines() if line.startswith(prefix)]
+    return [(labels, float(value)) for labels, _, value in rows]
 
 
 async def test_a_plain_listen_config_is_served_as_before(backend: AioBackend) -> None:
