@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,7 +31,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from load_balancing_module import HealthCheckConfig
 from load_balancing_module.cli import main
-from load_balancing_module.server.config import ServerConfig
+from load_balancing_module.server.app import Server
+from load_balancing_module.server.config import ServerConfig, load_config
 from load_balancing_module.server.proxy_metrics import register_proxy_metrics
 from proxy_helpers import AioBackend, start_proxy
 from redis_helpers import free_port
@@ -526,6 +528,59 @@ def test_an_expired_certificate_is_a_warning_of_check_only(
     cert, key, _ = files.issue("old", "old.test", not_before=past - datetime.timedelta(days=30), not_after=past)
     code, err = check(tmp_path, capsys, listener_yaml(cert, key))
     assert code == 0 and f"warning: {cert}: the certificate has expired" in err
+
+
+async def test_an_expired_certificate_is_served_with_a_warning(
+    files: Files, backend: AioBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    cert, key, _ = files.issue("old", "old.test", not_before=past - datetime.timedelta(days=30), not_after=past)
+    with caplog.at_level(logging.WARNING, logger="load_balancing_module"):
+        async with start_proxy([backend.port], config=config_for(tls_listener((cert, key)))) as harness:
+            lax = files.client_context()
+            lax.check_hostname = False
+            lax.verify_mode = ssl.CERT_NONE  # the client would refuse it: this one looks anyway
+            async with connect(harness.port, lax, "old.test") as conn:
+                assert (await conn.request(host="old.test"))[0] == 200
+    (warned,) = [r for r in caplog.records if getattr(r, "event", None) == "tls_certificate_expired"]
+    assert warned.fields["cert"] == str(cert)  # type: ignore[attr-defined]
+
+
+async def test_a_reload_that_changes_the_listeners_needs_a_restart_but_takes_the_certificates(
+    files: Files, backend: AioBackend, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key, _ = files.issue("site", "site.test")
+    path = tmp_path / "lb.yaml"
+    admin = free_port()
+    path.write_text(serve_text(backend, listener_yaml(cert, key), admin=admin))
+    server = Server(path, load_config(path))
+    await server.start()
+    try:
+        port = server.proxy.port
+        _, _, renewed = files.issue("site", "site.test")
+        serial = x509.load_pem_x509_certificate(renewed.cert_chain_pems[0].bytes()).serial_number
+        path.write_text(serve_text(backend, listener_yaml(cert, key, ', min_version: "1.3"'), admin=admin))
+        with caplog.at_level(logging.INFO, logger="load_balancing_module"):
+            assert await server.reload()
+        assert not [r for r in caplog.records if getattr(r, "event", None) == "reload_needs_restart"]
+        async with connect(port, files.client_context()) as conn:
+            assert serial_of(conn.peer_der) == serial
+        old = files.client_context()
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # min_version applies to new connections
+            async with connect(port, old):
+                pass
+        path.write_text(serve_text(backend, listener_yaml(cert, key), '  - {address: "127.0.0.1:0"}', admin=admin))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="load_balancing_module"):
+            assert await server.reload()
+        (needs,) = [r for r in caplog.records if getattr(r, "event", None) == "reload_needs_restart"]
+        assert needs.fields["settings"] == ["listeners"]  # type: ignore[attr-defined]
+        assert server.proxy.ports == [port]
+        async with connect(port, files.client_context()) as conn:
+            assert (await conn.request())[0] == 200
+    finally:
+        await server.shutdown()
 
 
 # -- omnixan-lb serve: refusing to start, reload on SIGHUP, workers ---------------------------------

@@ -70,8 +70,8 @@ async def apply_config(
     if new.algorithm != old.algorithm:
         await lb.configure_algorithm(new.algorithm)
     ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
-    if not same_shape(old.effective_listeners, new.effective_listeners):
-        ignored.append("listeners")
+    if "listen" not in ignored and not same_shape(old.effective_listeners, new.effective_listeners):
+        ignored.append("listeners")  # their addresses and roles; certificates apply (configure)
     if ignored and announce:
         log_event("reload_needs_restart", logging.WARNING, settings=ignored)
     if "state" in ignored:  # the running store stays, and the config says so
