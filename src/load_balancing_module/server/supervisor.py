@@ -1,9 +1,9 @@
 """``serve`` with ``workers: N``: a small supervisor over N worker processes.
 
 The supervisor binds each of the proxy's listeners N times with SO_REUSEPORT (the kernel spreads
-new connections over the N sockets) and gives socket set *i* of every listener to worker *i*, keeping every set open
-itself: when a worker dies, the connections waiting in its socket's queue wait for its
-replacement instead of being refused. It restarts a worker that exits (after 0.1 s, doubling up
+new connections over the N sockets) and gives socket set *i* of every listener to worker *i*,
+keeping every set open itself: when a worker dies, the connections waiting in its sockets'
+queues wait for its replacement instead of being refused. It restarts a worker that exits (after 0.1 s, doubling up
 to 10 s while replacements keep dying within 10 s of their start), forwards SIGHUP as a reload of
 the config it validated once, and on SIGTERM or SIGINT tells every worker to drain, then exits 0
 once all have exited 0.
