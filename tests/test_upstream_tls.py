@@ -256,7 +256,7 @@ async def test_tls_true_verifies_with_the_system_cas(ca: trustme.CA, events: Eve
 
 async def test_verify_false_connects_to_anything_and_says_so(other_ca: trustme.CA, events: Events) -> None:
     config = tls_config({"verify": False})
-    announce_start(config, 1, 2)
+    announce_start(config, [1], 2)
     assert events.of("upstream_tls_unverified") and events.of("upstream_tls_unverified")[0]["field"] == (
         "upstream.tls.verify"
     )

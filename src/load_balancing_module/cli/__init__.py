@@ -57,13 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check(path: str | None) -> int:
+    import time
+
     from ..server.config import load_config
+    from ..server.tls import expired, load_tls
 
     if not path:
         print("omnixan-lb check: no config file (use --config FILE or set OMNIXAN_LB_CONFIG)", file=sys.stderr)
         return 2
     try:
         config = load_config(path)
+        tls = load_tls(config)  # what serve loads: the certificates and keys, checked to match
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
             print(line, file=sys.stderr)
@@ -80,6 +84,8 @@ def check(path: str | None) -> int:
             "token (admin.allow_unauthenticated: true): whoever reaches it controls the balancer",
             file=sys.stderr,
         )
+    for certificate in expired(tls, time.time()):
+        print(f"warning: {certificate.cert}: the certificate has expired (clients will refuse it)", file=sys.stderr)
     summary = f"{len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value}"
     if config.pools or config.routes:
         summary += f"; {len(config.pools)} more pools, {len(config.routes)} routes"

@@ -2,7 +2,7 @@
 
 Signals: SIGTERM/SIGINT stop accepting, let requests in flight finish (up to
 ``drain_timeout``) and exit 0; SIGHUP reloads the config file, applying
-backend, algorithm, limit and access-log changes without dropping
+backend, algorithm, limit, access-log and certificate changes without dropping
 connections. A bad file is refused with a logged error and the old config
 keeps running.
 
@@ -39,14 +39,20 @@ from .proxy_metrics import register_proxy_metrics
 from .reload import Reloads, apply_config, handle_signals, read_config
 from .route_config import DEFAULT_POOL
 from .stores import open_store, pool_store
+from .tls import ServerTLS
 
 
-def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: Any) -> None:
+def announce_start(config: ServerConfig, ports: list[int], admin_port: int, **extra: Any) -> None:
     """The ``server_started`` line (the ports really bound, for 0 in the config), and, as pip hides
     what a build prints, a warning where an operator looks if this build is pure Python."""
+    listeners = config.effective_listeners
     log_event(
         "server_started",
-        listen=f"{config.listen.rpartition(':')[0]}:{port}",
+        listen=f"{listeners[0].address.rpartition(':')[0]}:{ports[0]}",
+        listeners=[
+            f"{listener.scheme}://{listener.address.rpartition(':')[0]}:{port}"
+            for listener, port in zip(listeners, ports, strict=True)
+        ],
         admin=f"{config.admin.listen.rpartition(':')[0]}:{admin_port}",
         backends=len(config.backends),
         algorithm=config.algorithm.algorithm_type.value,
@@ -64,9 +70,10 @@ def announce_start(config: ServerConfig, port: int, admin_port: int, **extra: An
 
 
 class Server:
-    def __init__(self, path: str | Path, config: ServerConfig) -> None:
+    def __init__(self, path: str | Path, config: ServerConfig, tls: list[ServerTLS | None] | None = None) -> None:
         self.path = Path(path)
         self.config = config
+        self._tls = tls  # the listeners' certificates, if loaded with the config
         self.store = open_store(config.state, config.max_sessions)
         self.pools = PoolModules(config, self._make_module)
         self.lb = self.pools.default
@@ -91,9 +98,10 @@ class Server:
         if self.store is not None and await self.store.ping():  # if not, the store has logged it; serve anyway
             log_event("state_store_ready", store="redis", url=redact(self.store.url), prefix=self.store.prefix)
         await self.pools.start(self.config)
-        await self.proxy.start()
+        await self.proxy.start(tls=self._tls)
+        self._tls = None
         await self.admin.start()
-        announce_start(self.config, self.proxy.port, self.admin.port)
+        announce_start(self.config, self.proxy.ports, self.admin.port)
 
     async def reload(self) -> bool:
         """Re-read the file and apply what can change live; keep the old config if it is bad.
@@ -103,10 +111,13 @@ class Server:
         return await self._reloads()
 
     async def _reload_once(self) -> bool:
-        new = await read_config(self.path)
-        if new is None:
+        read = await read_config(self.path)
+        if read is None:
             return False
-        self.config = await apply_config(self.pools, self.config, new, self.proxy.configure)
+        new, tls = read
+        self.config = await apply_config(
+            self.pools, self.config, new, lambda config, modules: self.proxy.configure(config, modules, tls)
+        )
         log_event("reload_applied", path=str(self.path), backends=len(new.backends))
         return True
 
@@ -122,17 +133,21 @@ class Server:
         return left
 
 
-async def serve(path: str | Path, config: ServerConfig | None = None) -> int:
-    """Run until SIGTERM/SIGINT; return the exit code. ``config``: the file's, if read already."""
+async def serve(path: str | Path, config: ServerConfig | None = None, tls: list[ServerTLS | None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; return the exit code. ``config`` and ``tls`` (its listeners'
+    certificates): the file's, if read already."""
     try:
         config = load_config(path) if config is None else config
-        server = Server(path, config)
+        server = Server(path, config, tls)
     except ConfigurationError as exc:
-        for line in str(exc).splitlines():
-            log_event("config_error", logging.ERROR, problem=line)
+        _config_errors(exc)
         return 2
     try:
         await server.start()
+    except ConfigurationError as exc:  # a certificate named by the config, loaded at start
+        _config_errors(exc)
+        await server.shutdown()
+        return 2
     except OSError as exc:
         log_event("start_failed", logging.ERROR, error=str(exc))
         await server.shutdown()
@@ -149,3 +164,8 @@ async def serve(path: str | Path, config: ServerConfig | None = None) -> int:
     flusher.cancel()
     flush_access_log()
     return 0
+
+
+def _config_errors(exc: ConfigurationError) -> None:
+    for line in str(exc).splitlines():
+        log_event("config_error", logging.ERROR, problem=line)

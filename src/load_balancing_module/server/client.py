@@ -6,7 +6,11 @@ Built like uvicorn's ``HttpToolsProtocol``: a :class:`ClientConnection` is an
 stream), the queue of pipelined exchanges (one answered at a time, in order),
 flow control (:class:`~.flow.FlowControl`) and its timers. Each request becomes
 an :class:`~.exchange.Exchange`, which reads and changes the connection only
-through the methods of :class:`~.relay.ClientSide`.
+through the methods of :class:`~.relay.ClientSide`. Two kinds of listener get a
+subclass, so that a plain connection pays nothing for them: a TLS listener's
+:class:`TLSConnection` (``X-Forwarded-Proto: https``, the client certificate's
+subject) and a ``redirect_https`` listener's :class:`RedirectConnection` (308,
+no backend).
 
 Timeouts (the event loop's clock): ``limits.header_timeout`` for a complete
 head (408), ``limits.idle_timeout`` for an idle keep-alive connection (closed
@@ -33,8 +37,9 @@ from .phase import Phase
 from .proxy_protocol import encode_local_v2, encode_v1, encode_v2
 from .reader import RequestReader
 from .relay import ClientSide, Relay
-from .response import error_response
+from .response import error_response, https_location, redirect_response
 from .timers import Alarm
+from .tls import SUBJECT_HEADER, client_subject
 
 if TYPE_CHECKING:
     from .context import ProxyContext
@@ -139,6 +144,8 @@ class ClientConnection(ClientSide):
         self._request_session: str | None = None
         self._forwarded: bytes | None = None  # X-Forwarded-For/-Proto of a request that sent neither
         self._proxy_header: tuple[int, bytes] | None = None  # (version, the PROXY header for upstream)
+        self.scheme = b"http"  # X-Forwarded-Proto
+        self.client_cert = b""  # the X-Client-Cert-Subject line of a verified client certificate
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -374,7 +381,11 @@ class ClientConnection(ClientSide):
         for every such request on this connection."""
         lines = self._forwarded
         if lines is None:
-            lines = self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % self.peer.encode()
+            lines = self._forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (
+                self.peer.encode(),
+                self.scheme,
+                self.client_cert,
+            )
         return lines
 
     def proxy_header(self, version: int) -> bytes:
@@ -544,3 +555,59 @@ class ClientConnection(ClientSide):
             deadline = min(deadline, flow.write_paused_at + ctx.idle_timeout)
         if deadline < math.inf:
             self._timer.arm(deadline)
+
+
+class TLSConnection(ClientConnection):
+    """A connection on a TLS listener, made once its handshake is done: requests go upstream with
+    ``X-Forwarded-Proto: https`` and, if the listener asks for client certificates, the verified
+    certificate's subject (``X-Client-Cert-Subject``, RFC 4514)."""
+
+    def __init__(self, ctx: ProxyContext, client_certs: bool) -> None:
+        super().__init__(ctx)
+        self.scheme = b"https"
+        self._client_certs = client_certs
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._client_certs:
+            subject = client_subject(transport.get_extra_info("ssl_object"))
+            if subject:
+                self.client_cert = b"%s: %s\r\n" % (SUBJECT_HEADER, subject)
+        super().connection_made(transport)
+
+
+class RedirectConnection(ClientConnection):
+    """A connection on a ``redirect_https`` listener: every request is answered at once, ``308`` to
+    ``https://<host><target>`` (400 without a valid Host), and no backend is contacted. A request
+    with a body is answered, then the connection closes (its body is not read)."""
+
+    def __init__(self, ctx: ProxyContext, https_port: int) -> None:
+        super().__init__(ctx)
+        self._port = https_port
+
+    def head_received(self, info: RequestInfo, upgrade: bool) -> None:
+        ctx = self.ctx
+        now = self.reader.now
+        request_id = info.request_id or ctx.new_request_id()
+        location = https_location(info.host, info.target, self._port)
+        close = not info.keep_alive or info.has_body or upgrade or ctx.draining or location is None
+        if location is None:
+            status = 400
+            answer = error_response(400, "a valid Host header is needed to redirect to https", request_id, close=True)
+        else:
+            status = 308
+            answer = redirect_response(location, request_id, close=close)
+        ctx.log(request_id=request_id, client_ip=self.peer, method=info.method, target=info.target, status=status)
+        self.write(answer)
+        if close:
+            self._closing = True
+            self.linger_close()
+        else:
+            self._state = _IDLE
+            self._idle_since = now
+            self._timer.arm(now + ctx.idle_timeout)
+
+    def body_received(self, data: bytes) -> None:
+        pass
+
+    def message_done(self) -> None:
+        pass  # answered with the head

@@ -1,7 +1,7 @@
 """The server's config file: YAML (or TOML) into the library's pydantic models.
 
 Top-level keys are the fields of ``LoadBalancingModuleConfig`` plus the
-server's own (``listen``, ``backends``, ``admin``, ``state``,
+server's own (``listen`` or ``listeners``, ``backends``, ``admin``, ``state``,
 ``trusted_proxies``, ``limits``, ``drain_timeout``, ``access_log``). ``state``
 is ``memory``, a ``redis://host:port/db`` URL, or ``{url, prefix, timeout}``. Unknown
 keys are errors. ``${NAME}`` in any string is replaced by the environment
@@ -50,6 +50,55 @@ class Limits(StrictModel):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     header_timeout: float = Field(default=10.0, gt=0)
     idle_timeout: float = Field(default=60.0, gt=0)
+
+
+class CertificateConfig(StrictModel):
+    """A certificate (PEM, the chain after it) and its private key (PEM, not encrypted)."""
+
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class ListenerTLS(StrictModel):
+    """TLS termination on a listener (docs/tls.md): the first certificate is the default, the others
+    are chosen by the name the client asks for (SNI)."""
+
+    certificates: list[CertificateConfig] = Field(min_length=1, max_length=1000)
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # A CA bundle (PEM): clients must present a certificate it signed (mutual TLS).
+    client_ca: str | None = Field(default=None, min_length=1)
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        """``min_version: 1.3`` unquoted is a number in YAML: taken as the string it looks like."""
+        if isinstance(value, float) and value in (1.2, 1.3):
+            return str(value)
+        return value
+
+
+class ListenerConfig(StrictModel):
+    """One address the proxy accepts clients on: plain HTTP, TLS, or plain HTTP redirected to https."""
+
+    address: str
+    redirect_https: bool = False  # answer every request 308 to https://<host><target>
+    tls: ListenerTLS | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_role(self) -> ListenerConfig:
+        if self.redirect_https and self.tls is not None:
+            raise ValueError("redirect_https is for a plain listener: this one has tls (it would redirect to itself)")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
 
 def _dns_name(value: str) -> bool:
@@ -217,6 +266,8 @@ def available_cpus() -> int:
 
 class ServerConfig(LoadBalancingModuleConfig):
     listen: str = "127.0.0.1:8080"
+    # Several listeners, plain or TLS (docs/tls.md); instead of `listen`, which is one plain listener.
+    listeners: list[ListenerConfig] | None = Field(default=None, max_length=64)
     # Worker processes serving the proxy: a number, or "auto" (one per CPU this process may use).
     # 1 runs everything in one process; more run under a supervisor (docs/workers.md).
     workers: int | Literal["auto"] = 1
@@ -241,6 +292,37 @@ class ServerConfig(LoadBalancingModuleConfig):
     def _listen(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listen_or_listeners(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "listen" in value and value.get("listeners") is not None:
+            raise ValueError("listen and listeners are both set: use listeners alone (listen is one plain listener)")
+        return value
+
+    @field_validator("listeners")
+    @classmethod
+    def _listeners(cls, value: list[ListenerConfig] | None) -> list[ListenerConfig] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("is empty: name at least one listener, or leave listeners out for listen's one")
+        seen: dict[tuple[str, int], int] = {}
+        for i, listener in enumerate(value):
+            host, port = parse_address(listener.address)
+            if port == 0:  # each takes a free port of its own
+                continue
+            first = seen.setdefault((host.lower(), port), i)
+            if first != i:
+                raise ValueError(f"entries {first} and {i} have the same address {listener.address}")
+        return value
+
+    @property
+    def effective_listeners(self) -> list[ListenerConfig]:
+        """``listeners``, or the one plain listener of ``listen`` (its default when neither is set)."""
+        if self.listeners is not None:
+            return self.listeners
+        return [ListenerConfig(address=self.listen)]
 
     @field_validator("workers", mode="before")
     @classmethod

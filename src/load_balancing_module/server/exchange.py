@@ -323,7 +323,13 @@ class Exchange(Relay):
         if head is None:
             conn = self.conn
             head = self.backend_head = backend_head(
-                self.ctx, self.info, conn.peer, conn.forwarded_lines(), self.request_id_line()
+                self.ctx,
+                self.info,
+                conn.peer,
+                conn.forwarded_lines(),
+                self.request_id_line(),
+                conn.scheme,
+                conn.client_cert,
             )
         head = for_route(head, self.info, route)
         info = self.info

@@ -56,6 +56,8 @@ REQUEST_ACTIONS = {
     b"x-workload-type": WORKLOAD,
     b"cookie": COOKIE,
     b"expect": EXPECT,
+    # Set by the proxy from a verified client certificate (tls.py): a client's own is never forwarded.
+    b"x-client-cert-subject": DROP,
 }
 # Response: hop-by-hop ones, X-Request-ID (the proxy sends its own) and Content-Length (it writes the framing).
 RESPONSE_ACTIONS = {**_HOPS, b"x-request-id": DROP, b"content-length": CONTENT_LENGTH}

@@ -60,6 +60,11 @@ async def bind(host: str, port: int, *, reuse_port: bool = False) -> list[socket
     return sockets
 
 
+def bound_address(host: str, port: int) -> str:
+    """``host:port`` (``[v6]:port``) as the config writes it, with the port really bound."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Listener:
     """Accepts on one listening socket and hands each connection to ``on_connection``."""
 

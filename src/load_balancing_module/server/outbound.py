@@ -23,17 +23,26 @@ def request_id_line(ctx: ProxyContext, request_id: str | None, rid_seq: int) -> 
     return b"X-Request-ID: %s\r\n" % request_id.encode()
 
 
-def backend_head(ctx: ProxyContext, info: RequestInfo, peer: str, forwarded: bytes, rid_line: bytes) -> bytes:
+def backend_head(
+    ctx: ProxyContext,
+    info: RequestInfo,
+    peer: str,
+    forwarded: bytes,
+    rid_line: bytes,
+    scheme: bytes = b"http",
+    client_cert: bytes = b"",
+) -> bytes:
     """The head for any backend, from a client at ``peer``: the client's head with the proxy's
     ``X-Forwarded-*`` lines (``forwarded``: the connection's own, for a request that brought none)
-    and ``rid_line``, in the proxy's own framing."""
+    and ``rid_line``, in the proxy's own framing. ``scheme`` is the listener's, ``client_cert`` the
+    connection's ``X-Client-Cert-Subject`` line (``forwarded`` holds both already)."""
     trusted = ctx.trusted
     trusts_peer = bool(trusted.networks) and trusted.trusts(peer)
     if info.forwarded_for is not None or info.forwarded_proto is not None:
         address = peer.encode()
         forwarded_for = address if info.forwarded_for is None else info.forwarded_for + b", " + address
-        proto = info.forwarded_proto if trusts_peer and info.forwarded_proto else b"http"
-        forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (forwarded_for, proto)
+        proto = info.forwarded_proto if trusts_peer and info.forwarded_proto else scheme
+        forwarded = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n%s" % (forwarded_for, proto, client_cert)
     host = info.forwarded_host if trusts_peer and info.forwarded_host else info.host
     raw = info.raw_head
     if raw is not None:  # request_head's plain case, written in one piece (one allocation when compiled)

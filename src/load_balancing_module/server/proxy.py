@@ -1,7 +1,10 @@
 """The proxy: its listeners, its client connections, its lifecycle.
 
-A :class:`ProxyServer` binds ``config.listen``, accepts clients (each a
-:class:`~.client.ClientConnection`), and starts, drains and stops them. What
+A :class:`ProxyServer` binds every listener of the config (``listeners``, or
+``listen``'s one), accepts clients (each a :class:`~.client.ClientConnection`:
+on a TLS listener a :class:`~.client.TLSConnection` once its handshake is done,
+on a listener that redirects to https a :class:`~.client.RedirectConnection`),
+and starts, drains and stops them. What
 its connections and their exchanges share (the library module, the upstream
 pool, the settings of the current config) is its :class:`~.context.ProxyContext`.
 One request through the proxy::
@@ -29,10 +32,11 @@ from typing import TYPE_CHECKING
 
 from .._log import log_event
 from .affinity import AffinityCookies, affinity_key
-from .client import ClientConnection
-from .config import ServerConfig, parse_address
+from .client import ClientConnection, RedirectConnection, TLSConnection
+from .config import ListenerConfig, ServerConfig, parse_address
 from .context import ProxyContext
-from .listener import Listener, bind
+from .listener import Listener, bind, bound_address
+from .tls import ServerTLS, expired, load_tls, same_shape
 
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
@@ -43,8 +47,75 @@ if TYPE_CHECKING:
 access_logger = logging.getLogger("load_balancing_module.access")
 
 
+class Endpoint:
+    """One listener of the config: its sockets, its role, and what each socket accepted on it becomes."""
+
+    def __init__(self, proxy: ProxyServer, config: ListenerConfig, tls: ServerTLS | None) -> None:
+        self.proxy = proxy
+        self.ctx = proxy.ctx
+        self.address = config.address  # the metrics' label: with the port bound, once it is
+        self.redirect = config.redirect_https
+        self.tls = tls  # swapped by a reload: new connections take the new contexts
+        self.https_port = 443  # where redirect_https points: set once every listener is bound
+        self.listeners: list[Listener] = []
+        self.handshake_failures = 0
+
+    @property
+    def port(self) -> int:
+        return self.listeners[0].port
+
+    def accepted(self, sock: socket.socket) -> None:
+        """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        tls = self.tls
+        if tls is not None:
+            # The connection is made once the handshake is done, within the head's time limit.
+            wrap = loop.connect_accepted_socket(
+                self._secure, sock=sock, ssl=tls.context, ssl_handshake_timeout=self.ctx.header_timeout
+            )
+            task = loop.create_task(wrap)
+            task.add_done_callback(self._handshaken)
+        else:
+            task = loop.create_task(
+                loop.connect_accepted_socket(self._redirecting if self.redirect else self._plain, sock=sock)
+            )
+            task.add_done_callback(self._wrapped)
+        self.proxy.accepting.add(task)
+
+    def _plain(self) -> ClientConnection:
+        return ClientConnection(self.ctx)
+
+    def _redirecting(self) -> ClientConnection:
+        return RedirectConnection(self.ctx, self.https_port)
+
+    def _secure(self) -> ClientConnection:
+        tls = self.tls
+        return TLSConnection(self.ctx, tls is not None and tls.client_certs)
+
+    def _wrapped(self, task: asyncio.Task[object]) -> None:
+        self.proxy.accepting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log_event("accept_failed", logging.WARNING, error=repr(task.exception()))
+
+    def _handshaken(self, task: asyncio.Task[object]) -> None:
+        """A TLS handshake that failed or timed out: the client's doing, counted and logged quietly."""
+        self.proxy.accepting.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.handshake_failures += 1
+            log_event("tls_handshake_failed", logging.DEBUG, listener=self.address, error=repr(exc))
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+
 class ProxyServer:
-    """The HTTP/1.1 reverse proxy on ``config.listen``, routing through ``lb``."""
+    """The HTTP/1.1 reverse proxy on the config's listeners, routing through ``lb``."""
 
     def __init__(
         self,
@@ -58,10 +129,9 @@ class ProxyServer:
         included), when the config names pools."""
         self.lb = lb
         self.ctx = ProxyContext(lb, config, access_log or access_logger, pools)
-        self.port = 0
-        self._address = parse_address(config.listen)
-        self._listeners: list[Listener] = []
-        self._accepting: set[asyncio.Task[object]] = set()  # accepted sockets being wrapped in transports
+        self.port = 0  # the first listener's
+        self.endpoints: list[Endpoint] = []
+        self.accepting: set[asyncio.Task[object]] = set()  # accepted sockets being wrapped in transports
 
     @property
     def config(self) -> ServerConfig:
@@ -71,11 +141,30 @@ class ProxyServer:
     def config(self, config: ServerConfig) -> None:
         self.configure(config)
 
-    def configure(self, config: ServerConfig, pools: Mapping[str, LoadBalancingModule] | None = None) -> None:
+    def configure(
+        self,
+        config: ServerConfig,
+        pools: Mapping[str, LoadBalancingModule] | None = None,
+        tls: list[ServerTLS | None] | None = None,
+    ) -> None:
         """A reloaded config: limits, timeouts, retries, trusted proxies, affinity, the access log
-        switch, the routes and the pools (``pools``: their modules) apply to new requests at once.
-        ``listen`` needs a restart."""
+        switch, the routes and the pools (``pools``: their modules) apply to new requests at once;
+        ``tls`` (loaded from ``config`` off the event loop) to new connections. The listeners
+        themselves (addresses, roles) need a restart."""
+        old = self.ctx.config
         self.ctx.configure(config, pools)
+        if tls is None or not self.endpoints:
+            return
+        if not same_shape(old.effective_listeners, config.effective_listeners):
+            return  # reload_needs_restart says so
+        for endpoint, loaded in zip(self.endpoints, tls, strict=True):
+            endpoint.tls = loaded
+        self._warn_expired(tls)
+
+    @property
+    def ports(self) -> list[int]:
+        """Each listener's port, in the config's order (the ports really bound, for 0 in the config)."""
+        return [endpoint.port for endpoint in self.endpoints]
 
     # What the server's owner (app, admin, metrics) reads of the proxy.
     @property
@@ -122,40 +211,68 @@ class ProxyServer:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Listen on ``config.listen``, or accept on ``sockets`` (bound by a supervisor)."""
+    async def start(
+        self, sockets: list[list[socket.socket]] | None = None, tls: list[ServerTLS | None] | None = None
+    ) -> None:
+        """Listen on every listener of the config, or accept on ``sockets`` (bound by a supervisor:
+        ``sockets[i]`` are listener *i*'s). ``tls``: the listeners' certificates, if loaded already
+        (else they are loaded here, in a thread; :class:`ConfigurationError` if one is bad)."""
         if self.ctx.affinity is None:
             self.ctx.affinity = AffinityCookies(await affinity_key(self.config.affinity_secret_env, self.lb.store))
-        host, port = self._address
-        if sockets is None:
-            sockets = await bind(host, port)
-        self._listeners = [Listener(sock, self._accepted, self._accept_exhausted) for sock in sockets]
-        for listener in self._listeners:
-            listener.start()
-        self.port = self._listeners[0].port
-        log_event("proxy_listening", host=host, port=self.port)
+        specs = self.config.effective_listeners
+        loaded_tls: list[ServerTLS | None] = [None] * len(specs)
+        if tls is not None:
+            loaded_tls = tls
+        elif any(spec.tls is not None for spec in specs):
+            loaded_tls = await asyncio.to_thread(load_tls, self.config)
+        endpoints = [Endpoint(self, spec, loaded) for spec, loaded in zip(specs, loaded_tls, strict=True)]
+        try:
+            for i, endpoint in enumerate(endpoints):
+                if sockets is not None:
+                    bound = sockets[i]
+                else:
+                    host, port = parse_address(endpoint.address)
+                    bound = await bind(host, port)
+                endpoint.listeners = [Listener(sock, endpoint.accepted, self._accept_exhausted) for sock in bound]
+        except OSError:
+            for endpoint in endpoints:
+                endpoint.close()
+            raise
+        self.endpoints = endpoints
+        https = [e.port for e in endpoints if e.tls is not None]
+        for endpoint in endpoints:
+            if https:
+                endpoint.https_port = https[0]
+            for listener in endpoint.listeners:
+                listener.start()
+            host = parse_address(endpoint.address)[0]
+            endpoint.address = bound_address(host, endpoint.port)
+            scheme = "https" if endpoint.tls is not None else "http"
+            log_event("proxy_listening", host=host, port=endpoint.port, scheme=scheme, redirect=endpoint.redirect)
+        self.port = endpoints[0].port
+        self._warn_expired(loaded_tls)
 
-    def _accepted(self, sock: socket.socket) -> None:
-        """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""
-        if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
-        ctx = self.ctx
-        task = loop.create_task(loop.connect_accepted_socket(lambda: ClientConnection(ctx), sock=sock))
-        self._accepting.add(task)
-        task.add_done_callback(self._wrapped)
-
-    def _wrapped(self, task: asyncio.Task[object]) -> None:
-        self._accepting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log_event("accept_failed", logging.WARNING, error=repr(task.exception()))
+    def _warn_expired(self, tls: list[ServerTLS | None]) -> None:
+        for certificate in expired(tls, self.lb.clock.time()):
+            log_event("tls_certificate_expired", logging.WARNING, cert=certificate.cert, names=list(certificate.names))
 
     def _accept_exhausted(self, exc: OSError) -> None:
         self.ctx.note_exhaustion("accept", exc)
 
+    @property
+    def handshake_failures(self) -> dict[str, int]:
+        """TLS handshakes that failed or timed out, by listener address."""
+        return {e.address: e.handshake_failures for e in self.endpoints if e.tls is not None}
+
+    def certificates(self) -> list[tuple[str, str, float]]:
+        """(listener address, certificate file, notAfter) of the certificates in use."""
+        return [
+            (e.address, c.cert, c.not_after) for e in self.endpoints if e.tls is not None for c in e.tls.certificates
+        ]
+
     async def stop_accepting(self) -> None:
-        for listener in self._listeners:
-            listener.close()
+        for endpoint in self.endpoints:
+            endpoint.close()
 
     async def drain(self, timeout: float) -> int:
         """Let requests in flight finish (up to ``timeout`` s) and close idle connections.
@@ -173,11 +290,11 @@ class ProxyServer:
         return left
 
     async def close(self) -> None:
-        """Close the listener, every client connection and every upstream connection."""
+        """Close the listeners, every client connection and every upstream connection."""
         await self.stop_accepting()
         for conn in list(self.ctx.connections):
             conn.abort()
         for pool in self.ctx.pools.values():
             pool.upstream.close()
-        for task in list(self._accepting):
+        for task in list(self.accepting):
             task.cancel()

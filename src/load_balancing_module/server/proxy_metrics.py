@@ -11,6 +11,10 @@
   for one without; ``(none)``: those that matched no route); only with ``routes``. Counted on
   the route itself (one increment per routed request, none without routes) and carried over a
   reload by name.
+- ``omnixan_lb_tls_handshake_failures_total{listener}``: TLS handshakes that failed or timed out
+  (a client's doing: never counted against a backend).
+- ``omnixan_lb_tls_certificate_expiry_seconds{listener,cert}``: each certificate's notAfter (unix
+  time). With workers, the supervisor shows it (``certificates=False`` here), the workers' would add up.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 NO_ROUTE = "(none)"  # the route label of requests that matched no route (no route name has parentheses)
@@ -28,8 +32,9 @@ if TYPE_CHECKING:
 
 
 class ProxyCollector(Collector):
-    def __init__(self, proxy: ProxyServer) -> None:
+    def __init__(self, proxy: ProxyServer, certificates: bool = True) -> None:
         self.proxy = proxy
+        self.certificates = certificates
 
     def collect(self) -> Iterator[Metric]:
         exhaustion = CounterMetricFamily(
@@ -60,9 +65,28 @@ class ProxyCollector(Collector):
                 routed.add_metric([route.name], route.requests)
             routed.add_metric([NO_ROUTE], table.fallback.requests)
             yield routed
+        handshakes = CounterMetricFamily(
+            "omnixan_lb_tls_handshake_failures",
+            "TLS handshakes with clients that failed or timed out, by listener.",
+            labels=["listener"],
+        )
+        for listener, count in self.proxy.handshake_failures.items():
+            handshakes.add_metric([listener], count)
+        yield handshakes
+        if self.certificates:
+            expiry = GaugeMetricFamily(
+                "omnixan_lb_tls_certificate_expiry_seconds",
+                "When each certificate of a TLS listener expires (its notAfter, unix time).",
+                labels=["listener", "cert"],
+            )
+            for listener, cert, not_after in self.proxy.certificates():
+                expiry.add_metric([listener, cert], not_after)
+            yield expiry
 
 
-def register_proxy_metrics(proxy: ProxyServer, registry: CollectorRegistry) -> ProxyCollector:
-    collector = ProxyCollector(proxy)
+def register_proxy_metrics(
+    proxy: ProxyServer, registry: CollectorRegistry, *, certificates: bool = True
+) -> ProxyCollector:
+    collector = ProxyCollector(proxy, certificates)
     registry.register(collector)
     return collector

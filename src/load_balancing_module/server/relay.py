@@ -43,6 +43,8 @@ class ClientSide(RequestSink):
     loop: asyncio.AbstractEventLoop
     peer: str
     lost: bool
+    scheme: bytes  # b"http" or b"https": the listener's
+    client_cert: bytes  # the X-Client-Cert-Subject line of a verified client certificate, or b""
 
     def loop_time(self) -> float:
         """The loop's time (its ``time`` method, bound once per connection)."""

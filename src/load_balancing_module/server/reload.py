@@ -3,7 +3,8 @@ server does on reload (the one process, or the supervisor's module and each work
 
 Backends that went are removed, those that came are added, a changed one is replaced (its
 requests in flight finish); the algorithm switches; limits, timeouts, retries, trusted proxies
-and the access log apply to new requests. What needs a restart (``RESTART_ONLY``) is logged and
+and the access log apply to new requests; the TLS listeners' certificates to new connections.
+What needs a restart (``RESTART_ONLY``, and the listeners' addresses and roles) is logged and
 kept as it runs. The same old and new config give the same changes in every process, so the
 processes keep agreeing on backend ids.
 """
@@ -22,6 +23,7 @@ from ..exceptions import ConfigurationError
 from ..module import LoadBalancingModule
 from .config import ServerConfig, load_config
 from .pools import PoolModules
+from .tls import ServerTLS, load_tls, same_shape
 
 RESTART_ONLY = (
     "health_check",
@@ -35,11 +37,18 @@ RESTART_ONLY = (
 )
 
 
-async def read_config(path: Path) -> ServerConfig | None:
-    """The file at ``path``, read, parsed and validated in a thread (the event loop goes on
-    serving); None, logged as ``reload_refused`` with every problem, if it is bad."""
+def load_all(path: Path) -> tuple[ServerConfig, list[ServerTLS | None]]:
+    """The config at ``path`` and its listeners' certificates: reads files, so run it in a thread."""
+    config = load_config(path)
+    return config, load_tls(config)
+
+
+async def read_config(path: Path) -> tuple[ServerConfig, list[ServerTLS | None]] | None:
+    """The file at ``path``, read, parsed and validated, and the certificates it names loaded, in a
+    thread (the event loop goes on serving); None, logged as ``reload_refused`` with every problem
+    (a certificate's naming its file), if it is bad."""
     try:
-        return await asyncio.to_thread(load_config, path)
+        return await asyncio.to_thread(load_all, path)
     except ConfigurationError as exc:
         log_event("reload_refused", logging.ERROR, path=str(path), errors=str(exc).splitlines())
         return None
@@ -60,6 +69,8 @@ async def apply_config(
     if announce:
         new.warn_if_unverified()
     ignored = [key for key in RESTART_ONLY if getattr(new, key) != getattr(old, key)]
+    if "listen" not in ignored and not same_shape(old.effective_listeners, new.effective_listeners):
+        ignored.append("listeners")  # their addresses and roles; certificates apply (configure)
     if ignored and announce:
         log_event("reload_needs_restart", logging.WARNING, settings=ignored)
     if "state" in ignored:  # the running store stays, and the config says so

@@ -10,6 +10,7 @@ the proxy itself (a JSON body naming the error and the request id).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Final
@@ -134,4 +135,32 @@ def error_response(
     if close:
         parts.append(b"Connection: close\r\n")
     parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+# A Host header's value: a DNS name or IPv4 address, or an IPv6 literal in brackets; a port.
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?)(?::[0-9]{0,5})?")
+
+
+def https_location(host: bytes | None, target: bytes, port: int) -> bytes | None:
+    """``https://<host><target>`` for a request to ``host`` (its port dropped; ``port`` added unless
+    443); None if ``host`` is missing or not a host name."""
+    match = _HOST.fullmatch(host) if host else None
+    if match is None:
+        return None
+    name = match.group(1)
+    path = target if target[:1] == b"/" else b"/"  # OPTIONS *: the site's root
+    if port == 443:
+        return b"https://%s%s" % (name, path)
+    return b"https://%s:%d%s" % (name, port, path)
+
+
+def redirect_response(location: bytes, request_id: str | None, *, close: bool) -> bytes:
+    """``308 Permanent Redirect`` to ``location`` (the method and body are kept by the client), no body."""
+    parts = [b"HTTP/1.1 308 Permanent Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n" % location]
+    if request_id is not None:
+        parts.append(b"X-Request-ID: %s\r\n" % request_id.encode())
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
     return b"".join(parts)

@@ -1,9 +1,9 @@
 """``serve`` with ``workers: N``: a small supervisor over N worker processes.
 
-The supervisor binds the proxy's address N times with SO_REUSEPORT (the kernel spreads new
-connections over the N sockets) and gives socket set *i* to worker *i*, keeping every set open
-itself: when a worker dies, the connections waiting in its socket's queue wait for its
-replacement instead of being refused. It restarts a worker that exits (after 0.1 s, doubling up
+The supervisor binds each of the proxy's listeners N times with SO_REUSEPORT (the kernel spreads
+new connections over the N sockets) and gives socket set *i* of every listener to worker *i*,
+keeping every set open itself: when a worker dies, the connections waiting in its sockets'
+queues wait for its replacement instead of being refused. It restarts a worker that exits (after 0.1 s, doubling up
 to 10 s while replacements keep dying within 10 s of their start), forwards SIGHUP as a reload of
 the config it validated once, and on SIGTERM or SIGINT tells every worker to drain, then exits 0
 once all have exited 0.
@@ -47,12 +47,13 @@ from .affinity import affinity_key
 from .app import announce_start
 from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
-from .config import ServerConfig, load_config, parse_address
-from .listener import bind
+from .config import ServerConfig, parse_address
+from .listener import bind, bound_address
 from .pools import PoolModules
-from .reload import Reloads, apply_config, handle_signals, read_config
+from .reload import Reloads, apply_config, handle_signals, load_all, read_config
 from .route_config import DEFAULT_POOL
 from .stores import open_store, pool_store
+from .tls import ServerTLS, expiries, same_shape
 
 RESTART_FIRST: Final = 0.1  # seconds before a dead worker's replacement starts
 RESTART_MAX: Final = 10.0
@@ -63,10 +64,11 @@ ASK_TIMEOUT: Final = 10.0
 
 @dataclass
 class Slot:
-    """Worker *i*: its sockets (kept across restarts), its process and channel, its history."""
+    """Worker *i*: its sockets (kept across restarts; ``sockets[j]`` are listener *j*'s), its
+    process and channel, its history."""
 
     index: int
-    sockets: list[socket.socket]
+    sockets: list[list[socket.socket]]
     process: asyncio.subprocess.Process | None = None
     channel: Channel | None = None
     live: bool = False  # started and answering
@@ -81,9 +83,15 @@ class Slot:
 
 
 class Supervisor:
-    def __init__(self, path: str | Path, config: ServerConfig, log_level: str) -> None:
+    def __init__(
+        self, path: str | Path, config: ServerConfig, log_level: str, tls: list[ServerTLS | None] | None = None
+    ) -> None:
         self.path = Path(path)
         self.config = config
+        self._tls = tls
+        # (listener, certificate file, notAfter) of the certificates the workers load, for the metric
+        self.certificates: list[tuple[str, str, float]] = []
+        self.addresses: list[str] = []  # each listener's host:port, with the port bound
         self.log_level = log_level
         self.count = config.worker_count
         self.store, self._region = _open_shared_store(config)
@@ -117,11 +125,14 @@ class Supervisor:
             log_event("state_store_ready", store="redis", url=redact(self.config.state.url))
         await self.pools.start(self.config)
         self._affinity_key = await affinity_key(self.config.affinity_secret_env, self.lb.store)
-        host, port = parse_address(self.config.listen)
+        addresses = [parse_address(listener.address) for listener in self.config.effective_listeners]
         for index in range(self.count):
-            sockets = await bind(host, port, reuse_port=True)
-            port = sockets[0].getsockname()[1]  # port 0: the others take the first one's
-            self.slots.append(Slot(index, sockets))
+            sets = []
+            for j, (host, port) in enumerate(addresses):
+                sockets = await bind(host, port, reuse_port=True)
+                addresses[j] = (host, sockets[0].getsockname()[1])  # port 0: the other workers take the first one's
+                sets.append(sockets)
+            self.slots.append(Slot(index, sets))
         started = await asyncio.gather(*(self._start(slot) for slot in self.slots), return_exceptions=True)
         failed = [repr(outcome) for outcome in started if isinstance(outcome, BaseException)]
         if failed:
@@ -129,17 +140,22 @@ class Supervisor:
         for slot in self.slots:
             self._watch(slot)
         await self.admin.start()
-        announce_start(self.config, port, self.admin.port, workers=self.count, pids=[slot.pid for slot in self.slots])
+        ports = [port for _, port in addresses]
+        self.addresses = [bound_address(host, port) for host, port in addresses]
+        if self._tls is not None:
+            self.certificates = expiries(self.addresses, self._tls)
+            self._tls = None
+        announce_start(self.config, ports, self.admin.port, workers=self.count, pids=[slot.pid for slot in self.slots])
 
     @property
     def port(self) -> int:
-        port: int = self.slots[0].sockets[0].getsockname()[1]
+        port: int = self.slots[0].sockets[0][0].getsockname()[1]
         return port
 
     async def _start(self, slot: Slot) -> None:
         """Start worker ``slot.index`` and wait until it serves."""
         parent, child = socket.socketpair()
-        fds = [child.fileno(), *(sock.fileno() for sock in slot.sockets)]
+        fds = [child.fileno(), *(sock.fileno() for sockets in slot.sockets for sock in sockets)]
         argv = [
             sys.executable,
             "-m",
@@ -149,7 +165,7 @@ class Supervisor:
             "--control",
             str(child.fileno()),
             "--listeners",
-            ",".join(str(sock.fileno()) for sock in slot.sockets),
+            ",".join(f"{j}:{sock.fileno()}" for j, sockets in enumerate(slot.sockets) for sock in sockets),
             "--log-level",
             self.log_level,
         ]
@@ -249,8 +265,9 @@ class Supervisor:
         for slot in self.slots:
             for task in list(slot.tasks):
                 task.cancel()
-            for sock in slot.sockets:
-                sock.close()
+            for sockets in slot.sockets:
+                for sock in sockets:
+                    sock.close()
         await self.pools.shutdown()
         if self.store is not None:  # the shared-memory store closes its region's descriptor too
             await self.store.close()
@@ -273,11 +290,15 @@ class Supervisor:
     # -- reload ---------------------------------------------------------------------
 
     async def _reload_once(self) -> bool:
-        new = await read_config(self.path)
-        if new is None:
+        read = await read_config(self.path)  # the certificates too: a bad one refuses the reload here
+        if read is None:
             return False
+        new, tls = read
         async with self._reloading:  # no worker starts from half of it
+            old = self.config
             self.config = await apply_config(self.pools, self.config, new)
+            if same_shape(old.effective_listeners, new.effective_listeners):
+                self.certificates = expiries(self.addresses, tls)
             await self._each("reload", {"config": _dump(self.config)})
         log_event("reload_applied", path=str(self.path), backends=len(new.backends), workers=self.live_count)
         return True
@@ -385,7 +406,14 @@ class Supervisor:
             "Workers started again after one exited.",
             value=sum(s.restarts for s in self.slots),
         )
-        registry.register(_Families([live, restarts]))
+        expiry = GaugeMetricFamily(
+            "omnixan_lb_tls_certificate_expiry_seconds",
+            "When each certificate of a TLS listener expires (its notAfter, unix time).",
+            labels=["listener", "cert"],
+        )
+        for listener, cert, not_after in self.certificates:
+            expiry.add_metric([listener, cert], not_after)
+        registry.register(_Families([live, restarts, expiry]))
         return generate_latest(registry)
 
 
@@ -421,8 +449,10 @@ async def _ping(store: StateStore) -> bool:
     return bool(await ping()) if ping is not None else True
 
 
-async def supervise(path: str | Path, config: ServerConfig, log_level: str) -> int:
-    supervisor = Supervisor(path, config, log_level)
+async def supervise(
+    path: str | Path, config: ServerConfig, log_level: str, tls: list[ServerTLS | None] | None = None
+) -> int:
+    supervisor = Supervisor(path, config, log_level, tls)
     try:
         await supervisor.start()
     except (OSError, RuntimeError) as exc:
@@ -439,15 +469,15 @@ async def supervise(path: str | Path, config: ServerConfig, log_level: str) -> i
 
 async def serve(path: str | Path, log_level: str = "info") -> int:
     """``serve``: one process for ``workers: 1``, else a supervisor over the workers."""
-    try:
-        config = await asyncio.to_thread(load_config, path)
+    try:  # the config and the certificates it names, as `check` reads them
+        config, tls = await asyncio.to_thread(load_all, Path(path))
     except ConfigurationError as exc:
         for line in str(exc).splitlines():
             log_event("config_error", logging.ERROR, problem=line)
         return 2
     if config.worker_count == 1:
-        return await serve_one(path, config)
-    return await supervise(path, config, log_level)
+        return await serve_one(path, config, tls)
+    return await supervise(path, config, log_level, tls)
 
 
 def run(path: str | Path, log_level: str = "info") -> int:

@@ -1,8 +1,11 @@
 """One worker process of ``serve`` with ``workers: N``: the proxy, on sockets the supervisor bound.
 
 The supervisor (:mod:`.supervisor`) starts it as ``python -m load_balancing_module.server.worker``
-with the inherited descriptors of its control channel, its listening sockets and, with the
-in-memory state, the shared-memory state region. Over the channel (:mod:`.channel`) it gets, in
+with the inherited descriptors of its control channel, its listening sockets (``--listeners
+0:7,0:8,1:9``: the index of the config's listener each belongs to, and its descriptor) and, with
+the in-memory state, the shared-memory state region. It loads the TLS listeners' certificates
+itself (in a thread), at start and on each reload; a reload whose certificates it cannot load
+keeps the ones it has, and says so. Over the channel (:mod:`.channel`) it gets, in
 its ``start`` ask, the config the supervisor validated, the backends with their ids, their health
 and the key that signs affinity cookies; then the changes: health outcomes (the supervisor
 probes, once for all workers), backends added, removed or drained and algorithm switches through
@@ -33,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from .._log import log_event
 from ..build import build_kind
 from ..config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig
-from ..exceptions import BackendNotFoundError
+from ..exceptions import BackendNotFoundError, ConfigurationError
 from ..health import HealthStatus
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
@@ -48,6 +51,7 @@ from .proxy_metrics import register_proxy_metrics
 from .reload import apply_config
 from .route_config import DEFAULT_POOL
 from .stores import open_store, pool_store
+from .tls import ServerTLS, load_tls
 
 
 def follower_config(config: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
@@ -58,7 +62,7 @@ def follower_config(config: LoadBalancingModuleConfig) -> LoadBalancingModuleCon
 
 class Worker:
     def __init__(
-        self, index: int, config: ServerConfig, sockets: list[socket.socket], store: StateStore | None
+        self, index: int, config: ServerConfig, sockets: list[list[socket.socket]], store: StateStore | None
     ) -> None:
         self.index = index
         self.config = config
@@ -70,7 +74,7 @@ class Worker:
         self.registry = CollectorRegistry()
         register_metrics(self.pools.modules, self.registry)  # a pool label on every family
         self.proxy = ProxyServer(self.lb, config, access_log=logging.getLogger(ACCESS_LOGGER), pools=self.pools.modules)
-        register_proxy_metrics(self.proxy, self.registry)
+        register_proxy_metrics(self.proxy, self.registry, certificates=False)  # the supervisor's to show
         self.started = asyncio.Event()
         self.stopping = asyncio.Event()
         self.started_at = time.time()
@@ -92,7 +96,7 @@ class Worker:
                 await lb.add_backend(backend, backend_id=backend_id)
             for status in health.get(name, ()):
                 await lb.follow_health(status)
-        await self.proxy.start(self.sockets)
+        await self.proxy.start(self.sockets, await asyncio.to_thread(load_tls, self.config))
         self.started.set()
         gc.collect()  # as serve does: what lives as long as the process leaves the collector's passes
         gc.freeze()
@@ -104,7 +108,14 @@ class Worker:
         if op == "reload":
             # In a thread: validation reads the files the config names (TLS certificates).
             new = await asyncio.to_thread(ServerConfig.model_validate, args["config"])
-            self.config = await apply_config(self.pools, self.config, new, self.proxy.configure, announce=False)
+            tls = await self._load_tls(new)
+            self.config = await apply_config(
+                self.pools,
+                self.config,
+                new,
+                lambda config, modules: self.proxy.configure(config, modules, tls),
+                announce=False,
+            )
             return None
         if op == "figures":
             return await self.figures(bool(args.get("metrics")))
@@ -137,6 +148,15 @@ class Worker:
             raise ValueError(f"unknown op {op!r}")
         return None
 
+    async def _load_tls(self, config: ServerConfig) -> list[ServerTLS | None] | None:
+        """``config``'s certificates, loaded in a thread; None (the old ones stay) if one is bad now
+        (the supervisor loaded them all before it sent the reload: a file changed since)."""
+        try:
+            return await asyncio.to_thread(load_tls, config)
+        except ConfigurationError as exc:
+            log_event("tls_reload_refused", logging.ERROR, worker=self.index, errors=str(exc).splitlines())
+            return None
+
     async def figures(self, metrics: bool) -> dict[str, Any]:
         """What the admin API sums: every pool's distribution (the default's as ``distribution``
         too), the route filters' errors, and the metrics text if asked for."""
@@ -164,7 +184,7 @@ class Worker:
         return left
 
 
-async def run(index: int, control: socket.socket, sockets: list[socket.socket], store: StateStore | None) -> int:
+async def run(index: int, control: socket.socket, sockets: list[list[socket.socket]], store: StateStore | None) -> int:
     worker: Worker | None = None
     made = asyncio.Event()
 
@@ -219,19 +239,32 @@ def _attach_store(fd: int | None) -> StateStore | None:
     return SharedMemoryStore.attach(fd, SystemClock(), purges=False)  # the supervisor sweeps it
 
 
+def listener_sockets(spec: str) -> list[list[socket.socket]]:
+    """``0:7,0:8,1:9`` -> the sockets of listener 0, then of listener 1 (non-blocking)."""
+    grouped: dict[int, list[socket.socket]] = {}
+    for item in spec.split(","):
+        index, _, fd = item.partition(":")
+        sock = socket.socket(fileno=int(fd))
+        sock.setblocking(False)
+        grouped.setdefault(int(index), []).append(sock)
+    return [grouped[i] for i in range(len(grouped))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omnixan-lb worker", description="a worker of omnixan-lb serve")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--control", type=int, required=True, help="the channel's descriptor")
-    parser.add_argument("--listeners", required=True, help="listening sockets' descriptors, comma-separated")
+    parser.add_argument(
+        "--listeners",
+        required=True,
+        help="listening sockets, comma-separated, each as index:descriptor (the index of its listener in the config)",
+    )
     parser.add_argument("--state", type=int, default=None, help="the shared-memory state region's descriptor")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     setup_logging(args.log_level, fields={"worker": args.index})
     control = socket.socket(fileno=args.control)
-    sockets = [socket.socket(fileno=int(fd)) for fd in args.listeners.split(",")]
-    for sock in sockets:
-        sock.setblocking(False)
+    sockets = listener_sockets(args.listeners)
     store = _attach_store(args.state)
     try:
         import uvloop
