@@ -161,3 +161,24 @@ async def test_a_reload_that_turns_it_off_retires_the_connections_with_a_header(
         assert proxy.proxy.pool.idle == 0  # made with a v2 header: not reused for anything
         async with RawClient(proxy.port) as client:
             assert (await client.request(get("/"))).json()["version"] == 1
+
+
+async def test_the_client_a_proxy_in_front_named_is_the_one_named_to_the_backend(backend: ProxiedBackend) -> None:
+    from load_balancing_module.server.config import ServerConfig
+    from load_balancing_module.server.proxy_protocol import encode_v1
+
+    cfg = ServerConfig.model_validate(
+        {
+            "listeners": [{"address": f"{HOST}:0", "proxy_protocol": True}],
+            "trusted_proxies": ["127.0.0.0/8"],
+            "health_check": {"enabled": False},
+            "upstream": {"proxy_protocol": "v2"},
+            "backends": [{"host": HOST, "port": backend.port}],
+        }
+    )
+    async with start_proxy([], config=cfg) as proxy:
+        await proxy.pools.start(cfg)
+        async with RawClient(proxy.port) as client:
+            await client.send(encode_v1(("198.51.100.9", 40000), (HOST, proxy.port)))
+            answer = await client.request(get("/"))
+        assert answer.json()["source"] == ["198.51.100.9", 40000]

@@ -144,6 +144,8 @@ class ClientConnection(ClientSide):
         self._request_session: str | None = None
         self._forwarded: bytes | None = None  # X-Forwarded-For/-Proto of a request that sent neither
         self._proxy_header: tuple[int, bytes] | None = None  # (version, the PROXY header for upstream)
+        # The client's address and port from a PROXY header on this connection (a trusted proxy's).
+        self.proxied: tuple[str, int] | None = None
         self.scheme = b"http"  # X-Forwarded-Proto
         self.client_cert = b""  # the X-Client-Cert-Subject line of a verified client certificate
 
@@ -158,6 +160,8 @@ class ClientConnection(ClientSide):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[0]
+        if self.proxied is not None:
+            self.peer = self.proxied[0]
         ctx = self.ctx
         ctx.connections.add(self)
         if ctx.draining:
@@ -398,8 +402,9 @@ class ClientConnection(ClientSide):
         peer = self.transport.get_extra_info("peername")
         local = self.transport.get_extra_info("sockname")
         header = b"PROXY UNKNOWN\r\n" if version == 1 else encode_local_v2()
+        proxied = self.proxied
         if isinstance(peer, tuple) and isinstance(local, tuple):
-            source = (self.peer, int(peer[1]))
+            source = proxied if proxied is not None else (self.peer, int(peer[1]))
             destination = (str(local[0]), int(local[1]))
             header = encode_v1(source, destination) if version == 1 else encode_v2(source, destination)
         self._proxy_header = (version, header)

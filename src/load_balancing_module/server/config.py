@@ -83,6 +83,9 @@ class ListenerConfig(StrictModel):
     address: str
     redirect_https: bool = False  # answer every request 308 to https://<host><target>
     tls: ListenerTLS | None = None
+    # A connection from a trusted_proxies peer begins with a PROXY protocol header (v1 or v2), whose
+    # address is then the client's (docs/proxy-protocol.md).
+    proxy_protocol: bool = False
 
     @field_validator("address")
     @classmethod
@@ -365,6 +368,17 @@ class ServerConfig(LoadBalancingModuleConfig):
             if not POOL_NAME.fullmatch(name):
                 raise ValueError(f"{name[:80]!r} is not a pool name (lowercase letters, digits, - and _, at most 63)")
         return value
+
+    @model_validator(mode="after")
+    def _proxy_protocol_needs_trust(self) -> ServerConfig:
+        if not self.trusted_proxies:
+            for i, listener in enumerate(self.listeners or []):
+                if listener.proxy_protocol:
+                    raise ValueError(
+                        f"listeners[{i}].proxy_protocol: a PROXY header is accepted only from trusted_proxies,"
+                        " and there are none: list the proxies in front"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _routes_name_pools(self) -> ServerConfig:

@@ -25,6 +25,7 @@ failed try can be replayed on another backend.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from .client import ClientConnection, RedirectConnection, TLSConnection
 from .config import ListenerConfig, ServerConfig, parse_address
 from .context import ProxyContext
 from .listener import Listener, bind, bound_address
+from .preamble import Preamble
+from .proxy_protocol import ProxyHeader
 from .tls import ServerTLS, expired, load_tls, same_shape
 
 if TYPE_CHECKING:
@@ -59,40 +62,83 @@ class Endpoint:
         self.https_port = 443  # where redirect_https points: set once every listener is bound
         self.listeners: list[Listener] = []
         self.handshake_failures = 0
+        # PROXY protocol: a trusted peer's connection begins with a header naming the client.
+        self.proxy_protocol = config.proxy_protocol
+        self.proxy_protocol_errors = 0
+        self.preambles: set[Preamble] = set()  # headers being read
 
     @property
     def port(self) -> int:
         return self.listeners[0].port
 
     def accepted(self, sock: socket.socket) -> None:
-        """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection."""
+        """A client's socket, accepted by a :class:`Listener`: give it a transport and a connection
+        (on a PROXY protocol listener, a trusted peer's header is read first)."""
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.proxy_protocol and self._trusted(sock):
+            self.preambles.add(Preamble(sock, self.ctx.header_timeout, self._preambled, self._not_preambled))
+            return
+        # Anyone else's connection is HTTP (or TLS) from its first byte: one that begins with a
+        # PROXY header is refused by the HTTP parser (400) or the TLS handshake.
+        self._wrap(sock, None)
+
+    def _trusted(self, sock: socket.socket) -> bool:
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            return False
+        return isinstance(peer, tuple) and self.ctx.trusted.trusts(str(peer[0]))
+
+    def _preambled(self, sock: socket.socket, header: ProxyHeader) -> None:
+        self._forget_preamble(sock)
+        self._wrap(sock, header.source)  # None for LOCAL: the proxy's own connection, as it is
+
+    def _not_preambled(self, sock: socket.socket, problem: str) -> None:
+        self._forget_preamble(sock)
+        self.proxy_protocol_errors += 1
+        log_event("proxy_protocol_refused", logging.DEBUG, listener=self.address, error=problem)
+        sock.close()
+
+    def _forget_preamble(self, sock: socket.socket) -> None:
+        for preamble in list(self.preambles):
+            if preamble.sock is sock:
+                self.preambles.discard(preamble)
+
+    def _wrap(self, sock: socket.socket, source: tuple[str, int] | None) -> None:
         loop = asyncio.get_running_loop()
         tls = self.tls
         if tls is not None:
             # The connection is made once the handshake is done, within the head's time limit.
+            factory = self._secure if source is None else functools.partial(self._secure, source)
             wrap = loop.connect_accepted_socket(
-                self._secure, sock=sock, ssl=tls.context, ssl_handshake_timeout=self.ctx.header_timeout
+                factory, sock=sock, ssl=tls.context, ssl_handshake_timeout=self.ctx.header_timeout
             )
             task = loop.create_task(wrap)
             task.add_done_callback(self._handshaken)
         else:
-            task = loop.create_task(
-                loop.connect_accepted_socket(self._redirecting if self.redirect else self._plain, sock=sock)
-            )
+            factory = self._redirecting if self.redirect else self._plain
+            if source is not None:
+                factory = functools.partial(factory, source)
+            task = loop.create_task(loop.connect_accepted_socket(factory, sock=sock))
             task.add_done_callback(self._wrapped)
         self.proxy.accepting.add(task)
 
-    def _plain(self) -> ClientConnection:
-        return ClientConnection(self.ctx)
+    def _plain(self, source: tuple[str, int] | None = None) -> ClientConnection:
+        conn = ClientConnection(self.ctx)
+        conn.proxied = source
+        return conn
 
-    def _redirecting(self) -> ClientConnection:
-        return RedirectConnection(self.ctx, self.https_port)
+    def _redirecting(self, source: tuple[str, int] | None = None) -> ClientConnection:
+        conn = RedirectConnection(self.ctx, self.https_port)
+        conn.proxied = source
+        return conn
 
-    def _secure(self) -> ClientConnection:
+    def _secure(self, source: tuple[str, int] | None = None) -> ClientConnection:
         tls = self.tls
-        return TLSConnection(self.ctx, tls is not None and tls.client_certs)
+        conn = TLSConnection(self.ctx, tls is not None and tls.client_certs)
+        conn.proxied = source
+        return conn
 
     def _wrapped(self, task: asyncio.Task[object]) -> None:
         self.proxy.accepting.discard(task)
@@ -112,6 +158,10 @@ class Endpoint:
     def close(self) -> None:
         for listener in self.listeners:
             listener.close()
+        for preamble in list(self.preambles):  # headers not read yet: those connections go
+            preamble.cancel()
+            preamble.sock.close()
+        self.preambles.clear()
 
 
 class ProxyServer:
@@ -258,6 +308,11 @@ class ProxyServer:
 
     def _accept_exhausted(self, exc: OSError) -> None:
         self.ctx.note_exhaustion("accept", exc)
+
+    @property
+    def proxy_protocol_errors(self) -> dict[str, int]:
+        """PROXY headers refused (malformed, late, missing), by PROXY protocol listener."""
+        return {e.address: e.proxy_protocol_errors for e in self.endpoints if e.proxy_protocol}
 
     @property
     def handshake_failures(self) -> dict[str, int]:

@@ -11,6 +11,8 @@
   for one without; ``(none)``: those that matched no route); only with ``routes``. Counted on
   the route itself (one increment per routed request, none without routes) and carried over a
   reload by name.
+- ``omnixan_lb_proxy_protocol_errors_total{listener}``: PROXY headers refused from trusted peers
+  on ``proxy_protocol`` listeners (malformed, late, missing; the connection closed).
 - ``omnixan_lb_tls_handshake_failures_total{listener}``: TLS handshakes that failed or timed out
   (a client's doing: never counted against a backend).
 - ``omnixan_lb_tls_certificate_expiry_seconds{listener,cert}``: each certificate's notAfter (unix
@@ -73,6 +75,14 @@ class ProxyCollector(Collector):
         for listener, count in self.proxy.handshake_failures.items():
             handshakes.add_metric([listener], count)
         yield handshakes
+        refused = CounterMetricFamily(
+            "omnixan_lb_proxy_protocol_errors",
+            "PROXY protocol headers refused from trusted peers (malformed, late, or missing), by listener.",
+            labels=["listener"],
+        )
+        for listener, count in self.proxy.proxy_protocol_errors.items():
+            refused.add_metric([listener], count)
+        yield refused
         if self.certificates:
             expiry = GaugeMetricFamily(
                 "omnixan_lb_tls_certificate_expiry_seconds",
