@@ -21,39 +21,14 @@ import inspect
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from typing import Final, Protocol
 
+from . import route_config
 from .http import RequestInfo
 from .response import REASONS
 from .route_config import check_header_name, check_header_value
 
-# Headers a filter may not change: the proxy writes them itself or they frame the message.
-REQUEST_OWN: Final = frozenset(
-    {
-        b"connection",
-        b"content-length",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-        b"x-request-id",
-    }
-)
-RESPONSE_OWN: Final = frozenset(
-    {
-        b"connection",
-        b"content-length",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"x-request-id",
-    }
-)
+# Headers a filter may not change (a route's header rules may not either), as bytes.
+REQUEST_OWN: Final = frozenset(name.encode() for name in route_config.REQUEST_OWN)
+RESPONSE_OWN: Final = frozenset(name.encode() for name in route_config.RESPONSE_OWN)
 MAX_ANSWER_BODY: Final = 1024 * 1024
 
 

@@ -26,26 +26,11 @@ POOL_NAME = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2: a field name, a method
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # a field value: no CR, LF, NUL or other controls
 _FILTER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_]\w*)*")
-# Headers the proxy writes itself, or that frame the message: a rule may not touch them.
-_REQUEST_OWN = frozenset(
-    {
-        "connection",
-        "content-length",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "x-request-id",
-    }
-)
-_RESPONSE_OWN = frozenset(
+# Headers the proxy writes itself, or that frame the message: no rule or filter may touch them.
+RESPONSE_OWN = frozenset(
     {"connection", "content-length", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "x-request-id"}
 )
+REQUEST_OWN = RESPONSE_OWN | {"proxy-connection", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
 
 
 def check_header_name(name: str) -> str:
@@ -86,6 +71,13 @@ class HeaderRules(StrictModel):
 
     def names(self) -> frozenset[str]:
         return frozenset(n.lower() for n in [*self.set, *self.add, *self.remove])
+
+    def touching_none_of(self, own: frozenset[str]) -> HeaderRules:
+        """These rules, if they change none of ``own`` (the headers the proxy writes itself)."""
+        touched = sorted(self.names() & own)
+        if touched:
+            raise ValueError(f"the proxy writes {', '.join(touched)} itself: a rule cannot change it")
+        return self
 
 
 class RouteMatch(StrictModel):
@@ -210,18 +202,12 @@ class RouteConfig(StrictModel):
     @field_validator("request_headers")
     @classmethod
     def _request_rules(cls, value: HeaderRules) -> HeaderRules:
-        own = sorted(value.names() & _REQUEST_OWN)
-        if own:
-            raise ValueError(f"the proxy writes {', '.join(own)} itself: a rule cannot change it")
-        return value
+        return value.touching_none_of(REQUEST_OWN)
 
     @field_validator("response_headers")
     @classmethod
     def _response_rules(cls, value: HeaderRules) -> HeaderRules:
-        own = sorted(value.names() & _RESPONSE_OWN)
-        if own:
-            raise ValueError(f"the proxy writes {', '.join(own)} itself: a rule cannot change it")
-        return value
+        return value.touching_none_of(RESPONSE_OWN)
 
     @model_validator(mode="after")
     def _redirect_alone(self) -> RouteConfig:
