@@ -170,6 +170,39 @@ async def test_the_channel_answers_asks_runs_tells_and_reports_errors_and_a_clos
     await supervisor.close()
 
 
+async def test_tells_keep_their_order_and_a_tell_that_waits_forever_does_not_hide_a_closed_end() -> None:
+    """A worker's tells wait until its start is done; if the supervisor dies meanwhile, the worker
+    must still see its channel close (and exit), not wait for ever behind the tell."""
+    told: list[int] = []
+    never = asyncio.Event()
+
+    async def worker(op: str, args: dict[str, Any]) -> Any:
+        if args["x"] == 0:
+            await never.wait()  # as a tell behind a start that never ends
+        told.append(args["x"])
+
+    async def nothing(op: str, args: dict[str, Any]) -> Any:
+        return None
+
+    left, right = socket.socketpair()
+    supervisor = await Channel.open(left, nothing)
+    other = await Channel.open(right, worker)
+    for x in (1, 2, 3):
+        supervisor.tell("note", {"x": x})
+    for _ in range(100):
+        if len(told) == 3:
+            break
+        await asyncio.sleep(0.001)
+    assert told == [1, 2, 3]  # in order
+    supervisor.tell("note", {"x": 0})
+    supervisor.tell("note", {"x": 4})  # behind the one that waits
+    await asyncio.sleep(0.01)
+    await supervisor.close()  # the supervisor goes away
+    await asyncio.wait_for(other.closed.wait(), 2)
+    assert told == [1, 2, 3]
+    await other.close()
+
+
 def test_pools_are_summed_pool_by_pool_and_filter_errors_added() -> None:
     def distribution(requests: int, backend: str = "a") -> dict[str, Any]:
         view = {

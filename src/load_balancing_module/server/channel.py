@@ -3,7 +3,10 @@
 Either end may ask (``call``: an ``id``, an ``op`` and its ``args``; the answer names the ``id``
 in ``re``, with ``ok`` and a ``result`` or an ``error``) or tell (``tell``: no ``id``, no answer).
 Each ask runs in a task of its own, started in the order the asks arrive, so a slow one (a
-drain) holds up none of the others; tells run in order, one at a time. Both ends are processes
+drain) holds up none of the others; tells run in order, one at a time, each in a task that
+waits for the one before it: the channel goes on reading meanwhile, so that it sees the other
+end go away even while a tell waits (a worker's tells wait until its start is done, and a
+start that never ends must not keep an orphan alive). Both ends are processes
 of the same operator, started together: the channel trusts what it reads, but a line that is
 no JSON object, or an op the handler does not know, is answered with an error, not obeyed.
 """
@@ -40,6 +43,7 @@ class Channel:
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_tell: asyncio.Task[None] | None = None  # the next tell runs after it
         self.closed = asyncio.Event()
         self._serving = asyncio.get_running_loop().create_task(self._serve(), name="omnixan-lb-channel")
 
@@ -118,15 +122,21 @@ class Channel:
             log_event("channel_bad_message", logging.ERROR, line=line[:200].decode("utf-8", "replace"))
             return
         ident = message.get("id")
+        loop = asyncio.get_running_loop()
         if ident is None:
-            try:
-                await self._handler(op, args)
-            except Exception as exc:
-                log_event("channel_tell_failed", logging.ERROR, op=op, error=repr(exc))
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(ident, op, args))
+            task = self._last_tell = loop.create_task(self._tell(self._last_tell, op, args))
+        else:
+            task = loop.create_task(self._answer(ident, op, args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _tell(self, previous: asyncio.Task[None] | None, op: str, args: dict[str, Any]) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # in order; whatever became of the one before
+        try:
+            await self._handler(op, args)
+        except Exception as exc:
+            log_event("channel_tell_failed", logging.ERROR, op=op, error=repr(exc))
 
     async def _answer(self, ident: object, op: str, args: dict[str, Any]) -> None:
         try:
