@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {part}: {timings[part]:.0f} s ==\n", flush=True)
     total = time.perf_counter() - started
     parts: dict[str, dict[str, Any]] = {}
-    for part in PARTS:
+    for part in (*PARTS, *report.EXTRA_PARTS):
         path = args.img / f"{part}.json"
         if path.exists():
             parts[part] = json.loads(path.read_text(encoding="utf-8"))

@@ -435,6 +435,11 @@ def wrk(port: int, connections: int, duration: int) -> Sample:
         capture_output=True,
         text=True,
     ).stdout
+    return parse_wrk(out, port)
+
+
+def parse_wrk(out: str, port: int) -> Sample:
+    """What wrk printed (with ``--latency``) as a :class:`Sample`; errors it reports are printed."""
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT = 19290  # its own ports, beside bench/proxy.py's
 ADMIN = 19291
 BACKENDS = (19201, 19202)
+SAVED = ROOT / "docs" / "img" / "bench" / "edge.json"
 
 
 async def _client(n: int, connections: int = 10) -> None:
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="measure these configs of the compiled build (omnixan) instead of the three builds",
     )
+    parser.add_argument("--save", action="store_true", help=f"with --variants: write the results to {SAVED}")
     args = parser.parse_args(argv)
     if args.variants:
         args.only = [f"omnixan:{variant}" for variant in args.variants]
@@ -175,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     if args.variants:
         plain = results.get("omnixan:plain")
+        if args.save:
+            saved = {
+                "command": P.command_line(),
+                "machine": P.machine_info(),
+                "requests": args.requests,
+                "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "instructions": {name.partition(":")[2]: value for name, value in results.items()},
+            }
+            SAVED.write_text(json.dumps(saved, indent=1), encoding="utf-8")
         print(f"{'variant':<20} {'instr/request':>14} {'+ over plain':>13}")
         for name, value in results.items():
             extra = f"{value - plain:>+13,.0f}" if plain is not None else f"{'':>13}"
