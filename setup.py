@@ -56,6 +56,7 @@ COMPILED = [
     "src/load_balancing_module/clock.py",
     "src/load_balancing_module/build.py",
     "src/load_balancing_module/retry.py",
+    "src/load_balancing_module/outcome.py",
     "src/load_balancing_module/algorithms/__init__.py",
     "src/load_balancing_module/algorithms/_heap.py",
     "src/load_balancing_module/algorithms/_place.py",

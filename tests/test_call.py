@@ -89,12 +89,12 @@ async def test_all_tries_failed_raises_routing_error_from_the_last_error() -> No
     async def fn(result: RouteResult) -> None:
         nonlocal calls
         calls += 1
-        raise ValueError(f"boom {calls}")
+        raise RuntimeError(f"boom {calls}")
 
     with pytest.raises(RoutingError, match="3 tries") as info:
         await drive(clock, lb.call(REQ, fn))
     assert calls == 3  # the first try and max_retries retries
-    assert isinstance(info.value.__cause__, ValueError) and str(info.value.__cause__) == "boom 3"
+    assert isinstance(info.value.__cause__, RuntimeError) and str(info.value.__cause__) == "boom 3"
     assert lb.retry_budget.active == 0
 
 
@@ -108,7 +108,7 @@ async def test_retries_stop_when_no_untried_backend_is_left() -> None:
         await drive(clock, lb.call(REQ, fn))
     assert isinstance(info.value.__cause__, OSError)
     assert "no untried backend" in str(info.value)
-    assert lb.counters["retries"] == 2  # two tries, then the third route found nothing untried
+    assert lb.counters["retries"] == 1  # two tries; no third: no untried backend was left
 
 
 async def test_a_slow_try_times_out_and_is_retried_elsewhere() -> None:

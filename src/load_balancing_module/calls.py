@@ -1,7 +1,9 @@
 """Calls through the balancer: :meth:`LoadBalancingModule.call` and ``acquire``.
 
-:class:`Calls` routes a call, awaits the caller's function and retries a
-failure on an untried backend, within ``max_retries`` and the retry budget.
+:class:`Calls` routes a call, awaits the caller's function, judges each try
+with the call's :class:`CallPolicy` (``is_failure``, ``retry_on``, see
+:mod:`.outcome`) and retries on an untried backend, within ``max_retries``
+and the retry budget.
 :class:`Acquired` is ``async with lb.acquire(request)``. Both are owned by
 the facade and built with it (anything with the methods of :class:`Balancer`).
 """
@@ -12,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from ._log import log_event
 from .backend import Backend
@@ -20,6 +22,7 @@ from .clock import Clock
 from .config import Request
 from .exceptions import LoadBalancingError, RequestTimeoutError, RoutingError
 from .models import RouteResult
+from .outcome import IsFailure, Outcome
 
 T = TypeVar("T")
 
@@ -39,11 +42,38 @@ class Balancer(Protocol):
 
     def abandon_request(self, result: RouteResult) -> None: ...
 
+    @property
+    def backend_count(self) -> int: ...
+
     def retry_allowed(self) -> bool: ...
 
     def begin_retry(self, *, budgeted: bool) -> None: ...
 
     def end_retry(self) -> None: ...
+
+
+class CallPolicy:
+    """The predicates and facts one call is judged by (see :mod:`.outcome`)."""
+
+    __slots__ = ("is_failure", "retry_on", "idempotent")
+
+    def __init__(self, is_failure: IsFailure, retry_on: Callable[[Outcome], bool], idempotent: bool) -> None:
+        self.is_failure = is_failure
+        self.retry_on = retry_on
+        self.idempotent = idempotent
+
+
+class Held(Generic[T]):
+    """What a try returned, with its result. ``open`` while the backend's slot is still held: the
+    caller completes it (``call_held``, for a response whose body is still to be read)."""
+
+    __slots__ = ("value", "result", "outcome", "open")
+
+    def __init__(self, value: T, result: RouteResult, outcome: Outcome, open: bool) -> None:
+        self.value = value
+        self.result = result
+        self.outcome = outcome
+        self.open = open
 
 
 class Calls:
@@ -56,11 +86,23 @@ class Calls:
         self.timeout = timeout  # each try's: the config's request_timeout
         self.max_retries = max_retries
 
-    async def run(self, request: Request, fn: Callable[[RouteResult], Awaitable[T]]) -> T:
-        """Route and await ``fn(result)``, retrying failures on untried backends (the request is admitted)."""
+    async def run(
+        self,
+        request: Request,
+        fn: Callable[[RouteResult], Awaitable[T]],
+        policy: CallPolicy,
+        hold: bool = False,
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> Held[T]:
+        """Route and await ``fn(result)``, retrying what ``policy`` says on untried backends.
+
+        A returned value ends the call unless ``retry_on`` wants another try: then it is kept until
+        the next try is routed (and handed to ``discard``), or returned if none can be. ``hold``
+        leaves the last try's slot held for the caller to complete. The request is admitted."""
         lb = self.lb
         tried: list[Backend] = []
-        last_error: BaseException | None = None
+        last: Outcome | None = None
+        kept: Held[T] | None = None  # a returned answer that a retry may still replace
         retry = 0
         in_budget = False  # this call holds one unit of the retry budget
         try:
@@ -68,14 +110,16 @@ class Calls:
                 try:
                     result = await self.route(request, self.clock.monotonic(), tuple(tried), retry + 1)
                 except RoutingError as exc:
-                    if last_error is None:
+                    if kept is not None:
+                        return kept  # no other backend: the last answer stands
+                    if last is None:
                         raise
-                    error = RoutingError(
-                        f"{len(tried)} tries failed and no other backend can take the request "
-                        f"({exc}); last error: {last_error!r}"
-                    )
-                    error.__cause__ = last_error  # see the end of this method
-                    raise error  # noqa: B904 - its cause is set just above
+                    error = self._exhausted(tried, last, f"no other backend can take the request ({exc})")
+                    raise error  # noqa: B904 - its cause is the last try's error, set by _exhausted
+                if kept is not None:
+                    if discard is not None:
+                        await discard(kept.value)
+                    kept = None
                 tried.append(result.backend)
                 try:
                     value = await self.clock.wait_for(fn(result), self.timeout)
@@ -83,35 +127,75 @@ class Calls:
                     lb.abandon_request(result)
                     raise
                 except Exception as exc:
-                    lb.complete_now(result, success=False)
-                    last_error = self._attempt_error(result, exc)
+                    last = self._judge(result, policy, error=self._attempt_error(result, exc))
+                    again = self._retries(last, policy, retry, len(tried))
                 else:
-                    lb.complete_now(result, success=True)
-                    return value
+                    last = self._judge(result, policy, value=value)
+                    again = self._retries(last, policy, retry, len(tried))
+                    if not again:
+                        if not hold:
+                            lb.complete_now(result, success=not last.failure)
+                        return Held(value, result, last, hold)
+                    kept = Held(value, result, last, False)
+                lb.complete_now(result, success=not last.failure)
                 if in_budget:
                     lb.end_retry()
                     in_budget = False
-                if retry >= self.max_retries or not lb.retry_allowed():
+                if not again:
                     break
                 retry += 1
-                lb.begin_retry(budgeted=True)
-                in_budget = True
+                lb.begin_retry(budgeted=not last.never_sent)
+                in_budget = not last.never_sent
                 log_event(
                     "request_retry",
                     logging.DEBUG,
                     request_id=result.request_id,
                     retry=retry,
                     failed_backend=result.backend_id,
-                    error=repr(last_error),
+                    error=repr(last.error) if last.error is not None else f"status {last.status}",
                 )
                 await self.clock.sleep(lb.backoff(retry))
+        except BaseException:
+            if kept is not None and discard is not None:
+                await discard(kept.value)  # an answer that will not be returned: its connection closed
+            raise
         finally:
             if in_budget:
                 lb.end_retry()
-        error = RoutingError(f"request {result.request_id} failed after {len(tried)} tries: {last_error!r}")
-        # Not ``raise ... from last_error``: compiled by mypyc, a coroutine loses the cause that way.
-        error.__cause__ = last_error
-        raise error
+        assert last is not None and last.error is not None
+        if not last.failure:
+            raise last.error  # the caller's own exception, unchanged
+        left = len(tried) < lb.backend_count
+        raise self._exhausted(tried, last, "" if left else "no untried backend is left")
+
+    def _judge(
+        self, result: RouteResult, policy: CallPolicy, *, value: object = None, error: BaseException | None = None
+    ) -> Outcome:
+        latency_ms = (self.clock.monotonic() - result.started_at) * 1000.0
+        outcome = Outcome(result.backend_id, result.attempt, latency_ms, value=value, error=error)
+        outcome.failure = bool(policy.is_failure(outcome))
+        return outcome
+
+    def _retries(self, outcome: Outcome, policy: CallPolicy, retry: int, tried: int) -> bool:
+        """Whether ``outcome`` goes to another backend: ``retry_on`` wants it, a retry is left, an
+        untried backend exists, and the backend provably never received the request or it is
+        idempotent and the retry budget allows it."""
+        if retry >= self.max_retries or tried >= self.lb.backend_count or not policy.retry_on(outcome):
+            return False
+        return outcome.never_sent or (policy.idempotent and self.lb.retry_allowed())
+
+    def _exhausted(self, tried: list[Backend], last: Outcome, why: str) -> RoutingError:
+        """The error of a call whose tries all failed, caused by the last try's error."""
+        cause = last.error
+        what = f"{last.error!r}" if cause is not None else f"status {last.status}"
+        count = len(tried)
+        if why:
+            error = RoutingError(f"{count} tries failed and {why}; last error: {what}")
+        else:
+            error = RoutingError(f"request failed after {count} tries: {what}")
+        # Not ``raise ... from``: compiled by mypyc, a coroutine loses the cause that way.
+        error.__cause__ = cause
+        return error
 
     def _attempt_error(self, result: RouteResult, exc: Exception) -> Exception:
         if not isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or isinstance(exc, LoadBalancingError):
@@ -123,13 +207,15 @@ class Calls:
 
 class Acquired:
     """The async context manager of :meth:`LoadBalancingModule.acquire` (a class, not a generator,
-    so that the module compiles with mypyc)."""
+    so that the module compiles with mypyc). The block's exception is judged by ``is_failure``."""
 
-    __slots__ = ("_lb", "_request", "_result")
+    __slots__ = ("_lb", "_request", "_is_failure", "_clock", "_result")
 
-    def __init__(self, lb: Balancer, request: Request) -> None:
+    def __init__(self, lb: Balancer, request: Request, is_failure: IsFailure, clock: Clock) -> None:
         self._lb = lb
         self._request = request
+        self._is_failure = is_failure
+        self._clock = clock
         self._result: RouteResult | None = None
 
     async def __aenter__(self) -> RouteResult:
@@ -142,9 +228,11 @@ class Acquired:
         result = self._result
         if result is None:
             return
-        if exc_type is None:
+        if exc is None:
             self._lb.complete_now(result, success=True)
-        elif issubclass(exc_type, asyncio.CancelledError):
+        elif isinstance(exc, asyncio.CancelledError):
             self._lb.abandon_request(result)
         else:
-            self._lb.complete_now(result, success=False)
+            latency_ms = (self._clock.monotonic() - result.started_at) * 1000.0
+            outcome = Outcome(result.backend_id, result.attempt, latency_ms, error=exc)
+            self._lb.complete_now(result, success=not self._is_failure(outcome))

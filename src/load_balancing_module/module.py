@@ -22,7 +22,7 @@ from ._log import log_event
 from .algorithms import AlgorithmFactory
 from .backend import Backend
 from .breaker import CircuitBreaker
-from .calls import Acquired, Calls
+from .calls import Acquired, CallPolicy, Calls, Held
 from .clock import Clock, SystemClock
 from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
 from .draining import Drains
@@ -37,6 +37,7 @@ from .hooks import Hooks, maybe_call
 from .limiter import RateLimiter
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .operations import Operations
+from .outcome import IsFailure, Outcome, RetryOn, failure_predicate, retry_predicate
 from .probing import HealthChecks
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
@@ -64,6 +65,8 @@ class LoadBalancingModule:
         state_store: StateStore | None = None,
         probe: Probe | None = None,
         probe_tls: ProbeTLS | None = None,
+        is_failure: IsFailure | None = None,
+        retry_on: RetryOn | None = None,
     ) -> None:
         self.config = config if config is not None else LoadBalancingModuleConfig()
         # Read on every request: copied out of the (pydantic) config once.
@@ -102,6 +105,9 @@ class LoadBalancingModule:
         self._drains = Drains(self.router, self.clock, self.remove_backend)
         self._operations = Operations(self)
         self._calls = Calls(self, self._route, self.clock, self.config.request_timeout, self.config.max_retries)
+        # call(), acquire() and the integrations judge tries by these unless a call says otherwise.
+        self.is_failure: IsFailure = failure_predicate(is_failure)
+        self.retry_on: Callable[[Outcome], bool] = retry_predicate(retry_on)
         self._cleanup: asyncio.Task[None] | None = None
         self._initialized = False
 
@@ -348,23 +354,69 @@ class LoadBalancingModule:
 
     def acquire(self, request: Request) -> Acquired:
         """``async with lb.acquire(request) as result``: route, then complete the result when
-        the block ends, as a failure if it raised (abandoned if it was cancelled)."""
-        return Acquired(self, request)
+        the block ends: as ``is_failure`` judges its exception if it raised, abandoned if it
+        was cancelled."""
+        return Acquired(self, request, self.is_failure, self.clock)
 
-    async def call(self, request: Request, fn: Callable[[RouteResult], Awaitable[T]]) -> T:
-        """Route and await ``fn(result)``, retrying failures on untried backends.
+    async def call(
+        self,
+        request: Request,
+        fn: Callable[[RouteResult], Awaitable[T]],
+        *,
+        retry_on: RetryOn | None = None,
+        is_failure: IsFailure | None = None,
+        idempotent: bool = True,
+    ) -> T:
+        """Route and await ``fn(result)``, retrying on untried backends what ``retry_on`` names.
 
-        Each try runs within ``request_timeout``. Between tries it sleeps an
-        exponential backoff with full jitter; retries stop at ``max_retries``,
-        when the retry budget is spent, or when no untried backend is left.
-        All tries failed: :class:`RoutingError` from the last error.
+        Each try runs within ``request_timeout`` and ends in an :class:`Outcome`, judged by
+        ``is_failure`` (the backend's fault?) and ``retry_on`` (another backend?); both default
+        to the module's. Between tries it sleeps an exponential backoff with full jitter; retries
+        stop at ``max_retries``, when the retry budget is spent, or when no untried backend is
+        left. A request that is not ``idempotent`` is retried only if no backend received it.
+        The last answer returned stands; an exception that is not a failure propagates as is;
+        all tries failed: :class:`RoutingError` from the last error.
         """
+        held = await self._call(request, fn, retry_on, is_failure, idempotent, False, None)
+        return held.value
+
+    async def call_held(
+        self,
+        request: Request,
+        fn: Callable[[RouteResult], Awaitable[T]],
+        *,
+        retry_on: RetryOn | None = None,
+        is_failure: IsFailure | None = None,
+        idempotent: bool = True,
+        discard: Callable[[T], Awaitable[None]] | None = None,
+    ) -> Held[T]:
+        """:meth:`call` for an answer that is still streaming: the last try's backend slot stays
+        held (``held.open``) until the caller passes ``held.result`` to :meth:`complete_now`
+        (``held.outcome`` has the verdict and the latency). An answer a retry replaces goes to
+        ``discard`` (close its connection). The httpx and aiohttp integrations use it."""
+        return await self._call(request, fn, retry_on, is_failure, idempotent, True, discard)
+
+    async def _call(
+        self,
+        request: Request,
+        fn: Callable[[RouteResult], Awaitable[T]],
+        retry_on: RetryOn | None,
+        is_failure: IsFailure | None,
+        idempotent: bool,
+        hold: bool,
+        discard: Callable[[T], Awaitable[None]] | None,
+    ) -> Held[T]:
         started = self.clock.monotonic()
         if started >= self.router.next_timer:
             self.router.run_timers(started)
         if self._rate_limited:
             await self._limiter.admit(request)
-        return await self._calls.run(request, fn)
+        policy = CallPolicy(
+            self.is_failure if is_failure is None else failure_predicate(is_failure),
+            self.retry_on if retry_on is None else retry_predicate(retry_on),
+            idempotent,
+        )
+        return await self._calls.run(request, fn, policy, hold, discard)
 
     # -- the rest of the data-plane surface (docs/library.md): retries, counts, settings ----
 
