@@ -38,8 +38,10 @@ from load_balancing_module import (
     RouteResult,
     WorkloadType,
 )
+from plugin_example import COST_AWARE
 
-ALL = list(LoadBalancingAlgorithmType)
+# Every built-in algorithm, and a plug-in (examples/cost_aware.py) registered under COST_AWARE.
+ALL: list[Any] = [*LoadBalancingAlgorithmType, COST_AWARE]
 RR = LoadBalancingAlgorithmType.ROUND_ROBIN
 WEIGHTED = LoadBalancingAlgorithmType.WEIGHTED
 LC = LoadBalancingAlgorithmType.LEAST_CONNECTIONS

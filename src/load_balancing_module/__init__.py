@@ -3,9 +3,11 @@
 The public surface; everything else is internal and may change.
 """
 
+from .algorithms import Algorithm, register_algorithm
 from .build import __version__
 from .clock import Clock, FakeClock, SystemClock
 from .config import (
+    AlgorithmName,
     BackendConfig,
     CircuitBreakerConfig,
     HealthCheckConfig,
@@ -13,6 +15,7 @@ from .config import (
     LoadBalancingModuleConfig,
     RateLimitConfig,
     Request,
+    WorkloadName,
 )
 from .enums import CircuitState, HealthState, LoadBalancingAlgorithmType, WorkloadType
 from .exceptions import (
@@ -30,10 +33,13 @@ from .health import ProbeTLS
 from .metrics import LoadBalancerCollector, register_metrics
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .module import BackendID, LoadBalancingModule
+from .outcome import Outcome
 from .state import MemoryStore, RedisStore, StateStore
 
 __all__ = [
+    "Algorithm",
     "AlgorithmError",
+    "AlgorithmName",
     "BackendConfig",
     "BackendID",
     "BackendNotFoundError",
@@ -56,6 +62,7 @@ __all__ = [
     "LoadBalancingModuleConfig",
     "LoadDistribution",
     "MemoryStore",
+    "Outcome",
     "ProbeTLS",
     "RateLimitConfig",
     "RateLimitExceededError",
@@ -66,7 +73,9 @@ __all__ = [
     "RoutingError",
     "StateStore",
     "SystemClock",
+    "WorkloadName",
     "WorkloadType",
     "__version__",
+    "register_algorithm",
     "register_metrics",
 ]

@@ -7,7 +7,17 @@ mypyc, it is an extension module, not a ``.py`` file. ``omnixan-lb --version``, 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+__all__ = ["COMPILED", "__version__", "build_kind", "mypyc_attr"]
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # a plain install has no mypy_extensions: the decorator only speaks to the compiler
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
+        return lambda cls: cls
+
 
 __version__: Final = "0.1.0"
 COMPILED: Final = not __file__.endswith(".py")

@@ -22,7 +22,7 @@ class LoadDistribution(BaseModel):
 
     total_requests: int
     requests_per_second: float
-    algorithm: LoadBalancingAlgorithmType
+    algorithm: LoadBalancingAlgorithmType | str
     timestamp: float
     active_sessions: int
     queued_requests: int = 0

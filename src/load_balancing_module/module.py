@@ -121,7 +121,7 @@ class LoadBalancingModule:
         self._health.start_all(self.router.members())
         self._cleanup = asyncio.create_task(self._cleanup_loop(), name="omnixan-lb-cleanup")
         self._hooks.start_reports()
-        log_event("module_initialized", algorithm=self.router.factory.kind.value, backends=len(self.router.backends))
+        log_event("module_initialized", algorithm=str(self.router.factory.kind), backends=len(self.router.backends))
 
     async def shutdown(self) -> None:
         """Stop background work and wait for it; waiting requests fail."""
@@ -444,7 +444,7 @@ class LoadBalancingModule:
     def algorithm_settings(self) -> tuple[str, dict[str, Any]]:
         """The current algorithm's name and settings (a copy), as ``configure_algorithm`` accepts them."""
         factory = self.router.factory
-        return factory.kind.value, dict(factory.settings)
+        return str(factory.kind), dict(factory.settings)
 
     def counts(self) -> dict[str, int]:
         """A copy of the module's counters: rate_limited, ddos_blocked, retries, queue_timeouts,
@@ -513,7 +513,7 @@ class LoadBalancingModule:
         """Switch algorithm at once; :class:`AlgorithmError` if it is unsupported or misconfigured."""
         factory = AlgorithmFactory(algorithm, self.rng, self.clock)
         self.router.set_algorithm(factory)
-        log_event("algorithm_changed", algorithm=factory.kind.value, config=factory.settings)
+        log_event("algorithm_changed", algorithm=str(factory.kind), config=factory.settings)
 
     async def execute(self, params: Any) -> dict[str, Any]:
         """The dict interface for integration; never raises for bad input (a non-dict included,

@@ -36,7 +36,7 @@ class RouteResult:
     def __init__(
         self,
         backend: Backend,
-        algorithm: LoadBalancingAlgorithmType,
+        algorithm: LoadBalancingAlgorithmType | str,
         request_id: str | None,
         latency_ms: float,
         attempt: int = 1,
@@ -77,7 +77,7 @@ class RouteResult:
             "backend_id": self.backend_id,
             "host": self.host,
             "port": self.port,
-            "algorithm": self.algorithm.value,
+            "algorithm": str(self.algorithm),
             "request_id": self.request_id,
             "latency_ms": self.latency_ms,
             "attempt": self.attempt,
@@ -86,6 +86,6 @@ class RouteResult:
     def __repr__(self) -> str:
         return (
             f"RouteResult(backend_id={self.backend_id!r}, host={self.host!r}, port={self.port}, "
-            f"algorithm={self.algorithm.value!r}, request_id={self.request_id!r}, "
+            f"algorithm={str(self.algorithm)!r}, request_id={self.request_id!r}, "
             f"latency_ms={self.latency_ms:.3f}, attempt={self.attempt})"
         )

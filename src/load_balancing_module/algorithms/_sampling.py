@@ -21,12 +21,12 @@ from .base import number
 Cost = Callable[[Backend], float]
 
 
-def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithmType, *, nullable: bool) -> None:
+def check_choice_count(settings: Mapping[str, Any], kind: LoadBalancingAlgorithmType | str, *, nullable: bool) -> None:
     """``choice_count`` is 0 (exact) or >= 2 (best of k); ``None`` (exact too) where allowed."""
     number(settings, "choice_count", kind, minimum=0, allow_none=nullable, integer=True)
     if settings["choice_count"] == 1:
         allowed = "0 or null (exact), or >= 2" if nullable else "0 (exact) or >= 2"
-        raise AlgorithmError(f"{kind.value}: config 'choice_count' must be {allowed}")
+        raise AlgorithmError(f"{kind}: config 'choice_count' must be {allowed}")
 
 
 def best_of_k(members: Sequence[Backend], k: int, rng: random.Random, want: int | None, cost: Cost) -> Backend | None:

@@ -1,4 +1,4 @@
-"""The interface every algorithm implements.
+"""The interface every algorithm implements, built-in or plug-in.
 
 One instance serves one priority tier. The module calls:
 
@@ -8,9 +8,28 @@ One instance serves one priority tier. The module calls:
 - ``pick(request, klass)`` to choose a member, only when the tier has a free
   member (of class ``klass`` when given: 1 quantum-capable, 0 classical).
 
-``pick`` is synchronous and await-free: no locks are needed on the event loop.
-A HEALTHY member (rank 0) is always preferred to a DEGRADED one (rank 1);
-members with rank ``None`` are never returned.
+The contract of ``pick`` (tests/test_algorithms.py ``TestContract`` checks it for every
+algorithm, plug-ins included):
+
+- It returns a member whose ``rank`` is not ``None`` (a candidate now: healthy or degraded,
+  circuit closed or half-open with room, a free slot, not excluded by a retry), of class
+  ``klass`` when one is given (``backend.quantum``), or ``None`` if it finds none.
+- A HEALTHY member (rank 0) is always preferred to a DEGRADED one (rank 1).
+- It may read the request (``client_ip``, ``workload_type``, ``session_id``, ``metadata``), the
+  members' ``rank``, ``quantum``, ``in_flight``, ``limit``, ``effective_weight`` (the weight after
+  slow start), ``config`` (host, port, weight, priority, metadata), ``score_ms`` (the EWMA of
+  latency, when ``observes_latency``), its own ``settings``, ``rng`` and ``clock``.
+- It must not await, block, do I/O or allocate in proportion to the fleet on every call; it must
+  not change a backend (the router takes the slot and keeps the counts), and it must not keep a
+  member that the last ``rebuild`` did not hand it.
+- It is synchronous: no locks are needed on the event loop. It runs on every request, so its
+  cost is stated in ``pick_cost`` (``"O(1)"``, ``"O(log n)"``, ``"O(n)"``...), shown in the docs
+  and required of a plug-in.
+
+A plug-in subclasses :class:`Algorithm` in plain Python (the compiled build allows it) and is
+registered with :func:`~load_balancing_module.algorithms.register_algorithm` or an
+``omnixan_lb.algorithms`` entry point; ``defaults`` names the config keys it accepts and
+``check`` validates their values.
 """
 
 from __future__ import annotations
@@ -22,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..backend import HEALTHY_RANK, Backend
+from ..build import mypyc_attr
 from ..clock import Clock
 from ..config import Request
 from ..enums import LoadBalancingAlgorithmType
@@ -60,8 +80,12 @@ class TierCounts:
             self.healthy_free[c] += delta
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # plug-ins subclass it in plain Python
 class Algorithm(ABC):
-    kind: ClassVar[LoadBalancingAlgorithmType]
+    #: The algorithm's name: a built-in's enum member, or the name a plug-in is registered under.
+    kind: ClassVar[LoadBalancingAlgorithmType | str]
+    #: What one ``pick`` costs in the tier's size n, e.g. ``"O(log n)"``.
+    pick_cost: ClassVar[str] = ""
     #: True when requests prefer a class of backend (see QUANTUM_AWARE).
     workload_aware: ClassVar[bool] = False
     #: False when the order of members ignores their in-flight counts: the
@@ -93,7 +117,7 @@ class Algorithm(ABC):
         unknown = sorted(set(config) - set(cls.defaults))
         if unknown:
             allowed = ", ".join(sorted(cls.defaults)) or "none"
-            raise AlgorithmError(f"{cls.kind.value}: unknown config key(s) {unknown}; allowed: {allowed}")
+            raise AlgorithmError(f"{cls.kind}: unknown config key(s) {unknown}; allowed: {allowed}")
         settings = {**cls.defaults, **config}
         cls.check(settings)
         return settings
@@ -122,7 +146,7 @@ class Algorithm(ABC):
 def number(
     settings: Mapping[str, Any],
     key: str,
-    kind: LoadBalancingAlgorithmType,
+    kind: LoadBalancingAlgorithmType | str,
     *,
     minimum: float,
     maximum: float | None = None,
@@ -144,4 +168,4 @@ def number(
         what = "an integer" if integer else "a number"
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         bound += "" if integer else " (finite)"
-        raise AlgorithmError(f"{kind.value}: config '{key}' must be {what} {bound}, got {value!r}")
+        raise AlgorithmError(f"{kind}: config '{key}' must be {what} {bound}, got {value!r}")

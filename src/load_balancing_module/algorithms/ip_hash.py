@@ -162,6 +162,7 @@ def _bucket_starts(hashes: array[int], bits: int) -> array[int]:
 
 class ConsistentHash(Algorithm):
     kind = LoadBalancingAlgorithmType.IP_HASH
+    pick_cost = "O(log P) for P ring points"
     load_aware = False  # the order ignores in_flight (IP_HASH's load cap reads it at pick time)
     defaults: ClassVar[Mapping[str, Any]] = {"points": None, "balance_factor": None, "key": "client_ip"}
 

@@ -29,6 +29,7 @@ from .base import Algorithm
 
 class LeastConnections(Algorithm):
     kind = LoadBalancingAlgorithmType.LEAST_CONNECTIONS
+    pick_cost = "O(log n); O(k) with choice_count"
     defaults: ClassVar[Mapping[str, Any]] = {"choice_count": 0}
 
     @classmethod

@@ -45,6 +45,7 @@ _UNMEASURED_BUSY: Final = 1e300
 
 class LeastLatency(Algorithm):
     kind = LoadBalancingAlgorithmType.LEAST_LATENCY
+    pick_cost = "O(log n); O(k) with choice_count"
     observes_latency = True
     defaults: ClassVar[Mapping[str, Any]] = {"decay_seconds": 10.0, "choice_count": None}
 

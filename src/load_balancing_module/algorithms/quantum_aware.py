@@ -37,6 +37,7 @@ from .base import Algorithm, number
 
 class QuantumAware(Algorithm):
     kind = LoadBalancingAlgorithmType.QUANTUM_AWARE
+    pick_cost = "O(log n); O(k) with choice_count"
     workload_aware = True
     observes_latency = True
     defaults: ClassVar[Mapping[str, Any]] = {"latency_scale_ms": 100.0, "choice_count": None}

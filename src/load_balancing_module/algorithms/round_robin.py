@@ -24,6 +24,7 @@ from .base import Algorithm
 
 class RoundRobin(Algorithm):
     kind = LoadBalancingAlgorithmType.ROUND_ROBIN
+    pick_cost = "O(1)"
     load_aware = False  # the order ignores in_flight
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:

@@ -45,6 +45,7 @@ _GOLDEN: Final = 0.6180339887498949  # 1/phi: successive multiples, mod 1, sprea
 
 class SmoothWeighted(Algorithm):
     kind = LoadBalancingAlgorithmType.WEIGHTED
+    pick_cost = "O(n) small tiers, O(k) distinct weights, O(log n) large"
     load_aware = False  # the order ignores in_flight
 
     def __init__(self, settings: Mapping[str, Any], rng: random.Random, clock: Clock) -> None:

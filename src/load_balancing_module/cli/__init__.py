@@ -86,7 +86,7 @@ def check(path: str | None) -> int:
         )
     for certificate in expired(tls, time.time()):
         print(f"warning: {certificate.cert}: the certificate has expired (clients will refuse it)", file=sys.stderr)
-    summary = f"{len(config.backends)} backends, algorithm {config.algorithm.algorithm_type.value}"
+    summary = f"{len(config.backends)} backends, algorithm {config.algorithm.algorithm_type}"
     if config.pools or config.routes:
         summary += f"; {len(config.pools)} more pools, {len(config.routes)} routes"
     print(f"{path}: ok ({summary})")

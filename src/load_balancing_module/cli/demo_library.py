@@ -93,7 +93,7 @@ async def _traffic(
 
 async def _print_distribution(lb: LoadBalancingModule, names: dict[str, str]) -> None:
     dist = await lb.get_load_distribution()
-    print(f"  algorithm={dist.algorithm.value}  total_requests={dist.total_requests}")
+    print(f"  algorithm={dist.algorithm}  total_requests={dist.total_requests}")
     print(
         f"  {'backend':<8} {'address':<17} {'health':<10} {'circuit':<9} {'requests':>8} {'ok':>6} "
         f"{'failed':>6} {'p50 ms':>7} {'p99 ms':>7} {'share':>6}"

@@ -55,7 +55,7 @@ def announce_start(config: ServerConfig, ports: list[int], admin_port: int, **ex
         ],
         admin=f"{config.admin.listen.rpartition(':')[0]}:{admin_port}",
         backends=len(config.backends),
-        algorithm=config.algorithm.algorithm_type.value,
+        algorithm=str(config.algorithm.algorithm_type),
         build=build_kind(),
         **extra,
     )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..algorithms import ALGORITHMS
+from ..algorithms import algorithm_class
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, check_host
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
@@ -492,11 +492,16 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
         raise ConfigurationError("\n".join(describe_errors(exc))) from None
     problems = []
     for name, module in config.pool_configs().items():
+        where = "algorithm" if name == DEFAULT_POOL else f"pools.{name}.algorithm"
         try:
-            ALGORITHMS[module.algorithm.algorithm_type].parse(module.algorithm.config)
+            cls = algorithm_class(module.algorithm.algorithm_type)
         except AlgorithmError as exc:
-            where = "algorithm.config" if name == DEFAULT_POOL else f"pools.{name}.algorithm.config"
             problems.append(f"{where}: {exc}")
+            continue
+        try:
+            cls.parse(module.algorithm.config)
+        except AlgorithmError as exc:
+            problems.append(f"{where}.config: {exc}")
     problems += check_filters(config.routes)
     if problems:
         raise ConfigurationError("\n".join(problems))

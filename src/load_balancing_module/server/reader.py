@@ -12,10 +12,11 @@ split of the stream (``docs/http.md``). What it reads goes to its
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from ..build import mypyc_attr
 from .headers import Header
 from .http import (
     LLHTTP_METHODS,
@@ -30,14 +31,6 @@ from .http import (
 
 if TYPE_CHECKING:
     from .context import ProxyContext
-
-try:
-    from mypy_extensions import mypyc_attr
-except ImportError:  # a plain install has no mypy_extensions: the decorator only speaks to the compiler
-
-    def mypyc_attr(*attrs: str, **kwattrs: object) -> Any:  # type: ignore[misc]
-        return lambda cls: cls
-
 
 CHUNK_LINE_LIMIT: Final = 4096  # bytes of a chunk-size line (size, extensions, CRLF)
 # What the reader expects next (RequestReader._phase). It sees each request line and each chunk-size

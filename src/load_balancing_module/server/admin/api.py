@@ -24,8 +24,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from ...algorithms import algorithm_names
 from ...config import BackendConfig, LoadBalancingAlgorithm
-from ...enums import HealthState, LoadBalancingAlgorithmType
+from ...enums import HealthState
 from ...exceptions import AlgorithmError, BackendNotFoundError
 from ...module import LoadBalancingModule
 from ..route_config import DEFAULT_POOL
@@ -46,8 +47,6 @@ from .models import (
     RemovedView,
 )
 from .topology import RoutesTable, Topology, pool_name
-
-ALGORITHM_NAMES = [kind.value for kind in LoadBalancingAlgorithmType]
 
 # execute() reports errors by class name: the HTTP status each one gets (others: 422).
 EXECUTE_ERROR_STATUS = {
@@ -277,7 +276,7 @@ class AdminApi:
         body = await read_object(request)
         if "algorithm_type" not in body:
             raise BadInput(
-                422, "algorithm_type: required (one of " + ", ".join(ALGORITHM_NAMES) + ")", "algorithm_type"
+                422, "algorithm_type: required (one of " + ", ".join(algorithm_names()) + ")", "algorithm_type"
             )
         change = validate(AlgorithmChange, body)
         # The library's own model: the subclass would compare unequal to the same choice read from a file.

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 
+from ...algorithms import algorithm_names
 from ...config import LoadBalancingAlgorithm, StrictModel
 from ...enums import CircuitState, HealthState, LoadBalancingAlgorithmType
 from ...operations import OPERATIONS
@@ -61,7 +62,9 @@ class AlgorithmChange(LoadBalancingAlgorithm):
     """The body of PUT /algorithm: LoadBalancingAlgorithm, with algorithm_type required, so that {} is no
     silent switch to the default."""
 
-    algorithm_type: LoadBalancingAlgorithmType
+    algorithm_type: LoadBalancingAlgorithmType | str = Field(
+        description="a built-in algorithm or a registered plug-in's name (GET /algorithm lists them)"
+    )
 
 
 class ExecuteRequest(BaseModel):
@@ -150,7 +153,7 @@ class WorkerView(View):
     requests_per_second: float = Field(description="its completions per second over the last 10 s, in every pool")
     in_flight: int = Field(description="requests it is proxying now")
     connections: int = Field(description="client connections it holds")
-    algorithm: LoadBalancingAlgorithmType | None = Field(description="the algorithm it routes with")
+    algorithm: LoadBalancingAlgorithmType | str | None = Field(description="the algorithm it routes with")
 
 
 class PoolDistributionView(View):
@@ -159,7 +162,7 @@ class PoolDistributionView(View):
 
     total_requests: int
     requests_per_second: MaybeNumber
-    algorithm: LoadBalancingAlgorithmType
+    algorithm: LoadBalancingAlgorithmType | str = Field(description="a built-in algorithm or a plug-in's name")
     timestamp: float = Field(description="Unix time")
     active_sessions: int
     queued_requests: int
@@ -179,7 +182,7 @@ class PoolView(View):
     """One pool: its algorithm, backends and traffic (summed over the workers with workers: N)."""
 
     name: str
-    algorithm: LoadBalancingAlgorithmType
+    algorithm: LoadBalancingAlgorithmType | str = Field(description="a built-in algorithm or a plug-in's name")
     backends: int
     healthy_backends: int = Field(description="backends HEALTHY now")
     total_requests: int = Field(description="requests routed to the pool's backends")
@@ -214,9 +217,11 @@ class RoutesView(View):
 class AlgorithmView(View):
     """The algorithm in use, its settings, and every algorithm PUT /algorithm takes."""
 
-    algorithm: LoadBalancingAlgorithmType
+    algorithm: LoadBalancingAlgorithmType | str = Field(description="a built-in algorithm or a plug-in's name")
     config: dict[str, Any]
-    available: list[LoadBalancingAlgorithmType] = Field(default_factory=lambda: list(LoadBalancingAlgorithmType))
+    available: list[str] = Field(
+        default_factory=algorithm_names, description="the built-in algorithms, then the plug-ins this server knows"
+    )
 
 
 class HealthView(View):
