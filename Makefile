@@ -31,9 +31,10 @@ demo: $(INSTALLED)
 	$(BIN)/omnixan-lb demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	MYPYPATH=src $(BIN)/mypy --strict examples
 	PYTHONPATH=src $(BIN)/lint-imports
 
 # The suite against the installed build, then against the pure Python source (the fallback).

@@ -50,13 +50,18 @@ def register_algorithm(name: str, cls: type[Algorithm]) -> None:
         raise AlgorithmError(f"algorithm {name!r}: {cls.__name__} must state pick_cost, e.g. 'O(n)'")
     current = _registered.get(name)
     if current is not None and current is not cls:
-        raise AlgorithmError(f"algorithm name {name!r} is taken by {current.__module__}.{current.__qualname__}")
-    kind = cls.__dict__.get("kind")  # only a kind the class declares itself; a subclass may rename
+        raise AlgorithmError(f"algorithm name {name!r} is taken by {_qualified(current)}")
+    kind = vars(cls).get("kind")  # only a kind the class declares itself; a subclass may rename
     if kind is not None and kind != name:
         raise AlgorithmError(f"algorithm {name!r}: {cls.__name__}.kind is {kind!r}")
     cls.kind = name
     _registered[name] = cls
     declare_algorithm(name)
+
+
+def _qualified(cls: type) -> str:
+    # getattr: compiled by mypyc, a class object's __module__ is not an attribute it knows
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', '?')}"
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
