@@ -28,6 +28,7 @@ from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
 from .filters import FilterError, load_filter
+from .outcomes import DEFAULT_FAILURE_STATUSES, FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status, status_set
 from .route_config import DEFAULT_POOL, MAX_POOLS, MAX_ROUTES, POOL_NAME, PoolConfig, RouteConfig
 from .upstream_tls import TLSSetting, UpstreamTLS
 
@@ -289,6 +290,12 @@ class ServerConfig(LoadBalancingModuleConfig):
     pools: dict[str, PoolConfig] = Field(default_factory=dict, max_length=MAX_POOLS)
     # Tried in order: the first that matches a request takes it; no match -> the default pool.
     routes: list[RouteConfig] = Field(default_factory=list, max_length=MAX_ROUTES)
+    retry_on: RetryOn = Field(default_factory=RetryOn)
+    failure_statuses: list[Status] = Field(
+        default_factory=lambda: list(DEFAULT_FAILURE_STATUSES),
+        max_length=MAX_STATUSES,
+        description=FAILURE_STATUSES_DESCRIPTION + "; default 5xx",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -406,6 +413,15 @@ class ServerConfig(LoadBalancingModuleConfig):
         """Every pool's PROXY protocol version to its backends by name (0: none)."""
         versions = {DEFAULT_POOL: self.upstream.proxy_protocol, **{n: p.proxy_protocol for n, p in self.pools.items()}}
         return {name: 0 if version is None else int(version[1]) for name, version in versions.items()}
+
+    def pool_outcomes(self) -> dict[str, tuple[RetryOn, frozenset[int]]]:
+        """Every pool's ``retry_on`` and failure statuses by name: a pool's own, or the top level's."""
+        top = (self.retry_on, status_set(self.failure_statuses))
+        outcomes = {DEFAULT_POOL: top}
+        for name, pool in self.pools.items():
+            failures = top[1] if pool.failure_statuses is None else status_set(pool.failure_statuses)
+            outcomes[name] = (top[0] if pool.retry_on is None else pool.retry_on, failures)
+        return outcomes
 
     def warn_if_unverified(self) -> None:
         """Log every pool whose TLS to its backends does not verify them (``verify: false``)."""

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel
+from .outcomes import FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status
 from .upstream_tls import TLSSetting
 
 DEFAULT_POOL = "default"
@@ -230,6 +231,10 @@ class PoolConfig(LoadBalancingModuleConfig):
     tls: TLSSetting = None
     # A PROXY protocol header before anything else on each connection to this pool's backends.
     proxy_protocol: Literal["v1", "v2"] | None = None
+    retry_on: RetryOn | None = None
+    failure_statuses: list[Status] | None = Field(
+        default=None, max_length=MAX_STATUSES, description=FAILURE_STATUSES_DESCRIPTION + "; absent: the top level's"
+    )
 
     def module_config(self, top: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
         """The library config of this pool: ``top``'s, with every field this pool sets replacing it."""
