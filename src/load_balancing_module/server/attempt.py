@@ -3,8 +3,8 @@
 A :class:`Failure` says why a try did not deliver a response, whether another
 backend may be tried, and whether the backend's breaker and statistics hear of
 it: only a failure of the backend's own does (it refused or timed out a
-connect, closed or reset the connection once it had the request, answered 5xx
-or garbage, or stalled); what the client or the proxy's own host did never does.
+connect, closed or reset the connection once it had the request, answered a
+status of ``failure_statuses`` or garbage, or stalled); what the client or the proxy's own host did never does.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ class Failure:
     ``never_sent``: the backend cannot have received the request (a failed connect), so any
     method may go elsewhere. ``stale``: a connection taken from the pool was already closed by
     the backend (its keep-alive timeout), which is nobody's failure: the same try goes again
-    on a fresh connection."""
+    on a fresh connection. ``answered``: the backend answered with a status of ``retry_on``, and
+    the response was dropped for a retry; ``backend_fault`` then says whether that status is in
+    ``failure_statuses`` (if not, the backend is working: its try completes as a success)."""
 
-    __slots__ = ("status", "message", "retry", "never_sent", "backend_fault", "stale")
+    __slots__ = ("status", "message", "retry", "never_sent", "backend_fault", "stale", "answered")
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class Failure:
         never_sent: bool = False,
         backend_fault: bool = True,
         stale: bool = False,
+        answered: bool = False,
     ) -> None:
         self.status = status
         self.message = message
@@ -46,6 +49,7 @@ class Failure:
         self.never_sent = never_sent
         self.backend_fault = backend_fault
         self.stale = stale
+        self.answered = answered
 
 
 CLIENT_GONE: Final = Failure(499, "the client went away", backend_fault=False)

@@ -28,6 +28,7 @@ from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
 from .filters import FilterError, load_filter
+from .outcomes import DEFAULT_FAILURE_STATUSES, FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status, status_set
 from .route_config import DEFAULT_POOL, MAX_POOLS, MAX_ROUTES, POOL_NAME, PoolConfig, RouteConfig
 from .upstream_tls import TLSSetting, UpstreamTLS
 
@@ -46,27 +47,48 @@ def parse_address(value: str) -> tuple[str, int]:
 
 
 class Limits(StrictModel):
-    max_header_bytes: int = Field(default=16384, ge=256)
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
-    header_timeout: float = Field(default=10.0, gt=0)
-    idle_timeout: float = Field(default=60.0, gt=0)
+    max_header_bytes: int = Field(
+        default=16384,
+        ge=256,
+        description="bytes a request's head or trailer section may take; more is refused with 431",
+    )
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=0,
+        description="bytes a request body may take (default 10 MiB); more is refused with 413; 0: no limit",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds for a request's head to arrive whole; later is answered 408"
+    )
+    idle_timeout: float = Field(
+        default=60.0, gt=0, description="seconds an idle keep-alive client connection stays open"
+    )
 
 
 class CertificateConfig(StrictModel):
     """A certificate (PEM, the chain after it) and its private key (PEM, not encrypted)."""
 
-    cert: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    cert: str = Field(min_length=1, description="the certificate file (PEM), its chain after it")
+    key: str = Field(min_length=1, description="its private key file (PEM, not encrypted)")
 
 
 class ListenerTLS(StrictModel):
     """TLS termination on a listener (docs/tls.md): the first certificate is the default, the others
     are chosen by the name the client asks for (SNI)."""
 
-    certificates: list[CertificateConfig] = Field(min_length=1, max_length=1000)
-    min_version: Literal["1.2", "1.3"] = "1.2"
-    # A CA bundle (PEM): clients must present a certificate it signed (mutual TLS).
-    client_ca: str | None = Field(default=None, min_length=1)
+    certificates: list[CertificateConfig] = Field(
+        min_length=1,
+        max_length=1000,
+        description="1 to 1,000 certificates: the first is the default, the others are chosen by SNI",
+    )
+    min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description='the oldest TLS version accepted: "1.2" or "1.3" (an unquoted 1.3 too)'
+    )
+    client_ca: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a CA bundle (PEM): clients must present a certificate it signed (mutual TLS); absent: none asked",
+    )
 
     @field_validator("min_version", mode="before")
     @classmethod
@@ -80,12 +102,18 @@ class ListenerTLS(StrictModel):
 class ListenerConfig(StrictModel):
     """One address the proxy accepts clients on: plain HTTP, TLS, or plain HTTP redirected to https."""
 
-    address: str
-    redirect_https: bool = False  # answer every request 308 to https://<host><target>
-    tls: ListenerTLS | None = None
-    # A connection from a trusted_proxies peer begins with a PROXY protocol header (v1 or v2), whose
-    # address is then the client's (docs/proxy-protocol.md).
-    proxy_protocol: bool = False
+    address: str = Field(description="host:port or [v6]:port to accept clients on; port 0: any free port")
+    redirect_https: bool = Field(
+        default=False, description="a plain listener that answers every request 308 to https://<host><target>"
+    )
+    tls: ListenerTLS | None = Field(default=None, description="TLS termination (docs/tls.md); absent: plain HTTP")
+    proxy_protocol: bool = Field(
+        default=False,
+        description=(
+            "a connection from a trusted_proxies peer begins with a PROXY protocol header (v1 or v2), whose address"
+            " is then the client's (docs/proxy-protocol.md)"
+        ),
+    )
 
     @field_validator("address")
     @classmethod
@@ -114,14 +142,24 @@ def _dns_name(value: str) -> bool:
 
 
 class AdminConfig(StrictModel):
-    listen: str = "127.0.0.1:9090"
-    token_env: str | None = "OMNIXAN_ADMIN_TOKEN"
-    # Host names the admin API answers to besides IP literals, localhost and the host of `listen`:
-    # a page whose DNS name was rebound to this address sends its own name, and gets 421.
-    # `*.example.com` matches every name under example.com (not example.com itself).
-    allowed_hosts: list[str] = Field(default_factory=list, max_length=1000)
-    # The explicit opt-out that lets the admin API listen on a non-loopback address without a token.
-    allow_unauthenticated: bool = False
+    listen: str = Field(default="127.0.0.1:9090", description="host:port the admin API listens on")
+    token_env: str | None = Field(
+        default="OMNIXAN_ADMIN_TOKEN",
+        description="the environment variable that holds the admin API's token (never the file); null: no token",
+    )
+    # A page whose DNS name was rebound to this address sends its own name, and gets 421.
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        max_length=1000,
+        description=(
+            "host names the admin API answers to besides IP literals, localhost and the host of listen; others get"
+            " 421. *.example.com: every name under example.com (not example.com itself)"
+        ),
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="the explicit opt-out that lets the admin API listen on a non-loopback address without a token",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -225,20 +263,46 @@ class UpstreamConfig(StrictModel):
     """Connections to backends: how long a connect may take (the TLS handshake included), how long
     an idle one is kept, and TLS to them (docs/upstream-tls.md)."""
 
-    connect_timeout: float = Field(default=2.0, gt=0, le=300)
-    idle_timeout: float = Field(default=30.0, gt=0, le=3600)
-    max_idle_per_backend: int = Field(default=128, ge=0, le=100_000)
-    tls: TLSSetting = None
-    # The default pool's PROXY protocol to its backends (a pool's own is its proxy_protocol).
-    proxy_protocol: Literal["v1", "v2"] | None = None
+    connect_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="seconds for a new connection to a backend: the TCP connect and, with tls, the TLS handshake",
+    )
+    idle_timeout: float = Field(default=30.0, gt=0, le=3600, description="seconds an unused pooled connection is kept")
+    max_idle_per_backend: int = Field(default=128, ge=0, le=100_000, description="idle connections kept per backend")
+    tls: TLSSetting = Field(
+        default=None,
+        description=(
+            "TLS to the default pool's backends: true (the system's CAs, verification on), false or absent (plain"
+            " TCP), or {ca, server_name, cert, key, verify, min_version} (docs/upstream-tls.md)"
+        ),
+    )
+    proxy_protocol: Literal["v1", "v2"] | None = Field(
+        default=None,
+        description=(
+            "v1 or v2: each connection to the default pool's backends begins with a PROXY header naming the client"
+            " (a pool's own is its proxy_protocol); absent: none"
+        ),
+    )
 
 
 class StateConfig(StrictModel):
     """Where sessions, token buckets and the flood-block list live: this process, or a shared Redis."""
 
-    url: str = "memory"
-    prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, max_length=128)  # keys are prefix + name
-    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=10)  # seconds for a connect and for a reply
+    url: str = Field(
+        default="memory",
+        description="memory (this process), or redis://[user:password@]host[:port][/db] (rediss:// for TLS)",
+    )
+    prefix: str = Field(
+        default=DEFAULT_PREFIX,
+        min_length=1,
+        max_length=128,
+        description="what every Redis key starts with (Redis only)",
+    )
+    timeout: float = Field(
+        default=DEFAULT_TIMEOUT, gt=0, le=10, description="seconds for a Redis connect and for each reply (Redis only)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -268,27 +332,74 @@ def available_cpus() -> int:
 
 
 class ServerConfig(LoadBalancingModuleConfig):
-    listen: str = "127.0.0.1:8080"
-    # Several listeners, plain or TLS (docs/tls.md); instead of `listen`, which is one plain listener.
-    listeners: list[ListenerConfig] | None = Field(default=None, max_length=64)
-    # Worker processes serving the proxy: a number, or "auto" (one per CPU this process may use).
-    # 1 runs everything in one process; more run under a supervisor (docs/workers.md).
-    workers: int | Literal["auto"] = 1
-    backends: list[BackendConfig] = Field(default_factory=list)
-    admin: AdminConfig = Field(default_factory=AdminConfig)
-    state: StateConfig = Field(default_factory=StateConfig)
-    trusted_proxies: list[str] = Field(default_factory=list)
-    limits: Limits = Field(default_factory=Limits)
-    drain_timeout: float = Field(default=30.0, ge=0)
-    access_log: bool = True
-    upstream: UpstreamConfig = Field(default_factory=UpstreamConfig)
-    # The environment variable holding the key that signs affinity cookies (instances that share
-    # traffic need the same key); unset: the shared state store's key, or one made at start.
-    affinity_secret_env: str | None = "OMNIXAN_AFFINITY_SECRET"
-    # Named pools of backends, each its own balancer; `default` is the top-level `backends`.
-    pools: dict[str, PoolConfig] = Field(default_factory=dict, max_length=MAX_POOLS)
-    # Tried in order: the first that matches a request takes it; no match -> the default pool.
-    routes: list[RouteConfig] = Field(default_factory=list, max_length=MAX_ROUTES)
+    listen: str = Field(
+        default="127.0.0.1:8080",
+        description="host:port of one plain listener; port 0: any free port; listeners replaces it",
+    )
+    listeners: list[ListenerConfig] | None = Field(
+        default=None,
+        max_length=64,
+        description="1 to 64 listeners, plain or TLS (docs/tls.md), instead of listen; absent: listen's one",
+    )
+    workers: int | Literal["auto"] = Field(
+        default=1,
+        description=(
+            "processes serving the proxy: a number (1 runs everything in one process; more run under a supervisor,"
+            " docs/workers.md), or auto (one per CPU this process may use)"
+        ),
+    )
+    backends: list[BackendConfig] = Field(default_factory=list, description="the default pool's backends")
+    admin: AdminConfig = Field(
+        default_factory=AdminConfig, description="the admin API: its address, its token and the host names it answers"
+    )
+    state: StateConfig = Field(
+        default_factory=StateConfig,
+        description=(
+            "where sessions, token buckets and the flood-block list live: memory, a redis:// URL, or"
+            " {url, prefix, timeout}"
+        ),
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="networks (10.0.0.0/8) of the proxies in front, whose X-Forwarded-For and PROXY headers count",
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="bounds on client requests: head and body sizes, header and idle timeouts"
+    )
+    drain_timeout: float = Field(
+        default=30.0, ge=0, description="seconds SIGTERM waits for requests in flight before the process exits"
+    )
+    access_log: bool = Field(default=True, description="one JSON line per request on stderr")
+    upstream: UpstreamConfig = Field(
+        default_factory=UpstreamConfig,
+        description="connections to the default pool's backends: timeouts, idle pooling, TLS, PROXY protocol",
+    )
+    affinity_secret_env: str | None = Field(
+        default="OMNIXAN_AFFINITY_SECRET",
+        description=(
+            "the environment variable holding the key that signs affinity cookies (balancers that share traffic need"
+            " the same); unset: the shared state store's key, or one made at start"
+        ),
+    )
+    pools: dict[str, PoolConfig] = Field(
+        default_factory=dict,
+        max_length=MAX_POOLS,
+        description="named pools of backends, each its own balancer (docs/routes.md); default: the top-level backends",
+    )
+    routes: list[RouteConfig] = Field(
+        default_factory=list,
+        max_length=MAX_ROUTES,
+        description="tried in order: the first that matches a request takes it; no match: the default pool",
+    )
+    retry_on: RetryOn = Field(
+        default_factory=RetryOn,
+        description="which failed tries go to another backend (HAProxy retry-on, Envoy retry_on); docs/config.md",
+    )
+    failure_statuses: list[Status] = Field(
+        default_factory=lambda: list(DEFAULT_FAILURE_STATUSES),
+        max_length=MAX_STATUSES,
+        description=FAILURE_STATUSES_DESCRIPTION + "; default 5xx",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -406,6 +517,15 @@ class ServerConfig(LoadBalancingModuleConfig):
         """Every pool's PROXY protocol version to its backends by name (0: none)."""
         versions = {DEFAULT_POOL: self.upstream.proxy_protocol, **{n: p.proxy_protocol for n, p in self.pools.items()}}
         return {name: 0 if version is None else int(version[1]) for name, version in versions.items()}
+
+    def pool_outcomes(self) -> dict[str, tuple[RetryOn, frozenset[int]]]:
+        """Every pool's ``retry_on`` and failure statuses by name: a pool's own, or the top level's."""
+        top = (self.retry_on, status_set(self.failure_statuses))
+        outcomes = {DEFAULT_POOL: top}
+        for name, pool in self.pools.items():
+            failures = top[1] if pool.failure_statuses is None else status_set(pool.failure_statuses)
+            outcomes[name] = (top[0] if pool.retry_on is None else pool.retry_on, failures)
+        return outcomes
 
     def warn_if_unverified(self) -> None:
         """Log every pool whose TLS to its backends does not verify them (``verify: false``)."""

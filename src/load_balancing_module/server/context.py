@@ -23,6 +23,7 @@ from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
 from .http import AFFINITY_COOKIE, RequestInfo, cookie_in
+from .outcomes import DEFAULT_FAILURE_STATUSES, RetryOn, status_set
 from .route_config import DEFAULT_POOL
 from .routing import RouteTable
 from .trusted import TrustedProxies
@@ -49,9 +50,21 @@ class Connection(Protocol):
 class Pool:
     """A pool as the proxy uses it: its library module, its idle upstream connections, and its
     affinity cookie (each pool its own, named ``OMNIXAN_AFFINITY_<pool>``, so that a client that
-    uses two pools is bound in each)."""
+    uses two pools is bound in each), and what its backends' answers mean (``retry_on``,
+    ``failure_statuses``: :meth:`set_outcomes`)."""
 
-    __slots__ = ("name", "lb", "upstream", "sticky", "affinity")
+    __slots__ = (
+        "name",
+        "lb",
+        "upstream",
+        "sticky",
+        "affinity",
+        "failure_statuses",
+        "retry_statuses",
+        "retry_connect",
+        "retry_empty",
+        "retry_junk",
+    )
 
     def __init__(self, name: str, lb: LoadBalancingModule, upstream: UpstreamPool) -> None:
         self.name = name
@@ -59,6 +72,15 @@ class Pool:
         self.upstream = upstream
         self.sticky = lb.config.session_affinity
         self.affinity: AffinityCookies | None = None
+        self.set_outcomes(RetryOn(), status_set(list(DEFAULT_FAILURE_STATUSES)))
+
+    def set_outcomes(self, retry_on: RetryOn, failure_statuses: frozenset[int]) -> None:
+        """Take the pool's ``retry_on`` and failure statuses (read per try, so kept as sets and flags)."""
+        self.failure_statuses = failure_statuses
+        self.retry_statuses = retry_on.status_set()
+        self.retry_connect = retry_on.connect_failure
+        self.retry_empty = retry_on.empty_response
+        self.retry_junk = retry_on.junk_response
 
     def cookie_name(self) -> bytes:
         return AFFINITY_COOKIE if self.name == DEFAULT_POOL else AFFINITY_COOKIE + b"_" + self.name.encode()
@@ -104,9 +126,10 @@ class ProxyContext:
         self.configure(config, pools)
 
     def configure(self, config: ServerConfig, pools: Mapping[str, LoadBalancingModule] | None = None) -> None:
-        """Take limits, timeouts, retries, trusted proxies, affinity, the access log switch and the
-        routes from ``config``, and the pools' modules from ``pools`` (by name; None: the pools stay
-        as they are). What is in flight keeps the deadlines it started with, and its pool."""
+        """Take limits, timeouts, retries, what answers mean (``retry_on``, ``failure_statuses``),
+        trusted proxies, affinity, the access log switch and the routes from ``config``, and the
+        pools' modules from ``pools`` (by name; None: the pools stay as they are). What is in
+        flight keeps the deadlines it started with, and its pool."""
         self.config = config
         limits = config.limits
         self.max_header_bytes = limits.max_header_bytes
@@ -126,7 +149,9 @@ class ProxyContext:
             raise ValueError(f"no module for the pools {', '.join(missing)}: pass them as pools=")
         tls = config.pool_tls()
         proxy_protocol = config.pool_proxy_protocol()
+        outcomes = config.pool_outcomes()
         for name, pool in self.pools.items():
+            pool.set_outcomes(*outcomes[name])
             pool.upstream.configure_proxy_protocol(proxy_protocol.get(name, 0))
             pool.upstream.idle_timeout = config.upstream.idle_timeout
             pool.upstream.max_idle = config.upstream.max_idle_per_backend

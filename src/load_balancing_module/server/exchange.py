@@ -295,7 +295,7 @@ class Exchange(Relay):
             up = await pool.connect(key, route.host, route.port, timeout, preamble)
         except (OSError, asyncio.TimeoutError) as exc:
             failure = connect_failure(self.ctx, route, exc, timeout)
-            failure.retry = failure.backend_fault and self._may_retry(never_sent=True)
+            failure.retry = failure.backend_fault and self.pool.retry_connect and self._may_retry(never_sent=True)
             self.phase = Phase.SETTLING
             self._settle(failure)
             return
@@ -386,10 +386,16 @@ class Exchange(Relay):
         route = self.route
         if route is None:
             return failure
-        if failure is not None and not failure.backend_fault:
+        if failure is None:  # a status above 599 is no HTTP: a failure, whatever failure_statuses says
+            status = self.status
+            success = status not in self.pool.failure_statuses and status < 600
+        elif failure.answered:  # a status dropped for a retry: the backend's failure only if listed
+            success = not failure.backend_fault
+        elif not failure.backend_fault:
             self.lb.abandon_request(route)
             return failure
-        success = failure is None and self.status < 500
+        else:
+            success = False
         latency = self.head_ms if self.head_ms is not None else (self.loop.time() - self.attempt_at) * 1000.0
         self.lb.complete_now(route, success=success, latency_ms=latency)
         return failure

@@ -24,7 +24,7 @@ from .http import HttpError, RequestInfo
 from .outbound import request_id_line
 from .phase import ON_UPSTREAM, Phase
 from .reader import RequestSink
-from .response import ResponseInfo, error_response, response_head
+from .response import ResponseInfo, UpstreamProtocolError, error_response, response_head
 from .upstream import UpstreamConnection, UpstreamSink
 
 if TYPE_CHECKING:
@@ -239,14 +239,20 @@ class Relay(UpstreamSink):
             return
         self.head_ms = (self.data_at - self.attempt_at) * 1000.0  # data_at: the time of this read
         backend = self.route.backend_id if self.route is not None else "?"
-        if (status == 502 or status == 503 or status == 504) and self._may_retry(never_sent=False):
-            self._fail(Failure(502, f"backend {backend} answered {status}", retry=True))
+        pool = self.pool
+        if status >= 400 and status in pool.retry_statuses and self._may_retry(never_sent=False):
+            # retry_on.statuses: this response is dropped (its connection closed), nothing of it sent
+            fault = status in pool.failure_statuses
+            self._fail(
+                Failure(502, f"backend {backend} answered {status}", retry=True, backend_fault=fault, answered=True)
+            )
             return
         error = response.error
         if error is None and status == 101 and (not info.websocket or response.upgrade is None):
             error = "the backend switched protocols unasked"
         if error is not None:
-            self._fail(Failure(502, f"backend {backend}: {error}", retry=self._may_retry(never_sent=False)))
+            retry = pool.retry_junk and self._may_retry(never_sent=False)
+            self._fail(Failure(502, f"backend {backend}: {error}", retry=retry))
             return
         rule = self.rule
         if rule is not None and (rule.response_edit is not None or rule.response_filters):
@@ -366,7 +372,7 @@ class Relay(UpstreamSink):
                 Failure(
                     502,
                     f"backend {backend} closed the connection before answering{detail}",
-                    retry=self._may_retry(never_sent=False),
+                    retry=self._retry_on_loss(error) and self._may_retry(never_sent=False),
                     backend_fault=fault,
                 )
             )
@@ -385,6 +391,13 @@ class Relay(UpstreamSink):
                     backend_fault=up is None or not up.held,
                 )
             )
+
+    def _retry_on_loss(self, error: BaseException | None) -> bool:
+        """Whether ``retry_on`` allows a retry of a connection lost before any answer: a response
+        the parser refused is ``junk_response``, a close or reset ``empty_response``."""
+        if isinstance(error, UpstreamProtocolError):
+            return self.pool.retry_junk
+        return self.pool.retry_empty
 
     def upstream_tunnel(self, data: bytes) -> None:
         self.conn.write(data)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel
+from .outcomes import FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status
 from .upstream_tls import TLSSetting
 
 DEFAULT_POOL = "default"
@@ -53,9 +54,11 @@ class HeaderRules(StrictModel):
     """Header changes on the way: ``remove`` first, then ``set`` (replaces every header of that
     name), then ``add`` (one more line). Names are case-insensitive."""
 
-    set: dict[str, str] = Field(default_factory=dict, max_length=100)
-    add: dict[str, str] = Field(default_factory=dict, max_length=100)
-    remove: list[str] = Field(default_factory=list, max_length=100)
+    set: dict[str, str] = Field(
+        default_factory=dict, max_length=100, description="name: value; replaces every header of that name with one"
+    )
+    add: dict[str, str] = Field(default_factory=dict, max_length=100, description="name: value; one more line each")
+    remove: list[str] = Field(default_factory=list, max_length=100, description="names of headers removed")
 
     @model_validator(mode="after")
     def _well_formed(self) -> HeaderRules:
@@ -83,11 +86,24 @@ class HeaderRules(StrictModel):
 class RouteMatch(StrictModel):
     """What a request must have for its route to apply; every condition given must hold."""
 
-    host: str | None = None  # exact, or "*.example.com" (any name under it, not example.com itself)
-    path_prefix: str | None = None
-    path_regex: str | None = None  # matched against the whole path (re.fullmatch), without the query
-    methods: list[str] | None = Field(default=None, min_length=1, max_length=64)
-    headers: dict[str, str] = Field(default_factory=dict, max_length=32)  # exact values; names case-insensitive
+    host: str | None = Field(
+        default=None,
+        description="the request's host: exact, or *.example.com (any name under it, not example.com itself); no port",
+    )
+    path_prefix: str | None = Field(
+        default=None, description="what the (normalized) path starts with, starting with /; excludes path_regex"
+    )
+    path_regex: str | None = Field(
+        default=None, description="a regular expression the whole path must match (re.fullmatch), without the query"
+    )
+    methods: list[str] | None = Field(
+        default=None, min_length=1, max_length=64, description="methods in capitals, one of which the request has"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="headers the request must carry with exactly these values; names case-insensitive",
+    )
 
     @field_validator("host")
     @classmethod
@@ -147,9 +163,11 @@ class Redirect(StrictModel):
     """Answer with a redirect instead of proxying. ``to``: an absolute http(s) URL or a path; with
     ``keep_path`` the request's path and query are appended to it (as ``$request_uri`` in nginx)."""
 
-    to: str = Field(min_length=1, max_length=2048)
-    status: Literal[301, 302, 303, 307, 308] = 302
-    keep_path: bool = True
+    to: str = Field(min_length=1, max_length=2048, description="an http:// or https:// URL, or a path starting with /")
+    status: Literal[301, 302, 303, 307, 308] = Field(default=302, description="the redirect's status")
+    keep_path: bool = Field(
+        default=True, description="append the request's path and query to `to` (as $request_uri in nginx)"
+    )
 
     @field_validator("to")
     @classmethod
@@ -168,14 +186,33 @@ class Redirect(StrictModel):
 class RouteConfig(StrictModel):
     """One entry of ``routes``: the first route whose ``match`` holds takes the request."""
 
-    name: str | None = Field(default=None, max_length=64)  # for logs, metrics and the admin API
-    match: RouteMatch = Field(default_factory=RouteMatch)  # empty: every request
-    pool: str = DEFAULT_POOL
-    strip_prefix: str | None = None
-    request_headers: HeaderRules = Field(default_factory=HeaderRules)
-    response_headers: HeaderRules = Field(default_factory=HeaderRules)
-    filters: list[str] = Field(default_factory=list, max_length=32)  # "module:function"
-    redirect: Redirect | None = None
+    name: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the route's name in logs, metrics and the admin API (lowercase letters, digits, - and _); unique",
+    )
+    match: RouteMatch = Field(
+        default_factory=RouteMatch, description="what a request must have for the route to apply; empty: every request"
+    )
+    pool: str = Field(default=DEFAULT_POOL, description="the pool the request goes to; default: the top-level backends")
+    strip_prefix: str | None = Field(
+        default=None,
+        description="a prefix taken off the path when it starts with it (/v1: /v1/users goes on as /users)",
+    )
+    request_headers: HeaderRules = Field(
+        default_factory=HeaderRules, description="header changes on the request, on its way to the backend"
+    )
+    response_headers: HeaderRules = Field(
+        default_factory=HeaderRules, description="header changes on the response, on its way to the client"
+    )
+    filters: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="the operator's Python filters as module:function, run in order (docs/routes.md)",
+    )
+    redirect: Redirect | None = Field(
+        default=None, description="answer with a redirect and proxy nothing (then no pool, rewrites or filters)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -225,11 +262,24 @@ class RouteConfig(StrictModel):
 class PoolConfig(LoadBalancingModuleConfig):
     """One entry of ``pools``: its backends and any library setting of its own."""
 
-    backends: list[BackendConfig] = Field(default_factory=list)
-    # TLS to this pool's backends (not taken from the top-level upstream.tls: that is the default pool's).
-    tls: TLSSetting = None
-    # A PROXY protocol header before anything else on each connection to this pool's backends.
-    proxy_protocol: Literal["v1", "v2"] | None = None
+    backends: list[BackendConfig] = Field(default_factory=list, description="this pool's backends")
+    tls: TLSSetting = Field(
+        default=None,
+        description=(
+            "TLS to this pool's backends, as upstream.tls (not taken from it: that is the default pool's);"
+            " absent: plain TCP"
+        ),
+    )
+    proxy_protocol: Literal["v1", "v2"] | None = Field(
+        default=None,
+        description="v1 or v2: each connection to this pool's backends begins with a PROXY header; absent: none",
+    )
+    retry_on: RetryOn | None = Field(
+        default=None, description="this pool's retry_on, replacing the top level's whole; absent: the top level's"
+    )
+    failure_statuses: list[Status] | None = Field(
+        default=None, max_length=MAX_STATUSES, description=FAILURE_STATUSES_DESCRIPTION + "; absent: the top level's"
+    )
 
     def module_config(self, top: LoadBalancingModuleConfig) -> LoadBalancingModuleConfig:
         """The library config of this pool: ``top``'s, with every field this pool sets replacing it."""

@@ -86,12 +86,22 @@ class UpstreamTLS(StrictModel):
     """TLS to a pool's backends (see the module docstring). ``key`` comes before ``cert`` so that
     ``cert``'s check can see it, and name ``cert`` in what it finds wrong with the pair."""
 
-    ca: Path | None = None  # PEM CA certificates to verify backends with; None: the system's
-    server_name: str | None = None  # SNI and the name verified; None: the backend's host
-    key: Path | None = None  # the client certificate's private key (PEM, not encrypted)
-    cert: Path | None = Field(default=None, validate_default=True)  # a client certificate (PEM chain)
-    verify: bool = True  # false: no verification at all (unsafe; logged)
-    min_version: Literal["1.2", "1.3"] = "1.2"
+    ca: Path | None = Field(
+        default=None, description="a file of PEM CA certificates to verify backends with; absent: the system's CAs"
+    )
+    server_name: str | None = Field(
+        default=None, description="the name sent (SNI) and verified; absent: the backend's host"
+    )
+    key: Path | None = Field(default=None, description="the client certificate's private key file (PEM, not encrypted)")
+    cert: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="a client certificate file (PEM, its chain after it) presented to backends; needs key",
+    )
+    verify: bool = Field(
+        default=True, description="verify the backend's certificate and name; false: no verification (unsafe; logged)"
+    )
+    min_version: Literal["1.2", "1.3"] = Field(default="1.2", description='the oldest TLS version: "1.2" or "1.3"')
 
     _context: ssl.SSLContext = PrivateAttr()
     _fingerprint: bytes = PrivateAttr(default=b"")
