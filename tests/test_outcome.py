@@ -258,14 +258,21 @@ async def test_a_kept_answer_is_discarded_when_the_call_is_cancelled() -> None:
     assert all(b.in_flight == 0 for b in lb.backends.values())
 
 
-async def test_acquire_judges_the_blocks_exception() -> None:
-    lb, _ = await make_lb(n=1)
+async def test_acquire_fails_the_backend_when_the_block_raises_unless_the_module_judges() -> None:
+    lb, clock = await make_lb(n=1)
     backend = next(iter(lb.backends.values()))
     with pytest.raises(KeyError):
         async with lb.acquire(REQ):
-            raise KeyError("my lookup")
-    assert backend.failed == 0 and backend.successful == 1
-    with pytest.raises(ConnectionResetError):
-        async with lb.acquire(REQ):
-            raise ConnectionResetError()
+            raise KeyError("the block is the whole try")
     assert backend.failed == 1
+    judged = LoadBalancingModule(lb.config, clock=clock, is_failure=lambda o: not isinstance(o.error, KeyError))
+    await judged.add_backend(backend.config)
+    mine = next(iter(judged.backends.values()))
+    with pytest.raises(KeyError):
+        async with judged.acquire(REQ):
+            raise KeyError("my lookup")
+    assert mine.failed == 0 and mine.successful == 1
+    with pytest.raises(ConnectionResetError):
+        async with judged.acquire(REQ):
+            raise ConnectionResetError()
+    assert mine.failed == 1

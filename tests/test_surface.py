@@ -98,7 +98,7 @@ async def test_counts_are_a_copy_of_every_counter() -> None:
 
 def _documented_names() -> list[str]:
     """The names that the items of the surface section of docs/library.md begin with."""
-    section = DOC.read_text(encoding="utf-8").split("## The data-plane surface", 1)[1]
+    section = DOC.read_text(encoding="utf-8").split("## The data-plane surface", 1)[1].split("\n## ", 1)[0]
     names: list[str] = []
     for item in section.split("\n- ")[1:]:
         names += re.findall(r"`(\w+)", re.split(r":\s", item, maxsplit=1)[0])

@@ -37,7 +37,7 @@ from .hooks import Hooks, maybe_call
 from .limiter import RateLimiter
 from .models import DrainResult, HealthStatus, LoadDistribution, RouteResult
 from .operations import Operations
-from .outcome import IsFailure, Outcome, RetryOn, failure_predicate, retry_predicate
+from .outcome import IsFailure, Outcome, RetryOn, failure_predicate, raised_is_failure, retry_predicate
 from .probing import HealthChecks
 from .retry import ExponentialJitterBackoff, RetryBudget
 from .router import Router
@@ -107,6 +107,8 @@ class LoadBalancingModule:
         self._calls = Calls(self, self._route, self.clock, self.config.request_timeout, self.config.max_retries)
         # call(), acquire() and the integrations judge tries by these unless a call says otherwise.
         self.is_failure: IsFailure = failure_predicate(is_failure)
+        # acquire(): a raising block fails the backend, unless the module was given its own judge.
+        self._block_failure: IsFailure = self.is_failure if is_failure is not None else raised_is_failure
         self.retry_on: Callable[[Outcome], bool] = retry_predicate(retry_on)
         self._cleanup: asyncio.Task[None] | None = None
         self._initialized = False
@@ -354,9 +356,9 @@ class LoadBalancingModule:
 
     def acquire(self, request: Request) -> Acquired:
         """``async with lb.acquire(request) as result``: route, then complete the result when
-        the block ends: as ``is_failure`` judges its exception if it raised, abandoned if it
-        was cancelled."""
-        return Acquired(self, request, self.is_failure, self.clock)
+        the block ends: a success, or a failure if it raised (as the module's own ``is_failure``
+        judges the exception, when it was given one); abandoned if it was cancelled."""
+        return Acquired(self, request, self._block_failure, self.clock)
 
     async def call(
         self,

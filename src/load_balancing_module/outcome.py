@@ -147,6 +147,12 @@ def default_is_failure(outcome: Outcome) -> bool:
     return not isinstance(error, CALLER_ERRORS)
 
 
+def raised_is_failure(outcome: Outcome) -> bool:
+    """``acquire()``'s default: whatever the block raised is the backend's failure (the block is
+    the whole try, and the balancer cannot see into it)."""
+    return outcome.error is not None or default_is_failure(outcome)
+
+
 def default_retry_on(outcome: Outcome) -> bool:
     """A failure is retried, except a 5xx answer other than 502, 503 and 504."""
     if not outcome.failure:
