@@ -31,6 +31,7 @@ import h11
 from aiohttp import web
 
 from load_balancing_module import BackendConfig, HealthCheckConfig, LoadBalancingModule
+from load_balancing_module.clock import Clock
 from load_balancing_module.server.client import ClientConnection
 from load_balancing_module.server.config import ServerConfig
 from load_balancing_module.server.pools import PoolModules
@@ -85,9 +86,14 @@ _harness_seq = 0
 
 @contextlib.asynccontextmanager
 async def start_proxy(
-    backends: Sequence[int | BackendConfig | dict[str, Any]], *, config: ServerConfig | None = None, **fields: Any
+    backends: Sequence[int | BackendConfig | dict[str, Any]],
+    *,
+    config: ServerConfig | None = None,
+    clock: Clock | None = None,
+    **fields: Any,
 ) -> AsyncIterator[ProxyHarness]:
-    """A module and a proxy in front of ``backends`` (ports on 127.0.0.1, or backend configs)."""
+    """A module and a proxy in front of ``backends`` (ports on 127.0.0.1, or backend configs);
+    ``clock``: the modules' (SystemClock if None)."""
     global _harness_seq
     _harness_seq += 1
     config = config or server_config(**fields)
@@ -96,7 +102,7 @@ async def start_proxy(
     logger.propagate = False
     records = AccessRecords()
     logger.addHandler(records)
-    pools = PoolModules(config, lambda name, module_config: LoadBalancingModule(module_config))
+    pools = PoolModules(config, lambda name, module_config: LoadBalancingModule(module_config, clock=clock))
     lb = pools.default
     proxy = ProxyServer(lb, config, access_log=logger, pools=pools.modules)
     await pools.start(config, backends=False)

@@ -4,7 +4,9 @@ Fields: ``time`` (UTC, ISO 8601 with milliseconds), ``request_id``,
 ``client_ip``, ``method``, ``path`` (the request target without its query),
 ``status``, ``backend_id`` (the last backend tried, or null), ``attempts``,
 ``upstream_ms`` (from the first try to the end of the backend's response, or
-null), ``total_ms`` (from the complete request head to the end of the answer).
+null), ``total_ms`` (from the complete request head to the end of the answer):
+both to the microsecond, measured with the module's clock (``time.perf_counter``),
+not the event loop's, which on uvloop ticks in whole milliseconds.
 The logger's handlers decide where lines go; the record's ``access`` attribute
 carries the same fields as a dict. With the batching handler of ``serve`` as
 the logger's only handler, lines skip the LogRecord and go to its list of

@@ -57,7 +57,7 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Exchange(Relay):
     """One request: its routing, its tries on backends, and its answer."""
 
-    __slots__ = ("request", "started", "task", "earlier", "attempts", "retries", "budgeted", "first_attempt_at")
+    __slots__ = ("request", "started", "task", "earlier", "attempts", "retries", "budgeted", "first_attempt_hr")
 
     def __init__(
         self,
@@ -77,7 +77,9 @@ class Exchange(Relay):
         loop's time when the head was complete."""
         super().__init__(conn, ctx, pool, rule, info, request_id, rid_seq, now + ctx.request_timeout, prefer, cookie)
         self.request = request
-        self.started = now
+        # On the module's clock, as every duration (relay.py). A filter may move the request to
+        # another pool, whose module reads the same clock: the proxy builds each with SystemClock.
+        self.started = self.lb.clock.monotonic()
         self.task: asyncio.Task[None] | None = None  # the step that waits, in ROUTING, CONNECTING or BACKOFF
         # The backends of the tries before the current one (``route``'s): made at the first retry,
         # so that a request tried once allocates no list for it.
@@ -85,7 +87,7 @@ class Exchange(Relay):
         self.attempts = 0
         self.retries = 0
         self.budgeted = False  # this retry holds a unit of the library's retry budget
-        self.first_attempt_at: float | None = None
+        self.first_attempt_hr: float | None = None
 
     # -- QUEUED -> BUFFERING | ROUTING ------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class Exchange(Relay):
             self._send_answer(
                 redirect.status, redirect_answer(redirect, self.info, self.request_id, close=self._closes())
             )
-            self._finish(now)
+            self._finish()
             return
         self.phase = Phase.FILTERING
         view = filter_request(self.info, self.request.client_ip, self.request_id, rule.name, self.pool.name)
@@ -270,8 +272,10 @@ class Exchange(Relay):
         """A pooled connection to ``route``'s backend (unless ``fresh``), else a new one; ``now``:
         the loop's time, as the caller read it."""
         self.attempt_at = now
-        if self.first_attempt_at is None:
-            self.first_attempt_at = now
+        # A new try starts as the library routed it; the same try on a fresh connection, now.
+        hr = self.attempt_hr = self.lb.clock.monotonic() if fresh else route.started_at
+        if self.first_attempt_hr is None:
+            self.first_attempt_hr = hr
         self.head_ms = None
         upstreams = self.upstreams
         key = route.backend_id
@@ -396,7 +400,7 @@ class Exchange(Relay):
             return failure
         else:
             success = False
-        latency = self.head_ms if self.head_ms is not None else (self.loop.time() - self.attempt_at) * 1000.0
+        latency = self.head_ms if self.head_ms is not None else (self.lb.clock.monotonic() - self.attempt_hr) * 1000.0
         self.lb.complete_now(route, success=success, latency_ms=latency)
         return failure
 
@@ -423,9 +427,8 @@ class Exchange(Relay):
         lb = self.lb
         await lb.clock.sleep(delay)
         self.phase = Phase.ROUTING
-        started = lb.clock.monotonic() - (self.loop.time() - self.started)
         try:
-            route = await lb.route_retry(self.request, self._tried(), attempt=self.attempts + 1, started=started)
+            route = await lb.route_retry(self.request, self._tried(), attempt=self.attempts + 1, started=self.started)
         except RequestTimeoutError:
             self._answer(HttpError(504, "no backend could take the request in time"))
         except BackendUnavailableError:
@@ -581,6 +584,8 @@ class Exchange(Relay):
     # -- the end --------------------------------------------------------------------------------------
 
     def _finish(self, now: float | None = None) -> None:
+        """The exchange ends. ``now``: ``data_at``, the loop's time of the upstream read being
+        handled, whose twin on the module's clock is ``data_hr``; None: both are read."""
         if self.phase is Phase.DONE:
             return
         self.phase = Phase.DONE
@@ -589,12 +594,15 @@ class Exchange(Relay):
         ctx = self.ctx
         if now is None:
             now = self.loop.time()
+            end = self.lb.clock.monotonic()
+        else:
+            end = self.data_hr
         route = self.route
         if route is not None:  # a slot still held (a stale try the client left): released, nobody blamed
             self.lb.abandon_request(route)
         if ctx.access is not None:  # building the log call's arguments costs: only when logging
-            first = self.first_attempt_at
-            end = self.upstream_end
+            first = self.first_attempt_hr
+            upstream_end = self.upstream_end
             ctx.log(
                 request_id=self.request_id,
                 client_ip=self.request.client_ip,
@@ -603,10 +611,10 @@ class Exchange(Relay):
                 status=self.status or 499,
                 backend_id=None if route is None else route.backend_id,
                 attempts=self.attempts,
-                upstream_ms=None if first is None or end is None else (end - first) * 1000.0,
-                total_ms=(now - self.started) * 1000.0,
+                upstream_ms=None if first is None or upstream_end is None else (upstream_end - first) * 1000.0,
+                total_ms=(end - self.started) * 1000.0,
             )
         self.lb.request_stats.record(
-            "none" if route is None else route.backend_id, self.status or 499, now - self.started
+            "none" if route is None else route.backend_id, self.status or 499, end - self.started
         )
         self.conn.exchange_done(self, now)

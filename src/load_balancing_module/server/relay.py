@@ -135,10 +135,12 @@ class Relay(UpstreamSink):
         "outcome",
         "timer_at",
         "attempt_at",
+        "attempt_hr",
         "upstream_end",
         "head_ms",
         "blocked_since",
         "data_at",
+        "data_hr",
         "status",
         "responded",
         "response_done",
@@ -192,11 +194,16 @@ class Relay(UpstreamSink):
         self.deferred = False  # the try's outcome waits for the end of the batch
         self.outcome: Failure | None = None
         self.timer_at: float | None = None  # when on_timer is due (the connection's timer calls it)
+        # Deadlines are on the loop's clock (``*_at``, ``blocked_since``); durations reported or fed
+        # to the balancer on the module's (``*_hr``, ``upstream_end``): the loop's ticks in whole
+        # milliseconds on uvloop, the module's resolves nanoseconds (clock.py).
         self.attempt_at = 0.0
+        self.attempt_hr = 0.0
         self.upstream_end: float | None = None
         self.head_ms: float | None = None
         self.blocked_since: float | None = None
         self.data_at = 0.0
+        self.data_hr = 0.0
         # the answer
         self.status = 0
         self.responded = False  # something of the answer went to the client
@@ -237,7 +244,7 @@ class Relay(UpstreamSink):
             if info.http11 and status != 100:
                 self.conn.write(response_head(response, []))
             return
-        self.head_ms = (self.data_at - self.attempt_at) * 1000.0  # data_at: the time of this read
+        self.head_ms = (self.data_hr - self.attempt_hr) * 1000.0  # data_hr: the time of this read
         backend = self.route.backend_id if self.route is not None else "?"
         pool = self.pool
         if status >= 400 and status in pool.retry_statuses and self._may_retry(never_sent=False):
@@ -326,6 +333,7 @@ class Relay(UpstreamSink):
         if begin:
             self.batching = True
             self.data_at = self.conn.loop_time()  # the time of this read, for everything it brings
+            self.data_hr = self.lb.clock.monotonic()  # the same, for its latencies
             self.conn.cork()
             return
         self.batching = False
@@ -337,7 +345,7 @@ class Relay(UpstreamSink):
 
     def upstream_done(self) -> None:
         up, self.upstream = self.upstream, None
-        self._end_response(self.data_at)
+        self._end_response(self.data_hr)
         if up is not None:
             self.upstreams.release(up, reusable=self.body_done, now=self.data_at)
         self._resolve(None)
@@ -346,7 +354,7 @@ class Relay(UpstreamSink):
         up, self.upstream = self.upstream, None
         backend = self.route.backend_id if self.route is not None else "?"
         if self.phase is Phase.TUNNEL:
-            self.upstream_end = self.loop.time()
+            self.upstream_end = self.lb.clock.monotonic()
             self.conn.close()
             self._resolve(None)
         elif not self.responded:
@@ -377,7 +385,7 @@ class Relay(UpstreamSink):
                 )
             )
         elif self.until_close and error is None:
-            self._end_response(self.loop.time())
+            self._end_response(self.lb.clock.monotonic())
             self._resolve(None)
         else:
             self.keep_alive = False
@@ -480,11 +488,12 @@ class Relay(UpstreamSink):
             extra.append(affinity.set_cookie(route.backend_id))
         return extra
 
-    def _end_response(self, now: float) -> None:
+    def _end_response(self, end: float) -> None:
+        """The backend's response is complete, at ``end`` on the module's clock."""
         if self.out_chunked:
             self.conn.write(b"0\r\n\r\n")
         self.response_done = True
-        self.upstream_end = now
+        self.upstream_end = end
 
     def _fail(self, failure: Failure) -> None:
         """This try failed before any of its response reached the client."""
