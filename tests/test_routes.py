@@ -3,6 +3,7 @@ real backends, with header rules, prefix strip, redirects and Python filters (te
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import ValidationError
 
 from load_balancing_module import LoadBalancingModule
@@ -478,3 +480,41 @@ def test_the_segment_index_keeps_the_table_order() -> None:
         {"name": "svc", "match": {"path_prefix": "/svc/"}, "pool": "p"},
     )
     assert late.match(info(b"/svc/x")).name == "regex"  # a route that fixes no segment, listed first, wins
+
+
+async def test_each_pool_keeps_its_own_request_timeout_and_max_retries() -> None:
+    """A pool's request_timeout and max_retries are the proxy's for requests to that pool."""
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    async def busy(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=503, text="busy")
+
+    async with AioBackend("slow", slow) as late, AioBackend("b1", busy) as b1, AioBackend("b2", busy) as b2:
+        cfg = config(
+            request_timeout=30,
+            max_retries=3,
+            backends=[{"host": HOST, "port": b1.port}, {"host": HOST, "port": b2.port}],
+            pools={
+                "quick": {"request_timeout": 0.05, "backends": [{"host": HOST, "port": late.port}]},
+                "once": {
+                    "max_retries": 0,
+                    "backends": [{"host": HOST, "port": b1.port}, {"host": HOST, "port": b2.port}],
+                },
+            },
+            routes=[
+                {"match": {"path_prefix": "/quick/"}, "pool": "quick"},
+                {"match": {"path_prefix": "/once/"}, "pool": "once"},
+            ],
+        )
+        async with routed(cfg) as (proxy, _, _):
+            started = asyncio.get_running_loop().time()
+            assert (await ask(proxy, get("/quick/x"))).status == 504
+            assert asyncio.get_running_loop().time() - started < 1.5  # the pool's 0.05 s, not the top's 30 s
+
+            assert (await ask(proxy, get("/once/x"))).status == 503
+            assert len(b1.requests) + len(b2.requests) == 1  # max_retries 0: the 503 is not retried
+            assert (await ask(proxy, get("/any"))).status == 503
+            assert len(b1.requests) + len(b2.requests) == 3  # the top level retries it on the other backend

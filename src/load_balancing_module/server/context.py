@@ -64,6 +64,8 @@ class Pool:
         "retry_connect",
         "retry_empty",
         "retry_junk",
+        "request_timeout",
+        "max_retries",
     )
 
     def __init__(self, name: str, lb: LoadBalancingModule, upstream: UpstreamPool) -> None:
@@ -73,6 +75,8 @@ class Pool:
         self.sticky = lb.config.session_affinity
         self.affinity: AffinityCookies | None = None
         self.set_outcomes(RetryOn(), status_set(list(DEFAULT_FAILURE_STATUSES)))
+        self.request_timeout = lb.config.request_timeout  # the pool's own, or the top level's
+        self.max_retries = lb.config.max_retries
 
     def set_outcomes(self, retry_on: RetryOn, failure_statuses: frozenset[int]) -> None:
         """Take the pool's ``retry_on`` and failure statuses (read per try, so kept as sets and flags)."""
@@ -136,9 +140,7 @@ class ProxyContext:
         self.max_body_bytes = limits.max_body_bytes  # 0: no limit (as NGINX's client_max_body_size 0)
         self.header_timeout = limits.header_timeout
         self.idle_timeout = limits.idle_timeout
-        self.request_timeout = config.request_timeout
         self.connect_timeout = config.upstream.connect_timeout
-        self.max_retries = config.max_retries
         self.sticky = self.default_pool.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
@@ -150,8 +152,11 @@ class ProxyContext:
         tls = config.pool_tls()
         proxy_protocol = config.pool_proxy_protocol()
         outcomes = config.pool_outcomes()
+        modules = config.pool_configs()
         for name, pool in self.pools.items():
             pool.set_outcomes(*outcomes[name])
+            pool.request_timeout = modules[name].request_timeout
+            pool.max_retries = modules[name].max_retries
             pool.upstream.configure_proxy_protocol(proxy_protocol.get(name, 0))
             pool.upstream.idle_timeout = config.upstream.idle_timeout
             pool.upstream.max_idle = config.upstream.max_idle_per_backend

@@ -75,7 +75,7 @@ class Exchange(Relay):
     ) -> None:
         """``request_id``: the client's; when None, the proxy's, number ``rid_seq``; ``now``: the
         loop's time when the head was complete."""
-        super().__init__(conn, ctx, pool, rule, info, request_id, rid_seq, now + ctx.request_timeout, prefer, cookie)
+        super().__init__(conn, ctx, pool, rule, info, request_id, rid_seq, now + pool.request_timeout, prefer, cookie)
         self.request = request
         # On the module's clock, as every duration (relay.py). A filter may move the request to
         # another pool, whose module reads the same clock: the proxy builds each with SystemClock.
@@ -318,7 +318,7 @@ class Exchange(Relay):
         self._send_request(up, route)
         if self.conn.write_paused:
             up.pause_reading()
-        when = self.deadline if self.body_done else self.attempt_at + self.ctx.request_timeout
+        when = self.deadline if self.body_done else self.attempt_at + self.pool.request_timeout
         self.timer_at = when
         self.conn.watch(when)
 
@@ -506,7 +506,7 @@ class Exchange(Relay):
         self.body_done = True
         if not self.info.has_body:
             return
-        self.deadline = max(self.deadline, self.loop.time() + self.ctx.request_timeout)
+        self.deadline = max(self.deadline, self.loop.time() + self.pool.request_timeout)
         if self.upstream is not None and self.info.chunked and not self.body_refused:
             self.upstream.write(b"0\r\n\r\n")
         self._body_buffered()
@@ -562,7 +562,7 @@ class Exchange(Relay):
         """Whether a failed try may go to another backend: never once the client has part of an
         answer; a request a backend may have received only if it is idempotent, its body is still
         held and the library's retry budget allows it."""
-        if self.responded or self.retries >= self.ctx.max_retries or self.conn.lost or self.phase is Phase.DONE:
+        if self.responded or self.retries >= self.pool.max_retries or self.conn.lost or self.phase is Phase.DONE:
             return False
         if len(self._tried()) >= self.lb.backend_count:
             return False  # every backend was tried: the last answer stands
@@ -577,7 +577,7 @@ class Exchange(Relay):
         """The proxy's answer when a try's failure ends the request: 504 once the deadline has run
         out (the client waited ``request_timeout`` for nothing), else the failure's own status."""
         if failure.status == 502 and self.loop.time() >= self.deadline:
-            timeout = self.ctx.request_timeout
+            timeout = self.pool.request_timeout
             return HttpError(504, f"no backend answered within {timeout:g} s ({failure.message})")
         return HttpError(failure.status, failure.message, retry_after=1 if failure.status == 503 else None)
 

@@ -427,7 +427,7 @@ class Relay(UpstreamSink):
         if phase is not Phase.SENT and phase is not Phase.STREAMING:
             return
         now = self.loop.time()
-        timeout = self.ctx.request_timeout
+        timeout = self.pool.request_timeout
         backend = self.route.backend_id if self.route is not None else "?"
         if phase is Phase.SENT:
             blocked = self.blocked_since
