@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict
 
+from ._extras import require
 from .clock import Clock
 from .config import BackendConfig, HealthCheckConfig
 from .enums import HealthState
@@ -73,11 +73,19 @@ def _local_os_error(exc: BaseException) -> OSError | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in LOCAL_ERRNOS:
             return current
-        if isinstance(current, aiohttp.ClientConnectorError) and getattr(current, "os_error", None) is not None:
-            current = current.os_error
+        wrapped = _os_error(current)
+        if wrapped is not None:
+            current = wrapped
             continue
         current = current.__cause__ or current.__context__
     return None
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OS error an aiohttp connection error wraps (``ClientConnectorError.os_error``), or None;
+    read by name, so that aiohttp is imported only by the http probe."""
+    wrapped = getattr(exc, "os_error", None)
+    return wrapped if isinstance(wrapped, OSError) and wrapped is not exc else None
 
 
 class HealthTracker:
@@ -156,6 +164,8 @@ class Prober:
     def __init__(
         self, config: HealthCheckConfig, clock: Clock, custom: Probe | None = None, tls: ProbeTLS | None = None
     ) -> None:
+        if custom is None and config.type == "http":  # fail now, not as every backend's failed probe
+            require("health_check type http", "aiohttp", "aiohttp")
         self.config = config
         self.clock = clock
         self.custom = custom
@@ -176,7 +186,7 @@ class Prober:
                 raise ProbeNotRun(f"{backend.address} not probed: {local.strerror or local}") from None
             # aiohttp wraps the OS error of a failed connect; name that cause (e.g. ConnectionRefusedError).
             # (an older aiohttp set no os_error on its certificate error: the error itself then.)
-            cause = getattr(exc, "os_error", None) or exc if isinstance(exc, aiohttp.ClientConnectorError) else exc
+            cause = _os_error(exc) or exc
             raise ProbeFailed(f"{type(cause).__name__} ({backend.address}): {exc}".rstrip(": ")) from None
         return (self.clock.monotonic() - started) * 1000.0
 
@@ -210,6 +220,8 @@ class Prober:
         # open between probes (health_check() may run outside initialize()/shutdown()).
         # The status line is the answer: the body is not awaited (a slow or endless body must not
         # time out a 200, nor hide a 500), and leaving the block closes the connection.
+        import aiohttp  # here, not at import: only an http probe needs it (the [aiohttp] extra)
+
         tls = self.tls
         scheme = "http" if tls is None else "https"
         url = f"{scheme}://{backend.address}{self.config.path}"

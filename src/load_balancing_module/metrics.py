@@ -34,12 +34,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
-
+from ._extras import missing_extra
 from .build import COMPILED, __version__
 from .enums import CircuitState, HealthState
 from .stats import DURATION_BUCKETS
+
+try:  # the [metrics] extra: `import load_balancing_module` loads this module only when a name of it is used
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+    from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
+except ModuleNotFoundError as exc:
+    raise missing_extra("load_balancing_module.metrics", "metrics", "prometheus_client") from exc
 
 if TYPE_CHECKING:
     from .module import LoadBalancingModule

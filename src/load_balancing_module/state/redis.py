@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .._extras import require
 from .._log import log_event
 from ..clock import Clock, SystemClock
 from . import redis_scripts as scripts
@@ -109,7 +110,9 @@ class RedisStore(StateStore):
             )
         if max_sessions < 1:
             raise ValueError(f"RedisStore: max_sessions must be >= 1, got {max_sessions}")
-        from redis.exceptions import RedisError  # here, not at import: redis costs ~50 ms to load
+        # here, not at import: redis costs ~50 ms to load, and it is an extra ([redis])
+        require("RedisStore", "redis", "redis")
+        from redis.exceptions import RedisError
 
         self.prefix = prefix
         self._client, self._owns_client, self.url = _client(target, timeout)
