@@ -1,7 +1,9 @@
 """The ``omnixan-lb`` command line: serve, check, demo, status.
 
 Nothing of the library imports this package: ``import load_balancing_module``
-loads none of it, nor the server, nor ``rich``.
+loads none of it, nor the server, nor ``rich``. Every command but ``version`` (and
+``status --json``) needs the proxy's dependencies, the ``[server]`` extra: without them it
+says so in one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -11,8 +13,15 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .._extras import missing_modules
 from ..build import __version__, build_kind
 from ..exceptions import ConfigurationError
+
+# What serve, check and demo import of the [server] extra (uvloop is optional: asyncio without it).
+SERVER_MODULES = ("yaml", "aiohttp", "prometheus_client", "httptools", "cryptography") + (
+    ("tomli",) if sys.version_info < (3, 11) else ()
+)
+STATUS_MODULES = ("rich",)  # the status table; --json needs nothing more
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,12 +102,31 @@ def check(path: str | None) -> int:
     return 0
 
 
+def missing_server(command: str, modules: tuple[str, ...]) -> bool:
+    """Whether ``command`` lacks some of ``modules``: then say which extra brings them."""
+    missing = missing_modules(modules)
+    if missing:
+        print(
+            f"omnixan-lb {command} needs the proxy's dependencies: pip install 'omnixan-lb[server]' "
+            f"(missing: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+    return bool(missing)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"omnixan-lb {__version__} ({build_kind()})")
         return 0
+    needs: tuple[str, ...]
+    if args.command == "status":
+        needs = () if args.json else STATUS_MODULES
+    else:
+        needs = SERVER_MODULES if args.command in ("serve", "check", "demo") else ()
+    if needs and missing_server(args.command, needs):
+        return 2
     if args.command == "check":
         return check(args.config)
     if args.command == "serve":

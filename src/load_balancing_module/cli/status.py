@@ -216,7 +216,9 @@ def run(admin: str, token: str | None, *, watch: bool = False, as_json: bool = F
     try:
         console = _console()
     except ImportError:
-        print("omnixan-lb status: the table needs rich: pip install rich (or use --json)", file=sys.stderr)
+        print(
+            "omnixan-lb status: the table needs rich: pip install 'omnixan-lb[server]' (or use --json)", file=sys.stderr
+        )
         return 2
     try:
         if not watch:
