@@ -1,6 +1,8 @@
 # Two entry points for a newcomer: `make demo` and `make test`.
 # Both create the virtual environment in .venv on first use, with the install a user gets:
 # `pip install .`, which compiles the request path with mypyc when a C compiler is present.
+# It is done in its two steps (`pip wheel .`, then `pip install` of that wheel) so that the wheel
+# is compiled once and `make lean` installs the very same one, alone.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,22 +12,44 @@ SOURCES := setup.py $(shell find src -name '*.py' -o -name '*.js' -o -name '*.cs
 # The build `pip install .` makes here: compiled when the compiler setup.py looks for is present.
 EXPECT_COMPILED := $(shell command -v "$$($(PYTHON) -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')" >/dev/null 2>&1 && echo 1 || echo 0)
 
-.PHONY: demo test test-pure test-compiled compiled lint bench clean
+.PHONY: demo test test-pure test-compiled compiled lint lean bench clean
 
+WHEELS := build/wheel
+BUILD_WHEEL := rm -rf $(WHEELS) && $(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) .
+WHEEL = $$(ls $(WHEELS)/omnixan_lb-*.whl)
+
+# Everything (the [dev] extra holds [all]: the proxy, redis, metrics, httpx, aiohttp, and the
+# tools); then the package alone once more, in case this version was installed already.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet '.[dev]'
+	$(BUILD_WHEEL)
+	$(BIN)/pip install --quiet "$(WHEEL)[dev]"
+	$(BIN)/pip install --quiet --no-deps --force-reinstall "$(WHEEL)"
 	touch $(STAMP) $(INSTALLED)
 
 # The package again (not its dependencies) when its source has changed since it was installed
 # (not just after $(STAMP) installed it with everything: that would compile it twice).
 $(INSTALLED): $(STAMP) $(SOURCES)
-	@if [ -n "$$(find $(SOURCES) -newer $(INSTALLED) 2>/dev/null | head -1)" ] || [ ! -e $(INSTALLED) ]; then \
-		echo "$(BIN)/pip install --quiet --no-deps --force-reinstall ."; \
-		$(BIN)/pip install --quiet --no-deps --force-reinstall .; \
+	@if [ -n "$$(find $(SOURCES) -newer $(INSTALLED) 2>/dev/null | head -1)" ] || [ ! -e $(INSTALLED) ] \
+			|| [ -z "$$(ls $(WHEELS)/omnixan_lb-*.whl 2>/dev/null)" ]; then \
+		echo '$(BUILD_WHEEL) && $(BIN)/pip install --quiet --no-deps --force-reinstall "$(WHEEL)"'; \
+		$(BUILD_WHEEL) && $(BIN)/pip install --quiet --no-deps --force-reinstall "$(WHEEL)"; \
 	fi
 	touch $(INSTALLED)
+
+# `pip install omnixan-lb` without extras: the wheel .venv runs, with its declared dependencies
+# alone (pydantic, librt), in a fresh venv; tests/lean_smoke.py runs the library, the extras'
+# errors and `omnixan-lb serve` there (.ci/run runs this after `make test`).
+LEAN := build/lean-venv
+lean: $(INSTALLED)
+	rm -rf $(LEAN)
+	$(PYTHON) -m venv --without-pip $(LEAN)
+	$(BIN)/pip --python $(LEAN)/bin/python install --quiet "$(WHEEL)"
+	$(LEAN)/bin/python tests/lean_smoke.py
+	@echo "site-packages: $$(du -sm $(LEAN)/lib/python*/site-packages | cut -f1) MB lean (the package and" \
+		"its dependencies alone), $$(du -sm $(VENV)/lib/python*/site-packages | cut -f1) MB in .venv (everything," \
+		"with the dev tools)"
 
 demo: $(INSTALLED)
 	$(BIN)/omnixan-lb demo

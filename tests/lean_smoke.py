@@ -153,6 +153,7 @@ def main(argv: list[str]) -> int:
     the_extras_say_their_name()
     the_command_line()
     if not refuse:
+        check("site-packages" in load_balancing_module.__file__, "the installed package, not the source tree")
         the_installed_script()
     loaded = sorted(name for name in sys.modules if name.partition(".")[0] in EXTRAS)
     check(not loaded, f"still no extra's module: {loaded}")
