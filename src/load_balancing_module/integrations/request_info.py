@@ -2,10 +2,9 @@
 
 In this order, the first that is present wins (the other is not read):
 
-1. the request's extension ``"omnixan"`` (httpx: ``extensions={"omnixan": ...}``; aiohttp: the
-   ``omnixan`` key of the request's ``trace_request_ctx`` mapping or of the middleware call), a
-   :class:`Request`, or a dict of its fields (``client_ip``, ``session_id``, ``workload_type``,
-   ``request_id``, ``metadata``);
+1. what the caller gave for this request (httpx: ``extensions={"omnixan": ...}``; aiohttp:
+   ``with route_as(...):`` around the call), a :class:`Request` or a dict of its fields
+   (``client_ip``, ``session_id``, ``workload_type``, ``request_id``, ``metadata``);
 2. the headers the reverse proxy reads too: ``X-Session-ID`` (sticky session),
    ``X-Workload-Type`` (``classical``, ``quantum_simulation``...; any case) and
    ``X-Request-ID`` (ignored when it is not 1 to 512 visible ASCII characters, as the proxy does).
