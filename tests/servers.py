@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -108,7 +109,7 @@ class AioServer:
     """A real aiohttp server on 127.0.0.1 that sends every path to ``_handle``.
 
     It can be stopped and started again on the same port. Handlers that stall
-    wait on ``release``, which ``stop()`` sets.
+    wait on ``release``, which ``stop()`` sets. With ``ssl_context`` set, it serves https.
     """
 
     client_max_size = 1024**2
@@ -116,6 +117,7 @@ class AioServer:
 
     def __init__(self) -> None:
         self.port = 0
+        self.ssl_context: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
         self.release = asyncio.Event()
 
@@ -129,7 +131,7 @@ class AioServer:
         self.release = asyncio.Event()
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, HOST, port or self.port, reuse_address=True)
+        site = web.TCPSite(runner, HOST, port or self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         self._runner = runner
         self.port = runner.addresses[0][1]
@@ -156,13 +158,15 @@ class AioServer:
 class HttpServer(AioServer):
     """An aiohttp server on 127.0.0.1 with a configurable answer per path.
 
-    Unknown paths get 404. ``requests`` lists every path requested, in order.
+    Unknown paths get 404. ``requests`` lists every path requested, in order; ``heads``
+    every request's method, path with query, and headers.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.answers: dict[str, Answer] = {}
         self.requests: list[str] = []
+        self.heads: list[tuple[str, str, dict[str, str]]] = []
 
     def answer(
         self,
@@ -186,6 +190,7 @@ class HttpServer(AioServer):
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(request.path)
+        self.heads.append((request.method, request.path_qs, dict(request.headers)))
         answer = self.answers.get(request.path)
         if answer is None:
             return web.Response(status=404, text="not found")

@@ -16,7 +16,8 @@ def _modules_after(statement: str) -> list[str]:
 def test_importing_the_library_loads_no_cli_server_or_rich() -> None:
     loaded = _modules_after("import load_balancing_module")
     assert "load_balancing_module.module" in loaded  # the check sees the package's modules
-    front = [m for m in loaded if m.startswith(("load_balancing_module.cli", "load_balancing_module.server"))]
+    fronts = ("load_balancing_module.cli", "load_balancing_module.integrations", "load_balancing_module.server")
+    front = [m for m in loaded if m.startswith(fronts)]
     assert front == []
     assert not [m for m in loaded if m == "rich" or m.startswith("rich.")]
 
@@ -25,3 +26,10 @@ def test_the_cli_is_its_own_package() -> None:
     loaded = _modules_after("import load_balancing_module.cli")
     assert "load_balancing_module.cli" in loaded
     assert "load_balancing_module.cli.demo_proxy" not in loaded  # each command loads what it needs when run
+
+
+def test_the_integrations_package_loads_no_http_client() -> None:
+    loaded = _modules_after("import load_balancing_module.integrations")
+    assert "load_balancing_module.integrations" in loaded
+    assert [m for m in loaded if m.startswith("load_balancing_module.integrations.")] == []
+    assert "httpx" not in loaded  # each client's module is imported by the user who has that client

@@ -55,6 +55,8 @@ def outcome(*, value: Any = None, error: BaseException | None = None) -> Outcome
         (httpx.ConnectError("refused"), True),
         (httpx.ReadTimeout("slow"), True),
         (httpx.RemoteProtocolError("garbage"), True),
+        (httpx.LocalProtocolError("a header h11 refuses"), False),  # the request's own fault
+        (httpx.UnsupportedProtocol("ftp://"), False),
     ],
 )
 def test_default_is_failure(thing: Any, failure: bool) -> None:

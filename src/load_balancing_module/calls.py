@@ -188,11 +188,11 @@ class Calls:
         """The error of a call whose tries all failed, caused by the last try's error."""
         cause = last.error
         what = f"{last.error!r}" if cause is not None else f"status {last.status}"
-        count = len(tried)
+        tries = f"{len(tried)} {'try' if len(tried) == 1 else 'tries'}"
         if why:
-            error = RoutingError(f"{count} tries failed and {why}; last error: {what}")
+            error = RoutingError(f"{tries} failed and {why}; last error: {what}")
         else:
-            error = RoutingError(f"request failed after {count} tries: {what}")
+            error = RoutingError(f"request failed after {tries}: {what}")
         # Not ``raise ... from``: compiled by mypyc, a coroutine loses the cause that way.
         error.__cause__ = cause
         return error

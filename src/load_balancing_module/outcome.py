@@ -48,6 +48,9 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 # httpx's TransportError family. Named, not imported, so that the library needs no client.
 _TRANSPORT_FAILURES = frozenset({"TransportError", "TimeoutException", "NetworkError", "ProtocolError"})
 _TRANSPORT_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol"})
+# ...and those that say the request itself is wrong (a header h11 refuses, a scheme httpx cannot
+# send): every backend would get the same, so none is to blame.
+_TRANSPORT_CALLER = frozenset({"LocalProtocolError", "UnsupportedProtocol"})
 
 
 class Outcome:
@@ -133,7 +136,8 @@ def was_never_sent(error: BaseException) -> bool:
 
 def default_is_failure(outcome: Outcome) -> bool:
     """Connection errors, timeouts, 5xx and exceptions the balancer cannot place are the backend's
-    failures; 4xx and the caller's programming errors (``ValueError``, ``KeyError``, ...) are not."""
+    failures; 4xx, the caller's programming errors (``ValueError``, ``KeyError``, ...) and a
+    request httpx refuses to send (``LocalProtocolError``, ``UnsupportedProtocol``) are not."""
     status = outcome.status
     if status is not None:
         return status >= 500
@@ -142,6 +146,8 @@ def default_is_failure(outcome: Outcome) -> bool:
         return False
     if isinstance(error, (OSError, TimeoutError, asyncio.TimeoutError, EOFError)):
         return True
+    if _client_error_name(error, _TRANSPORT_CALLER):
+        return False
     if _client_error_name(error, _TRANSPORT_FAILURES | _TRANSPORT_NOT_SENT):
         return True
     return not isinstance(error, CALLER_ERRORS)
