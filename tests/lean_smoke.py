@@ -108,6 +108,11 @@ def the_extras_say_their_name() -> None:
 
     raises_naming("metrics", metrics)
     raises_naming("metrics", lambda: __import__("load_balancing_module").LoadBalancerCollector)
+    names: dict[str, object] = {}
+    exec("from load_balancing_module import *", names)  # every name that needs no extra
+    check("LoadBalancingModule" in names and "register_metrics" not in names, "import * without the extras")
+    raises_naming("httpx", lambda: __import__("load_balancing_module.integrations.httpx"))
+    raises_naming("aiohttp", lambda: __import__("load_balancing_module.integrations.aiohttp"))
     raises_naming("redis", lambda: RedisStore("redis://127.0.0.1:6379/0"))
     http_check = LoadBalancingModuleConfig(health_check=HealthCheckConfig(type="http"))
     raises_naming("aiohttp", lambda: LoadBalancingModule(http_check))

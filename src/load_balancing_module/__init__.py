@@ -8,6 +8,7 @@ imported on first use, and say which extra to install when it is missing.
 """
 
 import typing as _typing  # private: the package's names are its public surface
+from importlib.util import find_spec as _find_spec
 
 from .algorithms import Algorithm, register_algorithm
 from .build import __version__
@@ -106,3 +107,10 @@ __all__ = [
     "register_algorithm",
     "register_metrics",
 ]
+
+try:  # without [metrics], ``from load_balancing_module import *`` takes the names it can
+    _metrics = _find_spec("prometheus_client") is not None
+except ImportError:
+    _metrics = False
+if not _metrics:
+    __all__ = [name for name in __all__ if name not in _LAZY]

@@ -45,7 +45,14 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, cast
 
-import aiohttp
+from .._extras import missing_extra
+
+try:
+    import aiohttp
+except ModuleNotFoundError as exc:  # the [aiohttp] extra is not installed: say so
+    if exc.name != "aiohttp":
+        raise
+    raise missing_extra("load_balancing_module.integrations.aiohttp", "aiohttp", "aiohttp") from exc
 from aiohttp import ClientRequest, ClientResponse
 from multidict import CIMultiDict
 from yarl import URL

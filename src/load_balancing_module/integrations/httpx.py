@@ -39,7 +39,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
-import httpx
+from .._extras import missing_extra
+
+try:
+    import httpx
+except ModuleNotFoundError as exc:  # the [httpx] extra is not installed: say so
+    if exc.name != "httpx":
+        raise
+    raise missing_extra("load_balancing_module.integrations.httpx", "httpx", "httpx") from exc
 
 from ..exceptions import RoutingError
 from ..module import LoadBalancingModule
