@@ -38,6 +38,7 @@ COMPILED = [
     "src/load_balancing_module/server/trusted.py",
     "src/load_balancing_module/server/proxy_protocol.py",
     "src/load_balancing_module/server/accesslog.py",
+    "src/load_balancing_module/server/logformat.py",
     "src/load_balancing_module/server/routing.py",
     "src/load_balancing_module/server/filters.py",
     "src/load_balancing_module/module.py",

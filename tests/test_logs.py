@@ -59,18 +59,10 @@ def test_flush_and_close_write_what_is_held() -> None:
 def test_the_access_log_writes_the_same_line_directly_or_through_a_record() -> None:
     from load_balancing_module.clock import FakeClock
     from load_balancing_module.server.accesslog import AccessLog
+    from load_balancing_module.server.logformat import Entry
 
-    fields = {
-        "request_id": "r-1",
-        "client_ip": "10.0.0.1",
-        "method": "GET",
-        "path": '/a"b',
-        "status": 200,
-        "backend_id": "127.0.0.1:1",
-        "attempts": 1,
-        "upstream_ms": 1.25,
-        "total_ms": 2.5,
-    }
+    entry = Entry("r-1", "10.0.0.1", b"GET", b'/a"b?x=1', 200)
+    entry.backend_id, entry.attempts, entry.upstream_ms, entry.total_ms = "127.0.0.1:1", 1, 1.25, 2.5
     lines = []
     for direct in (True, False):
         logger = logging.getLogger(f"test.access.{direct}")
@@ -83,7 +75,7 @@ def test_the_access_log_writes_the_same_line_directly_or_through_a_record() -> N
             logger.addFilter(lambda record: True)  # a filter: records are needed
         access = AccessLog(logger, FakeClock())
         assert (access._sink is handler) == direct
-        access.emit(**fields)  # type: ignore[arg-type]
+        access.emit(entry)
         handler.flush()
         lines.append(stream.getvalue())
     assert lines[0] == lines[1] and '"path":"/a\\"b"' in lines[0] and lines[0].endswith("}\n")

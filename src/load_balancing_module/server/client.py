@@ -33,6 +33,7 @@ from ..enums import WorkloadType
 from .exchange import Exchange
 from .flow import BY_PIPELINE, FlowControl
 from .http import HttpError, RequestInfo
+from .logformat import Entry
 from .phase import Phase
 from .proxy_protocol import encode_local_v2, encode_v1, encode_v2
 from .reader import RequestReader
@@ -324,15 +325,30 @@ class ClientConnection(ClientSide):
         self._closing = True
         ctx = self.ctx
         request_id = ctx.new_request_id()
-        ctx.log(request_id=request_id, client_ip=self.peer, method=None, target=None, status=error.status)
         answer = error_response(error.status, error.message, request_id, close=True, retry_after=error.retry_after)
+        if ctx.log_wanted():
+            self._log(Entry(request_id, self.peer, None, None, error.status), None, answer)
         if self.exchanges:
             self._final = answer
         else:
             self.write(answer)
             self.linger_close()
 
+    def _log(self, entry: Entry, info: RequestInfo | None, answer: bytes) -> None:
+        """Log an answer of the connection's own (a refusal, a redirect): ``answer``'s bytes, ``info``'s head."""
+        if info is not None:
+            entry.http11 = info.http11
+            entry.host = info.host
+            entry.headers = info.headers
+        entry.response_bytes = len(answer)
+        entry.body_bytes = len(answer) - answer.find(b"\r\n\r\n") - 4
+        entry.tls_version = self.tls_version()
+        self.ctx.log(entry)
+
     # -- what an exchange may do (ClientSide) -------------------------------------------------------
+
+    def tls_version(self) -> str | None:
+        return None
 
     @property
     def closing(self) -> bool:
@@ -571,6 +587,14 @@ class TLSConnection(ClientConnection):
         super().__init__(ctx)
         self.scheme = b"https"
         self._client_certs = client_certs
+        self._tls_version: str | None = None  # read when the access log first asks
+
+    def tls_version(self) -> str | None:
+        version = self._tls_version
+        if version is None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            version = self._tls_version = None if ssl_object is None else ssl_object.version()
+        return version
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._client_certs:
@@ -601,7 +625,8 @@ class RedirectConnection(ClientConnection):
         else:
             status = 308
             answer = redirect_response(location, request_id, close=close)
-        ctx.log(request_id=request_id, client_ip=self.peer, method=info.method, target=info.target, status=status)
+        if ctx.log_wanted():
+            self._log(Entry(request_id, self.peer, info.method, info.target, status), info, answer)
         self.write(answer)
         if close:
             self._closing = True

@@ -28,6 +28,7 @@ from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
 from .filters import FilterError, load_filter
+from .logformat import check as check_log_format
 from .outcomes import DEFAULT_FAILURE_STATUSES, FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status, status_set
 from .route_config import DEFAULT_POOL, MAX_POOLS, MAX_ROUTES, POOL_NAME, PoolConfig, RouteConfig
 from .upstream_tls import TLSSetting, UpstreamTLS
@@ -259,6 +260,22 @@ def check_state_url(value: str) -> str:
     return value
 
 
+class AccessLogConfig(StrictModel):
+    format: str = Field(
+        default="json",
+        max_length=4096,
+        description=(
+            "json (one JSON object per line), combined (the Apache/NGINX combined log format), or a template of"
+            " $variables (docs/config.md lists them)"
+        ),
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        return check_log_format(value)
+
+
 class UpstreamConfig(StrictModel):
     """Connections to backends: how long a connect may take (the TLS handshake included), how long
     an idle one is kept, and TLS to them (docs/upstream-tls.md)."""
@@ -369,7 +386,10 @@ class ServerConfig(LoadBalancingModuleConfig):
     drain_timeout: float = Field(
         default=30.0, ge=0, description="seconds SIGTERM waits for requests in flight before the process exits"
     )
-    access_log: bool = Field(default=True, description="one JSON line per request on stderr")
+    access_log: bool | AccessLogConfig = Field(
+        default=True,
+        description="one line per request on stderr: true (JSON), false, or {format: json | combined | <template>}",
+    )
     upstream: UpstreamConfig = Field(
         default_factory=UpstreamConfig,
         description="connections to the default pool's backends: timeouts, idle pooling, TLS, PROXY protocol",
@@ -406,6 +426,24 @@ class ServerConfig(LoadBalancingModuleConfig):
     def _listen(cls, value: str) -> str:
         parse_address(value)
         return value
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log(cls, value: Any) -> Any:
+        """A mapping is validated as the one model it can be: its errors name access_log.format, not a union."""
+        if isinstance(value, dict):
+            return AccessLogConfig.model_validate(value)
+        if not isinstance(value, (bool, AccessLogConfig)):
+            raise ValueError("must be true, false, or {format: json | combined | <template>}")
+        return value
+
+    @property
+    def access_log_format(self) -> str | None:
+        """The access log's format (json, combined or a template); None: no access log."""
+        access_log = self.access_log
+        if isinstance(access_log, AccessLogConfig):
+            return access_log.format
+        return "json" if access_log else None
 
     @model_validator(mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from .accesslog import AccessLog
 from .affinity import AffinityCookies
 from .config import ServerConfig
 from .http import AFFINITY_COOKIE, RequestInfo, cookie_in
+from .logformat import Entry, build
 from .outcomes import DEFAULT_FAILURE_STATUSES, RetryOn, status_set
 from .route_config import DEFAULT_POOL
 from .routing import RouteTable
@@ -143,7 +144,8 @@ class ProxyContext:
         self.connect_timeout = config.upstream.connect_timeout
         self.sticky = self.default_pool.sticky = config.session_affinity
         self.trusted = TrustedProxies(config.trusted_proxies)
-        self.access = AccessLog(self._access_logger, self.lb.clock) if config.access_log else None
+        log_format = config.access_log_format  # compiled here, once per config
+        self.access = None if log_format is None else AccessLog(self._access_logger, self.lb.clock, build(log_format))
         if pools is not None:
             self._set_pools(config, pools)
         missing = [name for name in config.pools if name not in self.pools]
@@ -272,31 +274,13 @@ class ProxyContext:
             failures=count,
         )
 
-    def log(
-        self,
-        *,
-        request_id: str | None,
-        client_ip: str | None,
-        method: bytes | None,
-        target: bytes | None,
-        status: int,
-        backend_id: str | None = None,
-        attempts: int = 0,
-        upstream_ms: float | None = None,
-        total_ms: float = 0.0,
-    ) -> None:
+    def log_wanted(self) -> bool:
+        """Whether a request's access log entry is wanted (make one only then)."""
         access = self.access
-        if access is None or not access.enabled():
-            return
-        path = None if target is None else target.partition(b"?")[0].decode("latin-1")
-        access.emit(
-            request_id=request_id,
-            client_ip=client_ip,
-            method=None if method is None else method.decode(),
-            path=path,
-            status=status,
-            backend_id=backend_id,
-            attempts=attempts,
-            upstream_ms=upstream_ms,
-            total_ms=total_ms,
-        )
+        return access is not None and access.enabled()
+
+    def log(self, entry: Entry) -> None:
+        """Write ``entry`` to the access log (the caller asked :meth:`log_wanted` first)."""
+        access = self.access
+        if access is not None:
+            access.emit(entry)

@@ -33,6 +33,7 @@ from .attempt import CLIENT_GONE, Failure, connect_failure
 from .filters import Answer, FilterError, FilterRequest, filter_request
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo
+from .logformat import Entry
 from .outbound import backend_head, for_route
 from .phase import ON_UPSTREAM, Phase
 from .relay import ClientSide, Relay
@@ -41,6 +42,7 @@ from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from ..backend import Backend
+    from .accesslog import AccessLog
     from .context import Pool, ProxyContext
     from .routing import Route
 
@@ -57,7 +59,17 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 class Exchange(Relay):
     """One request: its routing, its tries on backends, and its answer."""
 
-    __slots__ = ("request", "started", "task", "earlier", "attempts", "retries", "budgeted", "first_attempt_hr")
+    __slots__ = (
+        "request",
+        "started",
+        "task",
+        "earlier",
+        "attempts",
+        "retries",
+        "budgeted",
+        "first_attempt_hr",
+        "connected",
+    )
 
     def __init__(
         self,
@@ -88,6 +100,7 @@ class Exchange(Relay):
         self.retries = 0
         self.budgeted = False  # this retry holds a unit of the library's retry budget
         self.first_attempt_hr: float | None = None
+        self.connected: tuple[int, float] | None = None  # (the try, ms its new connection took to connect)
 
     # -- QUEUED -> BUFFERING | ROUTING ------------------------------------------------------------
 
@@ -218,7 +231,7 @@ class Exchange(Relay):
         self.responded = self.response_done = True
         if self._closes():
             self.keep_alive = False
-        self.conn.write(answer)
+        self._write_answer(answer)
 
     # -- ROUTING -> CONNECTING | SENT ---------------------------------------------------------------
 
@@ -295,6 +308,7 @@ class Exchange(Relay):
 
     async def _connect_later(self, route: RouteResult, key: str, preamble: bytes | None, timeout: float) -> None:
         pool = self.upstreams
+        begun = self.lb.clock.monotonic()
         try:
             up = await pool.connect(key, route.host, route.port, timeout, preamble)
         except (OSError, asyncio.TimeoutError) as exc:
@@ -306,6 +320,7 @@ class Exchange(Relay):
         if self.phase is not Phase.CONNECTING or self.conn.lost:  # the client went as it connected
             pool.release(up, reusable=True)
             return
+        self.connected = (self.attempts, (self.lb.clock.monotonic() - begun) * 1000.0)
         self._send(route, up)
 
     # -- SENT -----------------------------------------------------------------------------------------
@@ -600,21 +615,37 @@ class Exchange(Relay):
         route = self.route
         if route is not None:  # a slot still held (a stale try the client left): released, nobody blamed
             self.lb.abandon_request(route)
-        if ctx.access is not None:  # building the log call's arguments costs: only when logging
-            first = self.first_attempt_hr
-            upstream_end = self.upstream_end
-            ctx.log(
-                request_id=self.request_id,
-                client_ip=self.request.client_ip,
-                method=self.info.method,
-                target=self.info.target,
-                status=self.status or 499,
-                backend_id=None if route is None else route.backend_id,
-                attempts=self.attempts,
-                upstream_ms=None if first is None or upstream_end is None else (upstream_end - first) * 1000.0,
-                total_ms=(end - self.started) * 1000.0,
-            )
+        access = ctx.access
+        if access is not None and access.enabled():  # the entry is made only when logging
+            self._log(access, route, end)
         self.lb.request_stats.record(
             "none" if route is None else route.backend_id, self.status or 499, end - self.started
         )
         self.conn.exchange_done(self, now)
+
+    def _log(self, access: AccessLog, route: RouteResult | None, end: float) -> None:
+        """The exchange's access log entry (``end``: on the module's clock)."""
+        info = self.info
+        entry = Entry(self.request_id, self.request.client_ip, info.method, info.target, self.status or 499)
+        entry.http11 = info.http11
+        entry.backend_id = None if route is None else route.backend_id
+        entry.attempts = self.attempts
+        first = self.first_attempt_hr
+        upstream_end = self.upstream_end
+        entry.upstream_ms = None if first is None or upstream_end is None else (upstream_end - first) * 1000.0
+        entry.total_ms = (end - self.started) * 1000.0
+        head_ms = entry.header_ms = self.head_ms
+        connected = self.connected
+        if connected is not None and connected[0] == self.attempts:  # the last try's new connection
+            entry.connect_ms = connected[1]
+        elif head_ms is not None:  # a pooled connection answered
+            entry.connect_ms = 0.0
+        entry.request_bytes = self.body_bytes
+        entry.response_bytes = self.frame_sent + self.body_sent
+        entry.body_bytes = self.body_sent
+        entry.host = info.host
+        entry.headers = info.headers
+        entry.tls_version = self.conn.tls_version()
+        entry.route = None if self.rule is None else self.rule.name
+        entry.pool = self.pool.name
+        access.emit(entry)

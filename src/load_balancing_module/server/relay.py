@@ -100,6 +100,10 @@ class ClientSide(RequestSink):
         """``exchange`` has ended: start the next one, or close."""
         raise NotImplementedError
 
+    def tls_version(self) -> str | None:
+        """The connection's TLS version (TLSv1.3); None on plain TCP. Asked by the access log only."""
+        raise NotImplementedError
+
 
 class Relay(UpstreamSink):
     """The upstream side of one exchange, and the state both sides share."""
@@ -142,6 +146,8 @@ class Relay(UpstreamSink):
         "data_at",
         "data_hr",
         "status",
+        "frame_sent",
+        "body_sent",
         "responded",
         "response_done",
         "out_chunked",
@@ -206,6 +212,9 @@ class Relay(UpstreamSink):
         self.data_hr = 0.0
         # the answer
         self.status = 0
+        # Bytes written to the client (the access log's): heads and chunked framing, and body payload.
+        self.frame_sent = 0
+        self.body_sent = 0
         self.responded = False  # something of the answer went to the client
         self.response_done = False
         self.out_chunked = False
@@ -242,7 +251,9 @@ class Relay(UpstreamSink):
             # Interim answers go to HTTP/1.1 clients, but "100 Continue": the proxy answers a
             # client's Expect itself when it starts reading the body.
             if info.http11 and status != 100:
-                self.conn.write(response_head(response, []))
+                interim = response_head(response, [])
+                self.frame_sent += len(interim)
+                self.conn.write(interim)
             return
         self.head_ms = (self.data_hr - self.attempt_hr) * 1000.0  # data_hr: the time of this read
         backend = self.route.backend_id if self.route is not None else "?"
@@ -274,7 +285,9 @@ class Relay(UpstreamSink):
             # a 413 before a large upload). Stop sending, so that no failed write hides the answer;
             # the client's remaining body is read and dropped, then its connection closes.
             self.body_refused = True
-        self.conn.write(response_head(response, self._response_extras(response)))
+        head = response_head(response, self._response_extras(response))
+        self.frame_sent += len(head)
+        self.conn.write(head)
         if status == 101 and self.upstream is not None:
             self.phase = Phase.TUNNEL
             self.timer_at = None
@@ -322,8 +335,12 @@ class Relay(UpstreamSink):
 
     def upstream_body(self, data: bytes) -> None:
         conn = self.conn
+        size = len(data)
+        self.body_sent += size
         if self.out_chunked:
-            conn.write(b"%x\r\n" % len(data))
+            line = b"%x\r\n" % size
+            self.frame_sent += len(line) + 2
+            conn.write(line)
             conn.write(data)
             conn.write(b"\r\n")
         else:
@@ -491,6 +508,7 @@ class Relay(UpstreamSink):
     def _end_response(self, end: float) -> None:
         """The backend's response is complete, at ``end`` on the module's clock."""
         if self.out_chunked:
+            self.frame_sent += 5
             self.conn.write(b"0\r\n\r\n")
         self.response_done = True
         self.upstream_end = end
@@ -530,8 +548,17 @@ class Relay(UpstreamSink):
         self.responded = self.response_done = True
         if not self.body_done or self.conn.closing:
             self.keep_alive = False
-        self.conn.write(
+        self._write_answer(
             error_response(
                 error.status, error.message, self.request_id, close=not self.keep_alive, retry_after=error.retry_after
             )
         )
+
+    def _write_answer(self, answer: bytes) -> None:
+        """Send a whole answer of the proxy's own (head and body), counting its bytes."""
+        body_at = answer.find(b"\r\n\r\n") + 4
+        if body_at < 4:
+            body_at = len(answer)
+        self.frame_sent += body_at
+        self.body_sent += len(answer) - body_at
+        self.conn.write(answer)
