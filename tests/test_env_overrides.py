@@ -9,6 +9,7 @@ import pytest
 from load_balancing_module import ConfigurationError
 from load_balancing_module.cli import main
 from load_balancing_module.server.config import load_config
+from load_balancing_module.server.reload import read_config
 
 FILE = """\
 listen: 127.0.0.1:8080
@@ -146,3 +147,16 @@ def test_check_reads_the_environment(
     assert capsys.readouterr().err == (
         "admin.listen: 'bad' is not host:port with a port in 0..65535 (from OMNIXAN_LB__ADMIN__LISTEN)\n"
     )
+
+
+async def test_a_reload_applies_the_variables_again(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGHUP reads the file and this process's environment (the one it started with) again."""
+    monkeypatch.setenv("OMNIXAN_LB__LIMITS__IDLE_TIMEOUT", "9")
+    path.write_text(FILE.replace("header_timeout: 5", "header_timeout: 6"))
+    read = await read_config(path)
+    assert read is not None
+    config, _ = read
+    assert config.limits.header_timeout == 6.0  # the file as it is now
+    assert config.limits.idle_timeout == 9.0  # and the variable over it
+    monkeypatch.setenv("OMNIXAN_LB__LIMITS__IDLE_TIMEOUT", "0")
+    assert await read_config(path) is None  # refused (reload_refused), as a bad file is

@@ -34,7 +34,7 @@ NULL: Final = "null"
 
 
 class _Source(EnvSettingsSource):
-    """The library's source, over a given environment rather than always ``os.environ``."""
+    """pydantic-settings' source, over a given environment rather than always ``os.environ``."""
 
     def __init__(self, model: type[BaseModel], environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -116,9 +116,10 @@ def _read(source: _Source, environ: Mapping[str, str]) -> dict[str, Any]:
         cause = exc.__cause__
         if not isinstance(cause, json.JSONDecodeError):
             raise ConfigurationError(f"(environment): {exc}") from None
-        name = next((name for name, value in environ.items() if value == cause.doc), "the environment")
+        problem = f"not valid JSON: {cause.msg} at character {cause.pos + 1}"
+        name = next((name for name, value in environ.items() if value == cause.doc), None)
         raise ConfigurationError(
-            f"{_path(name)}: not valid JSON: {cause.msg} at character {cause.pos + 1} (from {name})"
+            f"(environment): {problem}" if name is None else f"{_path(name)}: {problem} (from {name})"
         ) from None
 
 
