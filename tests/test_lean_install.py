@@ -66,6 +66,7 @@ def test_the_extras_bring_the_rest() -> None:
         "rich",
         "cryptography",
         "tomli",
+        "pydantic-settings",
     }
     assert names(extras["metrics"]) == {"prometheus-client"}
     assert names(extras["redis"]) == {"redis"}
@@ -77,7 +78,7 @@ def test_the_extras_bring_the_rest() -> None:
 
 
 def test_what_the_commands_check_for_is_in_the_server_extra() -> None:
-    modules = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+    modules = {"yaml": "pyyaml", "prometheus_client": "prometheus-client", "pydantic_settings": "pydantic-settings"}
     server = names(project()["optional-dependencies"]["server"])
     for module in (*cli.SERVER_MODULES, *cli.STATUS_MODULES):
         assert modules.get(module, module) in server, module

@@ -18,7 +18,7 @@ from ..build import __version__, build_kind
 from ..exceptions import ConfigurationError
 
 # What serve, check and demo import of the [server] extra (uvloop is optional: asyncio without it).
-SERVER_MODULES = ("yaml", "aiohttp", "prometheus_client", "httptools", "cryptography") + (
+SERVER_MODULES = ("yaml", "aiohttp", "prometheus_client", "httptools", "cryptography", "pydantic_settings") + (
     ("tomli",) if sys.version_info < (3, 11) else ()
 )
 STATUS_MODULES = ("rich",)  # the status table; --json needs nothing more
@@ -69,6 +69,7 @@ def check(path: str | None) -> int:
     import time
 
     from ..server.config import load_config
+    from ..server.env_overrides import variables
     from ..server.tls import expired, load_tls
 
     if not path:
@@ -98,6 +99,8 @@ def check(path: str | None) -> int:
     summary = f"{len(config.backends)} backends, algorithm {config.algorithm.algorithm_type}"
     if config.pools or config.routes:
         summary += f"; {len(config.pools)} more pools, {len(config.routes)} routes"
+    if variables(os.environ):  # what serve would take from this environment too
+        summary += f"; over it: {', '.join(variables(os.environ))}"
     print(f"{path}: ok ({summary})")
     return 0
 

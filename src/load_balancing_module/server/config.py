@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, chec
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
 from .document import DocumentError, load_document
+from .env_overrides import EnvOverrides
 from .filters import FilterError, load_filter
 from .logformat import check as check_log_format
 from .outcomes import DEFAULT_FAILURE_STATUSES, FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status, status_set
@@ -479,6 +480,8 @@ class ServerConfig(LoadBalancingModuleConfig):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.isdigit():  # OMNIXAN_LB__WORKERS=4: every variable is a string
+            value = int(value)
         if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS):
             return value
         raise ValueError(f"must be a number of processes in 1..{MAX_WORKERS}, or auto (one per CPU)")
@@ -604,14 +607,19 @@ def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def describe_errors(error: ValidationError) -> list[str]:
-    """One line per problem: ``field.path[2].name: what is wrong``."""
+def describe_errors(
+    error: ValidationError, origin: Callable[[tuple[int | str, ...]], str | None] | None = None
+) -> list[str]:
+    """One line per problem: ``field.path[2].name: what is wrong``, and ``(from VARIABLE)`` when
+    ``origin`` says an environment variable set that value."""
     lines = []
     for item in error.errors():
         path = ""
         for part in item["loc"]:
             path = f"{path}[{part}]" if isinstance(part, int) else _join(path, part)
-        lines.append(f"{path or '(top)'}: {_message(item)}")
+        line = f"{path or '(top)'}: {_message(item)}"
+        variable = origin(item["loc"]) if origin is not None else None
+        lines.append(line if variable is None else f"{line} (from {variable})")
     return lines
 
 
@@ -631,7 +639,8 @@ def _message(item: Mapping[str, Any]) -> str:
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """Read, expand and validate a config file; :class:`ConfigurationError` lists every problem."""
+    """Read, expand and validate a config file, with the ``OMNIXAN_LB__...`` variables of the
+    environment over it (env_overrides.py); :class:`ConfigurationError` lists every problem."""
     path = Path(path)
     try:
         document = load_document(path)
@@ -643,12 +652,16 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
         document = {}
     if not isinstance(document, dict):
         raise ConfigurationError(f"{path}: the top level must be a mapping of keys, not {type(document).__name__}")
-    document = expand_env(document, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    overrides = EnvOverrides(ServerConfig, environ)
+    document = overrides.apply(expand_env(document, environ))
+    problems = overrides.problems()
     try:
         config = ServerConfig.model_validate(document)
     except ValidationError as exc:
-        raise ConfigurationError("\n".join(describe_errors(exc))) from None
-    problems = []
+        problems += describe_errors(exc, overrides.origin)
+    if problems:
+        raise ConfigurationError("\n".join(problems))
     for name, module in config.pool_configs().items():
         where = "algorithm" if name == DEFAULT_POOL else f"pools.{name}.algorithm"
         try:
