@@ -25,6 +25,7 @@ from .breaker import CircuitBreaker
 from .calls import Acquired, CallPolicy, Calls, Held
 from .clock import Clock, SystemClock
 from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
+from .discovery import Provider, Watch
 from .draining import Drains
 from .enums import CircuitState
 from .exceptions import (
@@ -111,6 +112,7 @@ class LoadBalancingModule:
         self._block_failure: IsFailure = self.is_failure if is_failure is not None else raised_is_failure
         self.retry_on: Callable[[Outcome], bool] = retry_predicate(retry_on)
         self._cleanup: asyncio.Task[None] | None = None
+        self._watches: list[Watch] = []  # discovery (watch()): stopped on shutdown
         self._initialized = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -130,6 +132,9 @@ class LoadBalancingModule:
         if not self._initialized:
             return
         self._initialized = False
+        for watch in self._watches:
+            await watch.stop()
+        self._watches.clear()
         tasks: list[asyncio.Task[Any]] = [*self._hooks.cancel(), *self._health.cancel(), *self._drains.tasks()]
         if self._cleanup is not None:
             tasks.append(self._cleanup)
@@ -565,6 +570,11 @@ class LoadBalancingModule:
         same backend waits for the same drain. Cancelling the caller does not
         stop the drain. Unknown id: :class:`BackendNotFoundError`.
         """
+        return await asyncio.shield(self.begin_drain(backend_id, timeout))
+
+    def begin_drain(self, backend_id: BackendID, timeout: float | None = None) -> asyncio.Task[DrainResult]:
+        """:meth:`drain_backend` without waiting: the backend leaves every pick now; the task
+        running its drain is returned."""
         task = self._drains.running(backend_id)
         if task is None:
             backend = self._get(backend_id)
@@ -572,4 +582,18 @@ class LoadBalancingModule:
             if wait < 0:
                 raise ValueError(f"timeout: must be >= 0, got {wait}")
             task = self._drains.start(backend, wait)
-        return await asyncio.shield(task)
+        return task
+
+    # -- discovery ---------------------------------------------------------------------
+
+    def watch(
+        self, provider: Provider, *, name: str = "discovery", retry_min: float = 1.0, retry_max: float = 30.0
+    ) -> Watch:
+        """Keep the backends to the sets ``provider`` yields (docs/discovery.md): added ones join
+        (through slow start), vanished ones drain, changed ones are replaced; a provider that
+        fails keeps the last good set and is retried after a back-off on :attr:`clock`. The
+        watch stops with :meth:`shutdown` or its own :meth:`Watch.stop`."""
+        watch = Watch(self, provider, self.clock, name=name, retry_min=retry_min, retry_max=retry_max)
+        self._watches.append(watch)
+        watch.start()
+        return watch
