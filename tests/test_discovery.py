@@ -4,18 +4,26 @@ against a real DNS server on loopback (dnslib), and a proxy pool discovered from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from conftest import MakeLB
 from load_balancing_module import BackendConfig, FakeClock, LoadBalancingModule, Request
-from load_balancing_module.discovery import DiscoveryError, FileProvider, parse_backends
+from load_balancing_module.discovery import DiscoveryError, DnsProvider, FileProvider, parse_backends
 from load_balancing_module.discovery.dns import parse_nameserver
+from load_balancing_module.server.config import ServerConfig
+from load_balancing_module.server.pools import PoolModules
+from load_balancing_module.server.proxy import ProxyServer
+from proxy_helpers import AioBackend, RawClient, get, server_config
 
 
 def b(port: int, **fields: Any) -> BackendConfig:
@@ -102,6 +110,7 @@ async def test_failures_keep_the_last_good_set_and_back_off(make_lb: MakeLB, fak
     provider.items.put_nowait([])
     await settle()
     assert watch.errors == 3 and ids(lb) == {"127.0.0.1:9001", "127.0.0.1:9002"}
+    assert lb.counts()["discovery_errors"] == 3
     provider.items.put_nowait([b(9003)])
     await settle()
     assert ids(lb) == {"127.0.0.1:9003"}
@@ -176,3 +185,248 @@ def test_parse_nameserver() -> None:
     assert parse_nameserver("fd00::2") == ("fd00::2", 53)
     with pytest.raises(ValueError, match=r"nameserver 'dns\.test'"):
         parse_nameserver("dns.test")
+
+
+# -- the DNS provider, against a real DNS server on loopback ------------------------------
+
+
+class Zone:
+    """A dnslib resolver whose records the test changes: ``records[(name, type)] = (ttl, [rdata])``."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], tuple[int, list[Any]]] = {}
+        self.queries: list[tuple[str, str]] = []
+        self.fail = False  # answer SERVFAIL
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        from dnslib import QTYPE, RCODE, RR
+
+        reply = request.reply()
+        name = str(request.q.qname).rstrip(".").lower()
+        kind = QTYPE[request.q.qtype]
+        self.queries.append((name, kind))
+        if self.fail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        if not any(n == name for n, _ in self.records):
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        ttl, rdatas = self.records.get((name, kind), (0, []))
+        for rdata in rdatas:
+            reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=ttl))
+        return reply
+
+    def a(self, name: str, ttl: int, *addresses: str) -> None:
+        from dnslib import A
+
+        self.records[(name, "A")] = (ttl, [A(a) for a in addresses])
+
+    def srv(self, name: str, ttl: int, *records: tuple[int, int, int, str]) -> None:
+        from dnslib import SRV
+
+        self.records[(name, "SRV")] = (
+            ttl,
+            [SRV(priority=p, weight=w, port=port, target=t) for p, w, port, t in records],
+        )
+
+
+@pytest.fixture
+def zone() -> Iterator[tuple[Zone, str]]:
+    from dnslib.server import DNSLogger, DNSServer
+
+    resolver = Zone()
+    server = DNSServer(
+        resolver, address="127.0.0.1", port=0, logger=DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+    )
+    server.start_thread()
+    try:
+        yield resolver, f"127.0.0.1:{server.server.server_address[1]}"
+    finally:
+        server.stop()
+        server.server.server_close()
+
+
+async def wait_for(predicate: Any) -> None:
+    """Until ``predicate()`` holds: a DNS answer crosses a real socket (bounded, a few ms each)."""
+    for _ in range(400):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met within 2 s")
+
+
+async def test_dns_a_records_change_and_ttl_is_honoured_within_bounds(
+    make_lb: MakeLB, fake_clock: FakeClock, zone: tuple[Zone, str]
+) -> None:
+    resolver, nameserver = zone
+    resolver.a("api.test", 30, "127.0.0.1", "127.0.0.2")
+    lb = await make_lb()
+    await lb.initialize()
+    provider = DnsProvider(
+        "api.test", port=8080, nameservers=[nameserver], min_interval=10, max_interval=60, clock=fake_clock
+    )
+    watch = lb.watch(provider)
+    await wait_for(lambda: ids(lb) == {"127.0.0.1:8080", "127.0.0.2:8080"})
+    assert provider.last_ttl == 30
+    asked = len(resolver.queries)
+    resolver.a("api.test", 5, "127.0.0.3")  # a TTL under min_interval: asked again after 10 s, not 5
+    await fake_clock.advance(29)
+    await asyncio.sleep(0.05)
+    assert len(resolver.queries) == asked  # the TTL of 30 s has not run out
+    await fake_clock.advance(1)
+    await wait_for(lambda: ids(lb) == {"127.0.0.3:8080"})
+    asked = len(resolver.queries)
+    await fake_clock.advance(9)
+    await asyncio.sleep(0.05)
+    assert len(resolver.queries) == asked
+    resolver.a("api.test", 3600, "127.0.0.4")  # a TTL over max_interval: asked again after 60 s
+    await fake_clock.advance(1)
+    await wait_for(lambda: ids(lb) == {"127.0.0.4:8080"})
+    asked = len(resolver.queries)
+    await fake_clock.advance(59)
+    await asyncio.sleep(0.05)
+    assert len(resolver.queries) == asked
+    resolver.a("api.test", 3600, "127.0.0.5")
+    await fake_clock.advance(1)
+    await wait_for(lambda: ids(lb) == {"127.0.0.5:8080"})
+    assert watch.errors == 0
+    await lb.shutdown()
+
+
+async def test_dns_failure_keeps_the_last_good_set(
+    make_lb: MakeLB, fake_clock: FakeClock, zone: tuple[Zone, str]
+) -> None:
+    resolver, nameserver = zone
+    resolver.a("api.test", 10, "127.0.0.1")
+    lb = await make_lb()
+    await lb.initialize()
+    provider = DnsProvider(
+        "api.test", port=80, nameservers=[nameserver], min_interval=1, max_interval=60, timeout=1, clock=fake_clock
+    )
+    watch = lb.watch(provider, retry_min=2, retry_max=8)
+    await wait_for(lambda: ids(lb) == {"127.0.0.1:80"})
+    del resolver.records[("api.test", "A")]  # NXDOMAIN
+    await fake_clock.advance(10)
+    await wait_for(lambda: watch.errors == 1)
+    assert "NXDOMAIN" in (watch.last_error or "") and ids(lb) == {"127.0.0.1:80"}
+    resolver.a("api.test", 10, "127.0.0.2")
+    resolver.fail = True  # SERVFAIL on the retry, 2 s later
+    await fake_clock.advance(2)
+    await wait_for(lambda: watch.errors == 2)
+    assert ids(lb) == {"127.0.0.1:80"}
+    resolver.fail = False
+    await fake_clock.advance(4)  # the back-off doubled
+    await wait_for(lambda: ids(lb) == {"127.0.0.2:80"})
+    await lb.shutdown()
+
+
+async def test_dns_srv_priorities_and_weights(make_lb: MakeLB, fake_clock: FakeClock, zone: tuple[Zone, str]) -> None:
+    resolver, nameserver = zone
+    resolver.srv(
+        "_http._tcp.api.test", 60, (10, 3, 8001, "a.api.test"), (10, 1, 8002, "b.api.test"), (20, 0, 8003, "c.api.test")
+    )
+    resolver.a("a.api.test", 60, "127.0.0.1")
+    resolver.a("b.api.test", 60, "127.0.0.2")
+    resolver.a("c.api.test", 60, "127.0.0.3")
+    lb = await make_lb()
+    await lb.initialize()
+    provider = DnsProvider(
+        srv="_http._tcp.api.test", nameservers=[nameserver], backend={"max_connections": 7}, clock=fake_clock
+    )
+    lb.watch(provider)
+    await wait_for(lambda: len(lb.backends) == 3)
+    configs = {backend_id: backend.config for backend_id, backend in lb.backends.items()}
+    assert configs["127.0.0.1:8001"] == BackendConfig(
+        host="127.0.0.1", port=8001, weight=3, priority=-10, max_connections=7
+    )
+    assert configs["127.0.0.2:8002"].weight == 1 and configs["127.0.0.2:8002"].priority == -10
+    assert configs["127.0.0.3:8003"].weight == 0.01 and configs["127.0.0.3:8003"].priority == -20
+    # SRV priority 10 is preferred: only its tier is used while it has a candidate.
+    picked = set()
+    for _ in range(8):
+        route = await lb.route_request(Request())
+        picked.add(route.backend_id)
+        await lb.complete_request(route, success=True)
+    assert picked == {"127.0.0.1:8001", "127.0.0.2:8002"}
+    await lb.shutdown()
+
+
+def test_dns_provider_without_its_extra_says_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "dns", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'omnixan-lb\[dns\]'"):
+        DnsProvider("api.test", port=80)
+
+
+def test_dns_provider_refuses_a_wrong_setup() -> None:
+    with pytest.raises(ValueError, match="needs a port"):
+        DnsProvider("api.test")
+    with pytest.raises(ValueError, match="not both"):
+        DnsProvider("api.test", port=1, srv="_http._tcp.api.test")
+    with pytest.raises(ValueError, match="'weight' comes from DNS"):
+        DnsProvider("api.test", port=1, backend={"weight": 2})
+
+
+# -- the proxy: a pool discovered from a file ---------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(cfg: ServerConfig, clock: FakeClock) -> AsyncIterator[tuple[ProxyServer, PoolModules]]:
+    """The proxy in front of ``cfg``'s pools, made as ``serve`` makes them (discovery included)."""
+    pools = PoolModules(cfg, lambda name, module_config: LoadBalancingModule(module_config, clock=clock))
+    proxy = ProxyServer(pools.default, cfg, access_log=logging.getLogger("test.discovery.access"), pools=pools.modules)
+    await pools.start(cfg)
+    await proxy.start()
+    try:
+        yield proxy, pools
+    finally:
+        await proxy.close()
+        await pools.shutdown()
+
+
+async def served_by(proxy: ProxyServer, path: str) -> str:
+    async with RawClient(proxy.port) as client:
+        answer = await client.request(get(path))
+    assert answer.status == 200, answer.status
+    return str(answer.json()["backend"])
+
+
+async def test_a_proxy_pool_discovered_from_a_file_follows_it(tmp_path: Path, fake_clock: FakeClock) -> None:
+    path = tmp_path / "api.yaml"
+    async with AioBackend("one") as one, AioBackend("two") as two, AioBackend("web") as web:
+        write(path, f"- {{host: 127.0.0.1, port: {one.port}}}\n")
+        cfg = server_config(
+            backends=[{"host": "127.0.0.1", "port": web.port}],
+            pools={"api": {"discovery": {"file": str(path), "interval": 1}}},
+            routes=[{"match": {"path_prefix": "/api/"}, "pool": "api"}],
+        )
+        async with serving(cfg, fake_clock) as (proxy, pools):
+            await settle()
+            assert set(pools["api"].backends) == {f"127.0.0.1:{one.port}"}
+            assert {await served_by(proxy, "/api/x") for _ in range(3)} == {"one"}
+            assert await served_by(proxy, "/") == "web"
+            write(path, f"backends:\n  - {{host: 127.0.0.1, port: {two.port}}}\n")
+            await fake_clock.advance(1)
+            await settle()
+            assert {await served_by(proxy, "/api/x") for _ in range(3)} == {"two"}
+            await fake_clock.advance(0.1)  # the drain of "one" ends: nothing was in flight
+            await settle()
+            assert set(pools["api"].backends) == {f"127.0.0.1:{two.port}"}
+            # A bad file: logged and counted, the pool keeps serving from its last good set.
+            write(path, "backends: [{host: 127.0.0.1}]\n")
+            await fake_clock.advance(1)
+            await settle()
+            assert pools["api"].counts()["discovery_errors"] == 1
+            assert await served_by(proxy, "/api/x") == "two"
+
+
+def test_discovery_config_names_what_is_wrong() -> None:
+    with pytest.raises(ValidationError, match=r"discovery\n.*exactly one of file, dns or srv"):
+        server_config(discovery={"file": "a.yaml", "dns": "api.test", "port": 1})
+    with pytest.raises(ValidationError, match="dns needs a port"):
+        server_config(discovery={"dns": "api.test"})
+    with pytest.raises(ValidationError, match=r"pools\.api\.discovery\.nameservers"):
+        server_config(pools={"api": {"discovery": {"srv": "_http._tcp.api.test", "nameservers": ["dns.test"]}}})
+    with pytest.raises(ValidationError, match="weight come from DNS"):
+        server_config(discovery={"srv": "_http._tcp.api.test", "backend": {"weight": 3}})
+    cfg = server_config(discovery={"srv": "_http._tcp.api.test", "backend": {"max_connections": 5}})
+    assert cfg.pool_discovery()["default"] is not None

@@ -25,7 +25,7 @@ from .breaker import CircuitBreaker
 from .calls import Acquired, CallPolicy, Calls, Held
 from .clock import Clock, SystemClock
 from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
-from .discovery import Provider, Watch
+from .discovery import Provider, Target, Watch
 from .draining import Drains
 from .enums import CircuitState
 from .exceptions import (
@@ -51,7 +51,15 @@ T = TypeVar("T")
 BackendID = str
 
 # What the module counts (``counts()``; the metrics collector exports them).
-COUNTERS = ("rate_limited", "ddos_blocked", "retries", "queue_timeouts", "unavailable", "probes_not_run")
+COUNTERS = (
+    "rate_limited",
+    "ddos_blocked",
+    "retries",
+    "queue_timeouts",
+    "unavailable",
+    "probes_not_run",
+    "discovery_errors",
+)
 
 
 class LoadBalancingModule:
@@ -455,7 +463,7 @@ class LoadBalancingModule:
 
     def counts(self) -> dict[str, int]:
         """A copy of the module's counters: rate_limited, ddos_blocked, retries, queue_timeouts,
-        unavailable, probes_not_run."""
+        unavailable, probes_not_run, discovery_errors."""
         return dict(self.counters)
 
     # -- breakers ------------------------------------------------------------------
@@ -587,13 +595,33 @@ class LoadBalancingModule:
     # -- discovery ---------------------------------------------------------------------
 
     def watch(
-        self, provider: Provider, *, name: str = "discovery", retry_min: float = 1.0, retry_max: float = 30.0
+        self,
+        provider: Provider,
+        *,
+        name: str = "discovery",
+        retry_min: float = 1.0,
+        retry_max: float = 30.0,
+        target: Target | None = None,
     ) -> Watch:
         """Keep the backends to the sets ``provider`` yields (docs/discovery.md): added ones join
         (through slow start), vanished ones drain, changed ones are replaced; a provider that
-        fails keeps the last good set and is retried after a back-off on :attr:`clock`. The
-        watch stops with :meth:`shutdown` or its own :meth:`Watch.stop`."""
-        watch = Watch(self, provider, self.clock, name=name, retry_min=retry_min, retry_max=retry_max)
+        fails keeps the last good set, is counted (``discovery_errors``) and is retried after a
+        back-off on :attr:`clock`. ``target``: what the sets change, if not this module alone
+        (the proxy's supervisor: this module and its workers). The watch stops with
+        :meth:`shutdown` or its own :meth:`Watch.stop`."""
+        watch = Watch(
+            self if target is None else target,
+            provider,
+            self.clock,
+            name=name,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            on_error=self._discovery_failed,
+        )
+        self._watches = [w for w in self._watches if w.task is not None]  # those stopped meanwhile go
         self._watches.append(watch)
         watch.start()
         return watch
+
+    def _discovery_failed(self, _error: str) -> None:
+        self.counters["discovery_errors"] += 1

@@ -20,7 +20,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .._extras import missing_extra
+from .._extras import missing_extra, require
 from ..clock import Clock, SystemClock
 from ..config import BackendConfig
 from .provider import DiscoveryError
@@ -48,6 +48,7 @@ class DnsProvider:
         backend: Mapping[str, Any] | None = None,
         clock: Clock | None = None,
     ) -> None:
+        require("DNS discovery", "dns", "dns")  # at once, not at each lookup of a watch
         if (name is None) == (srv is None):
             raise ValueError("DnsProvider: give a name (with a port) or an srv name, not both")
         if name is not None and port is None:

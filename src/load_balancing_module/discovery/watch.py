@@ -61,11 +61,17 @@ class Watch:
             self.task = asyncio.create_task(self._run(), name=f"omnixan-lb-watch-{self.name}")
         return self.task
 
-    async def stop(self) -> None:
-        """Stop watching (backends stay as they are; drains under way go on)."""
+    def cancel(self) -> None:
+        """Stop watching, without waiting (backends stay as they are; drains under way go on)."""
         task, self.task = self.task, None
         if task is not None:
             task.cancel()
+
+    async def stop(self) -> None:
+        """Stop watching and wait until the watch has stopped."""
+        task = self.task
+        self.cancel()
+        if task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
