@@ -348,6 +348,10 @@ async def test_dns_srv_priorities_and_weights(make_lb: MakeLB, fake_clock: FakeC
         picked.add(route.backend_id)
         await lb.complete_request(route, success=True)
     assert picked == {"127.0.0.1:8001", "127.0.0.2:8002"}
+    # A target that no longer resolves is skipped; the others make the set.
+    del resolver.records[("b.api.test", "A")]
+    await fake_clock.advance(60)
+    await wait_for(lambda: ids(lb) == {"127.0.0.1:8001", "127.0.0.3:8003"})
     await lb.shutdown()
 
 
@@ -430,3 +434,28 @@ def test_discovery_config_names_what_is_wrong() -> None:
         server_config(discovery={"srv": "_http._tcp.api.test", "backend": {"weight": 3}})
     cfg = server_config(discovery={"srv": "_http._tcp.api.test", "backend": {"max_connections": 5}})
     assert cfg.pool_discovery()["default"] is not None
+
+
+async def test_a_reload_hands_the_backends_to_the_new_source_or_drains_them(
+    tmp_path: Path, fake_clock: FakeClock
+) -> None:
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    write(first, "- {host: 127.0.0.1, port: 9001}\n- {host: 127.0.0.1, port: 9002}\n")
+    write(second, "- {host: 127.0.0.1, port: 9002}\n- {host: 127.0.0.1, port: 9003}\n")
+    old = server_config(discovery={"file": str(first), "interval": 1})
+    pools = PoolModules(old, lambda name, module_config: LoadBalancingModule(module_config, clock=fake_clock))
+    await pools.start(old)
+    await settle()
+    lb = pools.default
+    kept = lb.backends["127.0.0.1:9002"]
+    new = server_config(discovery={"file": str(second), "interval": 1})
+    await pools.apply(old, new)
+    await settle()
+    assert ids(lb) == {"127.0.0.1:9002", "127.0.0.1:9003"}
+    assert lb.backends["127.0.0.1:9002"] is kept  # the same backend, not drained and added again
+    await pools.apply(new, new)  # the same discovery: the same watch
+    assert pools.watches["default"][1].applied == 1
+    await pools.apply(new, server_config())
+    await settle()
+    assert ids(lb) == set() and "default" not in pools.watches
+    await pools.shutdown()

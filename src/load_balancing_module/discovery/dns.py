@@ -17,10 +17,12 @@ is dnspython's (the ``[dns]`` extra), asking ``nameservers`` (``"10.0.0.2:53"``,
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from .._extras import missing_extra, require
+from .._log import log_event
 from ..clock import Clock, SystemClock
 from ..config import BackendConfig
 from .provider import DiscoveryError
@@ -114,7 +116,11 @@ class DnsProvider:
         backends: list[BackendConfig] = []
         for record in records:
             target = str(record.target).rstrip(".")
-            addresses, target_ttl = await _addresses(resolver, target)
+            try:
+                addresses, target_ttl = await _addresses(resolver, target)
+            except DiscoveryError as exc:  # one dead target: the others still make a set
+                log_event("discovery_target_skipped", logging.WARNING, srv=srv, target=target, error=str(exc))
+                continue
             ttl = min(ttl, target_ttl)
             weight = float(record.weight) if record.weight > 0 else ZERO_WEIGHT
             backends.extend(self._backend(a, int(record.port), weight, -int(record.priority)) for a in addresses)
