@@ -90,7 +90,15 @@ async def test_algorithm_settings_name_the_algorithm_and_copy_its_settings() -> 
 async def test_counts_are_a_copy_of_every_counter() -> None:
     lb = await make_lb()
     counts = lb.counts()
-    assert set(counts) == {"rate_limited", "ddos_blocked", "retries", "queue_timeouts", "unavailable", "probes_not_run"}
+    assert set(counts) == {
+        "rate_limited",
+        "ddos_blocked",
+        "retries",
+        "queue_timeouts",
+        "unavailable",
+        "probes_not_run",
+        "discovery_errors",
+    }
     assert set(counts.values()) == {0}
     counts["retries"] = 7
     assert lb.counts()["retries"] == 0

@@ -71,7 +71,7 @@ def config_text(port: int, admin: int, backends: list[AioBackend], *extra: str) 
         f'admin: {{listen: "127.0.0.1:{admin}", token_env: null}}',
         "access_log: false",
         "drain_timeout: 5",
-        "backends:",
+        "backends:" if backends else "backends: []",
         *(f"  - {{host: 127.0.0.1, port: {b.port}}}" for b in backends),
         *extra,
     ]
@@ -209,6 +209,30 @@ async def test_admin_changes_reach_every_worker(serve: Serve, backends: list[Aio
     assert status == 200 and result["completed"] is True, result
     assert [b for b in await running.get("/backends")] == []
     assert {status for status, _ in await fetch_many(running.port, 6)} == {503}  # no worker has a backend left
+
+
+async def test_discovery_runs_in_the_supervisor_and_every_worker_follows(
+    serve: Serve, backends: list[AioBackend], tmp_path: Path
+) -> None:
+    listed = tmp_path / "backends.yaml"
+    listed.write_text(f"- {{host: 127.0.0.1, port: {backends[0].port}}}\n")
+    running = await serve([], f'discovery: {{file: "{listed}", interval: 0.05}}')
+    assert await fetch_many(running.port, 20) == [(200, "a")] * 20
+    moved = tmp_path / "next.yaml"
+    moved.write_text(f"backends: [{{host: 127.0.0.1, port: {backends[1].port}}}]\n")
+    os.replace(moved, listed)
+    deadline = time.monotonic() + 10
+    while {b["port"] for b in await running.get("/backends")} != {backends[1].port}:  # a drained, b added
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    answers = await fetch_many(running.port, 40)
+    assert answers == [(200, "b")] * 40  # both workers took b and dropped a
+    assert all(row["total_requests"] > 0 for row in await running.workers())
+    listed.write_text("backends: [{host: 127.0.0.1}]\n")  # bad: counted once, b stays
+    while await running.metric("omnixan_lb_discovery_errors_total{") < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert await fetch_many(running.port, 10) == [(200, "b")] * 10
 
 
 async def test_reload_and_drain_reach_every_worker(serve: Serve, backends: list[AioBackend]) -> None:

@@ -22,7 +22,8 @@ but ``build_info``; one module registered alone gets no ``pool`` label):
   ``backend_recent_latency_seconds{backend,quantile}`` (recent window).
 - ``rate_limited_total``, ``ddos_blocked_total``, ``retries_total``,
   ``queue_timeouts_total``, ``unavailable_total``, ``probes_not_run_total``
-  (probes this host could not make: EMFILE...), ``sessions_evicted_total``,
+  (probes this host could not make: EMFILE...), ``discovery_errors_total`` (a discovery
+  provider that failed, or gave an empty set: the last good set stayed), ``sessions_evicted_total``,
   ``queued_requests``, ``backends``.
 - With a shared state store that counts its failures (``RedisStore``):
   ``state_store_errors_total`` (calls that failed), ``state_store_fallbacks_total``
@@ -177,6 +178,11 @@ class LoadBalancerCollector(Collector):
                 "omnixan_lb_probes_not_run",
                 "probes_not_run",
                 "Health probes this host could not make (out of descriptors or memory); not counted against backends.",
+            ),
+            (
+                "omnixan_lb_discovery_errors",
+                "discovery_errors",
+                "Discovery lookups that failed or gave an empty set (the last good set of backends stayed).",
             ),
         ):
             yield self._per_pool(CounterMetricFamily, name, text, [(pool, c[key]) for pool, c in counts])

@@ -25,6 +25,7 @@ from .breaker import CircuitBreaker
 from .calls import Acquired, CallPolicy, Calls, Held
 from .clock import Clock, SystemClock
 from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
+from .discovery import Provider, Target, Watch
 from .draining import Drains
 from .enums import CircuitState
 from .exceptions import (
@@ -50,7 +51,15 @@ T = TypeVar("T")
 BackendID = str
 
 # What the module counts (``counts()``; the metrics collector exports them).
-COUNTERS = ("rate_limited", "ddos_blocked", "retries", "queue_timeouts", "unavailable", "probes_not_run")
+COUNTERS = (
+    "rate_limited",
+    "ddos_blocked",
+    "retries",
+    "queue_timeouts",
+    "unavailable",
+    "probes_not_run",
+    "discovery_errors",
+)
 
 
 class LoadBalancingModule:
@@ -111,6 +120,7 @@ class LoadBalancingModule:
         self._block_failure: IsFailure = self.is_failure if is_failure is not None else raised_is_failure
         self.retry_on: Callable[[Outcome], bool] = retry_predicate(retry_on)
         self._cleanup: asyncio.Task[None] | None = None
+        self._watches: list[Watch] = []  # discovery (watch()): stopped on shutdown
         self._initialized = False
 
     # -- lifecycle -----------------------------------------------------------
@@ -130,6 +140,9 @@ class LoadBalancingModule:
         if not self._initialized:
             return
         self._initialized = False
+        for watch in self._watches:
+            await watch.stop()
+        self._watches.clear()
         tasks: list[asyncio.Task[Any]] = [*self._hooks.cancel(), *self._health.cancel(), *self._drains.tasks()]
         if self._cleanup is not None:
             tasks.append(self._cleanup)
@@ -450,7 +463,7 @@ class LoadBalancingModule:
 
     def counts(self) -> dict[str, int]:
         """A copy of the module's counters: rate_limited, ddos_blocked, retries, queue_timeouts,
-        unavailable, probes_not_run."""
+        unavailable, probes_not_run, discovery_errors."""
         return dict(self.counters)
 
     # -- breakers ------------------------------------------------------------------
@@ -565,6 +578,11 @@ class LoadBalancingModule:
         same backend waits for the same drain. Cancelling the caller does not
         stop the drain. Unknown id: :class:`BackendNotFoundError`.
         """
+        return await asyncio.shield(self.begin_drain(backend_id, timeout))
+
+    def begin_drain(self, backend_id: BackendID, timeout: float | None = None) -> asyncio.Task[DrainResult]:
+        """:meth:`drain_backend` without waiting: the backend leaves every pick now; the task
+        running its drain is returned."""
         task = self._drains.running(backend_id)
         if task is None:
             backend = self._get(backend_id)
@@ -572,4 +590,38 @@ class LoadBalancingModule:
             if wait < 0:
                 raise ValueError(f"timeout: must be >= 0, got {wait}")
             task = self._drains.start(backend, wait)
-        return await asyncio.shield(task)
+        return task
+
+    # -- discovery ---------------------------------------------------------------------
+
+    def watch(
+        self,
+        provider: Provider,
+        *,
+        name: str = "discovery",
+        retry_min: float = 1.0,
+        retry_max: float = 30.0,
+        target: Target | None = None,
+    ) -> Watch:
+        """Keep the backends to the sets ``provider`` yields (docs/discovery.md): added ones join
+        (through slow start), vanished ones drain, changed ones are replaced; a provider that
+        fails keeps the last good set, is counted (``discovery_errors``) and is retried after a
+        back-off on :attr:`clock`. ``target``: what the sets change, if not this module alone
+        (the proxy's supervisor: this module and its workers). The watch stops with
+        :meth:`shutdown` or its own :meth:`Watch.stop`."""
+        watch = Watch(
+            self if target is None else target,
+            provider,
+            self.clock,
+            name=name,
+            retry_min=retry_min,
+            retry_max=retry_max,
+            on_error=self._discovery_failed,
+        )
+        self._watches = [w for w in self._watches if w.task is not None]  # those stopped meanwhile go
+        self._watches.append(watch)
+        watch.start()
+        return watch
+
+    def _discovery_failed(self, _error: str) -> None:
+        self.counters["discovery_errors"] += 1

@@ -26,6 +26,7 @@ from ..algorithms import algorithm_class
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, check_host
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
+from .discovery import DiscoveryConfig
 from .document import DocumentError, load_document
 from .env_overrides import EnvOverrides
 from .filters import FilterError, load_filter
@@ -367,6 +368,13 @@ class ServerConfig(LoadBalancingModuleConfig):
         ),
     )
     backends: list[BackendConfig] = Field(default_factory=list, description="the default pool's backends")
+    discovery: DiscoveryConfig | None = Field(
+        default=None,
+        description=(
+            "where more of the default pool's backends are found: {file: ...}, {dns: ..., port: ...} or {srv: ...}"
+            " (docs/discovery.md)"
+        ),
+    )
     admin: AdminConfig = Field(
         default_factory=AdminConfig, description="the admin API: its address, its token and the host names it answers"
     )
@@ -573,6 +581,10 @@ class ServerConfig(LoadBalancingModuleConfig):
         for name, tls in self.pool_tls().items():
             if tls is not None:
                 tls.warn_if_unverified("upstream.tls" if name == DEFAULT_POOL else f"pools.{name}.tls")
+
+    def pool_discovery(self) -> dict[str, DiscoveryConfig | None]:
+        """Every pool's ``discovery`` by name (None: its static backends only)."""
+        return {DEFAULT_POOL: self.discovery, **{name: pool.discovery for name, pool in self.pools.items()}}
 
     def pool_backends(self) -> dict[str, list[BackendConfig]]:
         return {DEFAULT_POOL: self.backends, **{name: pool.backends for name, pool in self.pools.items()}}

@@ -5,6 +5,10 @@
 breakers, retries, rate limit and sessions). :class:`PoolModules` makes them (through the
 ``make`` function its owner gives: the one process, the supervisor and a worker each build a
 module their own way), starts them, applies a reloaded config to them, and shuts them down.
+
+It also runs each pool's ``discovery`` (a watch on the pool's module, docs/discovery.md) where
+backends are managed: the one process, or the supervisor (whose ``target`` hands every change
+to the workers too); a worker, which is given its backends, runs none.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Final
 
 from .._log import log_event
 from ..config import BackendConfig, LoadBalancingModuleConfig
+from ..discovery import Target, Watch
 from ..module import LoadBalancingModule
 from .config import ServerConfig
+from .discovery import DiscoveryConfig, make_provider
 from .probes import proxy_protocol_probe
 from .route_config import DEFAULT_POOL
 
@@ -28,14 +34,19 @@ MODULE_RESTART_ONLY: Final = ("health_check", "circuit_breaker", "rate_limit", "
 
 # A pool's module, made by the pools' owner (with the state store it chooses for the pool).
 MakeModule = Callable[[str, LoadBalancingModuleConfig], LoadBalancingModule]
+# What a pool's discovery changes, by pool name (default: the pool's module alone).
+MakeTarget = Callable[[str, LoadBalancingModule], Target]
 
 
 class PoolModules:
     """The library module of every pool of a config (see the module docstring)."""
 
-    def __init__(self, config: ServerConfig, make: MakeModule) -> None:
+    def __init__(self, config: ServerConfig, make: MakeModule, target: MakeTarget | None = None) -> None:
         self._make = make
+        self._target = target
         self.modules: dict[str, LoadBalancingModule] = {}
+        self.watches: dict[str, tuple[DiscoveryConfig, Watch]] = {}  # by pool name
+        self._discovers = False  # set by start(): only where backends are managed
         for name, module_config in config.pool_configs().items():
             self._add(name, module_config, config)
 
@@ -64,11 +75,43 @@ class PoolModules:
         """Start every module, with its pool's backends unless ``backends`` is False (a worker
         gets them, with their ids, from its supervisor)."""
         lists = config.pool_backends()
+        self._discovers = backends
+        discovery = config.pool_discovery()
         for name, lb in self.modules.items():
             await lb.initialize()
             if backends:
                 for backend in lists[name]:
                     await lb.add_backend(backend)
+                self._watch(name, lb, discovery[name])
+
+    def _watch(self, name: str, lb: LoadBalancingModule, discovery: DiscoveryConfig | None) -> None:
+        """Run ``discovery`` on pool ``name``: a watch that differs replaces the running one, and
+        takes over the backends it found (a new source's first set is compared with them); no
+        discovery any more drains them."""
+        running = self.watches.get(name)
+        if not self._discovers or (running is None and discovery is None):
+            return
+        if running is not None and running[0] == discovery:
+            return
+        managed: dict[str, tuple[str, BackendConfig]] = {}
+        if running is not None:
+            old = running[1]
+            managed = old.managed
+            self.watches.pop(name)
+            old.cancel()
+            if discovery is None:
+                for backend_id, _ in managed.values():
+                    if backend_id in lb.backends and backend_id not in lb.draining:
+                        lb.begin_drain(backend_id)
+                log_event("discovery_stopped", pool=name, source=running[0].source)
+                return
+        assert discovery is not None
+        target = None if self._target is None else self._target(name, lb)
+        provider = make_provider(discovery, lb.clock)
+        watch = lb.watch(provider, name=f"{name}:{discovery.source}", retry_max=discovery.retry_max, target=target)
+        watch.managed = managed
+        self.watches[name] = (discovery, watch)
+        log_event("discovery_started", pool=name, source=discovery.source)
 
     async def apply(self, old: ServerConfig, new: ServerConfig, *, announce: bool = True) -> list[str]:
         """Bring the modules to ``new``: pools that came are made and started, those that stay get
@@ -76,15 +119,18 @@ class PoolModules:
         them (:meth:`retire`) once the proxy no longer routes to them. Returns those names."""
         old_backends, new_backends = old.pool_backends(), new.pool_backends()
         old_configs, new_configs = old.pool_configs(), new.pool_configs()
+        discovery = new.pool_discovery()
         for name, module_config in new_configs.items():
             lb = self.modules.get(name)
             if lb is None:
                 lb = self._add(name, module_config, new)
                 await lb.initialize()
                 await apply_backends(lb, [], new_backends[name])
+                self._watch(name, lb, discovery[name])
                 continue
             _probe_as_pool(lb, name, module_config, new)
             await apply_backends(lb, old_backends.get(name, []), new_backends[name])
+            self._watch(name, lb, discovery[name])
             before = old_configs.get(name)
             if before is not None and module_config.algorithm != before.algorithm:
                 await lb.configure_algorithm(module_config.algorithm)
@@ -98,6 +144,7 @@ class PoolModules:
         """Shut down the modules of pools that went (requests in flight on them have their slots
         released as they end; nothing new reaches them)."""
         for name in names:
+            self.watches.pop(name, None)  # the module's shutdown stops it
             lb = self.modules.pop(name, None)
             if lb is not None:
                 await lb.shutdown()

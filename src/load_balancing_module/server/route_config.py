@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel
+from .discovery import DiscoveryConfig
 from .outcomes import FAILURE_STATUSES_DESCRIPTION, MAX_STATUSES, RetryOn, Status
 from .upstream_tls import TLSSetting
 
@@ -263,6 +264,10 @@ class PoolConfig(LoadBalancingModuleConfig):
     """One entry of ``pools``: its backends and any library setting of its own."""
 
     backends: list[BackendConfig] = Field(default_factory=list, description="this pool's backends")
+    discovery: DiscoveryConfig | None = Field(
+        default=None,
+        description="where more of this pool's backends are found: {file: ...}, {dns: ..., port: ...} or {srv: ...}",
+    )
     tls: TLSSetting = Field(
         default=None,
         description=(

@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -96,7 +96,7 @@ class Supervisor:
         self.count = config.worker_count
         self.store, self._region = _open_shared_store(config)
         # The supervisor's modules, one per pool: they probe, hold the backend lists and serve the admin API.
-        self.pools = PoolModules(config, self._make_module)
+        self.pools = PoolModules(config, self._make_module, lambda name, lb: FleetPool(self, name, lb))
         self.lb = self.pools.default
         self.admin = AdminServer(
             self.lb,
@@ -396,6 +396,19 @@ class Supervisor:
             )
         return rows
 
+    def summed_metrics(self) -> str:
+        """Discovery errors (discovery runs here, not in the workers), to add to the workers' zeros."""
+        family = CounterMetricFamily(
+            "omnixan_lb_discovery_errors",
+            "Discovery lookups that failed or gave an empty set (the last good set of backends stayed).",
+            labels=["pool"],
+        )
+        for name, lb in self.pools.items():
+            family.add_metric([name], lb.counts()["discovery_errors"])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families([family]))
+        return generate_latest(registry).decode()
+
     def own_metrics(self) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
         live = GaugeMetricFamily("omnixan_lb_workers", "Worker processes serving, by state.", labels=["state"])
@@ -415,6 +428,37 @@ class Supervisor:
             expiry.add_metric([listener, cert], not_after)
         registry.register(_Families([live, restarts, expiry]))
         return generate_latest(registry)
+
+
+class FleetPool:
+    """A pool's discovery in the supervisor: each change made on its module, then on every worker."""
+
+    def __init__(self, supervisor: Supervisor, name: str, lb: LoadBalancingModule) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self.lb = lb
+
+    @property
+    def backends(self) -> Mapping[str, Any]:
+        return self.lb.backends
+
+    @property
+    def draining(self) -> Set[str]:
+        return self.lb.draining
+
+    async def add_backend(self, backend: BackendConfig, *, backend_id: str | None = None) -> str:
+        backend_id = await self.lb.add_backend(backend, backend_id=backend_id)
+        await self.supervisor.add_backend(backend_id, backend, self.name)
+        return backend_id
+
+    async def remove_backend(self, backend_id: str) -> None:
+        await self.lb.remove_backend(backend_id)
+        await self.supervisor.remove_backend(backend_id, self.name)
+
+    def begin_drain(self, backend_id: str, timeout: float | None = None) -> asyncio.Future[Any]:
+        wait = self.lb.config.request_timeout if timeout is None else timeout
+        own = self.lb.begin_drain(backend_id, wait)
+        return asyncio.gather(own, self.supervisor.drain_backend(backend_id, wait, self.name))
 
 
 class _Families:

@@ -326,7 +326,8 @@ class AdminApi:
             body = generate_latest(self.registry)
         else:
             figures = await self.fleet.figures(metrics=True)
-            body = merge_metrics([f["metrics"] for f in figures]) + self.fleet.own_metrics()
+            texts = [*(f["metrics"] for f in figures), self.fleet.summed_metrics()]
+            body = merge_metrics(texts) + self.fleet.own_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request) -> web.Response:

@@ -71,6 +71,11 @@ class Fleet(Protocol):
         """One row per worker slot for ``/distribution``'s ``workers`` (live or restarting)."""
         ...
 
+    def summed_metrics(self) -> str:
+        """The supervisor's families that add to the workers' samples of the same name (discovery
+        runs in the supervisor: its errors), in the text format."""
+        ...
+
     def own_metrics(self) -> bytes:
         """The supervisor's own families (workers up, restarts), in the text format."""
         ...
