@@ -33,7 +33,7 @@ from .attempt import CLIENT_GONE, Failure, connect_failure
 from .filters import Answer, FilterError, FilterRequest, filter_request
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo
-from .outbound import backend_head, for_route
+from .outbound import backend_head, for_route, traced_head
 from .phase import ON_UPSTREAM, Phase
 from .relay import ClientSide, Relay
 from .routing import redirect_answer
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..backend import Backend
     from .context import Pool, ProxyContext
     from .routing import Route
+    from .tracing import RequestTrace
 
 RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
 BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
@@ -618,3 +619,75 @@ class Exchange(Relay):
             "none" if route is None else route.backend_id, self.status or 499, end - self.started
         )
         self.conn.exchange_done(self, now)
+
+
+class TracedExchange(Exchange):
+    """An exchange of a proxy with ``tracing:`` (``ctx.tracer``): the same phases, with a server span
+    for the request and a client span per try, whose context goes to the backend as ``traceparent``.
+    A separate class, so that an exchange without tracing checks nothing for it."""
+
+    __slots__ = ("trace", "plain_head")
+
+    def __init__(
+        self,
+        conn: ClientSide,
+        ctx: ProxyContext,
+        pool: Pool,
+        rule: Route | None,
+        info: RequestInfo,
+        request: Request,
+        request_id: str | None,
+        rid_seq: int,
+        prefer: str | None,
+        cookie: bool,
+        now: float,
+    ) -> None:
+        super().__init__(conn, ctx, pool, rule, info, request, request_id, rid_seq, prefer, cookie, now)
+        tracer = ctx.tracer
+        assert tracer is not None
+        self.trace: RequestTrace | None = tracer.request(
+            info.method, info.target, info.headers, conn.scheme, conn.peer, request.client_ip
+        )
+        self.plain_head: bytes | None = None  # the head without trace lines; each try gets its own
+
+    def _connect(self, route: RouteResult, now: float, *, fresh: bool) -> None:
+        trace = self.trace
+        if trace is not None and not fresh:  # a new try (a fresh connection goes on with the same try)
+            trace.attempt_begun(route.backend_id, route.host, route.port, self.retries)
+        super()._connect(route, now, fresh=fresh)
+
+    def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
+        trace = self.trace
+        if trace is not None:
+            head = self.plain_head
+            if head is None:
+                conn = self.conn
+                head = self.plain_head = backend_head(
+                    self.ctx,
+                    self.info,
+                    conn.peer,
+                    conn.forwarded_lines(),
+                    self.request_id_line(),
+                    conn.scheme,
+                    conn.client_cert,
+                )
+            self.backend_head = traced_head(head, trace.head_lines())
+        super()._send_request(up, route)
+
+    def _end_attempt(self, failure: Failure | None) -> Failure | None:
+        result = super()._end_attempt(failure)
+        trace = self.trace
+        if trace is not None and (failure is None or not failure.stale):
+            if failure is None:
+                trace.attempt_ended(self.status, None)
+            else:
+                trace.attempt_ended(None, failure.message)
+        return result
+
+    def _finish(self, now: float | None = None) -> None:
+        trace = self.trace
+        if trace is not None and self.phase is not Phase.DONE:  # ended before the next pipelined request starts
+            self.trace = None
+            rule = self.rule
+            trace.end(self.status or 499, self.pool.name, None if rule is None else rule.name, self.attempts)
+        super()._finish(now)
