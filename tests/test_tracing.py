@@ -14,15 +14,25 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, StatusCode
 
+from load_balancing_module import (
+    BackendConfig,
+    HealthCheckConfig,
+    LoadBalancingModule,
+    LoadBalancingModuleConfig,
+    Request,
+    RouteResult,
+)
 from load_balancing_module.server.config import ServerConfig
 from load_balancing_module.server.outbound import traced_head
 from load_balancing_module.server.tracing import ProxyTracer
+from load_balancing_module.tracing import OpenTelemetryTracer
 from proxy_helpers import AioBackend, get, start_proxy
 from servers import closed_port
 
@@ -215,3 +225,81 @@ def test_a_proxy_without_tracing_loads_no_opentelemetry_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "clean", done.stderr
+
+
+# -- the library: call() and the httpx transport ---------------------------------------------------
+
+
+async def library_module(spans: Spans, ports: list[int]) -> LoadBalancingModule:
+    config = LoadBalancingModuleConfig(
+        algorithm="round_robin",
+        health_check=HealthCheckConfig(enabled=False),
+        retry_backoff_base=0.001,
+        retry_backoff_max=0.002,
+    )
+    lb = LoadBalancingModule(config, tracer=OpenTelemetryTracer(spans.provider))
+    for port in ports:
+        await lb.add_backend(BackendConfig(host="127.0.0.1", port=port))
+    return lb
+
+
+async def test_each_try_of_call_is_a_span_under_the_callers(spans: Spans) -> None:
+    lb = await library_module(spans, [1001, 1002])
+    seen: list[Any] = []
+
+    async def fn(route: RouteResult) -> str:
+        seen.append(trace.get_current_span().get_span_context())  # the try's span is current
+        if route.port == 1001:
+            raise ConnectionError("refused")
+        return "ok"
+
+    caller = trace.get_tracer("test", tracer_provider=spans.provider)
+    with caller.start_as_current_span("caller") as parent:
+        assert await lb.call(Request(), fn) == "ok"
+    failed, succeeded = spans.of(SpanKind.CLIENT)
+    for span, port, retry in ((failed, 1001, 0), (succeeded, 1002, 1)):
+        assert span.attributes is not None and span.attributes["server.port"] == port
+        assert span.attributes["omnixan.retry"] == retry
+        assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
+    assert [context.span_id for context in seen] == [failed.context.span_id, succeeded.context.span_id]
+    assert failed.status.status_code is StatusCode.ERROR and failed.events[0].name == "exception"
+    assert succeeded.attributes is not None and succeeded.attributes["omnixan.attempt.outcome"] == "returned"
+    assert trace.get_current_span() is trace.INVALID_SPAN  # every try's context was left
+
+
+async def test_the_httpx_transport_sends_each_try_its_traceparent(spans: Spans) -> None:
+    httpx = pytest.importorskip("httpx")
+    from integration_helpers import URL, http_servers
+    from load_balancing_module.integrations.httpx import LoadBalancedTransport
+
+    async with http_servers(1) as servers:
+        lb = await library_module(spans, [servers[0].port])
+        async with httpx.AsyncClient(transport=LoadBalancedTransport(lb)) as http:
+            assert (await http.get(f"{URL}/")).text == "b0"
+    (attempt,) = spans.of(SpanKind.CLIENT)
+    assert attempt.attributes is not None and attempt.attributes["http.response.status_code"] == 200
+    ((_, _, headers),) = servers[0].heads
+    received = {name.lower(): value for name, value in headers.items()}
+    trace_id, span_id = span_ids(attempt)
+    assert sampled(received["traceparent"]) == f"00-{trace_id}-{span_id}"
+
+
+def test_a_module_without_a_tracer_loads_no_opentelemetry_module() -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from load_balancing_module import BackendConfig, LoadBalancingModule, Request
+
+        async def main():
+            lb = LoadBalancingModule()
+            await lb.add_backend(BackendConfig(host="127.0.0.1", port=1))
+            async def fn(route):
+                return route.port
+            assert await lb.call(Request(), fn) == 1
+
+        asyncio.run(main())
+        print(sorted(name for name in sys.modules if name.startswith("opentelemetry")))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
