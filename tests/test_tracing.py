@@ -303,3 +303,36 @@ def test_a_module_without_a_tracer_loads_no_opentelemetry_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_tracing_without_the_extra_names_it() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name == "opentelemetry" or name.startswith("opentelemetry."):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, Refuse())
+        from load_balancing_module.server.config import ServerConfig
+        from load_balancing_module.server.proxy import ProxyServer
+        from load_balancing_module import LoadBalancingModule
+
+        for load in (
+            lambda: ProxyServer(LoadBalancingModule(), ServerConfig(tracing={})),
+            lambda: __import__("load_balancing_module.tracing"),
+        ):
+            try:
+                load()
+            except ModuleNotFoundError as exc:
+                print(exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "tracing: in the config needs opentelemetry: pip install 'omnixan-lb[otel]'",
+        "load_balancing_module.tracing needs opentelemetry: pip install 'omnixan-lb[otel]'",
+    ]

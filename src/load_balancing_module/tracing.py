@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 
-from opentelemetry import context, trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from ._extras import require
 
-from .models import RouteResult
+require("load_balancing_module.tracing", "otel", "opentelemetry")  # named, rather than a bare No module named ...
+
+from opentelemetry import context, trace  # noqa: E402 - after the check above
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: E402
+
+from .models import RouteResult  # noqa: E402
 
 __all__ = ["OpenTelemetryTracer"]
 

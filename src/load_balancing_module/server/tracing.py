@@ -13,14 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from .._extras import require
 
-from .headers import Header
+for _module in ("opentelemetry", "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"):
+    require("tracing: in the config", "otel", _module)  # named, rather than a bare No module named ...
+
+from opentelemetry import trace  # noqa: E402 - after the check above
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: E402
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: E402
+
+from .headers import Header  # noqa: E402
 
 INSTRUMENTATION = "load_balancing_module.server"
 _PROPAGATOR = TraceContextTextMapPropagator()
