@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -168,6 +169,32 @@ async def test_the_server_span_of_a_backend_5xx_is_an_error(spans: Spans) -> Non
     (attempt,) = spans.of(SpanKind.CLIENT)
     assert server.status.status_code is StatusCode.ERROR
     assert attempt.attributes is not None and attempt.attributes["omnixan.attempt.outcome"] == "error_status"
+
+
+async def test_a_try_the_client_left_is_abandoned_not_failed(spans: Spans) -> None:
+    from aiohttp import web
+
+    arrived = asyncio.Event()
+
+    async def stalls(request: web.Request) -> web.Response:
+        arrived.set()
+        await asyncio.sleep(10)
+        return web.Response()
+
+    async with AioBackend("slow", stalls) as backend, start_proxy([backend.port], tracer=spans.tracer) as proxy:
+        client = proxy.client()
+        await client.send(get())
+        await asyncio.wait_for(arrived.wait(), 5)
+        await client.close()
+        for _ in range(200):  # until the proxy has seen the client go (a few ms)
+            if spans.of(SpanKind.SERVER):
+                break
+            await asyncio.sleep(0.01)
+    (server,) = spans.of(SpanKind.SERVER)
+    (attempt,) = spans.of(SpanKind.CLIENT)
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 499
+    assert attempt.attributes is not None and attempt.attributes["omnixan.attempt.outcome"] == "abandoned"
+    assert attempt.status.status_code is StatusCode.UNSET  # the backend did nothing wrong
 
 
 @pytest.mark.parametrize("incoming", [None, f"00-{PARENT_TRACE}-{PARENT_SPAN}-00"])

@@ -680,6 +680,8 @@ class TracedExchange(Exchange):
         if trace is not None and (failure is None or not failure.stale):
             if failure is None:
                 trace.attempt_ended(self.status, None)
+            elif failure is CLIENT_GONE:
+                trace.attempt_abandoned(failure.message)
             else:
                 trace.attempt_ended(None, failure.message)
         return result

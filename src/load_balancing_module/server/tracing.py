@@ -94,7 +94,7 @@ class RequestTrace:
 
     def attempt_begun(self, backend_id: str, host: str, port: int, resend_count: int) -> None:
         """A try on a backend starts (``resend_count``: the retries before it)."""
-        self.attempt_ended(None, "superseded")  # never left open: a try starts only after the last ended
+        self.attempt_abandoned("another try began")  # never left open: a try starts only after the last ended
         attributes: dict[str, str | int] = {
             "http.request.method": self._method,
             "server.address": host,
@@ -133,9 +133,19 @@ class RequestTrace:
             span.set_attribute("omnixan.attempt.outcome", "success")
         span.end()
 
+    def attempt_abandoned(self, why: str) -> None:
+        """The try was given up for no fault of the backend's (the client went away): no error."""
+        span = self.attempt
+        if span is None:
+            return
+        self.attempt = None
+        span.set_attribute("omnixan.attempt.outcome", "abandoned")
+        span.add_event("abandoned", {"reason": why})
+        span.end()
+
     def end(self, status: int, pool: str, route: str | None, attempts: int) -> None:
         """The request ends with ``status`` (499: the client went away) from ``pool`` (by ``route``)."""
-        self.attempt_ended(None, "the request ended during the try")
+        self.attempt_abandoned("the request ended during the try")
         span = self.span
         span.set_attribute("http.response.status_code", status)
         span.set_attribute("omnixan.pool", pool)
