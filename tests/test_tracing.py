@@ -214,6 +214,30 @@ async def test_a_request_not_sampled_makes_no_span_and_keeps_its_head(incoming: 
     assert traceparent_of(answer) == incoming
 
 
+async def test_the_configured_tracer_sends_its_spans_by_otlp_when_the_proxy_stops() -> None:
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    exported: list[bytes] = []
+
+    async def collector(request: web.Request) -> web.Response:
+        exported.append(await request.read())
+        return web.Response()
+
+    async with AioBackend("collector", collector) as otlp, AioBackend("a") as backend:
+        tracing = {"otlp_endpoint": f"http://127.0.0.1:{otlp.port}/v1/traces", "service_name": "edge-test"}
+        async with start_proxy([backend.port], tracing=tracing) as proxy, proxy.client() as client:
+            assert (await client.request(get())).status == 200
+        # proxy.close() has flushed the batch
+    assert otlp.requests == [("POST", "/v1/traces")]
+    sent = ExportTraceServiceRequest.FromString(exported[0])
+    (resource_spans,) = sent.resource_spans
+    service = [a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"]
+    assert service == ["edge-test"]
+    kinds = sorted(span.kind for scope in resource_spans.scope_spans for span in scope.spans)
+    assert kinds == [2, 3]  # SPAN_KIND_SERVER, SPAN_KIND_CLIENT
+
+
 def test_traced_head_replaces_the_client_trace_lines() -> None:
     head = b"GET /trace HTTP/1.1\r\nHost: t\r\nTraceParent: x\r\ntracestate : y\r\nX-Trace: z\r\n\r\n"
     lines = b"traceparent: 00-a-b-01\r\n"
