@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -624,7 +625,9 @@ class Exchange(Relay):
 class TracedExchange(Exchange):
     """An exchange of a proxy with ``tracing:`` (``ctx.tracer``): the same phases, with a server span
     for the request and a client span per try, whose context goes to the backend as ``traceparent``.
-    A separate class, so that an exchange without tracing checks nothing for it."""
+    A separate class, so that an exchange without tracing checks nothing for it. It overrides as
+    few methods as it can (``_settle`` is overridden already): mypyc calls an overridden method
+    through the class's vtable, one that is not directly."""
 
     __slots__ = ("trace", "plain_head")
 
@@ -650,15 +653,11 @@ class TracedExchange(Exchange):
         )
         self.plain_head: bytes | None = None  # the head without trace lines; each try gets its own
 
-    def _connect(self, route: RouteResult, now: float, *, fresh: bool) -> None:
-        trace = self.trace
-        if trace is not None and not fresh:  # a new try (a fresh connection goes on with the same try)
-            trace.attempt_begun(route.backend_id, route.host, route.port, self.retries)
-        super()._connect(route, now, fresh=fresh)
-
     def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
         trace = self.trace
         if trace is not None:
+            if trace.attempt is None:  # a new try (the same try on a fresh connection keeps its span)
+                self._begin_attempt(trace, route)
             head = self.plain_head
             if head is None:
                 conn = self.conn
@@ -674,17 +673,24 @@ class TracedExchange(Exchange):
             self.backend_head = traced_head(head, trace.head_lines())
         super()._send_request(up, route)
 
-    def _end_attempt(self, failure: Failure | None) -> Failure | None:
-        result = super()._end_attempt(failure)
+    def _settle(self, outcome: Failure | None, now: float | None = None) -> None:
         trace = self.trace
-        if trace is not None and (failure is None or not failure.stale):
-            if failure is None:
+        if trace is not None and self.phase is Phase.SETTLING and (outcome is None or not outcome.stale):
+            if outcome is None:
                 trace.attempt_ended(self.status, None)
-            elif failure is CLIENT_GONE:
-                trace.attempt_abandoned(failure.message)
+            elif outcome is CLIENT_GONE:
+                trace.attempt_abandoned(outcome.message)
             else:
-                trace.attempt_ended(None, failure.message)
-        return result
+                route = self.route
+                if trace.attempt is None and route is not None:  # it failed before its request went (a connect)
+                    self._begin_attempt(trace, route)
+                trace.attempt_ended(None, outcome.message)
+        super()._settle(outcome, now)
+
+    def _begin_attempt(self, trace: RequestTrace, route: RouteResult) -> None:
+        """The try's span, begun when the try did (``attempt_hr``, on the module's clock)."""
+        started_ns = time.time_ns() - int((self.lb.clock.monotonic() - self.attempt_hr) * 1e9)
+        trace.attempt_begun(route.backend_id, route.host, route.port, self.retries, started_ns)
 
     def _finish(self, now: float | None = None) -> None:
         trace = self.trace

@@ -92,8 +92,8 @@ class RequestTrace:
         self._method = method
         self.attempt: trace.Span | None = None
 
-    def attempt_begun(self, backend_id: str, host: str, port: int, resend_count: int) -> None:
-        """A try on a backend starts (``resend_count``: the retries before it)."""
+    def attempt_begun(self, backend_id: str, host: str, port: int, resend_count: int, start_ns: int) -> None:
+        """A try on a backend began at ``start_ns`` (``resend_count``: the retries before it)."""
         self.attempt_abandoned("another try began")  # never left open: a try starts only after the last ended
         attributes: dict[str, str | int] = {
             "http.request.method": self._method,
@@ -105,7 +105,7 @@ class RequestTrace:
             attributes["http.request.resend_count"] = resend_count
         context = trace.set_span_in_context(self.span)
         self.attempt = self._tracer.start_span(
-            self._method, context=context, kind=trace.SpanKind.CLIENT, attributes=attributes
+            self._method, context=context, kind=trace.SpanKind.CLIENT, attributes=attributes, start_time=start_ns
         )
 
     def head_lines(self) -> bytes:
