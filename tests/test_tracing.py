@@ -153,6 +153,20 @@ async def test_an_incoming_traceparent_is_continued_and_replaced_upstream(spans:
     assert [value for name, value in answer["headers"] if name.lower() == "tracestate"] == ["vendor=1"]
 
 
+async def test_a_malformed_traceparent_starts_a_new_trace_and_is_not_forwarded(spans: Spans) -> None:
+    async with (
+        AioBackend("a") as backend,
+        start_proxy([backend.port], tracer=spans.tracer) as proxy,
+        proxy.client() as client,
+    ):
+        answer = (await client.request(get("/", "traceparent: 00-zz-not-a-trace"))).json()
+    (server,) = spans.of(SpanKind.SERVER)
+    (attempt,) = spans.of(SpanKind.CLIENT)
+    assert server.parent is None
+    trace_id, span_id = span_ids(attempt)
+    assert sampled(traceparent_of(answer)) == f"00-{trace_id}-{span_id}"
+
+
 async def test_the_server_span_of_a_backend_5xx_is_an_error(spans: Spans) -> None:
     from aiohttp import web
 
