@@ -90,10 +90,11 @@ async def start_proxy(
     *,
     config: ServerConfig | None = None,
     clock: Clock | None = None,
+    tracer: Any = None,
     **fields: Any,
 ) -> AsyncIterator[ProxyHarness]:
     """A module and a proxy in front of ``backends`` (ports on 127.0.0.1, or backend configs);
-    ``clock``: the modules' (SystemClock if None)."""
+    ``clock``: the modules' (SystemClock if None); ``tracer``: the proxy's ``ProxyTracer``."""
     global _harness_seq
     _harness_seq += 1
     config = config or server_config(**fields)
@@ -104,7 +105,7 @@ async def start_proxy(
     logger.addHandler(records)
     pools = PoolModules(config, lambda name, module_config: LoadBalancingModule(module_config, clock=clock))
     lb = pools.default
-    proxy = ProxyServer(lb, config, access_log=logger, pools=pools.modules)
+    proxy = ProxyServer(lb, config, access_log=logger, pools=pools.modules, tracer=tracer)
     await pools.start(config, backends=False)
     harness = ProxyHarness(lb, proxy, records, pools)
     try:

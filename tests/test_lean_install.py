@@ -73,7 +73,8 @@ def test_the_extras_bring_the_rest() -> None:
     assert names(extras["httpx"]) == {"httpx"}
     assert names(extras["aiohttp"]) == {"aiohttp"}
     assert names(extras["dns"]) == {"dnspython"}
-    assert extras["all"] == ["omnixan-lb[server,redis,metrics,httpx,aiohttp,dns]"]
+    assert names(extras["otel"]) == {"opentelemetry-api", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http"}
+    assert extras["all"] == ["omnixan-lb[server,redis,metrics,httpx,aiohttp,dns,otel]"]
     # make test, make demo and .ci/run install [dev]: everything, as before the split.
     assert "omnixan-lb[all]" in extras["test"] and "omnixan-lb[all,test]" in extras["dev"]
 

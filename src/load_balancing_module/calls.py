@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
@@ -52,6 +52,27 @@ class Balancer(Protocol):
     def end_retry(self) -> None: ...
 
 
+class CallTracer(Protocol):
+    """Spans of the tries of ``call()`` (``load_balancing_module.tracing.OpenTelemetryTracer``): a
+    try's span is the current one while its function runs, so what it sends can carry it."""
+
+    def try_begun(self, result: RouteResult, retry: int) -> object:
+        """A try on ``result``'s backend starts (``retry``: the retries before it); its span."""
+        ...
+
+    def try_ended(self, span: object, error: BaseException | None) -> None:
+        """The try of ``span`` returned (``error`` None) or raised ``error``."""
+        ...
+
+    def inject(self, headers: MutableMapping[str, str]) -> None:
+        """Put the current try's context in ``headers`` (W3C ``traceparent``, ``tracestate``)."""
+        ...
+
+    def note_status(self, status: int) -> None:
+        """The current try's backend answered HTTP ``status``."""
+        ...
+
+
 class CallPolicy:
     """The predicates and facts one call is judged by (see :mod:`.outcome`)."""
 
@@ -77,14 +98,23 @@ class Held(Generic[T]):
 
 
 class Calls:
-    __slots__ = ("lb", "route", "clock", "timeout", "max_retries")
+    __slots__ = ("lb", "route", "clock", "timeout", "max_retries", "tracer")
 
-    def __init__(self, lb: Balancer, route: Route, clock: Clock, timeout: float, max_retries: int) -> None:
+    def __init__(
+        self,
+        lb: Balancer,
+        route: Route,
+        clock: Clock,
+        timeout: float,
+        max_retries: int,
+        tracer: CallTracer | None = None,
+    ) -> None:
         self.lb = lb
         self.route = route
         self.clock = clock
         self.timeout = timeout  # each try's: the config's request_timeout
         self.max_retries = max_retries
+        self.tracer = tracer  # None: no spans, nothing else done
 
     async def run(
         self,
@@ -121,15 +151,24 @@ class Calls:
                         await discard(kept.value)
                     kept = None
                 tried.append(result.backend)
+                tracer = self.tracer
+                span = None if tracer is None else tracer.try_begun(result, retry)
                 try:
                     value = await self.clock.wait_for(fn(result), self.timeout)
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as exc:
+                    if tracer is not None:
+                        tracer.try_ended(span, exc)
                     lb.abandon_request(result)
                     raise
                 except Exception as exc:
-                    last = self._judge(result, policy, error=self._attempt_error(result, exc))
+                    failed = self._attempt_error(result, exc)
+                    if tracer is not None:  # ended first: the judges below are the caller's code
+                        tracer.try_ended(span, failed)
+                    last = self._judge(result, policy, error=failed)
                     again = self._retries(last, policy, retry, len(tried))
                 else:
+                    if tracer is not None:
+                        tracer.try_ended(span, None)
                     last = self._judge(result, policy, value=value)
                     again = self._retries(last, policy, retry, len(tried))
                     if not again:

@@ -22,7 +22,7 @@ from ._log import log_event
 from .algorithms import AlgorithmFactory
 from .backend import Backend
 from .breaker import CircuitBreaker
-from .calls import Acquired, CallPolicy, Calls, Held
+from .calls import Acquired, CallPolicy, Calls, CallTracer, Held
 from .clock import Clock, SystemClock
 from .config import BackendConfig, LoadBalancingAlgorithm, LoadBalancingModuleConfig, Request
 from .discovery import Provider, Target, Watch
@@ -76,6 +76,7 @@ class LoadBalancingModule:
         probe_tls: ProbeTLS | None = None,
         is_failure: IsFailure | None = None,
         retry_on: RetryOn | None = None,
+        tracer: CallTracer | None = None,
     ) -> None:
         self.config = config if config is not None else LoadBalancingModuleConfig()
         # Read on every request: copied out of the (pydantic) config once.
@@ -113,7 +114,9 @@ class LoadBalancingModule:
         )
         self._drains = Drains(self.router, self.clock, self.remove_backend)
         self._operations = Operations(self)
-        self._calls = Calls(self, self._route, self.clock, self.config.request_timeout, self.config.max_retries)
+        # Spans of call()'s tries and of the integrations' requests (load_balancing_module.tracing).
+        self.tracer = tracer
+        self._calls = Calls(self, self._route, self.clock, self.config.request_timeout, self.config.max_retries, tracer)
         # call(), acquire() and the integrations judge tries by these unless a call says otherwise.
         self.is_failure: IsFailure = failure_predicate(is_failure)
         # acquire(): a raising block fails the backend, unless the module was given its own judge.

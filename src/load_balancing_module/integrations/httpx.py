@@ -13,6 +13,9 @@ HEAD, OPTIONS, TRACE, PUT and DELETE are idempotent (RFC 9110) and retried withi
 budget; other methods only when no connection was made. A body that cannot be read twice (an
 async iterator, not bytes) is never sent again once its first try began to read it.
 
+With ``LoadBalancingModule(..., tracer=OpenTelemetryTracer())`` (:mod:`load_balancing_module.tracing`),
+each try is a span whose context goes to the backend as ``traceparent``, with the status it answered.
+
 The response comes back with its body unread; the backend's slot is held until the body is
 closed (httpx closes it after reading it, or ``await response.aclose()``, or the end of
 ``client.stream(...)``). A read error while the body streams completes the try as
@@ -90,7 +93,14 @@ class LoadBalancedTransport(httpx.AsyncBaseTransport):
         async def send(route: RouteResult) -> httpx.Response:
             nonlocal tries
             tries += 1
-            return await self.transport.handle_async_request(to_backend(request, route, body))
+            outgoing = to_backend(request, route, body)
+            tracer = self.lb.tracer
+            if tracer is None:
+                return await self.transport.handle_async_request(outgoing)
+            tracer.inject(outgoing.headers)  # the try's span is current: the backend's parent
+            response = await self.transport.handle_async_request(outgoing)
+            tracer.note_status(response.status_code)
+            return response
 
         try:
             held = await self.lb.call_held(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, cast
 from .._log import log_event
 from ..config import Request
 from ..enums import WorkloadType
-from .exchange import Exchange
+from .exchange import Exchange, TracedExchange
 from .flow import BY_PIPELINE, FlowControl
 from .http import HttpError, RequestInfo
 from .logformat import Entry
@@ -317,7 +317,9 @@ class ClientConnection(ClientSide):
             request = self._request = _new_request(client_ip, info.workload, session)  # validated above
             # Its fields, as plain attributes: a pydantic model's are slower to read.
             self._request_ip, self._request_workload, self._request_session = client_ip, info.workload, session
-        return Exchange(self, ctx, pool, rule, info, request, info.request_id, seq, prefer, cookie, now)
+        if ctx.tracer is None:  # the one check tracing costs a request when it is off
+            return Exchange(self, ctx, pool, rule, info, request, info.request_id, seq, prefer, cookie, now)
+        return TracedExchange(self, ctx, pool, rule, info, request, info.request_id, seq, prefer, cookie, now)
 
     def refuse(self, error: HttpError) -> None:
         """Answer ``error`` after the requests already queued, then close."""

@@ -339,6 +339,32 @@ class StateConfig(StrictModel):
         return self.url != "memory"
 
 
+class TracingConfig(StrictModel):
+    """OpenTelemetry spans of every request (docs/tracing.md); needs omnixan-lb[otel]."""
+
+    otlp_endpoint: str = Field(
+        default="http://localhost:4318/v1/traces",
+        description="where spans go: an OTLP/HTTP traces URL (http:// or https://, usually port 4318, /v1/traces)",
+    )
+    service_name: str = Field(
+        default="omnixan-lb", min_length=1, max_length=256, description="the service.name of the spans' resource"
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="the share of requests traced that bring no traceparent; with one, its sampled flag decides",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest:
+            raise ValueError(f"otlp_endpoint {value!r} is not an http:// or https:// URL")
+        return value
+
+
 MAX_WORKERS = 256
 
 
@@ -428,6 +454,13 @@ class ServerConfig(LoadBalancingModuleConfig):
         default_factory=lambda: list(DEFAULT_FAILURE_STATUSES),
         max_length=MAX_STATUSES,
         description=FAILURE_STATUSES_DESCRIPTION + "; default 5xx",
+    )
+    tracing: TracingConfig | None = Field(
+        default=None,
+        description=(
+            "OpenTelemetry spans of every request and try, sent by OTLP/HTTP (docs/tracing.md; omnixan-lb[otel]);"
+            " absent: off, and no OpenTelemetry module is loaded; read at start only"
+        ),
     )
 
     @field_validator("listen")

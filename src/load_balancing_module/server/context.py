@@ -33,6 +33,7 @@ from .upstream_tls import UpstreamTLSError
 
 if TYPE_CHECKING:
     from ..module import LoadBalancingModule
+    from .tracing import ProxyTracer
 
 # After an answer that closes the connection while the client may still be sending (an error, an
 # early answer before its body), read and drop what it sends, so that a close with unread input
@@ -107,8 +108,10 @@ class ProxyContext:
         config: ServerConfig,
         access_logger: logging.Logger,
         pools: Mapping[str, LoadBalancingModule] | None = None,
+        tracer: ProxyTracer | None = None,
     ) -> None:
         self.lb = lb  # the default pool's module
+        self.tracer = tracer  # tracing: on, exchanges are TracedExchange (client.py); off, nothing checks more
         self.pool = UpstreamPool()  # the default pool's connections; the write batch every connection shares
         self.default_pool = Pool(DEFAULT_POOL, lb, self.pool)
         self.pools: dict[str, Pool] = {DEFAULT_POOL: self.default_pool}

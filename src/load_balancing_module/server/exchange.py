@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,7 +35,7 @@ from .filters import Answer, FilterError, FilterRequest, filter_request
 from .flow import BY_BACKLOG
 from .http import HttpError, RequestInfo
 from .logformat import Entry
-from .outbound import backend_head, for_route
+from .outbound import backend_head, for_route, traced_head
 from .phase import ON_UPSTREAM, Phase
 from .relay import ClientSide, Relay
 from .routing import redirect_answer
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .accesslog import AccessLog
     from .context import Pool, ProxyContext
     from .routing import Route
+    from .tracing import RequestTrace
 
 RETAIN_LIMIT: Final = 64 * 1024  # request body bytes kept to allow a retry
 BACKLOG_LIMIT: Final = 64 * 1024  # request body bytes buffered while no upstream connection takes them
@@ -649,3 +651,82 @@ class Exchange(Relay):
         entry.route = None if self.rule is None else self.rule.name
         entry.pool = self.pool.name
         access.emit(entry)
+
+
+class TracedExchange(Exchange):
+    """An exchange of a proxy with ``tracing:`` (``ctx.tracer``): the same phases, with a server span
+    for the request and a client span per try, whose context goes to the backend as ``traceparent``.
+    A separate class, so that an exchange without tracing checks nothing for it. It overrides as
+    few methods as it can (``_settle`` is overridden already): mypyc calls an overridden method
+    through the class's vtable, one that is not directly."""
+
+    __slots__ = ("trace", "plain_head")
+
+    def __init__(
+        self,
+        conn: ClientSide,
+        ctx: ProxyContext,
+        pool: Pool,
+        rule: Route | None,
+        info: RequestInfo,
+        request: Request,
+        request_id: str | None,
+        rid_seq: int,
+        prefer: str | None,
+        cookie: bool,
+        now: float,
+    ) -> None:
+        super().__init__(conn, ctx, pool, rule, info, request, request_id, rid_seq, prefer, cookie, now)
+        tracer = ctx.tracer
+        assert tracer is not None
+        self.trace: RequestTrace | None = tracer.request(
+            info.method, info.target, info.headers, conn.scheme, conn.peer, request.client_ip
+        )
+        self.plain_head: bytes | None = None  # the head without trace lines; each try gets its own
+
+    def _send_request(self, up: UpstreamConnection, route: RouteResult) -> None:
+        trace = self.trace
+        if trace is not None:
+            if trace.attempt is None:  # a new try (the same try on a fresh connection keeps its span)
+                self._begin_attempt(trace, route)
+            head = self.plain_head
+            if head is None:
+                conn = self.conn
+                head = self.plain_head = backend_head(
+                    self.ctx,
+                    self.info,
+                    conn.peer,
+                    conn.forwarded_lines(),
+                    self.request_id_line(),
+                    conn.scheme,
+                    conn.client_cert,
+                )
+            self.backend_head = traced_head(head, trace.head_lines())
+        super()._send_request(up, route)
+
+    def _settle(self, outcome: Failure | None, now: float | None = None) -> None:
+        trace = self.trace
+        if trace is not None and self.phase is Phase.SETTLING and (outcome is None or not outcome.stale):
+            if outcome is None:
+                trace.attempt_ended(self.status, None)
+            elif outcome is CLIENT_GONE:
+                trace.attempt_abandoned(outcome.message)
+            else:
+                route = self.route
+                if trace.attempt is None and route is not None:  # it failed before its request went (a connect)
+                    self._begin_attempt(trace, route)
+                trace.attempt_ended(None, outcome.message)
+        super()._settle(outcome, now)
+
+    def _begin_attempt(self, trace: RequestTrace, route: RouteResult) -> None:
+        """The try's span, begun when the try did (``attempt_hr``, on the module's clock)."""
+        started_ns = time.time_ns() - int((self.lb.clock.monotonic() - self.attempt_hr) * 1e9)
+        trace.attempt_begun(route.backend_id, route.host, route.port, self.retries, started_ns)
+
+    def _finish(self, now: float | None = None) -> None:
+        trace = self.trace
+        if trace is not None and self.phase is not Phase.DONE:  # ended before the next pipelined request starts
+            self.trace = None
+            rule = self.rule
+            trace.end(self.status or 499, self.pool.name, None if rule is None else rule.name, self.attempts)
+        super()._finish(now)

@@ -7,7 +7,7 @@ allocates nothing more for them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .http import RequestInfo, request_framing, request_head
 
@@ -63,3 +63,15 @@ def for_route(head: bytes, info: RequestInfo, route: RouteResult) -> bytes:
         return head
     host = f"[{route.host}]" if ":" in route.host else route.host
     return head.replace(b"\r\n", b"\r\nHost: %s:%d\r\n" % (host.encode(), route.port), 1)
+
+
+_TRACE_HEADERS: Final = (b"traceparent", b"tracestate")
+
+
+def traced_head(head: bytes, lines: bytes) -> bytes:
+    """``head`` (ending with its empty line) without the client's trace context lines, and with
+    ``lines`` (the proxy's, for one try) in their place. Only a traced request comes here."""
+    if b"trace" in head.lower():
+        kept = [line for line in head.split(b"\r\n") if line.partition(b":")[0].strip().lower() not in _TRACE_HEADERS]
+        head = b"\r\n".join(kept)
+    return head[:-2] + lines + b"\r\n"

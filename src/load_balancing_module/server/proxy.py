@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ..module import LoadBalancingModule
     from .context import Connection
     from .routing import RouteTable
+    from .tracing import ProxyTracer
     from .upstream import UpstreamPool
 
 access_logger = logging.getLogger("load_balancing_module.access")
@@ -164,6 +165,15 @@ class Endpoint:
         self.preambles.clear()
 
 
+def _tracer_of(config: ServerConfig) -> ProxyTracer:
+    """The tracer of ``config.tracing``: OpenTelemetry is imported here, and only when it is set."""
+    from .tracing import proxy_tracer
+
+    settings = config.tracing
+    assert settings is not None
+    return proxy_tracer(settings.otlp_endpoint, settings.service_name, settings.sample_ratio)
+
+
 class ProxyServer:
     """The HTTP/1.1 reverse proxy on the config's listeners, routing through ``lb``."""
 
@@ -174,11 +184,14 @@ class ProxyServer:
         *,
         access_log: logging.Logger | None = None,
         pools: Mapping[str, LoadBalancingModule] | None = None,
+        tracer: ProxyTracer | None = None,
     ) -> None:
         """``lb``: the default pool's module; ``pools``: every pool's module by name (``default``
-        included), when the config names pools."""
+        included), when the config names pools; ``tracer``: spans of every request (tracing.py)."""
         self.lb = lb
-        self.ctx = ProxyContext(lb, config, access_log or access_logger, pools)
+        if tracer is None and config.tracing is not None:
+            tracer = _tracer_of(config)
+        self.ctx = ProxyContext(lb, config, access_log or access_logger, pools, tracer)
         self.port = 0  # the first listener's
         self.endpoints: list[Endpoint] = []
         self.accepting: set[asyncio.Task[object]] = set()  # accepted sockets being wrapped in transports
@@ -353,3 +366,6 @@ class ProxyServer:
             pool.upstream.close()
         for task in list(self.accepting):
             task.cancel()
+        tracer = self.ctx.tracer
+        if tracer is not None:  # the spans still batched go out (a tracer made from the config only)
+            await asyncio.to_thread(tracer.shutdown)

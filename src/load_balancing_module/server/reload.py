@@ -34,6 +34,7 @@ RESTART_ONLY = (
     "state",
     "session_ttl",
     "workers",
+    "tracing",  # its tracer provider is made once, at start
 )
 
 
