@@ -1,6 +1,6 @@
 """Real Redis Sentinel and Cluster deployments for the failover tests, on free ports in temp dirs.
 
-Each group starts its processes with ``redis-server`` (``--sentinel`` for the Sentinels: Debian's
+Each group's ``up()`` starts its processes with ``redis-server`` (``--sentinel`` for the Sentinels: Debian's
 ``redis-sentinel`` is the same binary), waits until the deployment is ready, and stops every
 process it started, by PID, whatever happened.
 """
@@ -105,6 +105,11 @@ class SentinelGroup(Processes):
         super().__init__(tmp)
         self.master, self.replica = free_port(), free_port()
         self.sentinels = [free_port() for _ in range(3)]
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+
+    def up(self) -> None:
+        """Start the processes and wait until the Sentinels are ready (``close()`` stops them, even if this fails)."""
+        down_after_ms, failover_timeout_ms = self.down_after_ms, self.failover_timeout_ms
         self.start(self.master, *DATA, "--repl-diskless-sync-delay", "0")
         wait_until("the primary", lambda: bool(client(self.master).ping()))
         self.start(self.replica, *DATA, "--replicaof", "127.0.0.1", str(self.master))
@@ -150,6 +155,9 @@ class ClusterGroup(Processes):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
         self.ports = [free_port(also_free=10000) for _ in range(3)]
+
+    def up(self) -> None:
+        """Start the nodes and make the Cluster (``close()`` stops them, even if this fails)."""
         for port in self.ports:
             self.start_node(port)
         for port in self.ports:

@@ -43,7 +43,7 @@ STEADY = 5  # requests in a row answered by Redis: recovered
 
 @dataclass
 class Outage:
-    served: int = 0  # requests served while the store was down or in doubt (kill to recovery)
+    served: int = 0  # requests served from the kill to the recovery
     fail_open: int = 0  # of those, requests answered (at least in part) by the failure policy
     failed: int = 0  # requests that raised (must stay 0)
     seconds: float = 0.0  # from the kill to the first of STEADY requests in a row answered by Redis
@@ -93,7 +93,7 @@ async def through_outage(lb: LoadBalancingModule, store: RedisStore, kill: Calla
         outage.served += 1
         outage.fail_open += fell_back
         await asyncio.sleep(LOAD_INTERVAL)
-    outage.served -= STEADY - 1  # the steady run after recovery is not the outage's
+    outage.served -= STEADY  # the steady run after recovery is not the outage's
     return outage
 
 
@@ -117,6 +117,7 @@ LOAD_LIMIT = RateLimitConfig(enabled=True, requests_per_second=10_000, burst_siz
 def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
     group = SentinelGroup(tmp_path)
     try:
+        group.up()
         yield group
     finally:
         group.close()
@@ -126,6 +127,7 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
 def cluster(tmp_path: Path) -> Iterator[ClusterGroup]:
     group = ClusterGroup(tmp_path)
     try:
+        group.up()
         yield group
     finally:
         group.close()
