@@ -119,9 +119,8 @@ def connect(url: str, options: dict[str, Any]) -> Redis | RedisCluster:
 def describe(client: Any) -> str:
     """A URL for logs naming where ``client`` (one the caller made) connects."""
     pool = getattr(client, "connection_pool", None)
-    if pool is None:  # a RedisCluster
-        nodes = ",".join(f"{node.host}:{node.port}" for node in client.get_nodes())
-        return f"{CLUSTER}://{nodes}"
+    if pool is None:  # a RedisCluster: the nodes it was given (it learns the others on its first call)
+        return f"{CLUSTER}://{','.join(client.nodes_manager.startup_nodes)}"
     service = getattr(pool, "service_name", None)
     kwargs = pool.connection_kwargs
     if service is not None:
