@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from conftest import config
@@ -29,9 +31,11 @@ from load_balancing_module import (
     RateLimitExceededError,
     Request,
 )
-from load_balancing_module.server.config import StateConfig
+from load_balancing_module.server.app import Server
+from load_balancing_module.server.config import StateConfig, load_config
 from load_balancing_module.server.stores import open_store
 from load_balancing_module.state.redis import RedisStore
+from proxy_helpers import AioBackend
 from redis_ha_helpers import SERVICE, ClusterGroup, SentinelGroup, client
 
 BACKENDS = [BackendConfig(host=f"s{i}.test", port=80) for i in range(3)]
@@ -68,11 +72,11 @@ async def route(lb: LoadBalancingModule, session: str | None = None, ip: str = "
     return result.backend_id
 
 
-async def through_outage(lb: LoadBalancingModule, store: RedisStore, kill: Callable[[], None]) -> Outage:
-    """Requests every LOAD_INTERVAL (sessions and rate limit), ``kill()`` after a few, until Redis answers again."""
+async def through_outage(send: Callable[[int], Awaitable[None]], store: RedisStore, kill: Callable[[], None]) -> Outage:
+    """``send(i)`` every LOAD_INTERVAL, ``kill()`` after a few, until Redis answers again."""
     outage = Outage()
     for i in range(20):  # steady traffic first
-        await route(lb, f"load-{i % 10}", ip=f"10.2.0.{i % 10}")
+        await send(i)
     killed_at = time.monotonic()
     kill()
     steady = 0
@@ -82,7 +86,7 @@ async def through_outage(lb: LoadBalancingModule, store: RedisStore, kill: Calla
         before = store.fallbacks
         began = time.monotonic()
         try:
-            await route(lb, f"load-{i % 10}", ip=f"10.2.0.{i % 10}")
+            await send(i)
         except Exception:  # counted, and asserted on by the caller
             outage.failed += 1
         i += 1
@@ -95,6 +99,15 @@ async def through_outage(lb: LoadBalancingModule, store: RedisStore, kill: Calla
         await asyncio.sleep(LOAD_INTERVAL)
     outage.served -= STEADY  # the steady run after recovery is not the outage's
     return outage
+
+
+def module_load(lb: LoadBalancingModule) -> Callable[[int], Awaitable[None]]:
+    """One request through the module: ten sessions, ten clients."""
+
+    async def send(i: int) -> None:
+        await route(lb, f"load-{i % 10}", ip=f"10.2.0.{i % 10}")
+
+    return send
 
 
 async def rate_limit_holds(store: RedisStore, ip: str) -> bool:
@@ -153,7 +166,7 @@ async def test_sentinel_failover_under_load(sentinels: SentinelGroup, stores: li
     assert client(sentinels.master).wait(1, 2000) == 1  # the replica has the bindings
 
     old = sentinels.master
-    outage = await through_outage(lb, store, lambda: sentinels.kill(old))
+    outage = await through_outage(module_load(lb), store, lambda: sentinels.kill(old))
     print("\n" + outage.report("sentinel: primary SIGKILLed"))
 
     assert outage.failed == 0
@@ -176,7 +189,7 @@ async def test_cluster_node_restart_under_load(cluster: ClusterGroup, stores: li
         cluster.kill(sessions_node)
         cluster.restart(sessions_node)  # at once: its data is gone (no persistence), its slots are back
 
-    outage = await through_outage(lb, store, restart)
+    outage = await through_outage(module_load(lb), store, restart)
     print("\n" + outage.report("cluster: the sessions' node SIGKILLed and restarted"))
 
     assert outage.failed == 0
@@ -186,3 +199,41 @@ async def test_cluster_node_restart_under_load(cluster: ClusterGroup, stores: li
         assert node.execute_command("CLUSTER COUNTKEYSINSLOT", node.execute_command("CLUSTER KEYSLOT", "{ha:sessions}"))
     assert await rate_limit_holds(store, "10.9.9.9")
     assert store.available
+
+
+async def test_the_proxy_serves_through_a_sentinel_failover(tmp_path: Path, sentinels: SentinelGroup) -> None:
+    """``omnixan-lb serve``'s server, its state from the file: every request answered 200 meanwhile,
+    X-Session-ID bindings made before the kill honoured after it."""
+    nodes = ", ".join(f"'127.0.0.1:{p}'" for p in sentinels.sentinels)
+    async with AsyncExitStack() as stack:
+        backends = [await stack.enter_async_context(AioBackend(name)) for name in ("a", "b", "c")]
+        path = tmp_path / "lb.yaml"
+        path.write_text(
+            'listen: "127.0.0.1:0"\nadmin: {listen: "127.0.0.1:0", token_env: null}\n'
+            "health_check: {enabled: false}\nsession_affinity: true\n"
+            f"state: {{sentinels: [{nodes}], service: {SERVICE}, prefix: '{PREFIX}'}}\nbackends:\n"
+            + "".join(f"  - {{host: 127.0.0.1, port: {b.port}}}\n" for b in backends)
+        )
+        server = Server(path, load_config(path))
+        await server.start()
+        stack.push_async_callback(server.shutdown)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        url = f"http://127.0.0.1:{server.proxy.port}/"
+
+        async def fetch(session: str) -> str:
+            async with http.get(url, headers={"X-Session-ID": session}) as response:
+                assert response.status == 200
+                return str((await response.json())["backend"])
+
+        kept = {f"kept-{i}": await fetch(f"kept-{i}") for i in range(3)}
+        assert sorted(kept.values()) == ["a", "b", "c"]
+        assert client(sentinels.master).wait(1, 2000) == 1
+
+        async def send(i: int) -> None:
+            await fetch(f"load-{i % 10}")
+
+        assert server.store is not None
+        outage = await through_outage(send, server.store, lambda: sentinels.kill(sentinels.master))
+        print("\n" + outage.report("proxy, sentinel: primary SIGKILLed"))
+        assert outage.failed == 0
+        assert {sid: await fetch(sid) for sid in kept} == kept
