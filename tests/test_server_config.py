@@ -9,6 +9,7 @@ import pytest
 from load_balancing_module import ConfigurationError, LoadBalancingAlgorithmType
 from load_balancing_module.cli import main
 from load_balancing_module.server.config import load_config, parse_address
+from load_balancing_module.state.redis_targets import Nodes, parse_nodes, redact
 
 GOOD = """
 listen: "127.0.0.1:8080"
@@ -70,8 +71,22 @@ def test_every_problem_is_reported_with_its_field_path(tmp_path: Path) -> None:
         ("state: {url: redis://h/0, prefix: ''}\n", "state.prefix: String should have at least 1 character"),
         ("state: {url: redis://h/0, timeout: 0}\n", "state.timeout: must be > 0"),
         ("state: {url: rediss://h/0, colour: red}\n", "state.colour: unknown key"),
-        ("state: {url: memory, prefix: 'a:'}\n", "state: prefix and timeout apply only to a redis:// url"),
-        ("state: [redis://h/0]\n", "state: must be 'memory', a redis:// URL, or a mapping"),
+        ("state: {url: memory, prefix: 'a:'}\n", "state: prefix and timeout apply only to a Redis state store"),
+        ("state: [redis://h/0]\n", "state: must be 'memory', a Redis URL (redis://, redis.sentinel://"),
+        ("state: redis+sentinel://h:26379\n", "state: the Sentinel URL needs the service name"),
+        ("state: redis+sentinel://h:26379/m/x\n", "state: after the service name, only a database number"),
+        ("state: 'redis+sentinel://h:26379,:1/m'\n", "state: each node is host:port"),
+        ("state: redis+sentinel://h:99999/m\n", "state: the port of node 'h:99999' must be in 1..65535"),
+        ("state: redis+cluster://h:7000/0\n", "state: a Redis Cluster URL names nodes only, no database"),
+        ("state: redis+cluster://h:7000?x=1\n", "state: the Redis URL takes no query parameters"),
+        ("state: {sentinels: ['h:26379']}\n", "state: sentinels and service go together"),
+        ("state: {service: m}\n", "state: sentinels and service go together"),
+        ("state: {sentinels: ['h:26379'], service: m, cluster: ['h:7000']}\n", "state: give one of url, sentinels"),
+        ("state: {url: redis://h/0, cluster: ['h:7000']}\n", "state: give one of url, sentinels and cluster"),
+        ("state: {cluster: ['h:7000', 'h:x']}\n", "state: each node is host:port"),
+        ("state: {cluster: []}\n", "state.cluster: List should have at least 1 item"),
+        ("state: {url: redis://h/0, db: 2}\n", "state: db goes with sentinels"),
+        ("state: {url: redis://h/0, password: pw}\n", "state: password goes with sentinels or cluster"),
         ("algorithm: {algorithm_type: ip_hash, config: {balance_factor: 0.5}}\n", "algorithm.config: ip_hash"),
         ("backends: [{host: a.test}]\n", "backends[0].port: required"),
         ("- just\n- a list\n", "top level must be a mapping"),
@@ -91,6 +106,35 @@ def test_state_is_memory_a_redis_url_or_a_mapping(tmp_path: Path) -> None:
     text = "state: {url: 'rediss://:${PW}@cache.internal/0', prefix: 'shop:', timeout: 0.5}\n"
     full = load_config(write(tmp_path, text), {"PW": "s3cret"}).state
     assert (full.url, full.prefix, full.timeout) == ("rediss://:s3cret@cache.internal/0", "shop:", 0.5)
+
+
+def test_state_names_sentinels_or_a_cluster(tmp_path: Path) -> None:
+    url = "redis+sentinel://s3cret@10.0.0.1:26379,[::1]:26380,sentinel.internal/mymaster/2"
+    short = load_config(write(tmp_path, f"state: '{url}'\n"), {}).state
+    assert (short.target, short.shared) == (url, True)
+    text = "state: {sentinels: ['10.0.0.1:26379', 's2:26379'], service: mymaster, db: 3, password: '${PW}'}\n"
+    mapping = load_config(write(tmp_path, text), {"PW": "p@ss/word"}).state
+    assert mapping.target == "redis+sentinel://p%40ss%2Fword@10.0.0.1:26379,s2:26379/mymaster/3"
+    assert parse_nodes(mapping.target) == Nodes(
+        "redis+sentinel", (("10.0.0.1", 26379), ("s2", 26379)), "mymaster", 3, None, "p@ss/word"
+    )
+    text = "state: {cluster: ['10.0.0.1:7000', '10.0.0.2'], prefix: 'eu:', timeout: 0.5}\n"
+    cluster = load_config(write(tmp_path, text), {}).state
+    assert (cluster.target, cluster.prefix, cluster.timeout) == ("redis+cluster://10.0.0.1:7000,10.0.0.2", "eu:", 0.5)
+    assert parse_nodes(cluster.target).hosts == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+    assert parse_nodes("redis+cluster://u:pw@h:7000") == Nodes("redis+cluster", (("h", 7000),), "", 0, "u", "pw")
+
+
+def test_multi_node_urls_are_logged_without_the_password(tmp_path: Path) -> None:
+    assert redact("redis+sentinel://s3cret@h:26379,h2:26379/m/0") == "redis+sentinel://***@h:26379,h2:26379/m/0"
+    assert redact("redis+cluster://user:s3cret@h:7000") == "redis+cluster://user:***@h:7000"
+    assert redact("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact("redis://user@h:6379/0") == "redis://user@h:6379/0"  # a user name only
+    assert redact("redis+cluster://h:7000") == "redis+cluster://h:7000"
+    with pytest.raises(ConfigurationError) as info:
+        load_config(write(tmp_path, "state: redis+sentinel://s3cret@h:26379/bad name\n"), {})
+    assert str(info.value).startswith("state: the Sentinel URL needs the service name")
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_bad_state_is_reported_without_the_password(tmp_path: Path) -> None:
@@ -123,9 +167,9 @@ def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monke
     assert main(["check", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == ["backends[0].port: must be >= 1", "backends[1].weight: must be > 0"]
-    bad_state = write(tmp_path, "state: {url: redis://cache:6379/0, prefix: 'a:', db: 2}\n", "state.yaml")
+    bad_state = write(tmp_path, "state: {url: redis://cache:6379/0, prefix: 'a:', database: 2}\n", "state.yaml")
     assert main(["check", "--config", str(bad_state)]) == 2
-    assert capsys.readouterr().err.splitlines() == ["state.db: unknown key"]
+    assert capsys.readouterr().err.splitlines() == ["state.database: unknown key"]
     monkeypatch.setenv("OMNIXAN_LB_CONFIG", str(bad))
     assert main(["check"]) == 2
     assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
 
 from load_balancing_module import FakeClock
 from load_balancing_module.state.redis import RedisStore, redact
@@ -346,3 +348,13 @@ def test_passwords_are_not_logged() -> None:
 def test_importing_the_package_does_not_load_redis() -> None:
     code = "import sys, load_balancing_module as lb; lb.RedisStore; assert 'redis' not in sys.modules, 'redis loaded'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_store_given_a_sentinel_or_cluster_client_names_it_in_logs() -> None:
+    primary = Sentinel([("127.0.0.1", 26379), ("s2", 26380)]).master_for("mymaster", db=2)
+    store = RedisStore(primary)
+    assert (store.url, store.cluster) == ("redis+sentinel://127.0.0.1:26379,s2:26380/mymaster/2", False)
+    nodes = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", 7000), ClusterNode("n2", 7001)], max_connections=7)
+    store = RedisStore(nodes)
+    assert (store.url, store.cluster) == ("redis+cluster://127.0.0.1:7000,n2:7001", True)
+    assert store._max_pending == 7  # no more calls on their way than a node's pool has connections

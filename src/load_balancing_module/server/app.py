@@ -29,7 +29,7 @@ from ..config import LoadBalancingModuleConfig
 from ..exceptions import ConfigurationError
 from ..metrics import register_metrics
 from ..module import LoadBalancingModule
-from ..state.redis import redact
+from ..state.redis_targets import redact
 from .admin import AdminServer, Topology
 from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every

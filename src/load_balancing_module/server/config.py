@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,7 @@ from ..algorithms import algorithm_class
 from ..config import BackendConfig, LoadBalancingModuleConfig, StrictModel, check_host
 from ..exceptions import AlgorithmError, ConfigurationError
 from ..state.redis import DEFAULT_PREFIX, DEFAULT_TIMEOUT
+from ..state.redis_targets import CLUSTER, SENTINEL, is_multi_node, parse_nodes
 from .discovery import DiscoveryConfig
 from .document import DocumentError, load_document
 from .env_overrides import EnvOverrides
@@ -239,14 +240,21 @@ class AdminConfig(StrictModel):
 
 
 def check_state_url(value: str) -> str:
-    """``memory``, or ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS).
+    """``memory``, ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS),
+    ``redis+sentinel://[password@]host:port,.../service[/db]`` or ``redis+cluster://[password@]host:port,...``.
 
     Messages never repeat the URL: it may hold a password."""
     if value == "memory":
         return value
+    if is_multi_node(value):
+        parse_nodes(value)  # its ValueError says what is wrong
+        return value
     parts = urlsplit(value)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("must be 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS)")
+        raise ValueError(
+            "must be 'memory' or a Redis URL such as redis://127.0.0.1:6379/0 (rediss:// for TLS),"
+            " redis+sentinel://host:26379,host:26380/mymaster or redis+cluster://host:7000,host:7001"
+        )
     if not parts.hostname:
         raise ValueError("the Redis URL has no host, as in redis://127.0.0.1:6379/0")
     try:
@@ -307,11 +315,32 @@ class UpstreamConfig(StrictModel):
 
 
 class StateConfig(StrictModel):
-    """Where sessions, token buckets and the flood-block list live: this process, or a shared Redis."""
+    """Where sessions, token buckets and the flood-block list live: this process, or a shared Redis
+    (one server, a primary that Sentinels watch, or a Cluster)."""
 
     url: str = Field(
         default="memory",
-        description="memory (this process), or redis://[user:password@]host[:port][/db] (rediss:// for TLS)",
+        description=(
+            "memory (this process), redis://[user:password@]host[:port][/db] (rediss:// for TLS),"
+            " redis+sentinel://[password@]host:port,.../service[/db] or redis+cluster://[password@]host:port,..."
+        ),
+    )
+    sentinels: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="instead of url: the Sentinels (host:port) that name the primary of service",
+    )
+    service: str | None = Field(default=None, description="with sentinels: the service name they monitor")
+    cluster: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="instead of url: nodes (host:port) of a Redis Cluster; the client finds the others",
+    )
+    db: int = Field(default=0, ge=0, le=15, description="with sentinels: the database number")
+    password: str | None = Field(
+        default=None, description="with sentinels or cluster: the password of the Redis servers (use ${NAME})"
     )
     prefix: str = Field(
         default=DEFAULT_PREFIX,
@@ -329,14 +358,35 @@ class StateConfig(StrictModel):
         return check_state_url(value)
 
     @model_validator(mode="after")
-    def _redis_only(self) -> StateConfig:
+    def _one_target(self) -> StateConfig:
+        given = [name for name in ("url", "sentinels", "cluster") if name in self.model_fields_set]
+        if len(given) > 1:
+            raise ValueError(f"give one of url, sentinels and cluster, not {' and '.join(given)}")
+        if (self.sentinels is None) != (self.service is None):
+            raise ValueError("sentinels and service go together: {sentinels: [host:26379, ...], service: mymaster}")
+        if self.sentinels is None and "db" in self.model_fields_set:
+            raise ValueError("db goes with sentinels; in a redis:// url it is the path (/2)")
+        if self.sentinels is None and self.cluster is None and self.password is not None:
+            raise ValueError("password goes with sentinels or cluster; in a redis:// url it is redis://:password@host")
+        if self.sentinels is not None or self.cluster is not None:
+            check_state_url(self.target)
         if not self.shared and self.model_fields_set & {"prefix", "timeout"}:
-            raise ValueError("prefix and timeout apply only to a redis:// url")
+            raise ValueError("prefix and timeout apply only to a Redis state store")
         return self
 
     @property
+    def target(self) -> str:
+        """The store's URL: ``url``, or the one that ``sentinels`` / ``cluster`` spell."""
+        auth = f"{quote(self.password, safe='')}@" if self.password else ""
+        if self.sentinels is not None:
+            return f"{SENTINEL}://{auth}{','.join(self.sentinels)}/{self.service}/{self.db}"
+        if self.cluster is not None:
+            return f"{CLUSTER}://{auth}{','.join(self.cluster)}"
+        return self.url
+
+    @property
     def shared(self) -> bool:
-        return self.url != "memory"
+        return self.target != "memory"
 
 
 class TracingConfig(StrictModel):
@@ -407,8 +457,8 @@ class ServerConfig(LoadBalancingModuleConfig):
     state: StateConfig = Field(
         default_factory=StateConfig,
         description=(
-            "where sessions, token buckets and the flood-block list live: memory, a redis:// URL, or"
-            " {url, prefix, timeout}"
+            "where sessions, token buckets and the flood-block list live: memory, a Redis URL (redis://,"
+            " redis+sentinel://, redis+cluster://), or {url | sentinels and service | cluster, prefix, timeout}"
         ),
     )
     trusted_proxies: list[str] = Field(
@@ -539,7 +589,10 @@ class ServerConfig(LoadBalancingModuleConfig):
         if isinstance(value, str):
             return {"url": check_state_url(value)}
         if not isinstance(value, (dict, StateConfig)):
-            raise ValueError("must be 'memory', a redis:// URL, or a mapping {url: ..., prefix: ..., timeout: ...}")
+            raise ValueError(
+                "must be 'memory', a Redis URL (redis://, redis+sentinel://, redis+cluster://), or a mapping"
+                " {url | sentinels and service | cluster, prefix, timeout}"
+            )
         return value
 
     @field_validator("trusted_proxies")

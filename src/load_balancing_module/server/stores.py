@@ -1,5 +1,6 @@
 """The state store a server's config names: none of its own for ``memory`` (the module keeps
-one), a :class:`~..state.redis.RedisStore` for ``redis://``; and each pool's view of it."""
+one), a :class:`~..state.redis.RedisStore` for Redis (one server, Sentinel or Cluster); and each
+pool's view of it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ def open_store(state: StateConfig, max_sessions: int) -> RedisStore | None:
     """The shared store ``state`` names; None for ``memory`` (the module then keeps its own)."""
     if not state.shared:
         return None
-    return RedisStore(state.url, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
+    return RedisStore(state.target, prefix=state.prefix, timeout=state.timeout, max_sessions=max_sessions)
 
 
 def pool_store(store: StateStore | None, pool: str) -> StateStore | None:

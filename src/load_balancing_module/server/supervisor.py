@@ -41,7 +41,7 @@ from ..health import HealthStatus
 from ..models import DrainResult
 from ..module import LoadBalancingModule
 from ..state.base import StateStore
-from ..state.redis import redact
+from ..state.redis_targets import redact
 from .admin import AdminServer, Topology
 from .affinity import affinity_key
 from .app import announce_start
@@ -122,7 +122,7 @@ class Supervisor:
 
     async def start(self) -> None:
         if self.store is not None and self.config.state.shared and await _ping(self.store):
-            log_event("state_store_ready", store="redis", url=redact(self.config.state.url))
+            log_event("state_store_ready", store="redis", url=redact(self.config.state.target))
         await self.pools.start(self.config)
         self._affinity_key = await affinity_key(self.config.affinity_secret_env, self.lb.store)
         addresses = [parse_address(listener.address) for listener in self.config.effective_listeners]

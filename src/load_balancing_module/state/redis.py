@@ -29,16 +29,18 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .._extras import require
 from .._log import log_event
 from ..clock import Clock, SystemClock
 from . import redis_scripts as scripts
 from .base import DEFAULT_MAX_SESSIONS, StateStore, protected_room
+from .redis_targets import connect, describe
+from .redis_targets import redact as redact  # where callers have always found it
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
     from redis.commands.core import AsyncScript
 
 Script = Callable[[Sequence[str], Sequence[Any]], Awaitable[Any]]  # (keys, args) -> reply
@@ -62,21 +64,14 @@ MAX_CONNECTIONS = 100
 LOG_INTERVAL = 30.0  # seconds between "still unavailable" log lines during an outage
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 class RedisStore(StateStore):
     """A :class:`StateStore` in Redis, shared by every balancer that uses the same Redis and prefix.
 
-    ``target`` is a ``redis://`` / ``rediss://`` URL (the store creates and closes the client)
-    or a ``redis.asyncio.Redis`` client you own (Sentinel's ``master_for``, custom TLS...).
+    ``target`` is a URL (the store creates and closes the client): ``redis://`` / ``rediss://``,
+    ``redis+sentinel://[password@]host:port,.../service[/db]`` or ``redis+cluster://[password@]host:port,...``
+    (:mod:`.redis_targets`); or a ``redis.asyncio.Redis`` or ``RedisCluster`` client you own
+    (Sentinel's ``master_for``, custom TLS...). On a Cluster, the keys a script touches together
+    share a hash tag (docs/state.md, *Key layout*).
     ``timeout`` bounds each connect and each reply, in seconds. ``now`` (seconds, any epoch,
     the same for every balancer) replaces the Redis server's clock, for tests. ``clock`` times
     the breaker (doubt and back-off). ``doubt_after``: seconds a call may go unanswered before
@@ -91,7 +86,7 @@ class RedisStore(StateStore):
 
     def __init__(
         self,
-        target: str | Redis = DEFAULT_URL,
+        target: str | Redis | RedisCluster = DEFAULT_URL,
         *,
         prefix: str = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT,
@@ -112,6 +107,7 @@ class RedisStore(StateStore):
             raise ValueError(f"RedisStore: max_sessions must be >= 1, got {max_sessions}")
         # here, not at import: redis costs ~50 ms to load, and it is an extra ([redis])
         require("RedisStore", "redis", "redis")
+        from redis.asyncio.cluster import RedisCluster
         from redis.exceptions import RedisError
 
         self.prefix = prefix
@@ -126,7 +122,7 @@ class RedisStore(StateStore):
         self._pending: dict[int, float] = {}  # calls on their way, oldest first: when each began
         # No more calls on their way than the pool has connections: redis-py's pool raises at once
         # when it is out of them, which would count a healthy Redis as failing.
-        self._max_pending = self._client.connection_pool.max_connections
+        self._max_pending = _max_connections(self._client)
         self._answered_at = float("-inf")  # when a call last got its answer
         self._call_seq = 0
         self._secrets: dict[str, bytes] = {}  # the last key Redis gave, or this process's own meanwhile
@@ -134,7 +130,13 @@ class RedisStore(StateStore):
         self.log_interval = log_interval
         # Redis errors, and what an interrupted socket may raise before redis-py wraps it.
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
-        self._sessions = (f"{prefix}sessions", f"{prefix}sessions:probation")  # protected, probation
+        # On a Cluster, keys that one script touches share a hash tag: every session key and both
+        # indexes ({<prefix>sessions}), a client's flood count and block ({<prefix>flood:<key>}).
+        # Plain Redis and Sentinel keep the untagged layout of earlier versions.
+        self.cluster = isinstance(self._client, RedisCluster)
+        index = f"{{{prefix}sessions}}" if self.cluster else f"{prefix}sessions"
+        self._sessions = (index, f"{index}:probation")  # protected, probation
+        self._session_prefix = f"{index}:session:" if self.cluster else f"{prefix}session:"
         self._take = self._script(scripts.TAKE_TOKEN)
         self._attempt = self._script(scripts.RECORD_ATTEMPT)
         self._get = self._script(scripts.GET_SESSION)
@@ -157,13 +159,13 @@ class RedisStore(StateStore):
     # -- the StateStore interface ----------------------------------------------------
 
     async def get_session(self, session_id: str, ttl: float) -> str | None:
-        keys = (f"{self.prefix}session:{session_id}", *self._sessions)
+        keys = (self._session_prefix + session_id, *self._sessions)
         args = (ttl, self._time(), session_id, self._protected_room)
         ok, backend = await self._eval("get_session", self._get, keys, args)
         return _text(backend) if ok and backend is not None else None
 
     async def bind_session(self, session_id: str, backend_id: str, ttl: float) -> None:
-        keys = (f"{self.prefix}session:{session_id}", *self._sessions)
+        keys = (self._session_prefix + session_id, *self._sessions)
         args = (
             backend_id,
             ttl,
@@ -171,7 +173,7 @@ class RedisStore(StateStore):
             session_id,
             self.max_sessions,
             self._protected_room,
-            f"{self.prefix}session:",
+            self._session_prefix,
         )
         ok, evicted = await self._eval("bind_session", self._bind, keys, args)
         if ok and evicted:
@@ -191,7 +193,7 @@ class RedisStore(StateStore):
 
     async def record_attempt(self, key: str, threshold: int, block_seconds: float) -> tuple[float, bool]:
         """As :meth:`StateStore.record_attempt`; ``(0.0, False)`` (not blocked) while Redis is down."""
-        keys = (f"{self.prefix}block:{key}", f"{self.prefix}flood:{key}")
+        keys = self._flood_keys(key)
         ok, reply = await self._eval("record_attempt", self._attempt, keys, (threshold, block_seconds, self._time()))
         if not ok:
             return 0.0, False
@@ -242,6 +244,14 @@ class RedisStore(StateStore):
             await self._client.aclose()
 
     # -- calls and the failure policy ---------------------------------------------------
+
+    def _flood_keys(self, key: str) -> tuple[str, str]:
+        """(block, attempts) of ``key``: one hash tag on a Cluster, starting with its own brace so that
+        no brace in the prefix or the key can split the two."""
+        if self.cluster:
+            tag = f"{{{self.prefix}flood:{key}}}"
+            return f"{tag}:block", tag
+        return f"{self.prefix}block:{key}", f"{self.prefix}flood:{key}"
 
     def _time(self) -> str:
         return "" if self._now is None else repr(float(self._now()))
@@ -343,12 +353,10 @@ class RedisStore(StateStore):
         )
 
 
-def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
+def _client(target: str | Redis | RedisCluster, timeout: float) -> tuple[Redis | RedisCluster, bool, str]:
     """(client, whether the store owns it, the URL for logs)."""
     if not isinstance(target, str):
-        kwargs = target.connection_pool.connection_kwargs
-        return target, False, f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-    from redis.asyncio import Redis
+        return target, False, describe(target)
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -356,16 +364,23 @@ def _client(target: str | Redis, timeout: float) -> tuple[Redis, bool, str]:
     # One immediate retry on a dropped connection (a Redis restart leaves dead sockets in the
     # pool), none on a timeout: a hung Redis then costs one ``timeout``, not several.
     retry = Retry(NoBackoff(), 1, (RedisConnectionError,))
-    client = Redis.from_url(
-        target,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=retry,
-        client_name="omnixan-lb",
-        max_connections=MAX_CONNECTIONS,
-    )
-    return client, True, target
+    options = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": retry,
+        "client_name": "omnixan-lb",
+        "max_connections": MAX_CONNECTIONS,
+    }
+    return connect(target, options), True, target
+
+
+def _max_connections(client: Redis | RedisCluster) -> int:
+    """The connections the client's pool may open (a Cluster's: to each node)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        return int(pool.max_connections)
+    return int(client.get_connection_kwargs().get("max_connections") or MAX_CONNECTIONS)
 
 
 def _secret(value: Any) -> bytes | None:
