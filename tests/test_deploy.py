@@ -3,9 +3,15 @@ a container registry (docs/deploy.md)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -80,3 +86,45 @@ def test_the_dockerfile_builds_the_compiled_wheel_and_runs_it_as_non_root() -> N
     assert any(op == "VOLUME" and "/etc/omnixan-lb" in args for op, args in instructions)
     cmd = dict(instructions)["CMD"]
     assert cmd == '["serve", "--config", "/etc/omnixan-lb/config.yaml"]'
+
+
+def test_the_health_check_command_passes_on_200_and_fails_on_503(tmp_path: Path) -> None:
+    """The HEALTHCHECK's own command, run against a real admin listener (on a free port for 9090)."""
+    health = next(args for op, args in dockerfile_instructions() if op == "HEALTHCHECK")
+    argv = json.loads(health.split("CMD", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        admin = s.getsockname()[1]
+    config = tmp_path / "lb.yaml"
+    config.write_text(
+        'listen: "127.0.0.1:0"\n'
+        f'admin: {{listen: "127.0.0.1:{admin}", token_env: null}}\n'
+        "health_check: {enabled: false}\n"
+        "backends:\n  - {host: 127.0.0.1, port: 9}\n"
+    )
+    exe = Path(sys.executable).parent / "omnixan-lb"
+    proc = subprocess.Popen([str(exe), "serve", "--config", str(config), "--log-level", "warning"])
+    check = [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+    check = [arg.replace("127.0.0.1:9090", f"127.0.0.1:{admin}") for arg in check]
+    try:
+        deadline = time.monotonic() + 20
+        while not listening(admin):
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        assert subprocess.run(check, capture_output=True, timeout=30).returncode == 0
+        request = urllib.request.Request(f"http://127.0.0.1:{admin}/backends/127.0.0.1:9", method="DELETE")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+        # No backend left: /healthz answers 503, and the container would show unhealthy.
+        assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
