@@ -247,6 +247,10 @@ async def test_reload_and_drain_reach_every_worker(serve: Serve, backends: list[
         while {b["port"] for b in await running.get("/backends")} != {backends[1].port, slow.port}:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
+        # The supervisor's list changes first, then each worker applies the reload: wait for both.
+        while "a" in {name for _, name in await fetch_many(running.port, 10)}:
+            assert time.monotonic() < deadline, "a worker did not reload"
+            await asyncio.sleep(0.02)
         names = {name for _, name in await fetch_many(running.port, 30)}
         assert "a" not in names and "b" in names  # every worker reloaded
 

@@ -33,6 +33,7 @@ from ..state.redis_targets import redact
 from .admin import AdminServer, Topology
 from .config import ServerConfig, load_config
 from .logs import ACCESS_FLUSH_SECONDS, ACCESS_LOGGER, flush_access_log, flush_access_log_every
+from .notify import Notifier
 from .pools import PoolModules
 from .proxy import ProxyServer
 from .proxy_metrics import register_proxy_metrics
@@ -152,18 +153,31 @@ async def serve(path: str | Path, config: ServerConfig | None = None, tls: list[
         log_event("start_failed", logging.ERROR, error=str(exc))
         await server.shutdown()
         return 1
-    handle_signals(server.stopping, server.reload)
+    notify = Notifier.from_environ()  # systemd's Type=notify (docs/deploy.md)
+    handle_signals(server.stopping, notify.around_reload(server.reload))
     flusher = asyncio.get_running_loop().create_task(flush_access_log_every(ACCESS_FLUSH_SECONDS))
+    notify.ready(serving(server.proxy.ports))
+    watchdog = notify.start_watchdog()
     # Everything built so far lives as long as the process: keep it out of the cyclic garbage
     # collector's passes, which would otherwise walk it again and again under load.
     gc.collect()
     gc.freeze()
     await server.stopping.wait()
+    notify.stopping()
     log_event("server_stopping", in_flight=server.proxy.in_flight)
-    await server.shutdown()
+    await server.shutdown()  # the watchdog goes on pinging while requests drain
     flusher.cancel()
+    if watchdog is not None:
+        watchdog.cancel()
+    notify.close()
     flush_access_log()
     return 0
+
+
+def serving(ports: list[int], workers: int = 1) -> str:
+    """The STATUS= line of a server that serves."""
+    listening = ", ".join(str(port) for port in ports)
+    return f"serving on port {listening}" + (f" with {workers} workers" if workers > 1 else "")
 
 
 def _config_errors(exc: ConfigurationError) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 import signal
 import socket
 import sys
@@ -44,11 +45,12 @@ from ..state.base import StateStore
 from ..state.redis_targets import redact
 from .admin import AdminServer, Topology
 from .affinity import affinity_key
-from .app import announce_start
+from .app import announce_start, serving
 from .app import serve as serve_one
 from .channel import Channel, ChannelClosed, RemoteError
 from .config import ServerConfig, parse_address
 from .listener import bind, bound_address
+from .notify import Notifier
 from .pools import PoolModules
 from .reload import Reloads, apply_config, handle_signals, load_all, read_config
 from .route_config import DEFAULT_POOL
@@ -496,6 +498,8 @@ async def _ping(store: StateStore) -> bool:
 async def supervise(
     path: str | Path, config: ServerConfig, log_level: str, tls: list[ServerTLS | None] | None = None
 ) -> int:
+    # Taken out of the environment before a worker starts: only the supervisor speaks to systemd.
+    notify = Notifier.from_environ()
     supervisor = Supervisor(path, config, log_level, tls)
     try:
         await supervisor.start()
@@ -503,12 +507,21 @@ async def supervise(
         log_event("start_failed", logging.ERROR, error=str(exc))
         await supervisor.shutdown()
         return 1
-    handle_signals(supervisor.stopping, supervisor.reload)
+    handle_signals(supervisor.stopping, notify.around_reload(supervisor.reload))
     gc.collect()
     gc.freeze()
+    # MAINPID: the process systemd signals (ExecReload's $MAINPID) is this one, not a worker.
+    ports = [int(address.rpartition(":")[2]) for address in supervisor.addresses]
+    notify.ready(serving(ports, supervisor.count), MAINPID=os.getpid())
+    watchdog = notify.start_watchdog()
     await supervisor.stopping.wait()
+    notify.stopping()
     log_event("server_stopping", workers=supervisor.live_count)
-    return await supervisor.shutdown()
+    code = await supervisor.shutdown()
+    if watchdog is not None:
+        watchdog.cancel()
+    notify.close()
+    return code
 
 
 async def serve(path: str | Path, log_level: str = "info") -> int:
