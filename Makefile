@@ -15,7 +15,11 @@ EXPECT_COMPILED := $(shell command -v "$$($(PYTHON) -c 'import sysconfig; print(
 .PHONY: demo test test-pure test-compiled compiled lint lean bench clean
 
 WHEELS := build/wheel
-BUILD_WHEEL := rm -rf $(WHEELS) && $(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) .
+# Where a C compiler is present the wheel must be the compiled build: OMNIXAN_LB_COMPILE=1 turns a
+# failed compilation into an error that shows why (pip --quiet would hide setup.py's warning and
+# leave a pure Python wheel); elsewhere setup.py decides, as for `pip install .`.
+COMPILE_MODE := $(if $(filter 1,$(EXPECT_COMPILED)),1,auto)
+BUILD_WHEEL := rm -rf $(WHEELS) && OMNIXAN_LB_COMPILE=$(COMPILE_MODE) $(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) .
 WHEEL = $$(ls $(WHEELS)/omnixan_lb-*.whl)
 
 # Everything (the [dev] extra holds [all]: the proxy, redis, metrics, httpx, aiohttp, and the
