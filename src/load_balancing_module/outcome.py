@@ -51,6 +51,7 @@ _TRANSPORT_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"
 # ...and those that say the request itself is wrong (a header h11 refuses, a scheme httpx cannot
 # send): every backend would get the same, so none is to blame.
 _TRANSPORT_CALLER = frozenset({"LocalProtocolError", "UnsupportedProtocol"})
+_TRANSPORT_ANY = _TRANSPORT_FAILURES | _TRANSPORT_NOT_SENT  # built once, not per judged outcome
 
 
 class Outcome:
@@ -148,7 +149,7 @@ def default_is_failure(outcome: Outcome) -> bool:
         return True
     if _client_error_name(error, _TRANSPORT_CALLER):
         return False
-    if _client_error_name(error, _TRANSPORT_FAILURES | _TRANSPORT_NOT_SENT):
+    if _client_error_name(error, _TRANSPORT_ANY):
         return True
     return not isinstance(error, CALLER_ERRORS)
 

@@ -12,7 +12,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..clock import Clock
-from ..config import ALGORITHM_ENTRY_POINTS, ALGORITHM_NAME, LoadBalancingAlgorithm, declare_algorithm
+from ..config import (
+    ALGORITHM_ENTRY_POINTS,
+    ALGORITHM_NAME,
+    LoadBalancingAlgorithm,
+    declare_algorithm,
+    plugin_algorithms,
+)
 from ..enums import LoadBalancingAlgorithmType
 from ..exceptions import AlgorithmError
 from .base import Algorithm
@@ -82,10 +88,9 @@ def algorithm_class(name: str) -> type[Algorithm]:
 
 
 def algorithm_names() -> list[str]:
-    """Every algorithm name a config may use: built-in, registered, and declared by entry points."""
-    names = list(ALGORITHMS) + sorted(_registered)
-    names += sorted({point.name for point in entry_points(group=ENTRY_POINT_GROUP)} - set(names))
-    return names
+    """Every algorithm name a config may use: the built-in ones, then the plug-ins (registered, or
+    declared by entry points), in the order the config's own error lists them."""
+    return list(ALGORITHMS) + sorted(plugin_algorithms() - set(ALGORITHMS))
 
 
 class AlgorithmFactory:
